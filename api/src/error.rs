@@ -1,0 +1,114 @@
+//! The one HTTP error contract: `{"error": {"code", "message", "field"}}` with a status
+//! that says what went wrong. Server errors are logged once, here, and answered with a
+//! generic message: internals never reach a client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not well-formed JSON (or not the protocol's shape).
+    #[error("{message}")]
+    Malformed {
+        message: String,
+        field: Option<String>,
+    },
+    /// 422: well-formed, but a value breaks a rule (unknown currency, amount <= 0, ...).
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("send {0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("a dependency is unavailable; try again")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        ApiError::Invalid {
+            message: message.to_string(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed { .. } => "malformed_body",
+            ApiError::Invalid { .. } => "validation_failed",
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Malformed { field, .. } | ApiError::Invalid { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(error.into())
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        match &self {
+            ApiError::Internal(source) | ApiError::Unavailable(source) => {
+                tracing::error!(error = %format!("{source:#}"), status = status.as_u16(), "request failed");
+            }
+            _ => {}
+        }
+        let body = json!({
+            "error": {
+                "code": self.code(),
+                "message": self.to_string(),
+                "field": self.field(),
+            }
+        });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,153 @@
+//! Extractors that turn a request into checked input or an [`ApiError`], so handlers
+//! never see a rejection in another shape than the one error contract.
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use paygate_common::domain::MerchantId;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A JSON body, read up to the configured limit and parsed into `T`. Syntax errors are
+/// 400; a wrong type, a missing field or an unknown field is 422 with the field's path.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = AppState::from_ref(state).settings.api.max_body_bytes;
+        let bytes = read_body(request, limit, "Content-Type: application/json", is_json).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Reads the whole body, refusing one over `limit` bytes before it is buffered whole
+/// and one whose `Content-Type` `accepts` does not take.
+pub async fn read_body(
+    request: Request,
+    limit: usize,
+    wanted: &'static str,
+    accepts: fn(&str) -> bool,
+) -> Result<Bytes, ApiError> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !accepts(content_type) {
+        return Err(ApiError::UnsupportedMediaType(wanted));
+    }
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))
+}
+
+/// Parses JSON into `T`, naming the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = inner.to_string();
+        let field = field_of(&path, &message);
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::Invalid {
+                message: strip_position(&message),
+                field,
+            },
+            _ => ApiError::Malformed {
+                message: strip_position(&message),
+                field: None,
+            },
+        }
+    })
+}
+
+/// serde names missing and unknown fields in its message, not in the path.
+fn field_of(path: &str, message: &str) -> Option<String> {
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|marker| message.split_once(marker))
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let parent = (path != "." && !path.is_empty()).then(|| path.to_owned());
+    match (parent, named) {
+        (Some(parent), Some(name))
+            if message.starts_with("unknown") || message.starts_with("missing") =>
+        {
+            // For unknown/missing fields the path points at the containing object.
+            Some(if parent.ends_with(&name) {
+                parent
+            } else {
+                format!("{parent}.{name}")
+            })
+        }
+        (Some(parent), _) => Some(parent),
+        (None, named) => named,
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The merchant a request authenticated as, by `Authorization: Bearer <api key>`.
+#[derive(Debug, Clone)]
+pub struct Merchant {
+    pub id: MerchantId,
+}
+
+/// An API key's stored form: its SHA-256.
+pub fn hash_api_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+impl<S> FromRequestParts<S> for Merchant
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let key = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let merchant_id: Option<String> = sqlx::query_scalar(
+            "SELECT merchant_id FROM api_key WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash_api_key(key))
+        .fetch_optional(&state.pool)
+        .await?;
+        let id = merchant_id
+            .ok_or(ApiError::Unauthorized)?
+            .parse()
+            .map_err(|e: paygate_common::domain::DomainError| ApiError::Internal(e.into()))?;
+        Ok(Merchant { id })
+    }
+}

@@ -1,0 +1,110 @@
+//! Paygate's api: merchants' REST intake, gateways' callback intake, and an outbox
+//! relay that publishes what the api (and anyone else) committed to the event table.
+//!
+//! [`Application::build`] connects and binds; [`Application::run`] serves until the
+//! shutdown token is cancelled. Tests start it on port 0 exactly as `main` does.
+
+pub mod callbacks;
+pub mod demo;
+pub mod error;
+pub mod extract;
+pub mod merchants;
+pub mod payments;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use paygate_common::kafka::{self, Producer};
+use paygate_common::outbox::Relay;
+use paygate_common::{db, health, Settings};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+/// The api's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/deposits", post(payments::create_deposit))
+        .route("/v1/withdrawals", post(payments::create_withdrawal))
+        .route("/v1/transactions/{id}", get(payments::get_transaction))
+        .route("/v1/callbacks/{gateway}", post(callbacks::receive))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(ready))
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    health::readyz(axum::extract::State(state.pool)).await
+}
+
+/// The api, connected and bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    relay: Relay,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::connect(&settings.database).await?;
+        let topics = kafka::all_topics(&settings.kafka.topics);
+        kafka::ensure_topics(
+            &settings.kafka,
+            &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await?;
+        let producer = Producer::new(&settings.kafka)?;
+        let relay = Relay::new(
+            pool.clone(),
+            producer,
+            settings.kafka.topics.clone(),
+            &settings.outbox,
+        );
+        let listener = TcpListener::bind(&settings.api.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.api.listen))?;
+        Ok(Application {
+            listener,
+            state: AppState {
+                pool,
+                settings: Arc::new(settings),
+            },
+            relay,
+        })
+    }
+
+    /// The port it listens on (the real one when configured with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves and relays until `shutdown`; requests in flight and the relay's current
+    /// batch finish first.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let served =
+            health::serve(self.listener, router(self.state.clone()), shutdown.clone()).await;
+        shutdown.cancel();
+        relay.await.context("the outbox relay panicked")?;
+        self.state.pool.close().await;
+        served.context("serving HTTP")
+    }
+}

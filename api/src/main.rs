@@ -1,0 +1,47 @@
+//! `paygate-api` serves; `paygate-api migrate` applies migrations; `paygate-api
+//! seed-demo` creates the demo data and prints its credentials (see `demo`).
+
+use anyhow::Context as _;
+use paygate_api::demo::{self, DemoConfig};
+use paygate_api::Application;
+use paygate_common::{db, shutdown, telemetry, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    telemetry::init(settings.log.format);
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => {
+            let app = Application::build(settings).await?;
+            tracing::info!(port = app.port(), "api listening");
+            app.run(shutdown::on_signal()).await?;
+            tracing::info!("api stopped");
+        }
+        Some("migrate") => {
+            db::connect(&settings.database).await?;
+        }
+        Some("seed-demo") => {
+            let pool = db::connect(&settings.database).await?;
+            let env = |name: &str, default: &str| {
+                std::env::var(name).unwrap_or_else(|_| default.to_owned())
+            };
+            let config = DemoConfig {
+                api_key: std::env::var("PAYGATE_DEMO_API_KEY")
+                    .context("PAYGATE_DEMO_API_KEY is not set")?,
+                webhook_url: env(
+                    "PAYGATE_DEMO_WEBHOOK_URL",
+                    "http://127.0.0.1:8090/merchant/webhooks",
+                ),
+                simulator_url: env("PAYGATE_DEMO_SIMULATOR_URL", "http://127.0.0.1:8090"),
+                json_gateway_secret: env(
+                    "PAYGATE_DEMO_JSON_GATEWAY_SECRET",
+                    "simjson-callback-secret",
+                ),
+            };
+            let merchant = demo::seed(&pool, &config).await?;
+            println!("{}", serde_json::to_string(&merchant)?);
+        }
+        Some(other) => anyhow::bail!("unknown command {other:?}; use serve, migrate or seed-demo"),
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Merchants and their credentials. The admin API and the demo seed both come through
+//! here, so demo data is made the way real data is.
+
+use anyhow::Context as _;
+use rand::RngCore;
+use sqlx::{PgConnection, PgPool};
+
+use paygate_common::domain::{ApiKeyId, MerchantId};
+use paygate_common::signature::webhook;
+
+use crate::extract::hash_api_key;
+
+/// A new merchant's credentials: the API key is shown once and only its hash is kept.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewMerchant {
+    pub id: MerchantId,
+    pub api_key: String,
+    pub webhook_secret: String,
+}
+
+/// A fresh API key: `pgk_` and 32 random bytes in hex.
+pub fn generate_api_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("pgk_{}", hex::encode(bytes))
+}
+
+/// Creates a merchant with one API key (`api_key`, or a generated one).
+pub async fn create(
+    pool: &PgPool,
+    name: &str,
+    webhook_url: Option<&str>,
+    api_key: Option<String>,
+) -> anyhow::Result<NewMerchant> {
+    let id = MerchantId::new();
+    let webhook_secret = webhook::generate_secret();
+    let api_key = api_key.unwrap_or_else(generate_api_key);
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO merchant (id, name, webhook_url, webhook_secret) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id.as_str())
+    .bind(name)
+    .bind(webhook_url)
+    .bind(&webhook_secret)
+    .execute(&mut *tx)
+    .await
+    .context("inserting the merchant")?;
+    add_api_key(&mut tx, &id, &api_key).await?;
+    tx.commit().await?;
+    Ok(NewMerchant {
+        id,
+        api_key,
+        webhook_secret,
+    })
+}
+
+/// Stores an API key for a merchant.
+pub async fn add_api_key(
+    conn: &mut PgConnection,
+    merchant: &MerchantId,
+    api_key: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO api_key (id, merchant_id, key_hash, prefix) VALUES ($1, $2, $3, $4)")
+        .bind(ApiKeyId::new().as_str())
+        .bind(merchant.as_str())
+        .bind(hash_api_key(api_key))
+        .bind(api_key.chars().take(12).collect::<String>())
+        .execute(conn)
+        .await
+        .context("storing the API key")?;
+    Ok(())
+}
+
+/// The merchant an API key belongs to, with its webhook secret, if the key is known.
+pub async fn find_by_api_key(
+    pool: &PgPool,
+    api_key: &str,
+) -> anyhow::Result<Option<(MerchantId, String)>> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT m.id, m.webhook_secret FROM api_key k JOIN merchant m ON m.id = k.merchant_id
+          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(hash_api_key(api_key))
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(id, secret)| Ok((id.parse()?, secret)))
+        .transpose()
+}
+
+/// Points a merchant's webhooks at `url`.
+pub async fn set_webhook_url(
+    pool: &PgPool,
+    merchant: &MerchantId,
+    url: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE merchant SET webhook_url = $2 WHERE id = $1")
+        .bind(merchant.as_str())
+        .bind(url)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Paygate's callback-processor: consumes `paygate.gateway.callbacks`, reads the stored
+//! callback through its gateway's adapter, and applies it to the transaction under the
+//! transaction's Redis lock with a version-checked update (the version is the fencing
+//! token, so a lock that expired mid-way can never corrupt state).
+//!
+//! - a result for a `processing` transaction moves it to `completed` or `failed`;
+//! - a callback for a transaction in a final state changes nothing and is kept as
+//!   `ignored` (a duplicate, or a late contradiction worth an operator's look);
+//! - one whose amount, currency or gateway disagrees with the transaction is `rejected`
+//!   and kept, and the transaction is left alone;
+//! - one that overtook the processor (the transaction is still `pending`) is retried
+//!   until the processor has recorded the gateway's acceptance.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use prost::Message;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use paygate_common::domain::{CallbackId, Status, TransactionId};
+use paygate_common::events::proto;
+use paygate_common::gateway::{self, CallbackNotice, CallbackResult};
+use paygate_common::kafka::{Handler, HandlerError, Inbound};
+use paygate_common::lock::Locks;
+use paygate_common::service::Worker;
+use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
+use paygate_common::Settings;
+
+pub struct Application {
+    worker: Worker,
+    handler: CallbackHandler,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let topics = [settings.kafka.topics.gateway_callbacks.as_str()];
+        let worker = Worker::build(
+            &settings,
+            "callback-processor",
+            &settings.callback_processor.listen,
+            &topics,
+        )
+        .await?;
+        let handler = CallbackHandler {
+            pool: worker.pool.clone(),
+            locks: Locks::connect(&settings.redis).await?,
+        };
+        Ok(Application { worker, handler })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.worker.port()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.worker.run(self.handler, shutdown).await
+    }
+}
+
+/// Applies one stored callback.
+pub struct CallbackHandler {
+    pool: PgPool,
+    locks: Locks,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredCallback {
+    gateway: String,
+    transaction_id: Option<String>,
+    body: Vec<u8>,
+    processed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What became of a callback, as recorded on its inbox row.
+enum Verdict {
+    Applied,
+    Ignored(String),
+    Rejected(String),
+}
+
+impl Handler for CallbackHandler {
+    async fn handle(&self, message: &Inbound) -> Result<(), HandlerError> {
+        let event = proto::CallbackReceived::decode(message.payload.as_slice())
+            .map_err(HandlerError::permanent)?;
+        let callback_id: CallbackId = event.callback_id.parse().map_err(HandlerError::permanent)?;
+        let transaction_id: TransactionId = event
+            .transaction_id
+            .parse()
+            .map_err(HandlerError::permanent)?;
+
+        let lock = self
+            .locks
+            .acquire(transaction_id.as_str(), Duration::from_secs(2))
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| {
+                HandlerError::transient(anyhow!("transaction {transaction_id} is locked"))
+            })?;
+        let result = self.apply(&callback_id, &transaction_id).await;
+        if let Err(error) = self.locks.release(lock).await {
+            tracing::warn!(%error, %transaction_id, "could not release the lock; it will expire");
+        }
+        result
+    }
+}
+
+impl CallbackHandler {
+    async fn apply(
+        &self,
+        callback_id: &CallbackId,
+        transaction_id: &TransactionId,
+    ) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        let stored: StoredCallback = sqlx::query_as(
+            "SELECT gateway, transaction_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
+        )
+        .bind(callback_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(HandlerError::transient)?
+        .ok_or_else(|| HandlerError::permanent(anyhow!("callback {callback_id} is not stored")))?;
+        if stored.processed_at.is_some() {
+            tracing::info!(%callback_id, "callback already processed");
+            return Ok(());
+        }
+        if stored.transaction_id.as_deref() != Some(transaction_id.as_str()) {
+            return Err(HandlerError::permanent(anyhow!(
+                "callback {callback_id} is not about {transaction_id}"
+            )));
+        }
+        let gateway = gateway::find(&mut *tx, &stored.gateway)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow!("gateway {} is gone", stored.gateway))
+            })?;
+        let transaction = transactions::find(&mut *tx, transaction_id)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow!("transaction {transaction_id} does not exist"))
+            })?;
+
+        let verdict = match gateway::parse_callback(gateway.protocol, &stored.body) {
+            Err(error) => Verdict::Rejected(error.to_string()),
+            Ok(notice) => match judge(&transaction, &gateway.code, &notice)? {
+                Judgement::Apply(to, change) => {
+                    match transactions::transition(&mut tx, &transaction, to, change).await {
+                        Ok(record) => {
+                            tracing::info!(%transaction_id, status = %record.status, version = record.version, "callback applied");
+                            Verdict::Applied
+                        }
+                        Err(TransitionError::Database(error)) => {
+                            return Err(HandlerError::transient(error))
+                        }
+                        // Changed between our read and our write despite the lock (it expired):
+                        // read again and judge afresh.
+                        Err(error) => return Err(HandlerError::transient(error)),
+                    }
+                }
+                Judgement::Keep(verdict) => verdict,
+            },
+        };
+        let (outcome, reason) = match &verdict {
+            Verdict::Applied => ("applied", None),
+            Verdict::Ignored(reason) => ("ignored", Some(reason.as_str())),
+            Verdict::Rejected(reason) => ("rejected", Some(reason.as_str())),
+        };
+        if let Some(reason) = reason {
+            tracing::warn!(%callback_id, %transaction_id, outcome, reason, "callback not applied");
+        }
+        sqlx::query(
+            "UPDATE gateway_callback SET processed_at = now(), outcome = $2, outcome_reason = $3 WHERE id = $1",
+        )
+        .bind(callback_id.as_str())
+        .bind(outcome)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(HandlerError::transient)?;
+        tx.commit().await.map_err(HandlerError::transient)?;
+        Ok(())
+    }
+}
+
+enum Judgement {
+    Apply(Status, Change),
+    Keep(Verdict),
+}
+
+/// Decides what a callback does to a transaction, without touching anything.
+fn judge(
+    transaction: &TransactionRecord,
+    gateway: &str,
+    notice: &CallbackNotice,
+) -> Result<Judgement, HandlerError> {
+    let mismatch = if notice.reference != transaction.id.as_str() {
+        Some(format!(
+            "reference {} is not {}",
+            notice.reference, transaction.id
+        ))
+    } else if notice.amount != transaction.amount {
+        Some(format!(
+            "amount {} is not {}",
+            notice.amount, transaction.amount
+        ))
+    } else if notice.currency != transaction.currency {
+        Some(format!(
+            "currency {} is not {}",
+            notice.currency, transaction.currency
+        ))
+    } else if transaction.gateway.as_deref().is_some_and(|g| g != gateway) {
+        Some(format!("gateway {gateway} did not take this transaction"))
+    } else {
+        None
+    };
+    if let Some(reason) = mismatch {
+        return Ok(Judgement::Keep(Verdict::Rejected(reason)));
+    }
+
+    let (to, change) = match &notice.result {
+        CallbackResult::Approved => (
+            Status::Completed,
+            Change {
+                gateway_txn_id: notice.gateway_txn_id.clone(),
+                ..Change::default()
+            },
+        ),
+        CallbackResult::Declined { reason } => (
+            Status::Failed,
+            Change {
+                gateway_txn_id: notice.gateway_txn_id.clone(),
+                failure_reason: Some(reason.clone()),
+                ..Change::default()
+            },
+        ),
+    };
+    match transaction.status {
+        Status::Processing => Ok(Judgement::Apply(to, change)),
+        Status::Pending => Err(HandlerError::transient(anyhow!(
+            "transaction {} is still pending: the callback overtook the gateway's answer",
+            transaction.id
+        ))),
+        final_status if final_status == to => Ok(Judgement::Keep(Verdict::Ignored(
+            "duplicate: already in that state".into(),
+        ))),
+        final_status => Ok(Judgement::Keep(Verdict::Ignored(format!(
+            "transaction is {final_status}, a final state; the callback says {to}"
+        )))),
+    }
+}

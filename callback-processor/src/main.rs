@@ -1,0 +1,15 @@
+//! `paygate-callback-processor`: applies gateway callbacks until SIGTERM.
+
+use paygate_callback_processor::Application;
+use paygate_common::{shutdown, telemetry, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    telemetry::init(settings.log.format);
+    let app = Application::build(settings).await?;
+    tracing::info!(health_port = app.port(), "callback-processor running");
+    app.run(shutdown::on_signal()).await?;
+    tracing::info!("callback-processor stopped");
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Compiles the protobuf schemas of every Kafka message. Needs `protoc` on the PATH
+//! (Debian's `protobuf-compiler`, installed by `scripts/up` and `scripts/test`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    prost_build::compile_protos(&["proto/paygate/v1/events.proto"], &["proto"])?;
+    Ok(())
+}

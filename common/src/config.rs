@@ -1,0 +1,230 @@
+//! Layered configuration: the embedded defaults (`common/config/default.toml`), then an
+//! optional file named by `PAYGATE_CONFIG`, then `PAYGATE__…` environment variables.
+//! One [`Settings`] describes the whole suite; each service reads the sections it needs.
+//! Settings are validated once at start, so a typo stops a service before it serves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub log: LogSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub kafka: KafkaSettings,
+    pub outbox: OutboxSettings,
+    pub api: ApiSettings,
+    pub payment_processor: ServiceSettings,
+    pub callback_processor: ServiceSettings,
+    pub callback_dispatcher: DispatcherSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// Holds the password when there is one, so it is never printed.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub lock_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub fetch_wait_max_ms: u32,
+    pub message_timeout_ms: u32,
+    pub group_prefix: String,
+    pub handler_attempts: u32,
+    pub topics: Topics,
+}
+
+/// Topic names: configuration, so that deployments (and tests) can keep theirs apart.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Topics {
+    pub payments_requested: String,
+    pub payments_retry: String,
+    pub gateway_callbacks: String,
+    pub transactions_status: String,
+}
+
+impl Topics {
+    pub fn all(&self) -> [&str; 4] {
+        [
+            &self.payments_requested,
+            &self.payments_retry,
+            &self.gateway_callbacks,
+            &self.transactions_status,
+        ]
+    }
+
+    /// The dead-letter topic of a topic: where a consumer puts what it gave up on.
+    pub fn dead_letter(topic: &str) -> String {
+        format!("{topic}.dlq")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    pub poll_interval_ms: u64,
+    pub batch_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen: String,
+    pub public_url: String,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceSettings {
+    /// Address of the health and metrics endpoint.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DispatcherSettings {
+    pub listen: String,
+    pub request_timeout_ms: u64,
+    pub retry_delays_ms: Vec<u64>,
+    pub poll_interval_ms: u64,
+}
+
+impl DispatcherSettings {
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_delays_ms
+            .iter()
+            .copied()
+            .map(Duration::from_millis)
+            .collect()
+    }
+}
+
+impl Settings {
+    /// Defaults, then `PAYGATE_CONFIG` (if set), then `PAYGATE__…` variables; validated.
+    pub fn load() -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Ok(path) = std::env::var("PAYGATE_CONFIG") {
+            builder = builder.add_source(config::File::with_name(&path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("PAYGATE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("callback_dispatcher.retry_delays_ms")
+                    .try_parsing(true),
+            )
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("configuration does not fit Paygate's settings")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: addresses parse, numbers are in range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, addr) in [
+            ("api.listen", &self.api.listen),
+            ("payment_processor.listen", &self.payment_processor.listen),
+            ("callback_processor.listen", &self.callback_processor.listen),
+            (
+                "callback_dispatcher.listen",
+                &self.callback_dispatcher.listen,
+            ),
+        ] {
+            addr.parse::<SocketAddr>().with_context(|| {
+                format!("{name} = {addr:?} is not an address such as 127.0.0.1:8080")
+            })?;
+        }
+        ensure!(
+            self.api.public_url.starts_with("http://")
+                || self.api.public_url.starts_with("https://"),
+            "api.public_url must be an http(s) URL"
+        );
+        ensure!(
+            self.database.max_connections > 0,
+            "database.max_connections must be positive"
+        );
+        ensure!(
+            !self.kafka.brokers.is_empty(),
+            "kafka.brokers must name at least one broker"
+        );
+        ensure!(
+            self.kafka.partitions > 0,
+            "kafka.partitions must be positive"
+        );
+        ensure!(
+            self.kafka.handler_attempts > 0,
+            "kafka.handler_attempts must be positive"
+        );
+        ensure!(
+            self.outbox.batch_size > 0,
+            "outbox.batch_size must be positive"
+        );
+        ensure!(
+            self.redis.lock_ttl_ms >= 1000,
+            "redis.lock_ttl_ms must be at least 1000"
+        );
+        ensure!(
+            !self.callback_dispatcher.retry_delays_ms.is_empty(),
+            "callback_dispatcher.retry_delays_ms needs at least one delay"
+        );
+        Ok(())
+    }
+
+    /// The consumer group of a service.
+    pub fn group_id(&self, service: &str) -> String {
+        format!("{}.{service}", self.kafka.group_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_valid() {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        settings.validate().unwrap();
+        assert_eq!(
+            settings.kafka.topics.payments_requested,
+            "paygate.payments.requested"
+        );
+        assert_eq!(settings.callback_dispatcher.retry_delays_ms.len(), 7);
+    }
+}

@@ -1,0 +1,40 @@
+//! The PostgreSQL pool and the one schema, embedded from `common/migrations`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::DatabaseSettings;
+
+/// The embedded migrations; `sqlx::migrate!` takes an advisory lock, so services that
+/// start together apply them once.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, and applies the migrations when the settings say so.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.url.expose_secret())
+        .await
+        .context("connecting to PostgreSQL")?;
+    if settings.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    Ok(pool)
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// The name of the constraint a database error violated, if any: the way code maps a
+/// unique or check violation to a precise answer instead of selecting first.
+pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}

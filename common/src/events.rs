@@ -1,0 +1,112 @@
+//! The messages Paygate puts on Kafka (protobuf, from `common/proto`), the logical
+//! streams they go to, and the JSON view of a transaction that merchants see in API
+//! answers and webhooks alike.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::config::Topics;
+
+/// The generated protobuf types of `paygate.v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/paygate.v1.rs"));
+}
+
+/// The version of the schemas in `common/proto`, sent as the `schema-version` header.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// A logical stream of events; configuration maps it to a topic name when the outbox
+/// relay publishes, so renaming a topic never strands an unpublished event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    PaymentsRequested,
+    GatewayCallbacks,
+    TransactionsStatus,
+}
+
+impl Destination {
+    /// The value stored in `transaction_event.destination`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Destination::PaymentsRequested => "payments_requested",
+            Destination::GatewayCallbacks => "gateway_callbacks",
+            Destination::TransactionsStatus => "transactions_status",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Destination::PaymentsRequested,
+            Destination::GatewayCallbacks,
+            Destination::TransactionsStatus,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+
+    pub fn topic<'a>(&self, topics: &'a Topics) -> &'a str {
+        match self {
+            Destination::PaymentsRequested => &topics.payments_requested,
+            Destination::GatewayCallbacks => &topics.gateway_callbacks,
+            Destination::TransactionsStatus => &topics.transactions_status,
+        }
+    }
+}
+
+/// Event types, as stored and sent in the `event-type` header and webhook `type`.
+pub mod event_type {
+    pub const CREATED: &str = "transaction.created";
+    pub const CALLBACK_RECEIVED: &str = "callback.received";
+
+    /// The webhook type of a status change: `transaction.<status>`.
+    pub fn for_status(status: crate::domain::Status) -> String {
+        format!("transaction.{status}")
+    }
+}
+
+/// Timestamps on the wire: RFC 3339, UTC, milliseconds.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A transaction as merchants see it, in API answers and in webhook `data`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransactionView {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub amount: String,
+    pub currency: String,
+    pub user_id: String,
+    pub country: Option<String>,
+    pub reference: Option<String>,
+    pub gateway: Option<String>,
+    pub gateway_txn_id: Option<String>,
+    pub failure_reason: Option<String>,
+    /// Counts status changes from 1, so a merchant can order webhooks.
+    pub version: i32,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&proto::Transaction> for TransactionView {
+    fn from(t: &proto::Transaction) -> Self {
+        TransactionView {
+            id: t.id.clone(),
+            kind: t.kind.clone(),
+            status: t.status.clone(),
+            amount: t.amount.clone(),
+            currency: t.currency.clone(),
+            user_id: t.user_id.clone(),
+            country: t.country.clone(),
+            reference: t.reference.clone(),
+            gateway: t.gateway.clone(),
+            gateway_txn_id: t.gateway_txn_id.clone(),
+            failure_reason: t.failure_reason.clone(),
+            version: t.version,
+            created_at: t.created_at.clone(),
+            updated_at: t.updated_at.clone(),
+        }
+    }
+}

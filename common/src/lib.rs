@@ -1,0 +1,21 @@
+//! What more than one Paygate service shares: domain types, event schemas, Kafka,
+//! PostgreSQL and Redis plumbing, gateway adapters, signatures, configuration,
+//! telemetry and shutdown. A service's own logic stays in its own crate.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod gateway;
+pub mod health;
+pub mod kafka;
+pub mod lock;
+pub mod outbox;
+pub mod retry;
+pub mod service;
+pub mod shutdown;
+pub mod signature;
+pub mod telemetry;
+pub mod transactions;
+
+pub use config::Settings;

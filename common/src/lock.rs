@@ -1,0 +1,108 @@
+//! Per-transaction locks in Redis: `SET key token NX PX ttl` to take one, a Lua
+//! compare-and-delete to release it, so a holder whose lock expired can never release
+//! the next holder's. A lock only keeps two workers from doing the same work at once;
+//! correctness comes from the version-checked update, so losing Redis costs latency,
+//! never a wrong status.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::RngCore;
+use redis::aio::ConnectionManager;
+
+use crate::config::RedisSettings;
+
+const RELEASE: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+else
+    return 0
+end
+"#;
+
+/// Takes and releases locks; cheap to clone (one multiplexed connection).
+#[derive(Clone)]
+pub struct Locks {
+    /// Reconnects by itself after Redis restarts.
+    connection: ConnectionManager,
+    /// Prepended to every key: `<prefix>:lock:<resource>`.
+    prefix: String,
+    /// How long a lock lives if its holder dies without releasing it.
+    ttl: Duration,
+    release: redis::Script,
+}
+
+/// A held lock. Give it back with [`Locks::release`]; if the holder dies it expires.
+#[derive(Debug)]
+#[must_use = "a lock is held until released or expired"]
+pub struct Lock {
+    key: String,
+    token: String,
+}
+
+impl Locks {
+    pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let client = redis::Client::open(settings.url.as_str()).context("parsing redis.url")?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .context("connecting to Redis")?;
+        Ok(Locks {
+            connection,
+            prefix: settings.key_prefix.clone(),
+            ttl: Duration::from_millis(settings.lock_ttl_ms),
+            release: redis::Script::new(RELEASE),
+        })
+    }
+
+    /// The same connection with another time to live (tests use short ones).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Takes the lock on `resource` if nobody holds it.
+    pub async fn try_acquire(&self, resource: &str) -> anyhow::Result<Option<Lock>> {
+        let key = format!("{}:lock:{resource}", self.prefix);
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.connection.clone())
+            .await
+            .context("taking a Redis lock")?;
+        Ok(set.map(|_| Lock { key, token }))
+    }
+
+    /// Takes the lock on `resource`, waiting up to `wait` for its holder to let go.
+    pub async fn acquire(&self, resource: &str, wait: Duration) -> anyhow::Result<Option<Lock>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(lock) = self.try_acquire(resource).await? {
+                return Ok(Some(lock));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Releases `lock` if it is still ours; `false` when it had expired (and perhaps
+    /// been taken by someone else, whose lock stays untouched).
+    pub async fn release(&self, lock: Lock) -> anyhow::Result<bool> {
+        let deleted: i64 = self
+            .release
+            .key(&lock.key)
+            .arg(&lock.token)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .context("releasing a Redis lock")?;
+        Ok(deleted == 1)
+    }
+}

@@ -1,0 +1,220 @@
+//! One payment through all four services, the simulator and a merchant endpoint, over
+//! the real broker, PostgreSQL and Redis.
+
+use std::time::Duration;
+
+use paygate_common::signature::webhook;
+use paygate_testkit::{eventually, Suite};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn transaction(suite: &Suite, id: &str) -> Value {
+    suite
+        .get(&format!("/v1/transactions/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn settled(suite: &Suite, id: &str) -> Value {
+    eventually(
+        "the transaction to reach a final status",
+        Duration::from_secs(60),
+        || async {
+            let t = transaction(suite, id).await;
+            matches!(t["status"].as_str(), Some("completed" | "failed")).then_some(t)
+        },
+    )
+    .await
+}
+
+/// Waits for the webhook of `kind`, then a little longer so a duplicate would show.
+async fn webhooks_until(suite: &Suite, kind: &str) -> Vec<paygate_testkit::Received> {
+    eventually("the webhook", Duration::from_secs(30), || async {
+        suite
+            .webhooks
+            .received()
+            .iter()
+            .any(|w| w.json()["type"] == kind)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    suite.webhooks.received()
+}
+
+async fn charges(suite: &Suite, reference: &str) -> u64 {
+    let body: Value = suite
+        .http
+        .get(format!("{}/charges/{reference}", suite.simulator_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["charges"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_its_secret() {
+    let suite = Suite::start().await;
+    let response = suite
+        .post("/v1/deposits")
+        .json(&json!({"user_id": "user-42", "amount": "25.00", "currency": "EUR", "country": "DE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let done = settled(&suite, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["gateway"], "simjson");
+    assert!(done["gateway_txn_id"]
+        .as_str()
+        .is_some_and(|g| g.starts_with("sim_")));
+    assert_eq!(charges(&suite, &id).await, 1, "charged exactly once");
+
+    let received = webhooks_until(&suite, "transaction.completed").await;
+    let kinds: Vec<String> = received
+        .iter()
+        .map(|w| w.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "transaction.completed")
+            .count(),
+        1,
+        "exactly one completed webhook: {kinds:?}"
+    );
+    let mut ids: Vec<&str> = received.iter().map(|w| w.header(webhook::ID)).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), received.len(), "no event delivered twice");
+    for delivery in &received {
+        let timestamp: i64 = delivery.header(webhook::TIMESTAMP).parse().unwrap();
+        assert!(
+            webhook::verify(
+                &suite.merchant.webhook_secret,
+                delivery.header(webhook::ID),
+                timestamp,
+                delivery.body.as_bytes(),
+                delivery.header(webhook::SIGNATURE),
+            ),
+            "the signature verifies with the merchant's secret"
+        );
+        assert!(!webhook::verify(
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            delivery.header(webhook::ID),
+            timestamp,
+            delivery.body.as_bytes(),
+            delivery.header(webhook::SIGNATURE),
+        ));
+        let body = delivery.json();
+        assert_eq!(body["id"], delivery.header(webhook::ID));
+        assert_eq!(body["data"]["id"], id.as_str());
+    }
+    let completed = received
+        .iter()
+        .find(|w| w.json()["type"] == "transaction.completed")
+        .unwrap()
+        .json();
+    assert_eq!(completed["data"]["status"], "completed");
+    assert_eq!(completed["data"]["amount"], "25.00");
+    assert_eq!(completed["data"]["version"], 3);
+
+    let history: Vec<(Option<i32>, String)> = sqlx::query_as(
+        "SELECT version, event_type FROM transaction_event WHERE transaction_id = $1 ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&suite.pool)
+    .await
+    .unwrap();
+    let status_history: Vec<(i32, &str)> = history
+        .iter()
+        .filter_map(|(v, t)| v.map(|v| (v, t.as_str())))
+        .collect();
+    assert_eq!(
+        status_history,
+        [
+            (1, "transaction.created"),
+            (2, "transaction.processing"),
+            (3, "transaction.completed")
+        ]
+    );
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM transaction_event WHERE published_at IS NULL")
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0, "the relay published every event");
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declined_deposit_fails_with_the_gateways_reason_and_the_merchant_hears_of_it() {
+    let suite = Suite::start().await;
+    let created: Value = suite
+        .post("/v1/deposits")
+        .json(&json!({"user_id": "user-7", "amount": "10.01", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let done = settled(&suite, &id).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["failure_reason"], "insufficient_funds");
+    assert_eq!(charges(&suite, &id).await, 0);
+
+    let received = webhooks_until(&suite, "transaction.failed").await;
+    assert_eq!(received.len(), 1, "only the failure is announced");
+    assert_eq!(
+        received[0].json()["data"]["failure_reason"],
+        "insufficient_funds"
+    );
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callback_sent_twice_is_applied_once() {
+    let suite = Suite::start().await;
+    let created: Value = suite
+        .post("/v1/deposits")
+        .json(&json!({"user_id": "user-9", "amount": "30.04", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(settled(&suite, &id).await["status"], "completed");
+
+    let received = webhooks_until(&suite, "transaction.completed").await;
+    let completed = received
+        .iter()
+        .filter(|w| w.json()["type"] == "transaction.completed")
+        .count();
+    assert_eq!(completed, 1);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM gateway_callback WHERE transaction_id = $1")
+            .bind(&id)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored, 1,
+        "the second delivery of the same callback is deduplicated"
+    );
+    suite.stop().await;
+}

@@ -1,0 +1,11 @@
+//! Every integration and end-to-end test, in one binary (one link instead of many).
+//! Each test isolates itself: its own database, topics, consumer groups, Redis prefix
+//! and ports (see `paygate_testkit`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod consumer;
+mod end_to_end;
+mod lock;
+mod migrations;

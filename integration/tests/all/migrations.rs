@@ -1,0 +1,78 @@
+use paygate_common::db;
+use sqlx::postgres::PgPoolOptions;
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_and_a_second_run_changes_nothing() {
+    let url = paygate_testkit::empty_database().await;
+    let pool = PgPoolOptions::new().connect(&url).await.unwrap();
+
+    db::migrate(&pool).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for expected in [
+        "api_key",
+        "customer",
+        "gateway",
+        "gateway_callback",
+        "gateway_route",
+        "merchant",
+        "transaction",
+        "transaction_event",
+        "webhook_attempt",
+        "webhook_delivery",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == expected),
+            "{expected} missing from {tables:?}"
+        );
+    }
+
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    let again: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, again);
+    assert!(applied >= 1);
+}
+
+#[tokio::test]
+async fn the_schema_refuses_a_second_event_with_the_same_version() {
+    let settings = paygate_testkit::settings().await;
+    let pool = paygate_testkit::pool(&settings).await;
+    let merchant = paygate_api::merchants::create(&pool, "m", None, None)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id)
+         VALUES ('txn_1', $1, 'deposit', 'pending', 1, 'USD', 'u')",
+    )
+    .bind(merchant.id.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let insert = "INSERT INTO transaction_event (id, transaction_id, version, event_type, destination, payload)
+                  VALUES ($1, 'txn_1', 1, 'transaction.created', 'payments_requested', '')";
+    sqlx::query(insert)
+        .bind("evt_a")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let error = sqlx::query(insert)
+        .bind("evt_b")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        db::violated_constraint(&error),
+        Some("transaction_event_version_unique")
+    );
+}

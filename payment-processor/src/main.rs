@@ -1,0 +1,15 @@
+//! `paygate-payment-processor`: routes requested payments to gateways until SIGTERM.
+
+use paygate_common::{shutdown, telemetry, Settings};
+use paygate_payment_processor::Application;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    telemetry::init(settings.log.format);
+    let app = Application::build(settings).await?;
+    tracing::info!(health_port = app.port(), "payment-processor running");
+    app.run(shutdown::on_signal()).await?;
+    tracing::info!("payment-processor stopped");
+    Ok(())
+}
