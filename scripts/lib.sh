@@ -1,0 +1,127 @@
+# Shared by scripts/up and scripts/test: install what is missing, start what is not
+# running. Sourced, not run. Everything slow is cached outside the work tree:
+#   PAYGATE_TOOLS_DIR (default ~/.local/share/paygate)  the tansu broker, demo state
+#   CARGO_TARGET_DIR  (default ~/.cache/paygate/target)  the build
+
+set -euo pipefail
+
+PAYGATE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PAYGATE_TOOLS_DIR="${PAYGATE_TOOLS_DIR:-$HOME/.local/share/paygate}"
+TANSU_VERSION="0.6.0"
+TANSU="$PAYGATE_TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/paygate/target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=""
+apt_install() {
+    command -v apt-get >/dev/null || die "cannot install $* without apt-get; install it by hand"
+    if [ -z "$APT_UPDATED" ]; then
+        log "apt-get update"
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "installing $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Build tools: a C toolchain and make for librdkafka, protoc for the event schemas.
+ensure_build_tools() {
+    local missing=()
+    command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) first"
+    command -v cc >/dev/null || missing+=(build-essential)
+    command -v make >/dev/null || missing+=(make)
+    command -v protoc >/dev/null || missing+=(protobuf-compiler)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# The Kafka-protocol broker, built once from crates.io into the tools directory.
+ensure_tansu() {
+    if [ -x "$TANSU" ]; then return; fi
+    log "building the tansu $TANSU_VERSION broker (once; about 11 minutes on 2 cores)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+        --root "$PAYGATE_TOOLS_DIR/tansu-$TANSU_VERSION" --quiet
+}
+
+PG_STARTED=""
+ensure_postgres() {
+    if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return; fi
+    if ! command -v pg_ctlcluster >/dev/null; then apt_install postgresql; fi
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    [ -n "$version" ] || die "PostgreSQL is installed but has no cluster"
+    log "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    PG_STARTED="$version"
+    for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+    pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not start"
+    # Paygate connects as postgres over TCP; a fresh Debian install wants a password.
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        log "allowing local trust authentication for PostgreSQL"
+        local hba="/etc/postgresql/$version/main/pg_hba.conf"
+        as_root sed -i -E 's/^(host\s+all\s+all\s+127\.0\.0\.1\/32\s+)\S+/\1trust/; s/^(host\s+all\s+all\s+::1\/128\s+)\S+/\1trust/' "$hba"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    fi
+}
+
+REDIS_STARTED=""
+ensure_redis() {
+    if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+    if ! command -v redis-server >/dev/null; then apt_install redis-server; fi
+    log "starting Redis"
+    mkdir -p "$PAYGATE_TOOLS_DIR/redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --dir "$PAYGATE_TOOLS_DIR/redis" --logfile "$PAYGATE_TOOLS_DIR/redis/redis.log"
+    REDIS_STARTED=1
+    for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || die "Redis did not start"
+}
+
+# A free TCP port on loopback.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for_port() { # port what [seconds]
+    local port="$1" what="$2" seconds="${3:-30}"
+    for _ in $(seq 1 $((seconds * 10))); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "$what did not open port $port within ${seconds}s"
+}
+
+# Starts a broker on 127.0.0.1:<port> with durable sqlite storage in <dir>; prints its pid.
+start_broker() { # port dir
+    local port="$1" dir="$2"
+    mkdir -p "$dir"
+    # tansu resolves sqlite:// relative to its working directory.
+    (cd "$dir" && exec setsid "$TANSU" broker \
+        --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "sqlite://tansu.db" >broker.log 2>&1) &
+    echo $!
+    wait_for_port "$port" "the tansu broker"
+}
+
+# Stops a process group (a pid started with setsid) politely, waits until every member
+# is gone, and kills what is left after 15 s.
+stop_group() { # pid
+    local pid="$1"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 75); do
+        kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}
