@@ -207,7 +207,8 @@ impl Sender {
             pool,
             http,
             delays: settings.retry_delays(),
-            lease: timeout + Duration::from_secs(30),
+            // Longer than any attempt can take, so a live sender never loses its claim.
+            lease: timeout + Duration::from_secs(5),
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
             wake,
         })

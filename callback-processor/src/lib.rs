@@ -11,8 +11,6 @@
 //! - one that overtook the processor (the transaction is still `pending`) is retried
 //!   until the processor has recorded the gateway's acceptance.
 
-use std::time::Duration;
-
 use anyhow::anyhow;
 use prost::Message;
 use sqlx::PgPool;
@@ -91,7 +89,8 @@ impl Handler for CallbackHandler {
 
         let lock = self
             .locks
-            .acquire(transaction_id.as_str(), Duration::from_secs(2))
+            // A holder that died frees it within the TTL, so waiting that long suffices.
+            .acquire(transaction_id.as_str(), self.locks.ttl())
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| {

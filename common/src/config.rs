@@ -61,7 +61,22 @@ pub struct KafkaSettings {
     pub message_timeout_ms: u32,
     pub group_prefix: String,
     pub handler_attempts: u32,
+    pub partition_assignment: PartitionAssignment,
     pub topics: Topics,
+}
+
+/// How a service's consumer gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionAssignment {
+    /// Kafka's group protocol: replicas share the partitions and a dead one's are handed
+    /// to the others. For Apache Kafka (compose, Kubernetes).
+    Group,
+    /// This process reads every partition and commits to its group without joining it:
+    /// for exactly one replica per service. Used with tansu, whose group coordinator never
+    /// expires a member killed with SIGKILL, so its partitions would stall until restart
+    /// and, as measured, even after it.
+    All,
 }
 
 /// Topic names: configuration, so that deployments (and tests) can keep theirs apart.

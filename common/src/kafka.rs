@@ -22,11 +22,11 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::{KafkaSettings, Topics};
+use crate::config::{KafkaSettings, PartitionAssignment, Topics};
 use crate::events::SCHEMA_VERSION;
 use crate::retry::backoff;
 
@@ -330,9 +330,26 @@ impl ConsumerLoop {
             .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
             .create_with_context(LoggingContext)
             .context("creating the Kafka consumer")?;
-        consumer
-            .subscribe(topics)
-            .with_context(|| format!("subscribing to {topics:?}"))?;
+        match settings.partition_assignment {
+            PartitionAssignment::Group => consumer
+                .subscribe(topics)
+                .with_context(|| format!("subscribing to {topics:?}"))?,
+            PartitionAssignment::All => {
+                let mut partitions = TopicPartitionList::new();
+                for topic in topics {
+                    let metadata = consumer
+                        .fetch_metadata(Some(topic), Duration::from_secs(10))
+                        .with_context(|| format!("reading the partitions of {topic}"))?;
+                    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                        partitions.add_partition_offset(topic, partition.id(), Offset::Stored)?;
+                    }
+                }
+                anyhow::ensure!(partitions.count() > 0, "{topics:?} have no partitions");
+                consumer
+                    .assign(&partitions)
+                    .with_context(|| format!("assigning the partitions of {topics:?}"))?;
+            }
+        }
         Ok(ConsumerLoop {
             consumer,
             attempts: settings.handler_attempts,

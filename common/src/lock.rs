@@ -60,6 +60,11 @@ impl Locks {
         self
     }
 
+    /// How long a lock lives unreleased: also how long to wait for a holder that died.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Takes the lock on `resource` if nobody holds it.
     pub async fn try_acquire(&self, resource: &str) -> anyhow::Result<Option<Lock>> {
         let key = format!("{}:lock:{resource}", self.prefix);

@@ -37,10 +37,14 @@ pub struct SimConfig {
     pub callback_delay: Duration,
     /// How long a `.02` payment keeps the caller waiting.
     pub slow_answer: Duration,
+    /// How long every payment takes to answer after it was taken (charged): a slow
+    /// gateway, which leaves a window where the caller can die before hearing back.
+    pub answer_delay: Duration,
 }
 
 impl SimConfig {
-    /// `PAYGATE_SIM_LISTEN`, `PAYGATE_SIM_JSON_SECRET`, `PAYGATE_SIM_CALLBACK_DELAY_MS`.
+    /// `PAYGATE_SIM_LISTEN`, `PAYGATE_SIM_JSON_SECRET`, `PAYGATE_SIM_CALLBACK_DELAY_MS`,
+    /// `PAYGATE_SIM_ANSWER_DELAY_MS`.
     pub fn from_env() -> anyhow::Result<Self> {
         let var =
             |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
@@ -51,6 +55,7 @@ impl SimConfig {
                 var("PAYGATE_SIM_CALLBACK_DELAY_MS", "200").parse()?,
             ),
             slow_answer: Duration::from_secs(30),
+            answer_delay: Duration::from_millis(var("PAYGATE_SIM_ANSWER_DELAY_MS", "0").parse()?),
         })
     }
 }
@@ -231,9 +236,12 @@ async fn json_pay(State(sim): State<Sim>, Json(request): Json<PayRequest>) -> Re
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    if outcome == 2 {
-        tokio::time::sleep(sim.config.slow_answer).await;
-    }
+    let delay = if outcome == 2 {
+        sim.config.slow_answer
+    } else {
+        sim.config.answer_delay
+    };
+    tokio::time::sleep(delay).await;
     answer(&charge)
 }
 

@@ -91,7 +91,8 @@ impl Handler for PaymentHandler {
 
         let lock = self
             .locks
-            .acquire(id.as_str(), Duration::from_secs(2))
+            // A holder that died frees it within the TTL, so waiting that long suffices.
+            .acquire(id.as_str(), self.locks.ttl())
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| {

@@ -7,7 +7,8 @@
 //! `PAYGATE_TEST_DATABASE_URL` (an admin connection, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `PAYGATE_TEST_KAFKA_BROKERS`
 //! (default `127.0.0.1:9092`) and `PAYGATE_TEST_REDIS_URL` (default
-//! `redis://127.0.0.1:6379`).
+//! `redis://127.0.0.1:6379`). Test databases are named `PAYGATE_TEST_DB_PREFIX` (default
+//! `paygate_t_`) and a random suffix, so a run can drop its own and only its own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: failing loudly is the point
 
@@ -16,13 +17,13 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use rand::RngCore;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use paygate_common::config::LogFormat;
+use paygate_common::config::{LogFormat, PartitionAssignment};
 use paygate_common::gateway::{self, GatewayConfig, Protocol, Route};
 use paygate_common::{db, Settings};
 
@@ -43,7 +44,7 @@ pub async fn empty_database() -> String {
         "PAYGATE_TEST_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/postgres",
     );
-    let name = unique("paygate_t_");
+    let name = unique(&env("PAYGATE_TEST_DB_PREFIX", "paygate_t_"));
     let mut admin = PgConnection::connect(&admin_url)
         .await
         .expect("PostgreSQL is not reachable: run the tests through scripts/test");
@@ -69,10 +70,15 @@ pub async fn settings() -> Settings {
     settings.database.migrate_on_start = true;
     settings.redis.url = env("PAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
     settings.redis.key_prefix = format!("paygate-test:{run}");
+    // Longer than a gateway call in tests (2 s timeout), short enough that a test which
+    // kills a lock holder waits seconds, not tens of seconds.
+    settings.redis.lock_ttl_ms = 5_000;
     settings.kafka.brokers = env("PAYGATE_TEST_KAFKA_BROKERS", "127.0.0.1:9092");
     settings.kafka.partitions = 3;
     settings.kafka.group_prefix = format!("paygate-test.{run}");
     settings.kafka.handler_attempts = 5;
+    // One replica per service against tansu: see PartitionAssignment::All.
+    settings.kafka.partition_assignment = PartitionAssignment::All;
     let topics = &mut settings.kafka.topics;
     for topic in [
         &mut topics.payments_requested,
@@ -89,6 +95,7 @@ pub async fn settings() -> Settings {
     settings.callback_dispatcher.listen = "127.0.0.1:0".to_owned();
     settings.callback_dispatcher.retry_delays_ms = vec![200, 500, 1000];
     settings.callback_dispatcher.poll_interval_ms = 100;
+    settings.callback_dispatcher.request_timeout_ms = 2_000;
     settings.validate().unwrap();
     settings
 }
@@ -188,13 +195,15 @@ impl WebhookReceiver {
 /// The JSON gateway of the simulator, as Paygate's configuration knows it.
 pub const SIM_JSON_SECRET: &str = "test-simjson-secret";
 
-/// Starts the gateway simulator on port 0; returns its base URL.
-pub async fn start_simulator(shutdown: CancellationToken) -> String {
+/// Starts the gateway simulator on port 0, answering after `answer_delay`; returns its
+/// base URL.
+pub async fn start_simulator(shutdown: CancellationToken, answer_delay: Duration) -> String {
     let simulator = paygate_gateway_sim::Simulator::build(paygate_gateway_sim::SimConfig {
         listen: "127.0.0.1:0".to_owned(),
         json_secret: SIM_JSON_SECRET.to_owned(),
         callback_delay: Duration::from_millis(50),
         slow_answer: Duration::from_secs(10),
+        answer_delay,
     })
     .await
     .unwrap();
@@ -255,7 +264,25 @@ impl Running {
     }
 }
 
-/// All four services, the simulator and a merchant endpoint, in this process.
+/// The services that talk over Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    PaymentProcessor,
+    CallbackProcessor,
+    CallbackDispatcher,
+}
+
+/// How to start a [`Suite`].
+#[derive(Debug, Clone, Default)]
+pub struct SuiteOptions {
+    /// Services the test runs itself (as real processes, see [`Process`]) instead of
+    /// the suite running them in-process.
+    pub external: Vec<Service>,
+    /// How long the simulated gateway takes to answer a payment it took.
+    pub gateway_answer_delay: Duration,
+}
+
+/// The api and the Kafka services, the simulator and a merchant endpoint.
 pub struct Suite {
     pub settings: Settings,
     pub pool: PgPool,
@@ -264,15 +291,17 @@ pub struct Suite {
     pub merchant: paygate_api::merchants::NewMerchant,
     pub webhooks: WebhookReceiver,
     pub http: reqwest::Client,
-    pub api: Running,
-    pub payment_processor: Running,
-    pub callback_processor: Running,
-    pub callback_dispatcher: Running,
+    services: Vec<(&'static str, Running)>,
     simulator: CancellationToken,
 }
 
 impl Suite {
+    /// Everything in this process.
     pub async fn start() -> Self {
+        Self::start_with(SuiteOptions::default()).await
+    }
+
+    pub async fn start_with(options: SuiteOptions) -> Self {
         let mut settings = settings().await;
         let pool = pool(&settings).await;
 
@@ -281,10 +310,10 @@ impl Suite {
             .unwrap();
         let api_url = format!("http://127.0.0.1:{}", api.port());
         settings.api.public_url = api_url.clone();
-        let api = Running::spawn(|s| api.run(s));
+        let mut services = vec![("api", Running::spawn(|s| api.run(s)))];
 
         let simulator = CancellationToken::new();
-        let simulator_url = start_simulator(simulator.clone()).await;
+        let simulator_url = start_simulator(simulator.clone(), options.gateway_answer_delay).await;
         route_everything_to_simulator(&pool, &simulator_url).await;
         let webhooks = WebhookReceiver::start().await;
         let merchant =
@@ -292,18 +321,25 @@ impl Suite {
                 .await
                 .unwrap();
 
-        let payment_processor = paygate_payment_processor::Application::build(settings.clone())
-            .await
-            .unwrap();
-        let payment_processor = Running::spawn(|s| payment_processor.run(s));
-        let callback_processor = paygate_callback_processor::Application::build(settings.clone())
-            .await
-            .unwrap();
-        let callback_processor = Running::spawn(|s| callback_processor.run(s));
-        let callback_dispatcher = paygate_callback_dispatcher::Application::build(settings.clone())
-            .await
-            .unwrap();
-        let callback_dispatcher = Running::spawn(|s| callback_dispatcher.run(s));
+        let wanted = |service| !options.external.contains(&service);
+        if wanted(Service::PaymentProcessor) {
+            let app = paygate_payment_processor::Application::build(settings.clone())
+                .await
+                .unwrap();
+            services.push(("payment-processor", Running::spawn(|s| app.run(s))));
+        }
+        if wanted(Service::CallbackProcessor) {
+            let app = paygate_callback_processor::Application::build(settings.clone())
+                .await
+                .unwrap();
+            services.push(("callback-processor", Running::spawn(|s| app.run(s))));
+        }
+        if wanted(Service::CallbackDispatcher) {
+            let app = paygate_callback_dispatcher::Application::build(settings.clone())
+                .await
+                .unwrap();
+            services.push(("callback-dispatcher", Running::spawn(|s| app.run(s))));
+        }
 
         Suite {
             settings,
@@ -313,10 +349,7 @@ impl Suite {
             merchant,
             webhooks,
             http: reqwest::Client::new(),
-            api,
-            payment_processor,
-            callback_processor,
-            callback_dispatcher,
+            services,
             simulator,
         }
     }
@@ -334,19 +367,145 @@ impl Suite {
             .bearer_auth(&self.merchant.api_key)
     }
 
-    /// Stops every service gracefully, asserting each one ended cleanly.
+    /// Sends a deposit of `amount` USD and returns its transaction id.
+    pub async fn deposit(&self, amount: &str) -> String {
+        let response = self
+            .post("/v1/deposits")
+            .json(&serde_json::json!({"user_id": "user-1", "amount": amount, "currency": "USD"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// How many charges the simulated gateway made for `reference`.
+    pub async fn charges(&self, reference: &str) -> u64 {
+        let body: serde_json::Value = self
+            .http
+            .get(format!("{}/charges/{reference}", self.simulator_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["charges"].as_u64().unwrap()
+    }
+
+    /// The transactions' statuses, by id.
+    pub async fn statuses(&self) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT id, status FROM transaction ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The environment that points a service binary at this suite: the same database,
+    /// broker, topics, consumer groups and Redis prefix, health on port 0.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        let topics = &s.kafka.topics;
+        [
+            ("DATABASE__URL", s.database.url.expose_secret().to_owned()),
+            ("REDIS__URL", s.redis.url.clone()),
+            ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
+            ("REDIS__LOCK_TTL_MS", s.redis.lock_ttl_ms.to_string()),
+            ("KAFKA__BROKERS", s.kafka.brokers.clone()),
+            ("KAFKA__PARTITIONS", s.kafka.partitions.to_string()),
+            ("KAFKA__GROUP_PREFIX", s.kafka.group_prefix.clone()),
+            ("KAFKA__PARTITION_ASSIGNMENT", "all".to_owned()),
+            (
+                "KAFKA__TOPICS__PAYMENTS_REQUESTED",
+                topics.payments_requested.clone(),
+            ),
+            (
+                "KAFKA__TOPICS__PAYMENTS_RETRY",
+                topics.payments_retry.clone(),
+            ),
+            (
+                "KAFKA__TOPICS__GATEWAY_CALLBACKS",
+                topics.gateway_callbacks.clone(),
+            ),
+            (
+                "KAFKA__TOPICS__TRANSACTIONS_STATUS",
+                topics.transactions_status.clone(),
+            ),
+            (
+                "OUTBOX__POLL_INTERVAL_MS",
+                s.outbox.poll_interval_ms.to_string(),
+            ),
+            ("API__PUBLIC_URL", s.api.public_url.clone()),
+            ("PAYMENT_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
+            ("CALLBACK_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
+            ("CALLBACK_DISPATCHER__LISTEN", "127.0.0.1:0".to_owned()),
+            (
+                "CALLBACK_DISPATCHER__POLL_INTERVAL_MS",
+                s.callback_dispatcher.poll_interval_ms.to_string(),
+            ),
+            (
+                "CALLBACK_DISPATCHER__RETRY_DELAYS_MS",
+                s.callback_dispatcher
+                    .retry_delays_ms
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (format!("PAYGATE__{name}"), value))
+        .collect()
+    }
+
+    /// Stops every in-process service gracefully, asserting each one ended cleanly.
     pub async fn stop(self) {
-        for (name, service) in [
-            ("api", self.api),
-            ("payment-processor", self.payment_processor),
-            ("callback-processor", self.callback_processor),
-            ("callback-dispatcher", self.callback_dispatcher),
-        ] {
+        for (name, service) in self.services.into_iter().rev() {
             if let Err(error) = service.stop().await {
                 panic!("{name} ended with an error: {error:#}");
             }
         }
         self.simulator.cancel();
         self.pool.close().await;
+    }
+}
+
+/// A service binary running as a child process, so a test can SIGKILL it mid-flow.
+pub struct Process {
+    child: tokio::process::Child,
+}
+
+impl Process {
+    /// Starts `binary` with `env` on top of this process's environment.
+    pub fn spawn(binary: &str, env: &[(String, String)]) -> Self {
+        let child = tokio::process::Command::new(binary)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PAYGATE__LOG__FORMAT", "pretty")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        Process { child }
+    }
+
+    /// SIGKILL: no shutdown path runs, nothing is flushed or committed.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then waits; `true` when it exited cleanly.
+    pub async fn terminate(mut self) -> bool {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within 30 s of SIGTERM")
+            .unwrap();
+        status.success()
     }
 }

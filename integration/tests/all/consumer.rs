@@ -1,10 +1,11 @@
-//! The at-least-once consumer loop against the real broker.
+//! The at-least-once consumer loop against the real broker, in both ways of getting
+//! partitions: as a member of the consumer group, and owning every partition.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use paygate_common::config::{KafkaSettings, Topics};
+use paygate_common::config::{KafkaSettings, PartitionAssignment, Topics};
 use paygate_common::kafka::{
     self, headers, ConsumerLoop, Envelope, Handler, HandlerError, Inbound, Producer,
 };
@@ -56,9 +57,12 @@ impl Handler for Recorder {
     }
 }
 
-async fn kafka_with_topic() -> (KafkaSettings, String) {
+const MODES: [PartitionAssignment; 2] = [PartitionAssignment::Group, PartitionAssignment::All];
+
+async fn kafka_with_topic(mode: PartitionAssignment) -> (KafkaSettings, String) {
     let mut settings = paygate_testkit::settings().await.kafka;
     settings.handler_attempts = 3;
+    settings.partition_assignment = mode;
     let topic = unique("consumer-test.");
     kafka::ensure_topics(&settings, &[&topic, &Topics::dead_letter(&topic)])
         .await
@@ -97,129 +101,135 @@ fn start(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_committed_only_after_its_handler_succeeded() {
-    let (settings, topic) = kafka_with_topic().await;
-    let group = unique("group-");
-    produce(&settings, &topic, "first").await;
+    for mode in MODES {
+        let (settings, topic) = kafka_with_topic(mode).await;
+        let group = unique("group-");
+        produce(&settings, &topic, "first").await;
 
-    // Fails twice (transiently), then succeeds: retried in place, then committed.
-    let flaky = Recorder::failing(2, false);
-    let (shutdown, running) = start(&settings, &group, &topic, flaky.clone());
-    eventually(
-        "three attempts at the first message",
-        Duration::from_secs(30),
-        || {
-            let flaky = flaky.clone();
-            async move { (flaky.payloads().len() == 3).then_some(()) }
-        },
-    )
-    .await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
-    assert_eq!(flaky.payloads(), ["first", "first", "first"]);
+        // Fails twice (transiently), then succeeds: retried in place, then committed.
+        let flaky = Recorder::failing(2, false);
+        let (shutdown, running) = start(&settings, &group, &topic, flaky.clone());
+        eventually(
+            "three attempts at the first message",
+            Duration::from_secs(30),
+            || {
+                let flaky = flaky.clone();
+                async move { (flaky.payloads().len() == 3).then_some(()) }
+            },
+        )
+        .await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(flaky.payloads(), ["first", "first", "first"]);
 
-    // The next member of the group starts after it: the first message was committed.
-    produce(&settings, &topic, "second").await;
-    let next = Recorder::default();
-    let (shutdown, running) = start(&settings, &group, &topic, next.clone());
-    eventually("the second message", Duration::from_secs(30), || {
-        let next = next.clone();
-        async move { (!next.payloads().is_empty()).then_some(()) }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
-    assert_eq!(next.payloads(), ["second"]);
+        // The next member of the group starts after it: the first message was committed.
+        produce(&settings, &topic, "second").await;
+        let next = Recorder::default();
+        let (shutdown, running) = start(&settings, &group, &topic, next.clone());
+        eventually("the second message", Duration::from_secs(30), || {
+            let next = next.clone();
+            async move { (!next.payloads().is_empty()).then_some(()) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(next.payloads(), ["second"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_handler_keeps_failing_is_left_for_the_next_member_of_the_group() {
-    let (settings, topic) = kafka_with_topic().await;
-    let group = unique("group-");
-    produce(&settings, &topic, "stubborn").await;
+    for mode in MODES {
+        let (settings, topic) = kafka_with_topic(mode).await;
+        let group = unique("group-");
+        produce(&settings, &topic, "stubborn").await;
 
-    let broken = Recorder::failing(u32::MAX, false);
-    let (_shutdown, running) = start(&settings, &group, &topic, broken.clone());
-    let outcome = tokio::time::timeout(Duration::from_secs(60), running)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        outcome.is_err(),
-        "the loop gives up with the error once the attempts run out"
-    );
-    assert_eq!(broken.payloads(), ["stubborn", "stubborn", "stubborn"]);
+        let broken = Recorder::failing(u32::MAX, false);
+        let (_shutdown, running) = start(&settings, &group, &topic, broken.clone());
+        let outcome = tokio::time::timeout(Duration::from_secs(60), running)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            outcome.is_err(),
+            "the loop gives up with the error once the attempts run out"
+        );
+        assert_eq!(broken.payloads(), ["stubborn", "stubborn", "stubborn"]);
 
-    let healthy = Recorder::default();
-    let (shutdown, running) = start(&settings, &group, &topic, healthy.clone());
-    eventually(
-        "the uncommitted message again",
-        Duration::from_secs(30),
-        || {
-            let healthy = healthy.clone();
-            async move { (!healthy.payloads().is_empty()).then_some(()) }
-        },
-    )
-    .await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
-    let seen = healthy.seen.lock().unwrap().clone();
-    assert_eq!(seen[0].payload, b"stubborn");
-    assert_eq!(seen[0].offset, broken.seen.lock().unwrap()[0].offset);
+        let healthy = Recorder::default();
+        let (shutdown, running) = start(&settings, &group, &topic, healthy.clone());
+        eventually(
+            "the uncommitted message again",
+            Duration::from_secs(30),
+            || {
+                let healthy = healthy.clone();
+                async move { (!healthy.payloads().is_empty()).then_some(()) }
+            },
+        )
+        .await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        let seen = healthy.seen.lock().unwrap().clone();
+        assert_eq!(seen[0].payload, b"stubborn");
+        assert_eq!(seen[0].offset, broken.seen.lock().unwrap()[0].offset);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_goes_to_the_dead_letter_topic_with_its_reason_and_is_committed() {
-    let (settings, topic) = kafka_with_topic().await;
-    let group = unique("group-");
-    produce(&settings, &topic, "poison").await;
+    for mode in MODES {
+        let (settings, topic) = kafka_with_topic(mode).await;
+        let group = unique("group-");
+        produce(&settings, &topic, "poison").await;
 
-    let refusing = Recorder::failing(1, true);
-    let (shutdown, running) = start(&settings, &group, &topic, refusing.clone());
-    let dead = Recorder::default();
-    let (dead_shutdown, dead_running) = start(
-        &settings,
-        &unique("dlq-"),
-        &Topics::dead_letter(&topic),
-        dead.clone(),
-    );
-    eventually("the dead-lettered copy", Duration::from_secs(30), || {
-        let dead = dead.clone();
-        async move { (!dead.payloads().is_empty()).then_some(()) }
-    })
-    .await;
-    let copy = dead.seen.lock().unwrap()[0].clone();
-    assert_eq!(copy.payload, b"poison");
-    assert!(copy
-        .header(headers::DLQ_REASON)
-        .unwrap()
-        .contains("told to fail"));
-    assert_eq!(copy.header(headers::EVENT_ID), Some("poison"));
-    assert_eq!(copy.key.as_deref(), Some("txn_key"));
+        let refusing = Recorder::failing(1, true);
+        let (shutdown, running) = start(&settings, &group, &topic, refusing.clone());
+        let dead = Recorder::default();
+        let (dead_shutdown, dead_running) = start(
+            &settings,
+            &unique("dlq-"),
+            &Topics::dead_letter(&topic),
+            dead.clone(),
+        );
+        eventually("the dead-lettered copy", Duration::from_secs(30), || {
+            let dead = dead.clone();
+            async move { (!dead.payloads().is_empty()).then_some(()) }
+        })
+        .await;
+        let copy = dead.seen.lock().unwrap()[0].clone();
+        assert_eq!(copy.payload, b"poison");
+        assert!(copy
+            .header(headers::DLQ_REASON)
+            .unwrap()
+            .contains("told to fail"));
+        assert_eq!(copy.header(headers::EVENT_ID), Some("poison"));
+        assert_eq!(copy.key.as_deref(), Some("txn_key"));
 
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
-    dead_shutdown.cancel();
-    dead_running.await.unwrap().unwrap();
-    assert_eq!(
-        refusing.payloads(),
-        ["poison"],
-        "a permanent failure is not retried"
-    );
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        dead_shutdown.cancel();
+        dead_running.await.unwrap().unwrap();
+        assert_eq!(
+            refusing.payloads(),
+            ["poison"],
+            "a permanent failure is not retried"
+        );
 
-    produce(&settings, &topic, "after").await;
-    let next = Recorder::default();
-    let (shutdown, running) = start(&settings, &group, &topic, next.clone());
-    eventually(
-        "the message after the poison",
-        Duration::from_secs(30),
-        || {
-            let next = next.clone();
-            async move { (!next.payloads().is_empty()).then_some(()) }
-        },
-    )
-    .await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
-    assert_eq!(next.payloads(), ["after"]);
+        produce(&settings, &topic, "after").await;
+        let next = Recorder::default();
+        let (shutdown, running) = start(&settings, &group, &topic, next.clone());
+        eventually(
+            "the message after the poison",
+            Duration::from_secs(30),
+            || {
+                let next = next.clone();
+                async move { (!next.payloads().is_empty()).then_some(()) }
+            },
+        )
+        .await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(next.payloads(), ["after"]);
+    }
 }

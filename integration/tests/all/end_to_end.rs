@@ -46,19 +46,6 @@ async fn webhooks_until(suite: &Suite, kind: &str) -> Vec<paygate_testkit::Recei
     suite.webhooks.received()
 }
 
-async fn charges(suite: &Suite, reference: &str) -> u64 {
-    let body: Value = suite
-        .http
-        .get(format!("{}/charges/{reference}", suite.simulator_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["charges"].as_u64().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_its_secret() {
     let suite = Suite::start().await;
@@ -78,7 +65,7 @@ async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_
     assert!(done["gateway_txn_id"]
         .as_str()
         .is_some_and(|g| g.starts_with("sim_")));
-    assert_eq!(charges(&suite, &id).await, 1, "charged exactly once");
+    assert_eq!(suite.charges(&id).await, 1, "charged exactly once");
 
     let received = webhooks_until(&suite, "transaction.completed").await;
     let kinds: Vec<String> = received
@@ -174,7 +161,7 @@ async fn a_declined_deposit_fails_with_the_gateways_reason_and_the_merchant_hear
     let done = settled(&suite, &id).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["failure_reason"], "insufficient_funds");
-    assert_eq!(charges(&suite, &id).await, 0);
+    assert_eq!(suite.charges(&id).await, 0);
 
     let received = webhooks_until(&suite, "transaction.failed").await;
     assert_eq!(received.len(), 1, "only the failure is announced");
