@@ -114,13 +114,15 @@ start_broker() { # port dir
     wait_for_port "$port" "the tansu broker"
 }
 
-# Stops a process group (a pid started with setsid) politely, waits until every member
+# Stops a session (a pid started with setsid) politely, waits until every member
 # is gone, and kills what is left after 15 s.
 stop_group() { # pid
     local pid="$1"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    # Done when no live member is left (exited members may linger as zombies until
+    # whoever adopted them reaps them).
     for _ in $(seq 1 75); do
-        kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || return 0
+        ps -o stat= --sid "$pid" 2>/dev/null | grep -qv '^Z' || return 0
         sleep 0.2
     done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
