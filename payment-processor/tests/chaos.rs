@@ -15,6 +15,7 @@ async fn a_payment_processor_killed_mid_flow_loses_no_payment_and_charges_none_t
     let suite = Suite::start_with(SuiteOptions {
         external: vec![Service::PaymentProcessor],
         gateway_answer_delay: Duration::from_millis(150),
+        ..SuiteOptions::default()
     })
     .await;
     let processor = Process::spawn(BINARY, &suite.env());

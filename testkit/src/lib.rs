@@ -264,6 +264,90 @@ impl Running {
     }
 }
 
+/// A broker of the test's own (tansu, durable `sqlite://` storage in a temporary
+/// directory), so a test can kill it and bring it back on the same port and data.
+/// The binary is `PAYGATE_TEST_TANSU`, by default where `scripts/test` installs it.
+pub struct Broker {
+    pub address: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl Broker {
+    pub async fn start() -> Self {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(unique("paygate-broker-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Broker {
+            address: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            child: None,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    fn binary() -> String {
+        std::env::var("PAYGATE_TEST_TANSU").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            format!("{home}/.local/share/paygate/tansu-0.6.0/bin/tansu")
+        })
+    }
+
+    /// SIGKILL: the broker stops mid-whatever, as in a crash.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// Starts (again) on the same port and storage; returns once it accepts connections.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the broker is already running");
+        let binary = Self::binary();
+        let url = format!("tcp://{}", self.address);
+        let child = tokio::process::Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting the broker {binary} (set PAYGATE_TEST_TANSU): {e}")
+            });
+        self.child = Some(child);
+        eventually("the broker to listen", Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The services that talk over Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -280,6 +364,8 @@ pub struct SuiteOptions {
     pub external: Vec<Service>,
     /// How long the simulated gateway takes to answer a payment it took.
     pub gateway_answer_delay: Duration,
+    /// A broker of the test's own instead of the run's shared one.
+    pub brokers: Option<String>,
 }
 
 /// The api and the Kafka services, the simulator and a merchant endpoint.
@@ -303,6 +389,9 @@ impl Suite {
 
     pub async fn start_with(options: SuiteOptions) -> Self {
         let mut settings = settings().await;
+        if let Some(brokers) = options.brokers {
+            settings.kafka.brokers = brokers;
+        }
         let pool = pool(&settings).await;
 
         let api = paygate_api::Application::build(settings.clone())

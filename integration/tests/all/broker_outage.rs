@@ -1,0 +1,75 @@
+//! The broker crashes (SIGKILL) while payments arrive and comes back on the same data.
+
+use std::time::Duration;
+
+use paygate_testkit::{eventually, Broker, Suite, SuiteOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_completes_when_it_returns(
+) {
+    let mut broker = Broker::start().await;
+    let suite = Suite::start_with(SuiteOptions {
+        brokers: Some(broker.address.clone()),
+        ..SuiteOptions::default()
+    })
+    .await;
+    let before = suite.deposit("5.00").await;
+    eventually(
+        "the first payment to complete",
+        Duration::from_secs(60),
+        || async {
+            suite
+                .statuses()
+                .await
+                .iter()
+                .all(|(_, s)| s == "completed")
+                .then_some(())
+        },
+    )
+    .await;
+
+    broker.kill().await;
+    let mut during = Vec::new();
+    for _ in 0..5 {
+        during.push(suite.deposit("6.00").await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM transaction_event WHERE published_at IS NULL")
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        unpublished, 5,
+        "the events wait in the outbox while the broker is down"
+    );
+
+    broker.restart().await;
+    eventually(
+        "every payment to complete",
+        Duration::from_secs(90),
+        || async {
+            let statuses = suite.statuses().await;
+            (statuses.len() == 6 && statuses.iter().all(|(_, s)| s == "completed")).then_some(())
+        },
+    )
+    .await;
+    for id in during.iter().chain([&before]) {
+        assert_eq!(suite.charges(id).await, 1, "{id} charged exactly once");
+    }
+    eventually(
+        "a completed webhook for every payment",
+        Duration::from_secs(30),
+        || async {
+            let completed = suite
+                .webhooks
+                .received()
+                .iter()
+                .filter(|w| w.json()["type"] == "transaction.completed")
+                .count();
+            (completed >= 6).then_some(())
+        },
+    )
+    .await;
+    suite.stop().await;
+}
