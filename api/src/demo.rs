@@ -20,16 +20,22 @@ pub struct DemoConfig {
     pub json_gateway_secret: String,
 }
 
-/// Creates (or finds) the demo merchant and (re)configures the simulated gateways.
-pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchant> {
+/// Registers the simulator's JSON gateway as `simjson` and routes every payment to it
+/// (the default route).
+pub async fn register_simulator(
+    pool: &PgPool,
+    simulator_url: &str,
+    callback_secret: &str,
+    timeout_ms: i32,
+) -> anyhow::Result<()> {
     gateway::upsert(
         pool,
         &GatewayConfig {
             code: "simjson".to_owned(),
             protocol: Protocol::Json,
-            base_url: format!("{}/json", demo.simulator_url.trim_end_matches('/')),
-            callback_secret: demo.json_gateway_secret.clone(),
-            timeout_ms: 5_000,
+            base_url: format!("{}/json", simulator_url.trim_end_matches('/')),
+            callback_secret: callback_secret.to_owned(),
+            timeout_ms,
             enabled: true,
         },
     )
@@ -45,7 +51,12 @@ pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchan
         },
     )
     .await?;
+    Ok(())
+}
 
+/// Creates (or finds) the demo merchant and (re)configures the simulated gateways.
+pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchant> {
+    register_simulator(pool, &demo.simulator_url, &demo.json_gateway_secret, 5_000).await?;
     match merchants::find_by_api_key(pool, &demo.api_key).await? {
         Some((id, webhook_secret)) => {
             merchants::set_webhook_url(pool, &id, &demo.webhook_url).await?;

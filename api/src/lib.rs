@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use paygate_common::kafka::{self, Producer};
 use paygate_common::outbox::Relay;
 use paygate_common::{db, health, Settings};
 
@@ -62,22 +61,8 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect(&settings.database).await?;
-        let topics = kafka::all_topics(&settings.kafka.topics);
-        kafka::ensure_topics(
-            &settings.kafka,
-            &topics.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-        .await?;
-        let producer = Producer::new(&settings.kafka)?;
-        let relay = Relay::new(
-            pool.clone(),
-            producer,
-            settings.kafka.topics.clone(),
-            &settings.outbox,
-        );
-        let listener = TcpListener::bind(&settings.api.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.api.listen))?;
+        let relay = Relay::for_service(pool.clone(), &settings).await?;
+        let listener = health::bind(&settings.api.listen).await?;
         Ok(Application {
             listener,
             state: AppState {
@@ -90,10 +75,7 @@ impl Application {
 
     /// The port it listens on (the real one when configured with port 0).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        health::port(&self.listener)
     }
 
     /// Serves and relays until `shutdown`; requests in flight and the relay's current

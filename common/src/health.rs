@@ -36,6 +36,19 @@ pub async fn readyz(State(pool): State<PgPool>) -> (StatusCode, Json<Value>) {
     }
 }
 
+/// Binds `address` (port 0 picks a free one).
+pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))
+}
+
+/// The port `listener` is bound to (the real one when bound to port 0).
+pub fn port(listener: &TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
+
 /// Serves `router` on `listener` until `shutdown`, then lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{OutboxSettings, Topics};
 use crate::events::Destination;
-use crate::kafka::{await_delivery, Envelope, Producer};
+use crate::kafka::{self, await_delivery, Envelope, Producer};
 use crate::retry::backoff;
+use crate::Settings;
 
 /// The NOTIFY channel fired when events are inserted (see the migrations).
 pub const CHANNEL: &str = "paygate_outbox";
@@ -40,6 +41,22 @@ struct Pending {
 }
 
 impl Relay {
+    /// Creates the suite's topics that are missing (the broker may not create them on
+    /// first use) and a relay with a producer of its own: what every service that
+    /// writes events starts with.
+    pub async fn for_service(pool: PgPool, settings: &Settings) -> anyhow::Result<Self> {
+        let topics = kafka::all_topics(&settings.kafka.topics);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        kafka::ensure_topics(&settings.kafka, &topics).await?;
+        let producer = Producer::new(&settings.kafka)?;
+        Ok(Self::new(
+            pool,
+            producer,
+            settings.kafka.topics.clone(),
+            &settings.outbox,
+        ))
+    }
+
     pub fn new(
         pool: PgPool,
         producer: Producer,

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{self, ConsumerLoop, Handler, Producer};
+use crate::kafka::{ConsumerLoop, Handler};
 use crate::outbox::Relay;
 use crate::{db, health, Settings};
 
@@ -31,20 +31,9 @@ impl Worker {
         topics: &[&str],
     ) -> anyhow::Result<Self> {
         let pool = db::connect(&settings.database).await?;
-        let all: Vec<String> = kafka::all_topics(&settings.kafka.topics);
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        kafka::ensure_topics(&settings.kafka, &all).await?;
-        let producer = Producer::new(&settings.kafka)?;
-        let relay = Relay::new(
-            pool.clone(),
-            producer,
-            settings.kafka.topics.clone(),
-            &settings.outbox,
-        );
+        let relay = Relay::for_service(pool.clone(), settings).await?;
         let consumer = ConsumerLoop::subscribe(&settings.kafka, &settings.group_id(name), topics)?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
+        let listener = health::bind(listen).await?;
         Ok(Worker {
             pool,
             listener,
@@ -55,10 +44,7 @@ impl Worker {
 
     /// The port of the health endpoint.
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        health::port(&self.listener)
     }
 
     /// Runs until `shutdown` is cancelled or the consumer gives up (which cancels it).

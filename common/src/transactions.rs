@@ -8,7 +8,7 @@ use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{Country, Currency, EventId, Kind, MerchantId, Money, Status, TransactionId};
+use crate::domain::{Country, EventId, Kind, MerchantId, Money, Status, TransactionId};
 use crate::events::{event_type, proto, timestamp, Destination};
 
 /// A row of `transaction`.
@@ -95,22 +95,17 @@ pub async fn create(
     .fetch_one(&mut *conn)
     .await?;
 
-    let event_id = EventId::new();
-    let payload = proto::PaymentRequested {
-        event_id: event_id.to_string(),
-        transaction: Some(record.to_proto()),
-    }
-    .encode_to_vec();
-    append_event(
+    record_version(
         conn,
-        &NewEvent {
-            id: &event_id,
-            transaction_id: &record.id,
-            version: Some(record.version),
-            event_type: event_type::CREATED,
-            status: Some(record.status),
-            destination: Destination::PaymentsRequested,
-            payload: &payload,
+        &record,
+        event_type::CREATED,
+        Destination::PaymentsRequested,
+        |event_id, transaction| {
+            proto::PaymentRequested {
+                event_id,
+                transaction,
+            }
+            .encode_to_vec()
         },
     )
     .await?;
@@ -190,26 +185,47 @@ pub async fn transition(
     .await?;
     let record = updated.ok_or_else(|| TransitionError::Stale(seen.id.clone()))?;
 
+    record_version(
+        conn,
+        &record,
+        &event_type::for_status(to),
+        Destination::TransactionsStatus,
+        |event_id, transaction| {
+            proto::StatusChanged {
+                event_id,
+                transaction,
+            }
+            .encode_to_vec()
+        },
+    )
+    .await?;
+    Ok(record)
+}
+
+/// Appends the event announcing `record`'s current version, its payload built by
+/// `payload` from the new event id and the transaction snapshot.
+async fn record_version(
+    conn: &mut PgConnection,
+    record: &TransactionRecord,
+    event_type: &str,
+    destination: Destination,
+    payload: impl FnOnce(String, Option<proto::Transaction>) -> Vec<u8>,
+) -> sqlx::Result<()> {
     let event_id = EventId::new();
-    let payload = proto::StatusChanged {
-        event_id: event_id.to_string(),
-        transaction: Some(record.to_proto()),
-    }
-    .encode_to_vec();
+    let payload = payload(event_id.to_string(), Some(record.to_proto()));
     append_event(
         conn,
         &NewEvent {
             id: &event_id,
             transaction_id: &record.id,
             version: Some(record.version),
-            event_type: &event_type::for_status(to),
-            status: Some(to),
-            destination: Destination::TransactionsStatus,
+            event_type,
+            status: Some(record.status),
+            destination,
             payload: &payload,
         },
     )
-    .await?;
-    Ok(record)
+    .await
 }
 
 /// An event to append to a transaction's history (and so to the outbox).
@@ -240,9 +256,4 @@ pub async fn append_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> sqlx
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// The currency of a stored transaction (stored values were checked on the way in).
-pub fn currency_of(record: &TransactionRecord) -> Option<Currency> {
-    record.currency.parse().ok()
 }

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use paygate_common::health;
 use paygate_common::signature::callback;
 
 /// How the simulator behaves.
@@ -105,7 +106,7 @@ pub struct Simulator {
 
 impl Simulator {
     pub async fn build(config: SimConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&config.listen).await?;
+        let listener = health::bind(&config.listen).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
@@ -120,10 +121,7 @@ impl Simulator {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        health::port(&self.listener)
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -135,12 +133,9 @@ impl Simulator {
                 "/merchant/webhooks",
                 post(receive_webhook).get(list_webhooks),
             )
-            .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/healthz", get(health::healthz))
             .with_state(self.sim);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
-        Ok(())
+        Ok(health::serve(self.listener, router, shutdown).await?)
     }
 }
 

@@ -24,7 +24,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use paygate_common::config::{LogFormat, PartitionAssignment};
-use paygate_common::gateway::{self, GatewayConfig, Protocol, Route};
 use paygate_common::{db, Settings};
 
 fn env(name: &str, default: &str) -> String {
@@ -125,6 +124,11 @@ where
     }
 }
 
+/// Sends `request` and reads its JSON answer, whatever the status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// A webhook as the test merchant received it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -214,31 +218,9 @@ pub async fn start_simulator(shutdown: CancellationToken, answer_delay: Duration
 
 /// Registers the simulator's JSON gateway as `simjson` and routes everything to it.
 pub async fn route_everything_to_simulator(pool: &PgPool, simulator_url: &str) {
-    gateway::upsert(
-        pool,
-        &GatewayConfig {
-            code: "simjson".to_owned(),
-            protocol: Protocol::Json,
-            base_url: format!("{simulator_url}/json"),
-            callback_secret: SIM_JSON_SECRET.to_owned(),
-            timeout_ms: 2_000,
-            enabled: true,
-        },
-    )
-    .await
-    .unwrap();
-    gateway::upsert_route(
-        pool,
-        &Route {
-            country: None,
-            currency: None,
-            kind: None,
-            priority: 100,
-            gateway_code: "simjson".to_owned(),
-        },
-    )
-    .await
-    .unwrap();
+    paygate_api::demo::register_simulator(pool, simulator_url, SIM_JSON_SECRET, 2_000)
+        .await
+        .unwrap();
 }
 
 /// A service running in this process, stoppable on its own.
@@ -471,15 +453,11 @@ impl Suite {
 
     /// How many charges the simulated gateway made for `reference`.
     pub async fn charges(&self, reference: &str) -> u64 {
-        let body: serde_json::Value = self
-            .http
-            .get(format!("{}/charges/{reference}", self.simulator_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json_of(
+            self.http
+                .get(format!("{}/charges/{reference}", self.simulator_url)),
+        )
+        .await;
         body["charges"].as_u64().unwrap()
     }
 

@@ -1,7 +1,7 @@
 //! The api on its own: what it accepts, what it refuses, and that a refusal changes nothing.
 
 use paygate_common::signature::callback;
-use paygate_testkit::{route_everything_to_simulator, Running, SIM_JSON_SECRET};
+use paygate_testkit::{json_of, route_everything_to_simulator, Running, SIM_JSON_SECRET};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -92,16 +92,12 @@ async fn a_deposit_is_stored_pending_with_its_first_event_and_answered_202() {
         ("transaction.created", 1, "payments_requested")
     );
 
-    let fetched: Value = api
-        .http
-        .get(format!("{}{location}", api.url))
-        .bearer_auth(&api.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched = json_of(
+        api.http
+            .get(format!("{}{location}", api.url))
+            .bearer_auth(&api.key),
+    )
+    .await;
     assert_eq!(fetched, body);
     api.running.stop().await.unwrap();
 }

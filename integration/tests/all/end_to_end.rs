@@ -4,19 +4,12 @@
 use std::time::Duration;
 
 use paygate_common::signature::webhook;
-use paygate_testkit::{eventually, Suite};
+use paygate_testkit::{eventually, json_of, Suite};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 async fn transaction(suite: &Suite, id: &str) -> Value {
-    suite
-        .get(&format!("/v1/transactions/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(suite.get(&format!("/v1/transactions/{id}"))).await
 }
 
 async fn settled(suite: &Suite, id: &str) -> Value {
@@ -147,16 +140,7 @@ async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_declined_deposit_fails_with_the_gateways_reason_and_the_merchant_hears_of_it() {
     let suite = Suite::start().await;
-    let created: Value = suite
-        .post("/v1/deposits")
-        .json(&json!({"user_id": "user-7", "amount": "10.01", "currency": "USD"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = suite.deposit("10.01").await;
 
     let done = settled(&suite, &id).await;
     assert_eq!(done["status"], "failed");
@@ -175,16 +159,7 @@ async fn a_declined_deposit_fails_with_the_gateways_reason_and_the_merchant_hear
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_callback_sent_twice_is_applied_once() {
     let suite = Suite::start().await;
-    let created: Value = suite
-        .post("/v1/deposits")
-        .json(&json!({"user_id": "user-9", "amount": "30.04", "currency": "USD"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = suite.deposit("30.04").await;
     assert_eq!(settled(&suite, &id).await["status"], "completed");
 
     let received = webhooks_until(&suite, "transaction.completed").await;
