@@ -180,3 +180,73 @@ async fn a_callback_sent_twice_is_applied_once() {
     );
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completed_payment_stays_completed_whatever_later_callbacks_say_and_they_are_kept() {
+    use paygate_common::signature::callback;
+
+    let suite = Suite::start().await;
+    let id = suite.deposit("40.00").await;
+    assert_eq!(settled(&suite, &id).await["status"], "completed");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let late = [
+        ("late-decline", "declined", "40.00"),
+        ("wrong-amount", "approved", "4000.00"),
+    ];
+    for (event_id, status, amount) in late {
+        let body = json!({
+            "event_id": event_id, "reference": id, "gateway_txn_id": null,
+            "status": status, "amount": amount, "currency": "USD", "reason": "changed my mind"
+        })
+        .to_string();
+        let response = suite
+            .http
+            .post(format!("{}/v1/callbacks/simjson", suite.api_url))
+            .header("content-type", "application/json")
+            .header(
+                callback::HEADER,
+                callback::sign(paygate_testkit::SIM_JSON_SECRET, now, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    let outcomes: Vec<(String, String)> = eventually("both late callbacks processed", Duration::from_secs(30), || async {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT dedup_key, outcome FROM gateway_callback WHERE dedup_key IN ('late-decline', 'wrong-amount') ORDER BY dedup_key",
+        )
+        .fetch_all(&suite.pool)
+        .await
+        .unwrap();
+        let done: Vec<(String, String)> = rows.into_iter().filter_map(|(k, o)| Some((k, o?))).collect();
+        (done.len() == 2).then_some(done)
+    })
+    .await;
+    assert_eq!(
+        outcomes,
+        [
+            ("late-decline".to_owned(), "ignored".to_owned()),
+            ("wrong-amount".to_owned(), "rejected".to_owned())
+        ]
+    );
+    let after = transaction(&suite, &id).await;
+    assert_eq!(after["status"], "completed");
+    assert_eq!(after["version"], 3, "no transition was recorded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        suite
+            .webhooks
+            .received()
+            .iter()
+            .all(|w| w.json()["type"] != "transaction.failed"),
+        "the merchant is never told a completed payment failed"
+    );
+    suite.stop().await;
+}

@@ -10,3 +10,4 @@ mod consumer;
 mod end_to_end;
 mod lock;
 mod migrations;
+mod routing;
