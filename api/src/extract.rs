@@ -55,13 +55,36 @@ pub async fn read_body(
     }
     axum::body::to_bytes(request.into_body(), limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))
+        .map_err(|error| {
+            if over_limit(&error) {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::Malformed {
+                    message: "the request body could not be read".to_owned(),
+                    field: None,
+                }
+            }
+        })
+}
+
+/// Whether reading failed because the body was over the limit (and not, say, because
+/// the client hung up). The limit's error type is private to http-body-util, so its
+/// message is what identifies it.
+fn over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Parses JSON into `T`, naming the field at fault.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let parsed = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let message = inner.to_string();
@@ -76,7 +99,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 field: None,
             },
         }
-    })
+    })?;
+    // Nothing but white space may follow the value: `{...} trailing` is malformed.
+    deserializer.end().map_err(|e| ApiError::Malformed {
+        message: strip_position(&e.to_string()),
+        field: None,
+    })?;
+    Ok(parsed)
 }
 
 /// serde names missing and unknown fields in its message, not in the path.

@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(ready))
         .fallback(|| async { error::ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -67,10 +67,7 @@ impl Application {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let sender = tokio::spawn(self.sender.run(shutdown.clone()));
-        let consumed = self.worker.run(self.handler, shutdown.clone()).await;
-        shutdown.cancel();
-        sender.await.context("the webhook sender panicked")?;
-        consumed
+        self.worker.run(self.handler, vec![sender], shutdown).await
     }
 }
 
@@ -343,7 +340,10 @@ impl Sender {
                 .get(usize::try_from(delivery.attempt_count).unwrap_or(usize::MAX))
             {
                 Some(delay) => {
-                    let delay = jitter(*delay, 0.2).max(attempt.retry_after.unwrap_or_default());
+                    // Honour Retry-After, but never past the longest configured delay.
+                    let longest = self.delays.iter().max().copied().unwrap_or_default();
+                    let asked = attempt.retry_after.unwrap_or_default().min(longest);
+                    let delay = jitter(*delay, 0.2).max(asked);
                     ("pending", Some(delay))
                 }
                 None => ("failed", None),
@@ -360,19 +360,26 @@ impl Sender {
         .bind(i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE webhook_delivery
                 SET status = $2, attempt_count = $3, updated_at = now(),
                     next_attempt_at = CASE WHEN $4::bigint IS NULL THEN NULL
                                            ELSE now() + make_interval(secs => $4::double precision / 1000) END
-              WHERE id = $1",
+              WHERE id = $1 AND status = 'pending' AND attempt_count = $5",
         )
         .bind(&delivery.id)
         .bind(status)
         .bind(attempts)
         .bind(next_ms)
+        .bind(delivery.attempt_count)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            // Our lease ran out and another sender recorded this attempt number first;
+            // its record stands, and ours (a duplicate send) is not counted.
+            tracing::warn!(delivery_id = %delivery.id, "webhook attempt recorded by another sender");
+            return Ok(());
+        }
         tx.commit().await?;
         tracing::info!(
             delivery_id = %delivery.id,

@@ -400,10 +400,13 @@ impl ConsumerLoop {
                 .instrument(span)
                 .await?
             {
-                Processed::Done => self
-                    .consumer
-                    .store_offset_from_message(&message)
-                    .context("storing the consumed offset")?,
+                Processed::Done => {
+                    // Refused when a rebalance took the partition away mid-handling: its
+                    // new owner reads the message again, which handlers tolerate.
+                    if let Err(error) = self.consumer.store_offset_from_message(&message) {
+                        tracing::warn!(%error, "offset not stored; the partition moved");
+                    }
+                }
                 // Shutting down mid-retry: leave the message uncommitted for the next owner.
                 Processed::Abandoned => return Ok(()),
             }

@@ -6,6 +6,7 @@
 use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{ConsumerLoop, Handler};
@@ -48,9 +49,12 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled or the consumer gives up (which cancels it).
+    /// `companions` are the service's own background tasks, stopped by the same token;
+    /// they finish before the database pool closes.
     pub async fn run<H: Handler>(
         self,
         handler: H,
+        companions: Vec<JoinHandle<()>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
@@ -62,6 +66,9 @@ impl Worker {
         let consumed = self.consumer.run(&handler, shutdown.clone()).await;
         shutdown.cancel();
         relay.await.context("the outbox relay panicked")?;
+        for companion in companions {
+            companion.await.context("a background task panicked")?;
+        }
         health
             .await
             .context("the health endpoint panicked")?

@@ -64,7 +64,7 @@ impl Application {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.worker.run(self.handler, shutdown).await
+        self.worker.run(self.handler, Vec::new(), shutdown).await
     }
 }
 

@@ -171,6 +171,13 @@ async fn bad_deposits_get_a_typed_error_naming_the_field_and_store_nothing() {
             None,
         ),
         (
+            r#"{"user_id":"u","amount":"10","currency":"USD"} trailing"#,
+            json,
+            400,
+            "malformed_body",
+            None,
+        ),
+        (
             r#"user_id=u"#,
             "application/x-www-form-urlencoded",
             415,
@@ -189,6 +196,30 @@ async fn bad_deposits_get_a_typed_error_naming_the_field_and_store_nothing() {
     }
     assert_eq!(api.count("transaction").await, 0);
     assert_eq!(api.count("transaction_event").await, 0);
+    api.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_wrong_methods_answer_in_the_error_contract() {
+    let api = Api::start().await;
+    let missing = api
+        .http
+        .get(format!("{}/v1/nothing-here", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let error: Value = missing.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "not_found");
+    let wrong = api
+        .http
+        .delete(format!("{}/v1/deposits", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let error: Value = wrong.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "method_not_allowed");
     api.running.stop().await.unwrap();
 }
 

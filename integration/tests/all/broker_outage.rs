@@ -34,11 +34,13 @@ async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_compl
         during.push(suite.deposit("6.00").await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM transaction_event WHERE published_at IS NULL")
-            .fetch_one(&suite.pool)
-            .await
-            .unwrap();
+    let unpublished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM transaction_event WHERE published_at IS NULL AND transaction_id = ANY($1)",
+    )
+    .bind(&during)
+    .fetch_one(&suite.pool)
+    .await
+    .unwrap();
     assert_eq!(
         unpublished, 5,
         "the events wait in the outbox while the broker is down"
