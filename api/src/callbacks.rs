@@ -11,13 +11,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use prost::Message;
 
-use paygate_common::domain::{CallbackId, EventId, TransactionId};
-use paygate_common::events::{event_type, proto, Destination};
-use paygate_common::gateway::{self, callback_ack, parse_callback};
+use paygate_common::domain::{CallbackId, TransactionId};
+use paygate_common::gateway::{self, callback_ack, callback_identity};
 use paygate_common::signature::callback;
-use paygate_common::transactions::{append_event, NewEvent};
+use paygate_common::transactions::announce_callback;
 
 use crate::error::{ApiError, Result};
 use crate::extract::read_body;
@@ -59,11 +57,11 @@ pub async fn receive(
         ));
     }
 
-    let notice = parse_callback(gateway.protocol, &body).map_err(|e| ApiError::Malformed {
+    let identity = callback_identity(gateway.protocol, &body).map_err(|e| ApiError::Malformed {
         message: e.to_string(),
         field: None,
     })?;
-    let transaction_id: TransactionId = notice
+    let transaction_id: TransactionId = identity
         .reference
         .parse()
         .map_err(|_| ApiError::NotFound("transaction"))?;
@@ -86,34 +84,14 @@ pub async fn receive(
     .bind(callback_id.as_str())
     .bind(&gateway.code)
     .bind(transaction_id.as_str())
-    .bind(&notice.event_id)
+    .bind(&identity.event_id)
     .bind(&content_type)
     .bind(body.as_ref())
     .fetch_optional(&mut *tx)
     .await?;
 
     if inserted.is_some() {
-        let event_id = EventId::new();
-        let payload = proto::CallbackReceived {
-            event_id: event_id.to_string(),
-            callback_id: callback_id.to_string(),
-            gateway: gateway.code.clone(),
-            transaction_id: transaction_id.to_string(),
-        }
-        .encode_to_vec();
-        append_event(
-            &mut tx,
-            &NewEvent {
-                id: &event_id,
-                transaction_id: &transaction_id,
-                version: None,
-                event_type: event_type::CALLBACK_RECEIVED,
-                status: None,
-                destination: Destination::GatewayCallbacks,
-                payload: &payload,
-            },
-        )
-        .await?;
+        announce_callback(&mut tx, &callback_id, &gateway.code, &transaction_id).await?;
         tracing::info!(gateway = %gateway.code, %transaction_id, %callback_id, "callback stored");
     } else {
         tracing::info!(gateway = %gateway.code, %transaction_id, "duplicate callback acknowledged");

@@ -8,8 +8,10 @@
 //!   `ignored` (a duplicate, or a late contradiction worth an operator's look);
 //! - one whose amount, currency or gateway disagrees with the transaction is `rejected`
 //!   and kept, and the transaction is left alone;
-//! - one that overtook the processor (the transaction is still `pending`) is retried
-//!   until the processor has recorded the gateway's acceptance.
+//! - one that overtook the processor (the transaction is still `pending`) is parked:
+//!   left unprocessed, and announced again by the payment-processor in the database
+//!   transaction that moves the transaction out of `pending` (both sides hold the
+//!   transaction's lock, so one always sees the other's commit).
 
 use anyhow::anyhow;
 use prost::Message;
@@ -159,6 +161,10 @@ impl CallbackHandler {
                     }
                 }
                 Judgement::Keep(verdict) => verdict,
+                Judgement::Park => {
+                    tracing::info!(%callback_id, %transaction_id, "callback overtook the gateway's answer; parked");
+                    return Ok(());
+                }
             },
         };
         let (outcome, reason) = match &verdict {
@@ -186,6 +192,10 @@ impl CallbackHandler {
 enum Judgement {
     Apply(Status, Change),
     Keep(Verdict),
+    /// The callback overtook the gateway's answer: the transaction is still `pending`.
+    /// It stays unprocessed, and the payment-processor announces it again when the
+    /// transaction leaves `pending`.
+    Park,
 }
 
 /// Decides what a callback does to a transaction, without touching anything.
@@ -237,10 +247,7 @@ fn judge(
     };
     match transaction.status {
         Status::Processing => Ok(Judgement::Apply(to, change)),
-        Status::Pending => Err(HandlerError::transient(anyhow!(
-            "transaction {} is still pending: the callback overtook the gateway's answer",
-            transaction.id
-        ))),
+        Status::Pending => Ok(Judgement::Park),
         final_status if final_status == to => Ok(Judgement::Keep(Verdict::Ignored(
             "duplicate: already in that state".into(),
         ))),

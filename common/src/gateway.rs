@@ -279,8 +279,9 @@ pub enum CallbackParseError {
     Unsupported(&'static str),
 }
 
+/// Unknown fields are ignored: gateways add fields to their payloads without notice,
+/// and a callback must never be refused for that.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JsonCallback {
     event_id: String,
     reference: String,
@@ -289,6 +290,27 @@ struct JsonCallback {
     amount: Decimal,
     currency: String,
     reason: Option<String>,
+}
+
+/// What the api needs to store a callback: whose it is and the gateway's id for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CallbackIdentity {
+    pub event_id: String,
+    pub reference: String,
+}
+
+/// Reads only the identity of a callback (whose signature was already checked), so
+/// that the raw body is stored even when the rest of it is something the adapter will
+/// refuse; the callback-processor then keeps it as rejected, with the reason.
+pub fn callback_identity(
+    protocol: Protocol,
+    body: &[u8],
+) -> Result<CallbackIdentity, CallbackParseError> {
+    match protocol {
+        Protocol::Json => serde_json::from_slice(body)
+            .map_err(|e| CallbackParseError::Malformed("json", e.to_string())),
+        other => Err(CallbackParseError::Unsupported(other.as_str())),
+    }
 }
 
 /// Reads a callback body (whose signature was already checked).
@@ -356,13 +378,28 @@ mod tests {
     }
 
     #[test]
-    fn a_json_callback_with_an_unknown_status_or_field_is_malformed() {
+    fn a_json_callback_with_an_unknown_status_is_malformed_but_its_identity_still_reads() {
         let body = br#"{"event_id":"e1","reference":"txn_1","gateway_txn_id":"g1","status":"maybe","amount":"10.00","currency":"USD","reason":null}"#;
         assert!(matches!(
             parse_callback(Protocol::Json, body),
             Err(CallbackParseError::Malformed(..))
         ));
+        assert_eq!(
+            callback_identity(Protocol::Json, body).unwrap(),
+            CallbackIdentity {
+                event_id: "e1".into(),
+                reference: "txn_1".into()
+            }
+        );
+        assert!(callback_identity(Protocol::Json, br#"{"status":"approved"}"#).is_err());
+    }
+
+    #[test]
+    fn a_json_callback_with_fields_we_do_not_know_is_still_read() {
         let extra = br#"{"event_id":"e1","reference":"txn_1","status":"approved","amount":"1","currency":"USD","surprise":1}"#;
-        assert!(parse_callback(Protocol::Json, extra).is_err());
+        assert_eq!(
+            parse_callback(Protocol::Json, extra).unwrap().result,
+            CallbackResult::Approved
+        );
     }
 }

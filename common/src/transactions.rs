@@ -8,7 +8,7 @@ use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{Country, EventId, Kind, MerchantId, Money, Status, TransactionId};
+use crate::domain::{CallbackId, Country, EventId, Kind, MerchantId, Money, Status, TransactionId};
 use crate::events::{event_type, proto, timestamp, Destination};
 
 /// A row of `transaction`.
@@ -256,4 +256,57 @@ pub async fn append_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> sqlx
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Announces a stored gateway callback to the callback-processor (an outbox event to
+/// `gateway_callbacks`). Run it in the database transaction that stored the callback.
+pub async fn announce_callback(
+    conn: &mut PgConnection,
+    callback_id: &CallbackId,
+    gateway: &str,
+    transaction_id: &TransactionId,
+) -> sqlx::Result<()> {
+    let event_id = EventId::new();
+    let payload = proto::CallbackReceived {
+        event_id: event_id.to_string(),
+        callback_id: callback_id.to_string(),
+        gateway: gateway.to_owned(),
+        transaction_id: transaction_id.to_string(),
+    }
+    .encode_to_vec();
+    append_event(
+        conn,
+        &NewEvent {
+            id: &event_id,
+            transaction_id,
+            version: None,
+            event_type: event_type::CALLBACK_RECEIVED,
+            status: None,
+            destination: Destination::GatewayCallbacks,
+            payload: &payload,
+        },
+    )
+    .await
+}
+
+/// Announces again the callbacks of `transaction_id` that the callback-processor set
+/// aside because they overtook the gateway's answer (the transaction was still
+/// `pending`). Run it in the database transaction that moves it out of `pending`.
+pub async fn announce_parked_callbacks(
+    conn: &mut PgConnection,
+    transaction_id: &TransactionId,
+) -> sqlx::Result<u64> {
+    let parked: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, gateway FROM gateway_callback WHERE transaction_id = $1 AND processed_at IS NULL",
+    )
+    .bind(transaction_id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, gateway) in &parked {
+        let id: CallbackId = id
+            .parse()
+            .map_err(|e: crate::domain::DomainError| sqlx::Error::Decode(e.into()))?;
+        announce_callback(conn, &id, gateway, transaction_id).await?;
+    }
+    Ok(parked.len() as u64)
 }

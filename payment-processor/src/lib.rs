@@ -6,9 +6,11 @@
 //! - declined: `pending -> failed` with the gateway's reason, no other gateway is tried;
 //! - unavailable (connect error, 5xx): the next gateway;
 //! - ambiguous (no answer after the request went out), or every gateway unavailable:
-//!   a transient failure, so the message is retried and the same reference is sent again
-//!   (the gateway's idempotency makes that safe). Status queries, a retry topic with
-//!   backoff and circuit breakers belong to the gateway-integration work.
+//!   a transient failure, so the message is retried. Which gateway is being asked is
+//!   written down before each request, so a retry after an ambiguous answer or a crash
+//!   asks that same gateway again with the same reference (its idempotency makes that
+//!   safe) and never another one: a customer is never charged twice. Status queries, a
+//!   retry topic with backoff and circuit breakers belong to the gateway-integration work.
 
 pub mod routing;
 
@@ -117,9 +119,22 @@ impl PaymentHandler {
             return Ok(());
         }
 
-        let candidates = routing::candidates(&self.pool, &transaction)
-            .await
-            .map_err(HandlerError::transient)?;
+        // A pending transaction that names a gateway was sent there and never settled
+        // (an ambiguous answer, or a crash mid-call): that gateway may have taken it, so
+        // it is asked again, with the same reference, and no other gateway is tried.
+        let unresolved = match &transaction.gateway {
+            Some(code) => gateway::find(&self.pool, code)
+                .await
+                .map_err(HandlerError::transient)?,
+            None => None,
+        };
+        let resolving = unresolved.is_some();
+        let candidates = match unresolved {
+            Some(gateway) => vec![gateway],
+            None => routing::candidates(&self.pool, &transaction)
+                .await
+                .map_err(HandlerError::transient)?,
+        };
         if candidates.is_empty() {
             let reason = format!(
                 "no gateway routes {} {} for country {}",
@@ -141,6 +156,9 @@ impl PaymentHandler {
 
         let mut unavailable = Vec::new();
         for gateway in &candidates {
+            if !resolving {
+                self.record_attempt(&transaction, &gateway.code).await?;
+            }
             let order = PaymentOrder {
                 reference: transaction.id.to_string(),
                 amount: transaction.amount,
@@ -168,6 +186,11 @@ impl PaymentHandler {
                     };
                     return self.settle(&transaction, Status::Failed, change).await;
                 }
+                Outcome::Unavailable { reason } if resolving => {
+                    return Err(HandlerError::transient(anyhow!(
+                        "cannot settle the earlier attempt yet: {reason}"
+                    )));
+                }
                 Outcome::Unavailable { reason } => unavailable.push(reason),
                 Outcome::Ambiguous { reason } => {
                     // The gateway may have taken it: never try another one blindly.
@@ -183,6 +206,33 @@ impl PaymentHandler {
         )))
     }
 
+    /// Notes, before the request goes out, which gateway is being asked: if we then die
+    /// or hear nothing clear, the retry asks that gateway again and no other. Not a
+    /// status change, so no version and no event.
+    async fn record_attempt(
+        &self,
+        transaction: &TransactionRecord,
+        gateway: &str,
+    ) -> Result<(), HandlerError> {
+        let recorded = sqlx::query(
+            "UPDATE transaction SET gateway = $3, updated_at = now()
+              WHERE id = $1 AND version = $2 AND status = 'pending'",
+        )
+        .bind(transaction.id.as_str())
+        .bind(transaction.version)
+        .bind(gateway)
+        .execute(&self.pool)
+        .await
+        .map_err(HandlerError::transient)?;
+        if recorded.rows_affected() == 0 {
+            return Err(HandlerError::transient(anyhow!(
+                "transaction {} changed while it was being routed",
+                transaction.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Applies the routing result; a concurrent change (another worker got there first)
     /// is not an error.
     async fn settle(
@@ -194,6 +244,10 @@ impl PaymentHandler {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         match transactions::transition(&mut tx, seen, to, change).await {
             Ok(record) => {
+                // Callbacks that overtook the gateway's answer waited for this moment.
+                transactions::announce_parked_callbacks(&mut tx, &record.id)
+                    .await
+                    .map_err(HandlerError::transient)?;
                 tx.commit().await.map_err(HandlerError::transient)?;
                 tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
                 Ok(())

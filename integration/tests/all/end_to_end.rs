@@ -250,3 +250,25 @@ async fn a_completed_payment_stays_completed_whatever_later_callbacks_say_and_th
     );
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callback_that_overtakes_the_gateways_answer_is_parked_then_applied() {
+    // .05: the simulator sends the callback before it answers the payment request.
+    let suite = Suite::start().await;
+    let id = suite.deposit("60.05").await;
+    assert_eq!(settled(&suite, &id).await["status"], "completed");
+    let outcome: Option<String> =
+        sqlx::query_scalar("SELECT outcome FROM gateway_callback WHERE transaction_id = $1")
+            .bind(&id)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome.as_deref(), Some("applied"));
+    let received = webhooks_until(&suite, "transaction.completed").await;
+    let completed = received
+        .iter()
+        .filter(|w| w.json()["type"] == "transaction.completed")
+        .count();
+    assert_eq!(completed, 1);
+    suite.stop().await;
+}
