@@ -25,6 +25,15 @@ async fn settled(suite: &Suite, id: &str) -> Value {
 }
 
 /// Waits for the webhook of `kind`, then a little longer so a duplicate would show.
+/// How many `transaction.completed` webhooks arrived, once the first has.
+async fn completed_webhooks(suite: &Suite) -> usize {
+    webhooks_until(suite, "transaction.completed")
+        .await
+        .iter()
+        .filter(|w| w.json()["type"] == "transaction.completed")
+        .count()
+}
+
 async fn webhooks_until(suite: &Suite, kind: &str) -> Vec<paygate_testkit::Received> {
     eventually("the webhook", Duration::from_secs(30), || async {
         suite
@@ -162,12 +171,7 @@ async fn a_callback_sent_twice_is_applied_once() {
     let id = suite.deposit("30.04").await;
     assert_eq!(settled(&suite, &id).await["status"], "completed");
 
-    let received = webhooks_until(&suite, "transaction.completed").await;
-    let completed = received
-        .iter()
-        .filter(|w| w.json()["type"] == "transaction.completed")
-        .count();
-    assert_eq!(completed, 1);
+    assert_eq!(completed_webhooks(&suite).await, 1);
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM gateway_callback WHERE transaction_id = $1")
             .bind(&id)
@@ -264,11 +268,6 @@ async fn a_callback_that_overtakes_the_gateways_answer_is_parked_then_applied() 
             .await
             .unwrap();
     assert_eq!(outcome.as_deref(), Some("applied"));
-    let received = webhooks_until(&suite, "transaction.completed").await;
-    let completed = received
-        .iter()
-        .filter(|w| w.json()["type"] == "transaction.completed")
-        .count();
-    assert_eq!(completed, 1);
+    assert_eq!(completed_webhooks(&suite).await, 1);
     suite.stop().await;
 }
