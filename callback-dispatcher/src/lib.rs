@@ -155,6 +155,8 @@ pub struct Sender {
     http: reqwest::Client,
     /// Delays before each retry; the delivery fails after the last.
     delays: Vec<Duration>,
+    /// The longest of `delays`: the most a merchant's Retry-After can postpone a retry.
+    longest_delay: Duration,
     /// How long a claimed delivery is ours before another sender may take it.
     lease: Duration,
     poll_interval: Duration,
@@ -200,10 +202,12 @@ impl Sender {
             .user_agent("Paygate-Webhooks/1")
             .build()
             .context("building the webhook HTTP client")?;
+        let delays = settings.retry_delays();
         Ok(Sender {
             pool,
             http,
-            delays: settings.retry_delays(),
+            longest_delay: delays.iter().max().copied().unwrap_or_default(),
+            delays,
             // Longer than any attempt can take, so a live sender never loses its claim.
             lease: timeout + Duration::from_secs(5),
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
@@ -341,8 +345,10 @@ impl Sender {
             {
                 Some(delay) => {
                     // Honour Retry-After, but never past the longest configured delay.
-                    let longest = self.delays.iter().max().copied().unwrap_or_default();
-                    let asked = attempt.retry_after.unwrap_or_default().min(longest);
+                    let asked = attempt
+                        .retry_after
+                        .unwrap_or_default()
+                        .min(self.longest_delay);
                     let delay = jitter(*delay, 0.2).max(asked);
                     ("pending", Some(delay))
                 }

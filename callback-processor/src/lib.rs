@@ -89,20 +89,18 @@ impl Handler for CallbackHandler {
             .parse()
             .map_err(HandlerError::permanent)?;
 
-        let lock = self
-            .locks
-            // A holder that died frees it within the TTL, so waiting that long suffices.
-            .acquire(transaction_id.as_str(), self.locks.ttl())
+        self.locks
+            .run_locked(
+                transaction_id.as_str(),
+                self.apply(&callback_id, &transaction_id),
+            )
             .await
             .map_err(HandlerError::transient)?
-            .ok_or_else(|| {
-                HandlerError::transient(anyhow!("transaction {transaction_id} is locked"))
-            })?;
-        let result = self.apply(&callback_id, &transaction_id).await;
-        if let Err(error) = self.locks.release(lock).await {
-            tracing::warn!(%error, %transaction_id, "could not release the lock; it will expire");
-        }
-        result
+            .unwrap_or_else(|| {
+                Err(HandlerError::transient(anyhow!(
+                    "transaction {transaction_id} is locked"
+                )))
+            })
     }
 }
 
@@ -145,7 +143,7 @@ impl CallbackHandler {
 
         let verdict = match gateway::parse_callback(gateway.protocol, &stored.body) {
             Err(error) => Verdict::Rejected(error.to_string()),
-            Ok(notice) => match judge(&transaction, &gateway.code, &notice)? {
+            Ok(notice) => match judge(&transaction, &gateway.code, &notice) {
                 Judgement::Apply(to, change) => {
                     match transactions::transition(&mut tx, &transaction, to, change).await {
                         Ok(record) => {
@@ -199,11 +197,7 @@ enum Judgement {
 }
 
 /// Decides what a callback does to a transaction, without touching anything.
-fn judge(
-    transaction: &TransactionRecord,
-    gateway: &str,
-    notice: &CallbackNotice,
-) -> Result<Judgement, HandlerError> {
+fn judge(transaction: &TransactionRecord, gateway: &str, notice: &CallbackNotice) -> Judgement {
     let mismatch = if notice.reference != transaction.id.as_str() {
         Some(format!(
             "reference {} is not {}",
@@ -225,7 +219,7 @@ fn judge(
         None
     };
     if let Some(reason) = mismatch {
-        return Ok(Judgement::Keep(Verdict::Rejected(reason)));
+        return Judgement::Keep(Verdict::Rejected(reason));
     }
 
     let (to, change) = match &notice.result {
@@ -246,13 +240,13 @@ fn judge(
         ),
     };
     match transaction.status {
-        Status::Processing => Ok(Judgement::Apply(to, change)),
-        Status::Pending => Ok(Judgement::Park),
-        final_status if final_status == to => Ok(Judgement::Keep(Verdict::Ignored(
-            "duplicate: already in that state".into(),
-        ))),
-        final_status => Ok(Judgement::Keep(Verdict::Ignored(format!(
+        Status::Processing => Judgement::Apply(to, change),
+        Status::Pending => Judgement::Park,
+        final_status if final_status == to => {
+            Judgement::Keep(Verdict::Ignored("duplicate: already in that state".into()))
+        }
+        final_status => Judgement::Keep(Verdict::Ignored(format!(
             "transaction is {final_status}, a final state; the callback says {to}"
-        )))),
+        ))),
     }
 }

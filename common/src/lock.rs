@@ -4,6 +4,7 @@
 //! correctness comes from the version-checked update, so losing Redis costs latency,
 //! never a wrong status.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -60,11 +61,6 @@ impl Locks {
         self
     }
 
-    /// How long a lock lives unreleased: also how long to wait for a holder that died.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Takes the lock on `resource` if nobody holds it.
     pub async fn try_acquire(&self, resource: &str) -> anyhow::Result<Option<Lock>> {
         let key = format!("{}:lock:{resource}", self.prefix);
@@ -109,5 +105,25 @@ impl Locks {
             .await
             .context("releasing a Redis lock")?;
         Ok(deleted == 1)
+    }
+}
+
+impl Locks {
+    /// Runs `work` holding the lock on `resource`, then releases it. Waits for the lock
+    /// up to its TTL, since a holder that died frees it by then; `None` when a live
+    /// holder kept it all that time. A failed release is logged: the lock expires.
+    pub async fn run_locked<T>(
+        &self,
+        resource: &str,
+        work: impl Future<Output = T>,
+    ) -> anyhow::Result<Option<T>> {
+        let Some(lock) = self.acquire(resource, self.ttl).await? else {
+            return Ok(None);
+        };
+        let result = work.await;
+        if let Err(error) = self.release(lock).await {
+            tracing::warn!(error = %format!("{error:#}"), resource, "could not release a lock; it will expire");
+        }
+        Ok(Some(result))
     }
 }

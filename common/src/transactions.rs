@@ -295,7 +295,7 @@ pub async fn announce_callback(
 pub async fn announce_parked_callbacks(
     conn: &mut PgConnection,
     transaction_id: &TransactionId,
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<()> {
     let parked: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, gateway FROM gateway_callback WHERE transaction_id = $1 AND processed_at IS NULL",
     )
@@ -308,5 +308,5 @@ pub async fn announce_parked_callbacks(
             .map_err(|e: crate::domain::DomainError| sqlx::Error::Decode(e.into()))?;
         announce_callback(conn, &id, gateway, transaction_id).await?;
     }
-    Ok(parked.len() as u64)
+    Ok(())
 }

@@ -91,20 +91,15 @@ impl Handler for PaymentHandler {
             .parse()
             .map_err(HandlerError::permanent)?;
 
-        let lock = self
-            .locks
-            // A holder that died frees it within the TTL, so waiting that long suffices.
-            .acquire(id.as_str(), self.locks.ttl())
+        self.locks
+            .run_locked(id.as_str(), self.route(&id))
             .await
             .map_err(HandlerError::transient)?
-            .ok_or_else(|| {
-                HandlerError::transient(anyhow!("transaction {id} is locked by another worker"))
-            })?;
-        let result = self.route(&id).await;
-        if let Err(error) = self.locks.release(lock).await {
-            tracing::warn!(%error, transaction_id = %id, "could not release the lock; it will expire");
-        }
-        result
+            .unwrap_or_else(|| {
+                Err(HandlerError::transient(anyhow!(
+                    "transaction {id} is locked by another worker"
+                )))
+            })
     }
 }
 
