@@ -99,6 +99,27 @@ fn start(
     )
 }
 
+/// Runs a member of `group` with `recorder` until it has handled `seen` messages, a
+/// moment longer (a redelivery would show), then stops it and expects a clean exit.
+async fn consume_until(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    recorder: &Recorder,
+    seen: usize,
+    what: &str,
+) {
+    let (shutdown, running) = start(settings, group, topic, recorder.clone());
+    eventually(what, Duration::from_secs(30), || {
+        let recorder = recorder.clone();
+        async move { (recorder.payloads().len() >= seen).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_committed_only_after_its_handler_succeeded() {
     for mode in MODES {
@@ -108,32 +129,21 @@ async fn a_message_is_committed_only_after_its_handler_succeeded() {
 
         // Fails twice (transiently), then succeeds: retried in place, then committed.
         let flaky = Recorder::failing(2, false);
-        let (shutdown, running) = start(&settings, &group, &topic, flaky.clone());
-        eventually(
+        consume_until(
+            &settings,
+            &group,
+            &topic,
+            &flaky,
+            3,
             "three attempts at the first message",
-            Duration::from_secs(30),
-            || {
-                let flaky = flaky.clone();
-                async move { (flaky.payloads().len() == 3).then_some(()) }
-            },
         )
         .await;
-        shutdown.cancel();
-        running.await.unwrap().unwrap();
         assert_eq!(flaky.payloads(), ["first", "first", "first"]);
 
         // The next member of the group starts after it: the first message was committed.
         produce(&settings, &topic, "second").await;
         let next = Recorder::default();
-        let (shutdown, running) = start(&settings, &group, &topic, next.clone());
-        eventually("the second message", Duration::from_secs(30), || {
-            let next = next.clone();
-            async move { (!next.payloads().is_empty()).then_some(()) }
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        shutdown.cancel();
-        running.await.unwrap().unwrap();
+        consume_until(&settings, &group, &topic, &next, 1, "the second message").await;
         assert_eq!(next.payloads(), ["second"]);
     }
 }
@@ -158,18 +168,15 @@ async fn a_message_whose_handler_keeps_failing_is_left_for_the_next_member_of_th
         assert_eq!(broken.payloads(), ["stubborn", "stubborn", "stubborn"]);
 
         let healthy = Recorder::default();
-        let (shutdown, running) = start(&settings, &group, &topic, healthy.clone());
-        eventually(
+        consume_until(
+            &settings,
+            &group,
+            &topic,
+            &healthy,
+            1,
             "the uncommitted message again",
-            Duration::from_secs(30),
-            || {
-                let healthy = healthy.clone();
-                async move { (!healthy.payloads().is_empty()).then_some(()) }
-            },
         )
         .await;
-        shutdown.cancel();
-        running.await.unwrap().unwrap();
         let seen = healthy.seen.lock().unwrap().clone();
         assert_eq!(seen[0].payload, b"stubborn");
         assert_eq!(seen[0].offset, broken.seen.lock().unwrap()[0].offset);
@@ -218,18 +225,15 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_with_its_reason_and_is_c
 
         produce(&settings, &topic, "after").await;
         let next = Recorder::default();
-        let (shutdown, running) = start(&settings, &group, &topic, next.clone());
-        eventually(
+        consume_until(
+            &settings,
+            &group,
+            &topic,
+            &next,
+            1,
             "the message after the poison",
-            Duration::from_secs(30),
-            || {
-                let next = next.clone();
-                async move { (!next.payloads().is_empty()).then_some(()) }
-            },
         )
         .await;
-        shutdown.cancel();
-        running.await.unwrap().unwrap();
         assert_eq!(next.payloads(), ["after"]);
     }
 }
