@@ -112,6 +112,13 @@ start_broker() { # port dir
         --storage-engine "sqlite://tansu.db" >broker.log 2>&1) &
     echo $!
     wait_for_port "$port" "the tansu broker"
+    index_broker "$dir/tansu.db"
+}
+
+# tansu 0.6.0's sqlite storage lacks two indexes its fetches need (scripts/tansu-index
+# says which and why); adds them once tansu has created its schema. Idempotent.
+index_broker() { # path to tansu.db
+    "$PAYGATE_ROOT/scripts/tansu-index" "$1" 60 || die "could not index the broker's storage $1"
 }
 
 # Stops a session (a pid started with setsid) politely, waits until every member

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod broker_index;
 mod broker_outage;
 mod consumer;
 mod end_to_end;
