@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use paygate_common::domain::{CallbackId, TransactionId};
-use paygate_common::gateway::{self, callback_ack, callback_identity};
+use paygate_common::gateway;
 use paygate_common::signature::callback;
 use paygate_common::transactions::announce_callback;
 
@@ -29,6 +29,7 @@ pub async fn receive(
     let gateway = gateway::find(&state.pool, &code)
         .await?
         .ok_or(ApiError::NotFound("gateway"))?;
+    let adapter = gateway.adapter().ok_or(ApiError::NotFound("gateway"))?;
     let signature = request
         .headers()
         .get(callback::HEADER)
@@ -49,7 +50,8 @@ pub async fn receive(
     .await?;
 
     let now = chrono::Utc::now().timestamp();
-    if let Err(error) = callback::verify(&gateway.callback_secret, signature.as_deref(), &body, now)
+    if let Err(error) =
+        adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
     {
         tracing::warn!(gateway = %code, %error, "callback refused");
         return Err(ApiError::Unauthenticated(
@@ -57,10 +59,12 @@ pub async fn receive(
         ));
     }
 
-    let identity = callback_identity(gateway.protocol, &body).map_err(|e| ApiError::Malformed {
-        message: e.to_string(),
-        field: None,
-    })?;
+    let identity = adapter
+        .callback_identity(&body)
+        .map_err(|e| ApiError::Malformed {
+            message: e.to_string(),
+            field: None,
+        })?;
     let transaction_id: TransactionId = identity
         .reference
         .parse()
@@ -98,6 +102,6 @@ pub async fn receive(
     }
     tx.commit().await?;
 
-    let (content_type, ack) = callback_ack(gateway.protocol);
+    let (content_type, ack) = adapter.callback_ack();
     Ok((StatusCode::OK, [(CONTENT_TYPE, content_type)], ack).into_response())
 }

@@ -1,8 +1,8 @@
-//! `paygate-api seed-demo`: the demo merchant, the simulator's gateways and a default
-//! route, created idempotently through the same code as real data. `scripts/up` runs it
+//! `paygate-api seed-demo`: the demo merchant, the simulator's gateways and their
+//! routes, created idempotently through the same code as real data. `scripts/up` runs it
 //! with a stable API key so the curl line it prints keeps working across restarts.
 
-use paygate_common::gateway::{self, GatewayConfig, Protocol, Route};
+use paygate_common::gateway::{self, GatewayConfig, Route};
 use sqlx::PgPool;
 
 use crate::merchants::{self, NewMerchant};
@@ -16,47 +16,73 @@ pub struct DemoConfig {
     pub webhook_url: String,
     /// The simulator's base URL.
     pub simulator_url: String,
-    /// The secret the simulator's JSON gateway signs callbacks with.
-    pub json_gateway_secret: String,
+    /// The secrets the simulator's gateways sign callbacks with.
+    pub secrets: SimulatorSecrets,
 }
 
-/// Registers the simulator's JSON gateway as `simjson` and routes every payment to it
-/// (the default route).
+/// The callback secret of each of the simulator's gateways.
+#[derive(Debug, Clone)]
+pub struct SimulatorSecrets {
+    pub json: String,
+    pub soap: String,
+    pub card: String,
+}
+
+/// Registers the simulator's three gateways and their routes: `simjson` (JSON REST) is
+/// the default route for everything; `simsoap` (SOAP) comes first for German payments,
+/// with `simjson` as their fallback; `simcard` (the card acquirer) is the default route
+/// too, and routing sends it card payments only.
 pub async fn register_simulator(
     pool: &PgPool,
     simulator_url: &str,
-    callback_secret: &str,
+    secrets: &SimulatorSecrets,
     timeout_ms: i32,
 ) -> anyhow::Result<()> {
-    gateway::upsert(
-        pool,
-        &GatewayConfig {
-            code: "simjson".to_owned(),
-            protocol: Protocol::Json,
-            base_url: format!("{}/json", simulator_url.trim_end_matches('/')),
-            callback_secret: callback_secret.to_owned(),
-            timeout_ms,
-            enabled: true,
-        },
-    )
-    .await?;
-    gateway::upsert_route(
-        pool,
-        &Route {
-            country: None,
-            currency: None,
-            kind: None,
-            priority: 100,
-            gateway_code: "simjson".to_owned(),
-        },
-    )
-    .await?;
+    let base = simulator_url.trim_end_matches('/');
+    let gateways = [
+        ("simjson", "json", format!("{base}/json"), &secrets.json),
+        ("simsoap", "soap", format!("{base}/soap"), &secrets.soap),
+        ("simcard", "card", format!("{base}/card"), &secrets.card),
+    ];
+    for (code, protocol, base_url, secret) in gateways {
+        gateway::upsert(
+            pool,
+            &GatewayConfig {
+                code: code.to_owned(),
+                protocol: protocol.to_owned(),
+                base_url,
+                callback_secret: secret.clone(),
+                timeout_ms,
+                max_concurrency: 64,
+                enabled: true,
+            },
+        )
+        .await?;
+    }
+    let routes = [
+        (None, 100, "simjson"),
+        (Some("DE"), 10, "simsoap"),
+        (None, 100, "simcard"),
+    ];
+    for (country, priority, code) in routes {
+        gateway::upsert_route(
+            pool,
+            &Route {
+                country: country.map(str::to_owned),
+                currency: None,
+                kind: None,
+                priority,
+                gateway_code: code.to_owned(),
+            },
+        )
+        .await?;
+    }
     Ok(())
 }
 
 /// Creates (or finds) the demo merchant and (re)configures the simulated gateways.
 pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchant> {
-    register_simulator(pool, &demo.simulator_url, &demo.json_gateway_secret, 5_000).await?;
+    register_simulator(pool, &demo.simulator_url, &demo.secrets, 5_000).await?;
     match merchants::find_by_api_key(pool, &demo.api_key).await? {
         Some((id, webhook_secret)) => {
             merchants::set_webhook_url(pool, &id, &demo.webhook_url).await?;

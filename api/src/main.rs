@@ -2,7 +2,7 @@
 //! seed-demo` creates the demo data and prints its credentials (see `demo`).
 
 use anyhow::Context as _;
-use paygate_api::demo::{self, DemoConfig};
+use paygate_api::demo::{self, DemoConfig, SimulatorSecrets};
 use paygate_api::Application;
 use paygate_common::{db, shutdown, telemetry, Settings};
 
@@ -33,10 +33,20 @@ async fn main() -> anyhow::Result<()> {
                     "http://127.0.0.1:8090/merchant/webhooks",
                 ),
                 simulator_url: env("PAYGATE_DEMO_SIMULATOR_URL", "http://127.0.0.1:8090"),
-                json_gateway_secret: env(
-                    "PAYGATE_DEMO_JSON_GATEWAY_SECRET",
-                    "simjson-callback-secret",
-                ),
+                secrets: SimulatorSecrets {
+                    json: env(
+                        "PAYGATE_DEMO_JSON_GATEWAY_SECRET",
+                        "simjson-callback-secret",
+                    ),
+                    soap: env(
+                        "PAYGATE_DEMO_SOAP_GATEWAY_SECRET",
+                        "simsoap-callback-secret",
+                    ),
+                    card: env(
+                        "PAYGATE_DEMO_CARD_GATEWAY_SECRET",
+                        "simcard-callback-secret",
+                    ),
+                },
             };
             let merchant = demo::seed(&pool, &config).await?;
             println!("{}", serde_json::to_string(&merchant)?);

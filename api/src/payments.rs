@@ -62,6 +62,7 @@ impl PaymentRequest {
             ));
         }
         Ok(NewTransaction {
+            card: None,
             merchant_id: merchant.id.clone(),
             kind,
             money,

@@ -141,8 +141,14 @@ impl CallbackHandler {
                 HandlerError::permanent(anyhow!("transaction {transaction_id} does not exist"))
             })?;
 
-        let verdict = match gateway::parse_callback(gateway.protocol, &stored.body) {
-            Err(error) => Verdict::Rejected(error.to_string()),
+        let parsed = match gateway.adapter() {
+            Some(adapter) => adapter
+                .parse_callback(&stored.body)
+                .map_err(|e| e.to_string()),
+            None => Err(format!("no adapter speaks {}", gateway.protocol)),
+        };
+        let verdict = match parsed {
+            Err(error) => Verdict::Rejected(error),
             Ok(notice) => match judge(&transaction, &gateway.code, &notice) {
                 Judgement::Apply(to, change) => {
                     match transactions::transition(&mut tx, &transaction, to, change).await {

@@ -20,7 +20,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub outbox: OutboxSettings,
     pub api: ApiSettings,
-    pub payment_processor: ServiceSettings,
+    pub cards: CardSettings,
+    pub payment_processor: PaymentProcessorSettings,
     pub callback_processor: ServiceSettings,
     pub callback_dispatcher: DispatcherSettings,
 }
@@ -61,6 +62,7 @@ pub struct KafkaSettings {
     pub message_timeout_ms: u32,
     pub group_prefix: String,
     pub handler_attempts: u32,
+    pub max_in_flight: usize,
     pub partition_assignment: PartitionAssignment,
     pub topics: Topics,
 }
@@ -123,6 +125,53 @@ pub struct ServiceSettings {
     pub listen: String,
 }
 
+/// Card numbers are sealed with these keys (see [`crate::cards`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CardSettings {
+    /// `"<id>:<base64 of 32 bytes>"`, newest first: the first seals, all open.
+    pub keys: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentProcessorSettings {
+    /// Address of the health and metrics endpoint.
+    pub listen: String,
+    /// Retries through the retry topic: exponential backoff with full jitter.
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// Attempts in all (the first included) before a payment whose gateways are all
+    /// down fails, or one whose gateway never answered is left unresolved.
+    pub retry_attempts: u32,
+    /// How often payments left unresolved at a gateway are asked about again.
+    pub reconcile_interval_ms: u64,
+    /// Gateways and routes are cached; reloaded on change (NOTIFY) and at least this often.
+    pub route_refresh_ms: u64,
+    pub breaker: BreakerSettings,
+}
+
+impl PaymentProcessorSettings {
+    pub fn retry_base(&self) -> Duration {
+        Duration::from_millis(self.retry_base_ms)
+    }
+
+    pub fn retry_cap(&self) -> Duration {
+        Duration::from_millis(self.retry_cap_ms)
+    }
+}
+
+/// A circuit breaker per gateway.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BreakerSettings {
+    /// Calls are judged over this rolling window.
+    pub window_ms: u64,
+    /// Fewer calls than this in the window never open the circuit.
+    pub min_calls: u32,
+    /// The share of failed calls (0..1) that opens it.
+    pub failure_rate: f64,
+    /// How long it stays open before one trial call is let through (half-open).
+    pub open_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct DispatcherSettings {
     pub listen: String,
@@ -156,6 +205,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("callback_dispatcher.retry_delays_ms")
+                    .with_list_parse_key("cards.keys")
                     .try_parsing(true),
             )
             .build()
@@ -214,6 +264,20 @@ impl Settings {
             !self.callback_dispatcher.retry_delays_ms.is_empty(),
             "callback_dispatcher.retry_delays_ms needs at least one delay"
         );
+        let processor = &self.payment_processor;
+        ensure!(
+            processor.retry_attempts > 0,
+            "payment_processor.retry_attempts must be positive"
+        );
+        ensure!(
+            processor.retry_base_ms > 0 && processor.retry_cap_ms >= processor.retry_base_ms,
+            "payment_processor.retry_base_ms must be positive and at most retry_cap_ms"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&processor.breaker.failure_rate),
+            "payment_processor.breaker.failure_rate must be between 0 and 1"
+        );
+        crate::cards::KeyRing::from_config(&self.cards.keys)?;
         Ok(())
     }
 

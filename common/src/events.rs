@@ -23,6 +23,8 @@ pub enum Destination {
     PaymentsRequested,
     GatewayCallbacks,
     TransactionsStatus,
+    /// Kept in the transaction's history only, never published.
+    History,
 }
 
 impl Destination {
@@ -32,6 +34,7 @@ impl Destination {
             Destination::PaymentsRequested => "payments_requested",
             Destination::GatewayCallbacks => "gateway_callbacks",
             Destination::TransactionsStatus => "transactions_status",
+            Destination::History => "history",
         }
     }
 
@@ -40,16 +43,19 @@ impl Destination {
             Destination::PaymentsRequested,
             Destination::GatewayCallbacks,
             Destination::TransactionsStatus,
+            Destination::History,
         ]
         .into_iter()
         .find(|d| d.as_str() == s)
     }
 
-    pub fn topic<'a>(&self, topics: &'a Topics) -> &'a str {
+    /// The topic it is published to; `None` for history-only events.
+    pub fn topic<'a>(&self, topics: &'a Topics) -> Option<&'a str> {
         match self {
-            Destination::PaymentsRequested => &topics.payments_requested,
-            Destination::GatewayCallbacks => &topics.gateway_callbacks,
-            Destination::TransactionsStatus => &topics.transactions_status,
+            Destination::PaymentsRequested => Some(&topics.payments_requested),
+            Destination::GatewayCallbacks => Some(&topics.gateway_callbacks),
+            Destination::TransactionsStatus => Some(&topics.transactions_status),
+            Destination::History => None,
         }
     }
 }
@@ -58,6 +64,11 @@ impl Destination {
 pub mod event_type {
     pub const CREATED: &str = "transaction.created";
     pub const CALLBACK_RECEIVED: &str = "callback.received";
+    /// A gateway is about to be asked to take the payment (history only).
+    pub const GATEWAY_ATTEMPTED: &str = "gateway.attempted";
+    /// Every gateway asked proved it did not take the payment; it waits for a retry
+    /// (history only).
+    pub const GATEWAYS_UNAVAILABLE: &str = "gateway.unavailable";
 
     /// The webhook type of a status change: `transaction.<status>`.
     pub fn for_status(status: crate::domain::Status) -> String {

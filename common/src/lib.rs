@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis plumbing, gateway adapters, signatures, configuration,
 //! telemetry and shutdown. A service's own logic stays in its own crate.
 
+pub mod cards;
 pub mod config;
 pub mod db;
 pub mod domain;

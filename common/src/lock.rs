@@ -13,6 +13,14 @@ use redis::aio::ConnectionManager;
 
 use crate::config::RedisSettings;
 
+const EXTEND: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+else
+    return 0
+end
+"#;
+
 const RELEASE: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
     return redis.call("DEL", KEYS[1])
@@ -31,6 +39,7 @@ pub struct Locks {
     /// How long a lock lives if its holder dies without releasing it.
     ttl: Duration,
     release: redis::Script,
+    extend: redis::Script,
 }
 
 /// A held lock. Give it back with [`Locks::release`]; if the holder dies it expires.
@@ -52,6 +61,7 @@ impl Locks {
             prefix: settings.key_prefix.clone(),
             ttl: Duration::from_millis(settings.lock_ttl_ms),
             release: redis::Script::new(RELEASE),
+            extend: redis::Script::new(EXTEND),
         })
     }
 
@@ -109,9 +119,26 @@ impl Locks {
 }
 
 impl Locks {
+    /// Gives `lock` another full TTL if it is still ours; `false` when it had expired.
+    pub async fn extend(&self, lock: &Lock) -> anyhow::Result<bool> {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let extended: i64 = self
+            .extend
+            .key(&lock.key)
+            .arg(&lock.token)
+            .arg(ttl_ms)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .context("extending a Redis lock")?;
+        Ok(extended == 1)
+    }
+
     /// Runs `work` holding the lock on `resource`, then releases it. Waits for the lock
     /// up to its TTL, since a holder that died frees it by then; `None` when a live
-    /// holder kept it all that time. A failed release is logged: the lock expires.
+    /// holder kept it all that time. While `work` runs (a gateway call can outlast the
+    /// TTL) the lock is extended every third of its TTL. Should an extension fail, the
+    /// lock may pass to another worker: the version fence on every write keeps that
+    /// safe. A failed release is logged: the lock expires.
     pub async fn run_locked<T>(
         &self,
         resource: &str,
@@ -120,7 +147,20 @@ impl Locks {
         let Some(lock) = self.acquire(resource, self.ttl).await? else {
             return Ok(None);
         };
-        let result = work.await;
+        let mut keepalive = tokio::time::interval(self.ttl / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.tick().await;
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                _ = keepalive.tick() => match self.extend(&lock).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(resource, "a lock expired while held; the version fence guards the writes"),
+                    Err(error) => tracing::warn!(error = %format!("{error:#}"), resource, "could not extend a lock"),
+                },
+            }
+        };
         if let Err(error) = self.release(lock).await {
             tracing::warn!(error = %format!("{error:#}"), resource, "could not release a lock; it will expire");
         }

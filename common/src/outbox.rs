@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{OutboxSettings, Topics};
 use crate::events::Destination;
 use crate::kafka::{self, await_delivery, Envelope, Producer};
-use crate::retry::backoff;
+use crate::retry;
 use crate::Settings;
 
 /// The NOTIFY channel fired when events are inserted (see the migrations).
@@ -75,17 +75,14 @@ impl Relay {
     /// Publishes until `shutdown`, waking on NOTIFY and at every poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener = self.listen().await;
-        let mut failures = 0;
+        let delays =
+            || retry::in_process(Duration::from_millis(200), Duration::from_secs(10), None);
+        let mut failures = delays();
         while !shutdown.is_cancelled() {
             match self.drain().await {
-                Ok(()) => failures = 0,
+                Ok(()) => failures = delays(),
                 Err(error) => {
-                    failures += 1;
-                    let delay = backoff(
-                        failures,
-                        Duration::from_millis(200),
-                        Duration::from_secs(10),
-                    );
+                    let delay = failures.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %format!("{error:#}"), ?delay, "outbox relay failed; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -158,7 +155,10 @@ impl Relay {
                     event.destination
                 )
             })?;
-            let topic = destination.topic(&self.topics);
+            // History-only events are stored published; one that is not has nothing to go to.
+            let Some(topic) = destination.topic(&self.topics) else {
+                continue;
+            };
             let delivery = self.producer.enqueue(&Envelope {
                 topic,
                 key: &event.transaction_id,

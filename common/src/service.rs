@@ -3,7 +3,10 @@
 //! shutdown token. If the consumer gives up (a transient failure outlasted its
 //! retries) the whole service stops with the error, so its supervisor restarts it.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -51,19 +54,32 @@ impl Worker {
     /// Runs until `shutdown` is cancelled or the consumer gives up (which cancels it).
     /// `companions` are the service's own background tasks, stopped by the same token;
     /// they finish before the database pool closes.
-    pub async fn run<H: Handler>(
+    pub async fn run<H: Handler + 'static>(
         self,
         handler: H,
         companions: Vec<JoinHandle<()>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        self.run_with_routes(handler, companions, Router::new(), shutdown)
+            .await
+    }
+
+    /// [`Worker::run`], with `routes` served beside the health endpoints (what a service
+    /// reports about itself, such as its circuit breakers).
+    pub async fn run_with_routes<H: Handler + 'static>(
+        self,
+        handler: H,
+        companions: Vec<JoinHandle<()>>,
+        routes: Router,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
         let health = tokio::spawn(health::serve(
             self.listener,
-            health::router(self.pool.clone()),
+            health::router(self.pool.clone()).merge(routes),
             shutdown.clone(),
         ));
-        let consumed = self.consumer.run(&handler, shutdown.clone()).await;
+        let consumed = self.consumer.run(Arc::new(handler), shutdown.clone()).await;
         shutdown.cancel();
         relay.await.context("the outbox relay panicked")?;
         for companion in companions {

@@ -8,8 +8,10 @@ use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor};
 
+use crate::cards::SealedCard;
 use crate::domain::{CallbackId, Country, EventId, Kind, MerchantId, Money, Status, TransactionId};
 use crate::events::{event_type, proto, timestamp, Destination};
+use crate::gateway::PaymentMethod;
 
 /// A row of `transaction`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,14 +33,30 @@ pub struct TransactionRecord {
     pub gateway_txn_id: Option<String>,
     pub failure_reason: Option<String>,
     pub version: i32,
+    /// `plain` or `card`.
+    pub payment_method: String,
+    /// The card number as people may see it (`424242******4242`).
+    pub card_masked: Option<String>,
+    /// Set while the payment is pending at a gateway that never gave a definite answer.
+    pub unresolved_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
-     reference, gateway, gateway_txn_id, failure_reason, version, created_at, updated_at";
+     reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
+     unresolved_since, created_at, updated_at";
 
 impl TransactionRecord {
+    /// How it is paid, as routing sees it.
+    pub fn payment_method(&self) -> PaymentMethod {
+        if self.payment_method == "card" {
+            PaymentMethod::Card
+        } else {
+            PaymentMethod::Plain
+        }
+    }
+
     /// The snapshot carried by events and shown to merchants.
     pub fn to_proto(&self) -> proto::Transaction {
         proto::Transaction {
@@ -70,6 +88,8 @@ pub struct NewTransaction {
     pub user_id: String,
     pub country: Option<Country>,
     pub reference: Option<String>,
+    /// A card, already sealed: the number never reaches the database in the clear.
+    pub card: Option<SealedCard>,
 }
 
 /// Inserts a `pending` transaction and its first event (to `payments_requested`).
@@ -80,8 +100,9 @@ pub async fn create(
 ) -> sqlx::Result<TransactionRecord> {
     let id = TransactionId::new();
     let record: TransactionRecord = sqlx::query_as(&format!(
-        "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country, reference)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8)
+        "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
+                                  reference, payment_method, card_masked, card_key_id, card_ciphertext)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12)
          RETURNING {COLUMNS}"
     ))
     .bind(id.as_str())
@@ -92,6 +113,10 @@ pub async fn create(
     .bind(&new.user_id)
     .bind(new.country.map(|c| c.code()))
     .bind(&new.reference)
+    .bind(if new.card.is_some() { "card" } else { "plain" })
+    .bind(new.card.as_ref().map(|c| &c.masked))
+    .bind(new.card.as_ref().map(|c| &c.key_id))
+    .bind(new.card.as_ref().map(|c| &c.ciphertext))
     .fetch_one(&mut *conn)
     .await?;
 
@@ -169,6 +194,8 @@ pub async fn transition(
                 gateway = COALESCE($2, gateway),
                 gateway_txn_id = COALESCE($3, gateway_txn_id),
                 failure_reason = COALESCE($4, failure_reason),
+                unresolved_since = NULL,
+                unresolved_checked_at = NULL,
                 version = version + 1,
                 updated_at = now()
           WHERE id = $5 AND version = $6 AND status = ANY($7)
@@ -200,6 +227,121 @@ pub async fn transition(
     )
     .await?;
     Ok(record)
+}
+
+/// Writes down, before the request goes out, which gateway is about to be asked: a
+/// version bump (the fencing token of that choice) and a history event. A pending
+/// transaction that names a gateway has an unresolved attempt there. Fails as
+/// [`TransitionError::Stale`] when someone else moved it since `seen`: the caller must
+/// then ask nobody.
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    seen: &TransactionRecord,
+    gateway: &str,
+) -> Result<TransactionRecord, TransitionError> {
+    fenced_pending_update(conn, seen, Some(gateway), event_type::GATEWAY_ATTEMPTED).await
+}
+
+/// Every gateway asked proved it did not take the payment: the transaction no longer
+/// names one, so its retry starts from the top of its routes. Fenced like
+/// [`record_attempt`].
+pub async fn release_attempt(
+    conn: &mut PgConnection,
+    seen: &TransactionRecord,
+) -> Result<TransactionRecord, TransitionError> {
+    fenced_pending_update(conn, seen, None, event_type::GATEWAYS_UNAVAILABLE).await
+}
+
+async fn fenced_pending_update(
+    conn: &mut PgConnection,
+    seen: &TransactionRecord,
+    gateway: Option<&str>,
+    event_type: &str,
+) -> Result<TransactionRecord, TransitionError> {
+    let updated: Option<TransactionRecord> = sqlx::query_as(&format!(
+        "UPDATE transaction
+            SET gateway = $3, version = version + 1, updated_at = now()
+          WHERE id = $1 AND version = $2 AND status = 'pending'
+      RETURNING {COLUMNS}"
+    ))
+    .bind(seen.id.as_str())
+    .bind(seen.version)
+    .bind(gateway)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let record = updated.ok_or_else(|| TransitionError::Stale(seen.id.clone()))?;
+    record_version(
+        conn,
+        &record,
+        event_type,
+        Destination::History,
+        |event_id, transaction| {
+            proto::StatusChanged {
+                event_id,
+                transaction,
+            }
+            .encode_to_vec()
+        },
+    )
+    .await?;
+    Ok(record)
+}
+
+/// The sealed card of a card payment: `(key id, ciphertext)`.
+pub async fn sealed_card<'e>(
+    executor: impl PgExecutor<'e>,
+    id: &TransactionId,
+) -> sqlx::Result<Option<(String, Vec<u8>)>> {
+    sqlx::query_as(
+        "SELECT card_key_id, card_ciphertext FROM transaction
+          WHERE id = $1 AND card_key_id IS NOT NULL AND card_ciphertext IS NOT NULL",
+    )
+    .bind(id.as_str())
+    .fetch_optional(executor)
+    .await
+}
+
+/// Marks a pending payment as unresolved at its gateway (its retries ran out with no
+/// definite answer), or notes that it was asked again and still is. Not a status change.
+pub async fn mark_unresolved<'e>(
+    executor: impl PgExecutor<'e>,
+    id: &TransactionId,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE transaction
+            SET unresolved_since = COALESCE(unresolved_since, now()), unresolved_checked_at = now()
+          WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id.as_str())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Pending payments left unresolved at a gateway and not asked about for `every`, oldest
+/// check first.
+pub async fn unresolved_due<'e>(
+    executor: impl PgExecutor<'e>,
+    every: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<TransactionId>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM transaction
+          WHERE status = 'pending' AND unresolved_since IS NOT NULL
+            AND unresolved_checked_at <= now() - make_interval(secs => $1)
+          ORDER BY unresolved_checked_at
+          LIMIT $2",
+    )
+    .bind(every.as_secs_f64())
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    ids.into_iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|e: crate::domain::DomainError| sqlx::Error::Decode(e.into()))
+        })
+        .collect()
 }
 
 /// Appends the event announcing `record`'s current version, its payload built by
@@ -243,8 +385,8 @@ pub struct NewEvent<'a> {
 
 pub async fn append_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload, published_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $6 = 'history' THEN now() END)",
     )
     .bind(event.id.as_str())
     .bind(event.transaction_id.as_str())

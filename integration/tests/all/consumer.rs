@@ -95,7 +95,7 @@ fn start(
     let token = shutdown.clone();
     (
         shutdown,
-        tokio::spawn(async move { consumer.run(&handler, token).await }),
+        tokio::spawn(async move { consumer.run(std::sync::Arc::new(handler), token).await }),
     )
 }
 

@@ -63,10 +63,11 @@ async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_
 
     let done = settled(&suite, &id).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["gateway"], "simjson");
+    // German payments go to the SOAP gateway first.
+    assert_eq!(done["gateway"], "simsoap");
     assert!(done["gateway_txn_id"]
         .as_str()
-        .is_some_and(|g| g.starts_with("sim_")));
+        .is_some_and(|g| g.starts_with("soap_")));
     assert_eq!(suite.charges(&id).await, 1, "charged exactly once");
 
     let received = webhooks_until(&suite, "transaction.completed").await;
@@ -116,7 +117,7 @@ async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_
         .json();
     assert_eq!(completed["data"]["status"], "completed");
     assert_eq!(completed["data"]["amount"], "25.00");
-    assert_eq!(completed["data"]["version"], 3);
+    assert_eq!(completed["data"]["version"], 4);
 
     let history: Vec<(Option<i32>, String)> = sqlx::query_as(
         "SELECT version, event_type FROM transaction_event WHERE transaction_id = $1 ORDER BY seq",
@@ -133,8 +134,9 @@ async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_
         status_history,
         [
             (1, "transaction.created"),
-            (2, "transaction.processing"),
-            (3, "transaction.completed")
+            (2, "gateway.attempted"),
+            (3, "transaction.processing"),
+            (4, "transaction.completed")
         ]
     );
     let unpublished: i64 =
@@ -242,7 +244,7 @@ async fn a_completed_payment_stays_completed_whatever_later_callbacks_say_and_th
     );
     let after = transaction(&suite, &id).await;
     assert_eq!(after["status"], "completed");
-    assert_eq!(after["version"], 3, "no transition was recorded");
+    assert_eq!(after["version"], 4, "no transition was recorded");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         suite

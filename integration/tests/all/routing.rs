@@ -1,18 +1,19 @@
 //! Which gateways a payment is offered to, and in what order.
 
 use paygate_common::domain::{Country, Currency, Kind, Money};
-use paygate_common::gateway::{self, GatewayConfig, Protocol, Route};
+use paygate_common::gateway::{self, GatewayConfig, Route};
 use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
-use paygate_payment_processor::routing;
+use paygate_payment_processor::routing::Snapshot;
 use sqlx::PgPool;
 
 async fn gateway(pool: &PgPool, code: &str, enabled: bool) {
     let config = GatewayConfig {
         code: code.to_owned(),
-        protocol: Protocol::Json,
+        protocol: "json".to_owned(),
         base_url: format!("http://127.0.0.1:9/{code}"),
         callback_secret: "s".to_owned(),
         timeout_ms: 1_000,
+        max_concurrency: 4,
         enabled,
     };
     gateway::upsert(pool, &config).await.unwrap();
@@ -56,6 +57,7 @@ async fn payment(
             user_id: "u".to_owned(),
             country: country.map(|c| c.parse::<Country>().unwrap()),
             reference: None,
+            card: None,
         },
     )
     .await
@@ -63,9 +65,10 @@ async fn payment(
 }
 
 async fn codes(pool: &PgPool, payment: &TransactionRecord) -> Vec<String> {
-    routing::candidates(pool, payment)
+    Snapshot::load(pool)
         .await
         .unwrap()
+        .candidates(payment)
         .into_iter()
         .map(|g| g.code)
         .collect()

@@ -1,0 +1,202 @@
+//! A card acquirer, with the bank semantics of the card networks' test acquirers:
+//! `POST <base>/charges` answers a bank code — `"0"` succeeded, `"100"` failed,
+//! `"200"` pending (settled later by callback) — and `GET <base>/charges/<reference>`
+//! tells the status. The card number is decrypted only into the request body.
+
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use secrecy::ExposeSecret as _;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{exchange, refused, server_error, unreadable};
+use super::{
+    BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
+    Outcome, PaymentMethod, PaymentOrder,
+};
+
+pub struct CardAcquirer;
+
+/// The acquirer's answer to a charge or a status query.
+#[derive(Debug, Deserialize)]
+struct BankAnswer {
+    code: String,
+    message: Option<String>,
+    transaction_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BankCallback {
+    event_id: String,
+    reference: String,
+    transaction_id: Option<String>,
+    code: String,
+    amount: Decimal,
+    currency: String,
+    message: Option<String>,
+}
+
+impl Gateway for CardAcquirer {
+    fn protocol(&self) -> &'static str {
+        "card"
+    }
+
+    fn takes(&self, method: PaymentMethod) -> bool {
+        method == PaymentMethod::Card
+    }
+
+    fn submit<'a>(&'a self, call: Call<'a>, order: &'a PaymentOrder) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let code = &call.gateway.code;
+            let Some(card) = &order.card else {
+                // Routing never sends a card-less payment here; nothing was sent.
+                return Outcome::Unavailable {
+                    reason: format!("{code} takes only card payments"),
+                };
+            };
+            let body = json!({
+                "reference": order.reference,
+                "amount": order.amount.to_string(),
+                "currency": order.currency,
+                "kind": order.kind.as_str(),
+                "callback_url": order.callback_url,
+                "card": {
+                    "number": card.number.expose_secret(),
+                    "expiry_month": card.expiry_month,
+                    "expiry_year": card.expiry_year,
+                    "holder_name": card.holder_name,
+                },
+            });
+            let request = call
+                .http
+                .post(format!("{}/charges", base(call)))
+                .header("Idempotency-Key", &order.reference)
+                .json(&body);
+            match exchange(request, call.gateway).await {
+                Err(outcome) => outcome,
+                Ok((status, _)) if status.is_server_error() => server_error(code, status),
+                Ok((status, _)) if status.is_client_error() => refused(code, status),
+                Ok((status, body)) => read_answer(code, status, &body),
+            }
+        })
+    }
+
+    fn query<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let code = &call.gateway.code;
+            let url = format!("{}/charges/{reference}", base(call));
+            match exchange(call.http.get(url), call.gateway).await {
+                Err(outcome) => outcome,
+                Ok((StatusCode::NOT_FOUND, _)) => Outcome::Unknown,
+                Ok((status, _)) if !status.is_success() => server_error(code, status),
+                Ok((status, body)) => read_answer(code, status, &body),
+            }
+        })
+    }
+
+    fn callback_identity(&self, body: &[u8]) -> Result<CallbackIdentity, CallbackParseError> {
+        serde_json::from_slice(body)
+            .map_err(|e| CallbackParseError::Malformed("card", e.to_string()))
+    }
+
+    fn parse_callback(&self, body: &[u8]) -> Result<CallbackNotice, CallbackParseError> {
+        let callback: BankCallback = serde_json::from_slice(body)
+            .map_err(|e| CallbackParseError::Malformed("card", e.to_string()))?;
+        let result = match callback.code.as_str() {
+            "0" => CallbackResult::Approved,
+            "100" => CallbackResult::Declined {
+                reason: callback.message.unwrap_or_else(|| "declined".to_owned()),
+            },
+            other => {
+                return Err(CallbackParseError::Malformed(
+                    "card",
+                    format!("bank code {other:?} is not a final result"),
+                ))
+            }
+        };
+        Ok(CallbackNotice {
+            event_id: callback.event_id,
+            reference: callback.reference,
+            gateway_txn_id: callback.transaction_id,
+            result,
+            amount: callback.amount,
+            currency: callback.currency,
+        })
+    }
+
+    fn callback_ack(&self) -> (&'static str, &'static str) {
+        ("application/json", r#"{"received":true}"#)
+    }
+}
+
+fn base(call: Call<'_>) -> &str {
+    call.gateway.base_url.trim_end_matches('/')
+}
+
+/// Bank codes: `"0"` succeeded and `"200"` pending are both taken (the callback
+/// settles them); `"100"` failed is a decline.
+fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
+    let answer: BankAnswer = match serde_json::from_slice(body) {
+        Ok(answer) => answer,
+        Err(error) => return unreadable(code, status, error),
+    };
+    match (answer.code.as_str(), answer.transaction_id) {
+        ("0" | "200", Some(gateway_txn_id)) => Outcome::Accepted { gateway_txn_id },
+        ("100", _) => Outcome::Declined {
+            reason: answer.message.unwrap_or_else(|| "declined".to_owned()),
+        },
+        (other, _) => Outcome::Ambiguous {
+            reason: format!("{code} answered bank code {other:?}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bank_codes_map_to_outcomes() {
+        let ok = StatusCode::OK;
+        assert_eq!(
+            read_answer(
+                "c",
+                ok,
+                br#"{"code":"0","message":"ok","transaction_id":"a1"}"#
+            ),
+            Outcome::Accepted {
+                gateway_txn_id: "a1".into()
+            }
+        );
+        assert_eq!(
+            read_answer("c", ok, br#"{"code":"200","transaction_id":"a2"}"#),
+            Outcome::Accepted {
+                gateway_txn_id: "a2".into()
+            }
+        );
+        assert_eq!(
+            read_answer(
+                "c",
+                ok,
+                br#"{"code":"100","message":"insufficient_funds","transaction_id":null}"#
+            ),
+            Outcome::Declined {
+                reason: "insufficient_funds".into()
+            }
+        );
+        assert!(matches!(
+            read_answer("c", ok, br#"{"code":"999"}"#),
+            Outcome::Ambiguous { .. }
+        ));
+    }
+
+    #[test]
+    fn a_card_callback_with_a_pending_code_is_not_a_result() {
+        let pending = br#"{"event_id":"e","reference":"txn_1","transaction_id":"a","code":"200","amount":"1","currency":"USD"}"#;
+        assert!(CardAcquirer.parse_callback(pending).is_err());
+        assert_eq!(
+            CardAcquirer.callback_identity(pending).unwrap().event_id,
+            "e"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Gateways and routes as operators store them (`gateway`, `gateway_route`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::PgExecutor;
+
+use crate::domain::Kind;
+
+/// A row of `gateway`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GatewayRecord {
+    pub code: String,
+    /// Which adapter speaks to it: a [`super::Gateway::protocol`].
+    pub protocol: String,
+    /// Where its API lives; paths are appended by the adapter.
+    pub base_url: String,
+    /// Checks the signature of its callbacks.
+    pub callback_secret: String,
+    pub timeout_ms: i32,
+    /// Calls in flight to it at once, at most, from one payment-processor.
+    pub max_concurrency: i32,
+    pub enabled: bool,
+}
+
+impl GatewayRecord {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.timeout_ms).unwrap_or(10_000))
+    }
+
+    /// The adapter for its protocol; `None` for a protocol this build does not speak
+    /// (refused when the gateway is stored, so only an old row can have one).
+    pub fn adapter(&self) -> Option<&'static dyn super::Gateway> {
+        super::adapter(&self.protocol)
+    }
+}
+
+pub(crate) const COLUMNS: &str =
+    "code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled";
+
+/// Reads one gateway by code.
+pub async fn find<'e>(
+    executor: impl PgExecutor<'e>,
+    code: &str,
+) -> sqlx::Result<Option<GatewayRecord>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM gateway WHERE code = $1"))
+        .bind(code)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Every gateway, by code.
+pub async fn all<'e>(executor: impl PgExecutor<'e>) -> sqlx::Result<Vec<GatewayRecord>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM gateway ORDER BY code"))
+        .fetch_all(executor)
+        .await
+}
+
+/// A gateway's configuration, as an operator sets it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayConfig {
+    pub code: String,
+    pub protocol: String,
+    pub base_url: String,
+    pub callback_secret: String,
+    pub timeout_ms: i32,
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: i32,
+    pub enabled: bool,
+}
+
+fn default_max_concurrency() -> i32 {
+    32
+}
+
+/// Why a gateway could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no adapter speaks the {0:?} protocol")]
+    UnknownProtocol(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Creates or replaces a gateway.
+pub async fn upsert<'e>(
+    executor: impl PgExecutor<'e>,
+    gateway: &GatewayConfig,
+) -> Result<(), GatewayError> {
+    if super::adapter(&gateway.protocol).is_none() {
+        return Err(GatewayError::UnknownProtocol(gateway.protocol.clone()));
+    }
+    sqlx::query(
+        "INSERT INTO gateway (code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (code) DO UPDATE
+            SET protocol = EXCLUDED.protocol, base_url = EXCLUDED.base_url,
+                callback_secret = EXCLUDED.callback_secret, timeout_ms = EXCLUDED.timeout_ms,
+                max_concurrency = EXCLUDED.max_concurrency, enabled = EXCLUDED.enabled,
+                updated_at = now()",
+    )
+    .bind(&gateway.code)
+    .bind(&gateway.protocol)
+    .bind(&gateway.base_url)
+    .bind(&gateway.callback_secret)
+    .bind(gateway.timeout_ms)
+    .bind(gateway.max_concurrency)
+    .bind(gateway.enabled)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A route: for payments matching (country, currency, kind) — `None` matches anything,
+/// and a route without a country is a default route — try `gateway_code` at `priority`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Route {
+    pub country: Option<String>,
+    pub currency: Option<String>,
+    pub kind: Option<Kind>,
+    pub priority: i32,
+    pub gateway_code: String,
+}
+
+pub async fn upsert_route<'e>(executor: impl PgExecutor<'e>, route: &Route) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO gateway_route (country, currency, kind, priority, gateway_code)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT ON CONSTRAINT gateway_route_unique DO UPDATE SET priority = EXCLUDED.priority",
+    )
+    .bind(&route.country)
+    .bind(&route.currency)
+    .bind(route.kind.map(|k| k.as_str()))
+    .bind(route.priority)
+    .bind(&route.gateway_code)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A `gateway_route` row as read: country, currency, kind, priority, gateway.
+type RouteRow = (Option<String>, Option<String>, Option<String>, i32, String);
+
+/// Every route.
+pub async fn all_routes<'e>(executor: impl PgExecutor<'e>) -> sqlx::Result<Vec<Route>> {
+    let rows: Vec<RouteRow> = sqlx::query_as(
+        "SELECT trim(country), trim(currency), kind, priority, gateway_code
+           FROM gateway_route ORDER BY id",
+    )
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|(country, currency, kind, priority, gateway_code)| {
+            let kind = kind
+                .map(|k| k.parse::<Kind>())
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(e.into()))?;
+            Ok(Route {
+                country,
+                currency,
+                kind,
+                priority,
+                gateway_code,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,38 @@
+//! Kafka plumbing on rdkafka, one job a file: topic creation at start ([`admin`]), an
+//! idempotent producer ([`producer`]) and an at-least-once consumer loop that stores a
+//! message's offset only after its handler succeeded ([`consumer`]).
+
+mod admin;
+mod consumer;
+mod producer;
+
+pub use admin::{all_topics, ensure_topics};
+pub use consumer::{ConsumerLoop, Handler, HandlerError, Inbound};
+pub use producer::{await_delivery, Envelope, Producer};
+
+use rdkafka::config::ClientConfig;
+
+use crate::config::KafkaSettings;
+
+/// Header names carried by every Paygate message.
+pub mod headers {
+    pub const EVENT_ID: &str = "event-id";
+    pub const EVENT_TYPE: &str = "event-type";
+    pub const SCHEMA_VERSION: &str = "schema-version";
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Set on dead-lettered messages: why the consumer gave up.
+    pub const DLQ_REASON: &str = "dlq-reason";
+    /// Set on dead-lettered messages: where the message was read from.
+    pub const DLQ_SOURCE: &str = "dlq-source";
+    /// Unix milliseconds before which the consumer does not hand the message to its
+    /// handler (a scheduled retry).
+    pub const NOT_BEFORE: &str = "not-before";
+}
+
+pub(crate) fn base_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("log_level", "4");
+    config
+}

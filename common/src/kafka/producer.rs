@@ -1,0 +1,153 @@
+//! An idempotent producer (`acks=all`): retries without duplicates or reordering.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+
+use super::{base_config, headers, Inbound};
+use crate::config::{KafkaSettings, Topics};
+use crate::events::SCHEMA_VERSION;
+
+/// An idempotent producer: `acks=all`, retries without duplicates or reordering.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+/// Identifies one message for its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub payload: &'a [u8],
+}
+
+impl Producer {
+    pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
+        let inner = base_config(settings)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("compression.type", "none")
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
+            .create()
+            .context("creating the Kafka producer")?;
+        Ok(Producer { inner })
+    }
+
+    /// Hands a message to the producer and returns the future of its delivery report, so
+    /// a batch can be enqueued at once and awaited together.
+    pub fn enqueue(&self, envelope: &Envelope<'_>) -> anyhow::Result<DeliveryFuture> {
+        self.enqueue_with_headers(
+            envelope.topic,
+            envelope.key,
+            envelope.payload,
+            standard_headers(envelope),
+        )
+    }
+
+    /// Sends a message that its consumer holds until `not_before` (unix milliseconds),
+    /// and waits until the broker acknowledged it.
+    pub async fn schedule(&self, envelope: &Envelope<'_>, not_before: i64) -> anyhow::Result<()> {
+        let headers = standard_headers(envelope).insert(Header {
+            key: headers::NOT_BEFORE,
+            value: Some(&not_before.to_string()),
+        });
+        let delivery =
+            self.enqueue_with_headers(envelope.topic, envelope.key, envelope.payload, headers)?;
+        await_delivery(delivery, envelope.topic).await
+    }
+
+    fn enqueue_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> anyhow::Result<DeliveryFuture> {
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.inner.send_result(record).map_err(|(error, _)| {
+            anyhow::Error::new(error).context(format!("enqueueing to {topic}"))
+        })
+    }
+
+    /// Sends one message and waits until the broker acknowledged it.
+    pub async fn send(&self, envelope: &Envelope<'_>) -> anyhow::Result<()> {
+        let delivery = self.enqueue(envelope)?;
+        await_delivery(delivery, envelope.topic).await
+    }
+
+    /// Copies a message the consumer gave up on to `<topic>.dlq`, with the reason.
+    pub async fn dead_letter(&self, message: &Inbound, reason: &str) -> anyhow::Result<()> {
+        let topic = Topics::dead_letter(&message.topic);
+        let source = format!("{}/{}/{}", message.topic, message.partition, message.offset);
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            });
+        }
+        let headers = headers
+            .insert(Header {
+                key: headers::DLQ_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: headers::DLQ_SOURCE,
+                value: Some(&source),
+            });
+        let key = message.key.as_deref().unwrap_or_default();
+        let delivery = self.enqueue_with_headers(&topic, key, &message.payload, headers)?;
+        await_delivery(delivery, &topic).await
+    }
+
+    /// Waits for in-flight messages before the process exits.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.inner.flush(timeout) {
+            tracing::warn!(%error, "producer flush did not finish");
+        }
+    }
+}
+
+/// The headers every Paygate message carries.
+fn standard_headers(envelope: &Envelope<'_>) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::EVENT_ID,
+            value: Some(envelope.event_id),
+        })
+        .insert(Header {
+            key: headers::EVENT_TYPE,
+            value: Some(envelope.event_type),
+        })
+        .insert(Header {
+            key: headers::SCHEMA_VERSION,
+            value: Some(SCHEMA_VERSION),
+        })
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some("application/x-protobuf"),
+        })
+}
+
+/// Waits for a delivery report.
+pub async fn await_delivery(delivery: DeliveryFuture, topic: &str) -> anyhow::Result<()> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => {
+            Err(anyhow::Error::new(error).context(format!("producing to {topic}")))
+        }
+        Err(_cancelled) => anyhow::bail!("producer dropped the message for {topic}"),
+    }
+}

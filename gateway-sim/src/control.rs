@@ -1,0 +1,95 @@
+//! Test controls over a whole simulator instance, whatever the amounts:
+//! - `PUT /control` `{"force_status": 503 | null, "answer_delay_ms": <ms> | null}`
+//!   replaces the control state (a missing field is `null`, an unknown one is refused so
+//!   a misspelt control cannot pass silently), `GET /control` reads it.
+//!   A forced 503 makes every submit and status query of every gateway answer 503 and
+//!   charge nothing; `answer_delay_ms` overrides the configured answer delay of every
+//!   submit, the forced 503s included. `null` restores the default.
+//! - `POST /control/release/{reference}` releases a stalled (`.07`) payment: its held
+//!   requests answer, status queries answer normally, and its callback is sent.
+
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::callback;
+use crate::state::Sim;
+
+/// The only status a control can force: an unavailable gateway, which charges nothing.
+const FORCEABLE: u16 = 503;
+
+/// The instance-wide control state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Control {
+    force_status: Option<u16>,
+    answer_delay_ms: Option<u64>,
+}
+
+impl Control {
+    /// Whether every gateway must answer 503.
+    pub(crate) fn unavailable(&self) -> bool {
+        self.force_status == Some(FORCEABLE)
+    }
+
+    /// The answer delay in force, when it overrides the configured one.
+    pub(crate) fn answer_delay(&self) -> Option<Duration> {
+        self.answer_delay_ms.map(Duration::from_millis)
+    }
+}
+
+pub(crate) fn routes() -> Router<Sim> {
+    Router::new()
+        .route("/control", get(read).put(replace))
+        .route("/control/release/{reference}", post(release))
+}
+
+async fn read(State(sim): State<Sim>) -> Json<Control> {
+    Json(sim.remember(|m| m.control.clone()))
+}
+
+async fn replace(
+    State(sim): State<Sim>,
+    control: Result<Json<Control>, JsonRejection>,
+) -> Response {
+    let control = match control {
+        Ok(Json(control)) => control,
+        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+    };
+    if control
+        .force_status
+        .is_some_and(|status| status != FORCEABLE)
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "force_status can only be 503 or null",
+        );
+    }
+    sim.remember(|m| m.control = control.clone());
+    tracing::info!(?control, "simulator controls replaced");
+    Json(control).into_response()
+}
+
+async fn release(State(sim): State<Sim>, Path(reference): Path<String>) -> Response {
+    let Some(due) = sim.remember(|m| m.ledger.release(&reference)) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no stalled payment for this reference",
+        );
+    };
+    for scheduled in due {
+        callback::send_later(&sim, scheduled);
+    }
+    Json(json!({"reference": reference, "released": true})).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}

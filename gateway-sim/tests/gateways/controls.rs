@@ -1,0 +1,251 @@
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{elements, reference, soap_query, soap_submit, text, Receiver, Sim};
+
+/// Short enough to keep the tests fast, long enough to tell a hang from a slow answer.
+const HANG: Duration = Duration::from_millis(300);
+
+async fn put_control(sim: &Sim, control: Value) -> reqwest::Response {
+    sim.http
+        .put(sim.url("/control"))
+        .json(&control)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_forced_503_answers_every_gateway_after_the_delay_and_charges_nothing() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let known = reference();
+    let answered = sim
+        .json_pay(&known, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+
+    let control = json!({"force_status": 503, "answer_delay_ms": 400});
+    assert_eq!(put_control(&sim, control.clone()).await.status(), 200);
+    let read: Value = sim
+        .http
+        .get(sim.url("/control"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, control);
+
+    let reference = reference();
+    let started = Instant::now();
+    let json = sim
+        .json_pay(&reference, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 503);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let (status, body) = sim
+        .soap(soap_submit(&reference, "10.00", &receiver.url))
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        text(&elements(&body), "Code").as_deref(),
+        Some("UNAVAILABLE")
+    );
+    let card = sim
+        .card_charge(&reference, "10.00", "4242424242424242", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(card.status(), 503);
+    let queried = sim
+        .http
+        .get(sim.url(&format!("/json/payments/{known}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queried.status(), 503, "status queries are unavailable too");
+    let (status, _) = sim.soap(soap_query(&known)).await;
+    assert_eq!(status, 503);
+    assert_eq!(sim.charges(&reference).await["charges"], 0);
+
+    let restored = json!({"force_status": null, "answer_delay_ms": null});
+    assert_eq!(put_control(&sim, restored).await.status(), 200);
+    let started = Instant::now();
+    let retried = sim
+        .json_pay(&reference, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200, "a 503 was not remembered");
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert_eq!(sim.charges(&reference).await["charges"], 1);
+}
+
+#[tokio::test]
+async fn a_control_forcing_anything_but_503_or_misspelt_is_refused() {
+    let sim = Sim::start().await;
+
+    for refused in [
+        json!({"force_status": 500}),
+        json!({"force_status": 503, "answer_delay": 1500}),
+    ] {
+        let response = put_control(&sim, refused.clone()).await;
+
+        assert_eq!(response.status(), 422, "{refused}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let read: Value = sim
+        .http
+        .get(sim.url("/control"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, json!({"force_status": null, "answer_delay_ms": null}));
+}
+
+#[tokio::test]
+async fn a_stalled_payment_hangs_until_released_then_answers_and_calls_back() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let reference = reference();
+
+    let timed_out = sim
+        .card_charge(&reference, "10.07", "4242424242424242", &receiver.url)
+        .timeout(HANG)
+        .send()
+        .await;
+    assert!(timed_out.unwrap_err().is_timeout(), "the submit hangs");
+    assert_eq!(
+        sim.charges(&reference).await["charges"],
+        1,
+        "but the payment was taken"
+    );
+    let status_url = sim.url(&format!("/card/charges/{reference}"));
+    let queried = sim.http.get(&status_url).timeout(HANG).send().await;
+    assert!(queried.unwrap_err().is_timeout(), "status queries hang too");
+    let held = tokio::spawn(
+        sim.card_charge(&reference, "10.07", "4242424242424242", &receiver.url)
+            .send(),
+    );
+    tokio::time::sleep(HANG).await;
+    assert!(!held.is_finished(), "a repeat hangs as well");
+    assert!(
+        receiver.received().is_empty(),
+        "no callback before the release"
+    );
+
+    let released = sim
+        .http
+        .post(sim.url(&format!("/control/release/{reference}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 200);
+
+    let held: Value = held.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(held["code"], "0");
+    let queried: Value = sim
+        .http
+        .get(&status_url)
+        .timeout(HANG)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queried, held);
+    let callbacks = receiver.wait_for(1).await;
+    assert_eq!(callbacks[0].json()["code"], "0");
+    assert_eq!(
+        callbacks[0].json()["transaction_id"],
+        held["transaction_id"]
+    );
+    assert_eq!(sim.charges(&reference).await["charges"], 1);
+}
+
+#[tokio::test]
+async fn a_stalled_request_ends_when_the_simulator_shuts_down() {
+    let mut sim = Sim::start().await;
+    let reference = reference();
+    let held = tokio::spawn(
+        sim.json_pay(&reference, "10.07", "http://127.0.0.1:9/unused")
+            .send(),
+    );
+    tokio::time::sleep(HANG).await;
+    assert!(!held.is_finished());
+
+    sim.shutdown.cancel();
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), sim.handle.take().unwrap()).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    let held = held.await.unwrap().unwrap();
+    assert_eq!(held.status(), 504, "a proxy gave up on the held request");
+}
+
+#[tokio::test]
+async fn releasing_a_payment_that_never_stalled_is_a_404() {
+    let sim = Sim::start().await;
+    let reference = reference();
+    let answered = sim
+        .json_pay(&reference, "10.00", "http://127.0.0.1:9/unused")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+
+    for unstalled in [reference.as_str(), "txn_never_seen"] {
+        let released = sim
+            .http
+            .post(sim.url(&format!("/control/release/{unstalled}")))
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(released.status(), 404);
+    }
+}
+
+#[tokio::test]
+async fn charges_are_counted_per_reference_across_gateways() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let reference = reference();
+
+    let json = sim
+        .json_pay(&reference, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 200);
+    let (status, _) = sim
+        .soap(soap_submit(&reference, "10.00", &receiver.url))
+        .await;
+    assert_eq!(status, 200);
+    let card = sim
+        .card_charge(&reference, "10.00", "4242424242424242", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(card.status(), 200);
+
+    assert_eq!(
+        sim.charges(&reference).await,
+        json!({"reference": reference, "charges": 3, "by_gateway": {"json": 1, "soap": 1, "card": 1}})
+    );
+}

@@ -1,0 +1,61 @@
+//! The gateway simulator as tests start and steer it.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// The JSON gateway of the simulator, as Paygate's configuration knows it.
+pub const SIM_JSON_SECRET: &str = "test-simjson-secret";
+
+/// The callback secret of the simulator's SOAP gateway.
+pub const SIM_SOAP_SECRET: &str = "test-simsoap-secret";
+
+/// The callback secret of the simulator's card acquirer.
+pub const SIM_CARD_SECRET: &str = "test-simcard-secret";
+
+/// Starts the gateway simulator on port 0, answering after `answer_delay`; returns its
+/// base URL.
+pub async fn start_simulator(shutdown: CancellationToken, answer_delay: Duration) -> String {
+    let simulator = paygate_gateway_sim::Simulator::build(paygate_gateway_sim::SimConfig {
+        listen: "127.0.0.1:0".to_owned(),
+        json_secret: SIM_JSON_SECRET.to_owned(),
+        soap_secret: SIM_SOAP_SECRET.to_owned(),
+        card_secret: SIM_CARD_SECRET.to_owned(),
+        callback_delay: Duration::from_millis(50),
+        slow_answer: Duration::from_secs(10),
+        answer_delay,
+    })
+    .await
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}", simulator.port());
+    tokio::spawn(simulator.run(shutdown));
+    url
+}
+
+/// Registers the simulator's gateways and routes as the demo does (`simjson` for
+/// everything, `simsoap` first for `DE`, `simcard` for cards), with a 2 s timeout.
+pub async fn route_everything_to_simulator(pool: &PgPool, simulator_url: &str) {
+    let secrets = paygate_api::demo::SimulatorSecrets {
+        json: SIM_JSON_SECRET.to_owned(),
+        soap: SIM_SOAP_SECRET.to_owned(),
+        card: SIM_CARD_SECRET.to_owned(),
+    };
+    paygate_api::demo::register_simulator(pool, simulator_url, &secrets, 2_000)
+        .await
+        .unwrap();
+}
+
+/// Makes every gateway of the simulator at `url` answer `force_status` (or behave
+/// normally, `None`), each answer after `answer_delay_ms` (or the default, `None`).
+pub async fn control_simulator(url: &str, force_status: Option<u16>, answer_delay_ms: Option<u64>) {
+    let response = reqwest::Client::new()
+        .put(format!("{url}/control"))
+        .json(
+            &serde_json::json!({"force_status": force_status, "answer_delay_ms": answer_delay_ms}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
