@@ -217,13 +217,7 @@ pub async fn transition(
         &record,
         &event_type::for_status(to),
         Destination::TransactionsStatus,
-        |event_id, transaction| {
-            proto::StatusChanged {
-                event_id,
-                transaction,
-            }
-            .encode_to_vec()
-        },
+        status_changed,
     )
     .await?;
     Ok(record)
@@ -275,13 +269,7 @@ async fn fenced_pending_update(
         &record,
         event_type,
         Destination::History,
-        |event_id, transaction| {
-            proto::StatusChanged {
-                event_id,
-                transaction,
-            }
-            .encode_to_vec()
-        },
+        status_changed,
     )
     .await?;
     Ok(record)
@@ -342,6 +330,15 @@ pub async fn unresolved_due<'e>(
                 .map_err(|e: crate::domain::DomainError| sqlx::Error::Decode(e.into()))
         })
         .collect()
+}
+
+/// The payload of a status event (and of a history event): the new snapshot.
+fn status_changed(event_id: String, transaction: Option<proto::Transaction>) -> Vec<u8> {
+    proto::StatusChanged {
+        event_id,
+        transaction,
+    }
+    .encode_to_vec()
 }
 
 /// Appends the event announcing `record`'s current version, its payload built by

@@ -34,8 +34,12 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One trial call is out; everything else waits for its result.
-    HalfOpen,
+    /// One trial call is out since then; everything else waits for its result. A trial
+    /// whose result never comes (its caller was fenced out before calling, or died) is
+    /// given up after another cool-down, and a new one let through.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -78,14 +82,19 @@ impl Breakers {
     /// Whether a call to `gateway` may go out now. An open circuit whose cool-down has
     /// passed lets this one call through as its trial.
     pub fn permit(&self, gateway: &str) -> bool {
+        let now = Instant::now();
         self.with(gateway, |c| match c.state {
             State::Closed => true,
-            State::Open { until } if Instant::now() >= until => {
+            State::Open { until } if now >= until => {
                 tracing::info!(gateway, "circuit half-open: one trial call");
-                c.state = State::HalfOpen;
+                c.state = State::HalfOpen { since: now };
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::HalfOpen { since } if now.duration_since(since) >= self.open_for => {
+                c.state = State::HalfOpen { since: now };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         })
     }
 
@@ -94,13 +103,13 @@ impl Breakers {
         let now = Instant::now();
         self.with(gateway, |c| {
             match c.state {
-                State::HalfOpen if succeeded => {
+                State::HalfOpen { .. } if succeeded => {
                     tracing::info!(gateway, "circuit closed: the trial call succeeded");
                     c.state = State::Closed;
                     c.calls.clear();
                     return;
                 }
-                State::HalfOpen => {
+                State::HalfOpen { .. } => {
                     tracing::warn!(gateway, "circuit open again: the trial call failed");
                     c.state = State::Open {
                         until: now + self.open_for,
@@ -144,7 +153,7 @@ impl Breakers {
                 let state = match c.state {
                     State::Closed => CircuitState::Closed,
                     State::Open { .. } => CircuitState::Open,
-                    State::HalfOpen => CircuitState::HalfOpen,
+                    State::HalfOpen { .. } => CircuitState::HalfOpen,
                 };
                 serde_json::json!({"gateway": code, "state": state.as_str()})
             })
@@ -157,7 +166,7 @@ impl Breakers {
         self.with(gateway, |c| match c.state {
             State::Closed => CircuitState::Closed,
             State::Open { .. } => CircuitState::Open,
-            State::HalfOpen => CircuitState::HalfOpen,
+            State::HalfOpen { .. } => CircuitState::HalfOpen,
         })
     }
 }
@@ -199,6 +208,19 @@ mod tests {
         b.record("g", true);
         assert_eq!(b.state("g"), CircuitState::Closed);
         assert!(b.permit("g"));
+    }
+
+    #[test]
+    fn a_trial_whose_result_never_comes_is_replaced_after_a_cool_down() {
+        let b = breakers(50);
+        for _ in 0..4 {
+            b.record("g", false);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.permit("g"), "the trial, whose caller then never calls");
+        assert!(!b.permit("g"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.permit("g"), "another trial");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{exchange, refused, server_error, unreadable};
+use super::http::{base, exchange, refused, server_error, unreadable, JSON_ACK};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
     Outcome, PaymentMethod, PaymentOrder,
@@ -125,12 +125,8 @@ impl Gateway for CardAcquirer {
     }
 
     fn callback_ack(&self) -> (&'static str, &'static str) {
-        ("application/json", r#"{"received":true}"#)
+        JSON_ACK
     }
-}
-
-fn base(call: Call<'_>) -> &str {
-    call.gateway.base_url.trim_end_matches('/')
 }
 
 /// Bank codes: `"0"` succeeded and `"200"` pending are both taken (the callback

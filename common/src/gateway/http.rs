@@ -6,6 +6,14 @@ use reqwest::StatusCode;
 
 use super::{GatewayRecord, Outcome};
 
+/// How JSON gateways are told a callback arrived.
+pub(super) const JSON_ACK: (&str, &str) = ("application/json", r#"{"received":true}"#);
+
+/// The gateway's base URL, to which an adapter appends its paths.
+pub(super) fn base(call: super::Call<'_>) -> &str {
+    call.gateway.base_url.trim_end_matches('/')
+}
+
 /// A gateway's answer is read up to this size; a bigger one is not an answer we trust.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::http::{exchange, refused, server_error, unreadable};
+use super::http::{base, exchange, refused, server_error, unreadable, JSON_ACK};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
     Outcome, PaymentMethod, PaymentOrder,
@@ -114,12 +114,8 @@ impl Gateway for JsonGateway {
     }
 
     fn callback_ack(&self) -> (&'static str, &'static str) {
-        ("application/json", r#"{"received":true}"#)
+        JSON_ACK
     }
-}
-
-fn base(call: Call<'_>) -> &str {
-    call.gateway.base_url.trim_end_matches('/')
 }
 
 fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {

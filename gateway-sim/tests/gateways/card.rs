@@ -3,17 +3,7 @@ use std::time::{Duration, Instant};
 use paygate_common::signature::callback;
 use serde_json::{json, Value};
 
-use crate::support::{reference, Receiver, Sim, CALLBACK_DELAY, CARD_SECRET};
-
-async fn charge(sim: &Sim, reference: &str, amount: &str, number: &str, callback: &str) -> Value {
-    let response = sim
-        .card_charge(reference, amount, number, callback)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
+use crate::support::{ok_json, reference, Receiver, Sim, CALLBACK_DELAY, CARD_SECRET};
 
 #[tokio::test]
 async fn each_test_card_answers_its_code_and_only_taken_charges_count() {
@@ -29,7 +19,7 @@ async fn each_test_card_answers_its_code_and_only_taken_charges_count() {
     for (number, code, message, charges) in cases {
         let reference = reference();
         // `.01` would decline on the other gateways: the card decides here.
-        let answer = charge(&sim, &reference, "10.01", number, &receiver.url).await;
+        let answer = ok_json(sim.card_charge(&reference, "10.01", number, &receiver.url)).await;
 
         assert_eq!(answer["code"], code, "{number}: {answer}");
         assert_eq!(answer["message"], message, "{number}");
@@ -43,15 +33,7 @@ async fn each_test_card_answers_its_code_and_only_taken_charges_count() {
         let counted = sim.charges(&reference).await;
         assert_eq!(counted["charges"], charges, "{number}");
         assert_eq!(counted["by_gateway"]["card"], charges, "{number}");
-        let queried: Value = sim
-            .http
-            .get(sim.url(&format!("/card/charges/{reference}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let queried = sim.get_json(&format!("/card/charges/{reference}")).await;
         assert_eq!(queried, answer, "a status query answers as the charge did");
     }
 }
@@ -62,7 +44,8 @@ async fn a_succeeded_charge_calls_back_approved_and_signed_with_the_card_secret(
     let receiver = Receiver::start().await;
     let reference = reference();
 
-    let answer = charge(&sim, &reference, "25.50", "4242424242424242", &receiver.url).await;
+    let answer =
+        ok_json(sim.card_charge(&reference, "25.50", "4242424242424242", &receiver.url)).await;
 
     let callbacks = receiver.wait_for(1).await;
     let body = &callbacks[0].body;
@@ -94,7 +77,8 @@ async fn a_pending_charge_is_confirmed_approved_three_callback_delays_later() {
     let reference = reference();
 
     let answered = Instant::now();
-    let answer = charge(&sim, &reference, "10.00", "4000000000009995", &receiver.url).await;
+    let answer =
+        ok_json(sim.card_charge(&reference, "10.00", "4000000000009995", &receiver.url)).await;
     assert_eq!(answer["code"], "200");
 
     let callbacks = receiver.wait_for(1).await;
@@ -114,8 +98,10 @@ async fn a_repeated_card_charge_is_answered_as_before_and_charges_once() {
     let receiver = Receiver::start().await;
     let reference = reference();
 
-    let first = charge(&sim, &reference, "10.00", "4242424242424242", &receiver.url).await;
-    let second = charge(&sim, &reference, "10.00", "4242424242424242", &receiver.url).await;
+    let first =
+        ok_json(sim.card_charge(&reference, "10.00", "4242424242424242", &receiver.url)).await;
+    let second =
+        ok_json(sim.card_charge(&reference, "10.00", "4242424242424242", &receiver.url)).await;
 
     assert_eq!(second, first);
     assert_eq!(sim.charges(&reference).await["charges"], 1);
@@ -169,12 +155,7 @@ async fn a_charge_without_a_valid_card_is_a_400_that_does_not_quote_it() {
 async fn an_unknown_card_charge_is_a_404() {
     let sim = Sim::start().await;
 
-    let response = sim
-        .http
-        .get(sim.url("/card/charges/txn_never_seen"))
-        .send()
-        .await
-        .unwrap();
+    let response = sim.get("/card/charges/txn_never_seen").await;
 
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();

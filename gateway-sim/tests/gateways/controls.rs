@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{elements, reference, soap_query, soap_submit, text, Receiver, Sim};
+use crate::support::{elements, ok_json, reference, soap_query, soap_submit, text, Receiver, Sim};
 
 /// Short enough to keep the tests fast, long enough to tell a hang from a slow answer.
 const HANG: Duration = Duration::from_millis(300);
@@ -21,25 +21,11 @@ async fn a_forced_503_answers_every_gateway_after_the_delay_and_charges_nothing(
     let sim = Sim::start().await;
     let receiver = Receiver::start().await;
     let known = reference();
-    let answered = sim
-        .json_pay(&known, "10.00", &receiver.url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answered.status(), 200);
+    ok_json(sim.json_pay(&known, "10.00", &receiver.url)).await;
 
     let control = json!({"force_status": 503, "answer_delay_ms": 400});
     assert_eq!(put_control(&sim, control.clone()).await.status(), 200);
-    let read: Value = sim
-        .http
-        .get(sim.url("/control"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(read, control);
+    assert_eq!(sim.get_json("/control").await, control);
 
     let reference = reference();
     let started = Instant::now();
@@ -68,12 +54,7 @@ async fn a_forced_503_answers_every_gateway_after_the_delay_and_charges_nothing(
         .await
         .unwrap();
     assert_eq!(card.status(), 503);
-    let queried = sim
-        .http
-        .get(sim.url(&format!("/json/payments/{known}")))
-        .send()
-        .await
-        .unwrap();
+    let queried = sim.get(&format!("/json/payments/{known}")).await;
     assert_eq!(queried.status(), 503, "status queries are unavailable too");
     let (status, _) = sim.soap(soap_query(&known)).await;
     assert_eq!(status, 503);
@@ -106,16 +87,10 @@ async fn a_control_forcing_anything_but_503_or_misspelt_is_refused() {
         let body: Value = response.json().await.unwrap();
         assert!(body["error"].is_string(), "{body}");
     }
-    let read: Value = sim
-        .http
-        .get(sim.url("/control"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(read, json!({"force_status": null, "answer_delay_ms": null}));
+    assert_eq!(
+        sim.get_json("/control").await,
+        json!({"force_status": null, "answer_delay_ms": null})
+    );
 }
 
 #[tokio::test]
@@ -149,13 +124,7 @@ async fn a_stalled_payment_hangs_until_released_then_answers_and_calls_back() {
         "no callback before the release"
     );
 
-    let released = sim
-        .http
-        .post(sim.url(&format!("/control/release/{reference}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(released.status(), 200);
+    assert_eq!(sim.release(&reference).await.status(), 200);
 
     let held: Value = held.await.unwrap().unwrap().json().await.unwrap();
     assert_eq!(held["code"], "0");
@@ -202,22 +171,10 @@ async fn a_stalled_request_ends_when_the_simulator_shuts_down() {
 async fn releasing_a_payment_that_never_stalled_is_a_404() {
     let sim = Sim::start().await;
     let reference = reference();
-    let answered = sim
-        .json_pay(&reference, "10.00", "http://127.0.0.1:9/unused")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answered.status(), 200);
+    ok_json(sim.json_pay(&reference, "10.00", "http://127.0.0.1:9/unused")).await;
 
     for unstalled in [reference.as_str(), "txn_never_seen"] {
-        let released = sim
-            .http
-            .post(sim.url(&format!("/control/release/{unstalled}")))
-            .send()
-            .await
-            .unwrap();
-
-        assert_eq!(released.status(), 404);
+        assert_eq!(sim.release(unstalled).await.status(), 404);
     }
 }
 
@@ -227,22 +184,12 @@ async fn charges_are_counted_per_reference_across_gateways() {
     let receiver = Receiver::start().await;
     let reference = reference();
 
-    let json = sim
-        .json_pay(&reference, "10.00", &receiver.url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json.status(), 200);
+    ok_json(sim.json_pay(&reference, "10.00", &receiver.url)).await;
     let (status, _) = sim
         .soap(soap_submit(&reference, "10.00", &receiver.url))
         .await;
     assert_eq!(status, 200);
-    let card = sim
-        .card_charge(&reference, "10.00", "4242424242424242", &receiver.url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(card.status(), 200);
+    ok_json(sim.card_charge(&reference, "10.00", "4242424242424242", &receiver.url)).await;
 
     assert_eq!(
         sim.charges(&reference).await,

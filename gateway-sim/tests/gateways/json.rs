@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use paygate_common::signature::callback;
 use serde_json::{json, Value};
 
-use crate::support::{reference, Receiver, Sim, JSON_SECRET};
+use crate::support::{ok_json, reference, Receiver, Sim, JSON_SECRET};
 
 #[tokio::test]
 async fn a_json_payment_is_accepted_called_back_signed_and_charged_once_however_often_sent() {
@@ -11,37 +11,16 @@ async fn a_json_payment_is_accepted_called_back_signed_and_charged_once_however_
     let receiver = Receiver::start().await;
     let reference = reference();
 
-    let first = sim
-        .json_pay(&reference, "10.00", &receiver.url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 200);
-    let first: Value = first.json().await.unwrap();
+    let first = ok_json(sim.json_pay(&reference, "10.00", &receiver.url)).await;
     assert_eq!(first["status"], "accepted");
     assert!(first["gateway_txn_id"]
         .as_str()
         .unwrap()
         .starts_with("sim_"));
     assert_eq!(first["reason"], Value::Null);
-    let again: Value = sim
-        .json_pay(&reference, "10.00", &receiver.url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = ok_json(sim.json_pay(&reference, "10.00", &receiver.url)).await;
     assert_eq!(again, first);
-    let queried: Value = sim
-        .http
-        .get(sim.url(&format!("/json/payments/{reference}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queried = sim.get_json(&format!("/json/payments/{reference}")).await;
     assert_eq!(queried, first);
     assert_eq!(
         sim.charges(&reference).await,
@@ -105,13 +84,8 @@ async fn a_json_payment_ending_in_04_calls_back_twice_with_the_same_event() {
     let sim = Sim::start().await;
     let receiver = Receiver::start().await;
 
-    let answered = sim
-        .json_pay(&reference(), "10.04", &receiver.url)
-        .send()
-        .await
-        .unwrap();
+    ok_json(sim.json_pay(&reference(), "10.04", &receiver.url)).await;
 
-    assert_eq!(answered.status(), 200);
     let callbacks = receiver.wait_for(2).await;
     assert_eq!(callbacks[0].body, callbacks[1].body);
 }

@@ -12,7 +12,7 @@ use paygate_gateway_sim::{SimConfig, Simulator};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -58,16 +58,30 @@ impl Sim {
         format!("{}{path}", self.url)
     }
 
+    /// `GET {path}`, whatever it answers.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// The JSON body of `GET {path}`, whatever the status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
     /// `GET /charges/{reference}`.
     pub async fn charges(&self, reference: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(&format!("/charges/{reference}")))
-            .send()
-            .await
-            .unwrap();
+        let response = self.get(&format!("/charges/{reference}")).await;
         assert!(response.status().is_success());
         response.json().await.unwrap()
+    }
+
+    /// `POST /control/release/{reference}`.
+    pub async fn release(&self, reference: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/control/release/{reference}")))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Posts a SOAP envelope; returns the HTTP status and the body.
@@ -82,6 +96,12 @@ impl Sim {
             .await
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The `Status` a `QueryPayment` for `reference` answers, if any.
+    pub async fn soap_status(&self, reference: &str) -> Option<String> {
+        let (_, body) = self.soap(soap_query(reference)).await;
+        text(&elements(&body), "Status")
     }
 }
 
@@ -248,17 +268,13 @@ impl Sim {
         amount: &str,
         callback_url: &str,
     ) -> reqwest::RequestBuilder {
-        self.http
-            .post(self.url("/json/payments"))
-            .header("idempotency-key", reference)
-            .json(&serde_json::json!({
-                "reference": reference,
-                "amount": amount,
-                "currency": "EUR",
-                "kind": "deposit",
-                "country": "DE",
-                "callback_url": callback_url,
-            }))
+        self.deposit(
+            "/json/payments",
+            reference,
+            amount,
+            callback_url,
+            ("country", json!("DE")),
+        )
     }
 
     /// `POST /card/charges` with a valid card numbered `number`.
@@ -269,24 +285,52 @@ impl Sim {
         number: &str,
         callback_url: &str,
     ) -> reqwest::RequestBuilder {
-        self.http
-            .post(self.url("/card/charges"))
-            .header("idempotency-key", reference)
-            .json(&serde_json::json!({
-                "reference": reference,
-                "amount": amount,
-                "currency": "EUR",
-                "kind": "deposit",
-                "card": {
-                    "number": number,
-                    "expiry_month": 12,
-                    "expiry_year": 2030,
-                    "cvv": "123",
-                    "holder_name": "Ada Lovelace",
-                },
-                "callback_url": callback_url,
-            }))
+        let card = json!({
+            "number": number,
+            "expiry_month": 12,
+            "expiry_year": 2030,
+            "cvv": "123",
+            "holder_name": "Ada Lovelace",
+        });
+        self.deposit(
+            "/card/charges",
+            reference,
+            amount,
+            callback_url,
+            ("card", card),
+        )
     }
+
+    /// A EUR deposit posted to `path` as Paygate posts one to either JSON gateway: keyed
+    /// by its reference, plus the one field only that gateway reads.
+    fn deposit(
+        &self,
+        path: &str,
+        reference: &str,
+        amount: &str,
+        callback_url: &str,
+        (field, value): (&str, Value),
+    ) -> reqwest::RequestBuilder {
+        let mut body = json!({
+            "reference": reference,
+            "amount": amount,
+            "currency": "EUR",
+            "kind": "deposit",
+            "callback_url": callback_url,
+        });
+        body[field] = value;
+        self.http
+            .post(self.url(path))
+            .header("idempotency-key", reference)
+            .json(&body)
+    }
+}
+
+/// Sends `request`, asserts it was answered 200, and returns the JSON body.
+pub async fn ok_json(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
 }
 
 /// A `SubmitPayment` envelope, as a SOAP client would write it.
