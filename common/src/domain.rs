@@ -32,171 +32,37 @@ pub enum DomainError {
 }
 
 /// An ISO 4217 currency, with the number of minor units (decimal places) it allows.
+///
+/// Codes and minor units come from the `iso_currency` crate. Only currencies a
+/// merchant can be paid in are accepted; these ISO 4217 codes are refused:
+/// - "special" codes, which have no minor units and are nobody's cash: precious
+///   metals (`XAU`, `XAG`, `XPT`, `XPD`), the IMF's `XDR`, other units of account
+///   (`XBA`..`XBD`, `XSU`, `XUA`, `XAD`), the testing code `XTS` and "no currency" `XXX`;
+/// - funds and indexed units (`BOV`, `CHE`, `CHW`, `CLF`, `COU`, `MXV`, `USN`, `UYI`,
+///   `UYW`);
+/// - superseded codes (`HRK`, `SLL`, `CUC`, `ZWL`, and `BGN` since Bulgaria adopted the
+///   euro in 2026), except `VES` (see `ACTIVE_DESPITE_SUPERSEDED_FLAG`).
+///
+/// `ANG`, replaced by `XCG` in 2025, is not in the crate's data at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Currency {
     code: &'static str,
     minor_units: u32,
 }
 
-/// Active ISO 4217 codes and their minor units (precious metals, funds and testing codes
-/// are left out: nobody pays a merchant in XAU).
-const CURRENCIES: &[(&str, u32)] = &[
-    ("AED", 2),
-    ("AFN", 2),
-    ("ALL", 2),
-    ("AMD", 2),
-    ("ANG", 2),
-    ("AOA", 2),
-    ("ARS", 2),
-    ("AUD", 2),
-    ("AWG", 2),
-    ("AZN", 2),
-    ("BAM", 2),
-    ("BBD", 2),
-    ("BDT", 2),
-    ("BGN", 2),
-    ("BHD", 3),
-    ("BIF", 0),
-    ("BMD", 2),
-    ("BND", 2),
-    ("BOB", 2),
-    ("BRL", 2),
-    ("BSD", 2),
-    ("BTN", 2),
-    ("BWP", 2),
-    ("BYN", 2),
-    ("BZD", 2),
-    ("CAD", 2),
-    ("CDF", 2),
-    ("CHF", 2),
-    ("CLP", 0),
-    ("CNY", 2),
-    ("COP", 2),
-    ("CRC", 2),
-    ("CUP", 2),
-    ("CVE", 2),
-    ("CZK", 2),
-    ("DJF", 0),
-    ("DKK", 2),
-    ("DOP", 2),
-    ("DZD", 2),
-    ("EGP", 2),
-    ("ERN", 2),
-    ("ETB", 2),
-    ("EUR", 2),
-    ("FJD", 2),
-    ("FKP", 2),
-    ("GBP", 2),
-    ("GEL", 2),
-    ("GHS", 2),
-    ("GIP", 2),
-    ("GMD", 2),
-    ("GNF", 0),
-    ("GTQ", 2),
-    ("GYD", 2),
-    ("HKD", 2),
-    ("HNL", 2),
-    ("HTG", 2),
-    ("HUF", 2),
-    ("IDR", 2),
-    ("ILS", 2),
-    ("INR", 2),
-    ("IQD", 3),
-    ("IRR", 2),
-    ("ISK", 0),
-    ("JMD", 2),
-    ("JOD", 3),
-    ("JPY", 0),
-    ("KES", 2),
-    ("KGS", 2),
-    ("KHR", 2),
-    ("KMF", 0),
-    ("KPW", 2),
-    ("KRW", 0),
-    ("KWD", 3),
-    ("KYD", 2),
-    ("KZT", 2),
-    ("LAK", 2),
-    ("LBP", 2),
-    ("LKR", 2),
-    ("LRD", 2),
-    ("LSL", 2),
-    ("LYD", 3),
-    ("MAD", 2),
-    ("MDL", 2),
-    ("MGA", 2),
-    ("MKD", 2),
-    ("MMK", 2),
-    ("MNT", 2),
-    ("MOP", 2),
-    ("MRU", 2),
-    ("MUR", 2),
-    ("MVR", 2),
-    ("MWK", 2),
-    ("MXN", 2),
-    ("MYR", 2),
-    ("MZN", 2),
-    ("NAD", 2),
-    ("NGN", 2),
-    ("NIO", 2),
-    ("NOK", 2),
-    ("NPR", 2),
-    ("NZD", 2),
-    ("OMR", 3),
-    ("PAB", 2),
-    ("PEN", 2),
-    ("PGK", 2),
-    ("PHP", 2),
-    ("PKR", 2),
-    ("PLN", 2),
-    ("PYG", 0),
-    ("QAR", 2),
-    ("RON", 2),
-    ("RSD", 2),
-    ("RUB", 2),
-    ("RWF", 0),
-    ("SAR", 2),
-    ("SBD", 2),
-    ("SCR", 2),
-    ("SDG", 2),
-    ("SEK", 2),
-    ("SGD", 2),
-    ("SHP", 2),
-    ("SLE", 2),
-    ("SOS", 2),
-    ("SRD", 2),
-    ("SSP", 2),
-    ("STN", 2),
-    ("SVC", 2),
-    ("SYP", 2),
-    ("SZL", 2),
-    ("THB", 2),
-    ("TJS", 2),
-    ("TMT", 2),
-    ("TND", 3),
-    ("TOP", 2),
-    ("TRY", 2),
-    ("TTD", 2),
-    ("TWD", 2),
-    ("TZS", 2),
-    ("UAH", 2),
-    ("UGX", 0),
-    ("USD", 2),
-    ("UYU", 2),
-    ("UZS", 2),
-    ("VES", 2),
-    ("VND", 0),
-    ("VUV", 0),
-    ("WST", 2),
-    ("XAF", 0),
-    ("XCD", 2),
-    ("XOF", 0),
-    ("XPF", 0),
-    ("YER", 2),
-    ("ZAR", 2),
-    ("ZMW", 2),
-    ("ZWG", 2),
-];
+/// ISO 4217 codes that `iso_currency` flags as superseded but ISO 4217 still lists as
+/// active, so they stay payable. `VES` (928): amendment 170 added `VED` (926) for
+/// Venezuela's 2021 redenomination and kept `VES` as a valid code; the crate (0.7.1)
+/// marks `VES` as superseded by `VED`.
+const ACTIVE_DESPITE_SUPERSEDED_FLAG: &[&str] = &["VES"];
+
+/// Whether an ISO 4217 code is something a merchant can be paid in: see [`Currency`].
+fn is_payment_currency(currency: iso_currency::Currency) -> bool {
+    !currency.is_special()
+        && !currency.is_fund()
+        && (currency.is_superseded().is_none()
+            || ACTIVE_DESPITE_SUPERSEDED_FLAG.contains(&currency.code()))
+}
 
 impl Currency {
     /// The three-letter code, e.g. `"EUR"`.
@@ -215,10 +81,15 @@ impl FromStr for Currency {
 
     /// Codes are upper case, as ISO 4217 writes them; `"usd"` is refused rather than guessed.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CURRENCIES
-            .iter()
-            .find(|(code, _)| *code == s)
-            .map(|&(code, minor_units)| Currency { code, minor_units })
+        // `from_code` matches the upper-case code exactly.
+        iso_currency::Currency::from_code(s)
+            .filter(|currency| is_payment_currency(*currency))
+            .and_then(|currency| {
+                Some(Currency {
+                    code: currency.code(),
+                    minor_units: u32::from(currency.exponent()?),
+                })
+            })
             .ok_or_else(|| DomainError::UnknownCurrency(s.to_owned()))
     }
 }
@@ -281,29 +152,14 @@ impl Money {
     }
 }
 
-/// An ISO 3166-1 alpha-2 country code.
+/// An officially assigned ISO 3166-1 alpha-2 country code, upper case, from the `celes`
+/// crate's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Country(&'static str);
 
-/// Officially assigned ISO 3166-1 alpha-2 codes.
-const COUNTRIES: &[&str] = &[
-    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
-    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
-    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
-    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
-    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
-    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
-    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
-    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
-    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
-    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
-    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
-    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
-    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
-    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
-    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
-    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
-];
+/// Codes that `celes` knows but ISO 3166-1 does not assign: `XK` (Kosovo) is a
+/// user-assigned code.
+const NOT_ISO_3166_1: &[&str] = &["XK"];
 
 impl Country {
     pub fn code(&self) -> &'static str {
@@ -315,10 +171,11 @@ impl FromStr for Country {
     type Err = DomainError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        COUNTRIES
-            .iter()
-            .find(|code| **code == s)
-            .map(|code| Country(code))
+        // `celes` ignores case; requiring its own upper-case code back refuses `"de"`.
+        celes::Country::from_alpha2(s)
+            .ok()
+            .filter(|country| country.alpha2 == s && !NOT_ISO_3166_1.contains(&s))
+            .map(|country| Country(country.alpha2))
             .ok_or_else(|| DomainError::UnknownCountry(s.to_owned()))
     }
 }
@@ -560,6 +417,113 @@ mod tests {
         assert!("DE".parse::<Country>().is_ok());
         assert!("XX".parse::<Country>().is_err());
         assert!("de".parse::<Country>().is_err());
+    }
+
+    fn refused_currency(code: &str) -> bool {
+        code.parse::<Currency>() == Err(DomainError::UnknownCurrency(code.to_owned()))
+    }
+
+    fn refused_country(code: &str) -> bool {
+        code.parse::<Country>() == Err(DomainError::UnknownCountry(code.to_owned()))
+    }
+
+    #[test]
+    fn xcg_and_ved_are_currencies_and_ang_is_not() {
+        let xcg: Currency = "XCG".parse().unwrap();
+        assert_eq!((xcg.code(), xcg.minor_units()), ("XCG", 2));
+        let ved: Currency = "VED".parse().unwrap();
+        assert_eq!((ved.code(), ved.minor_units()), ("VED", 2));
+        assert!(refused_currency("ANG"));
+    }
+
+    #[test]
+    fn ves_is_still_a_currency_though_the_crate_calls_it_superseded() {
+        assert_eq!(
+            iso_currency::Currency::VES.is_superseded(),
+            Some(iso_currency::Currency::VED)
+        );
+        assert_eq!("VES".parse::<Currency>().unwrap().minor_units(), 2);
+    }
+
+    #[test]
+    fn jpy_has_no_minor_units_and_bhd_has_three() {
+        for (code, minor_units) in [
+            ("JPY", 0),
+            ("KRW", 0),
+            ("CLP", 0),
+            ("XAF", 0),
+            ("BHD", 3),
+            ("KWD", 3),
+            ("TND", 3),
+            ("EUR", 2),
+        ] {
+            let currency: Currency = code.parse().unwrap();
+            assert_eq!(currency.minor_units(), minor_units, "{code}");
+        }
+        let bhd: Currency = "BHD".parse().unwrap();
+        assert_eq!(
+            Money::parse("1.5", bhd).unwrap().amount().to_string(),
+            "1.500"
+        );
+    }
+
+    #[test]
+    fn precious_metals_and_test_codes_are_not_payment_currencies() {
+        for code in [
+            "XAU", "XAG", "XPT", "XPD", "XDR", "XSU", "XUA", "XTS", "XXX",
+        ] {
+            assert!(refused_currency(code), "{code} should be refused");
+        }
+    }
+
+    #[test]
+    fn funds_and_superseded_currencies_are_not_payment_currencies() {
+        for code in [
+            "BOV", "CLF", "UYW", "USN", "HRK", "SLL", "CUC", "ZWL", "BGN",
+        ] {
+            assert!(refused_currency(code), "{code} should be refused");
+        }
+    }
+
+    #[test]
+    fn every_payment_currency_has_at_most_three_minor_units() {
+        let payable: Vec<Currency> = (1..1000)
+            .filter_map(iso_currency::Currency::from_numeric)
+            .filter_map(|iso| iso.code().parse::<Currency>().ok())
+            .collect();
+        assert!(payable.len() > 150, "only {} currencies", payable.len());
+        for currency in payable {
+            assert!(currency.minor_units() <= 3, "{currency}");
+            assert_eq!(currency.code().parse::<Currency>(), Ok(currency));
+        }
+    }
+
+    #[test]
+    fn a_refused_currency_is_named_in_the_error() {
+        assert_eq!(
+            "usd".parse::<Currency>().unwrap_err().to_string(),
+            "`usd` is not an ISO 4217 currency code"
+        );
+    }
+
+    #[test]
+    fn a_lowercase_or_unknown_country_is_refused() {
+        for code in ["de", "De", "dE", "XX", "UK", "AN", "DEU", "D", "", "XK"] {
+            assert!(refused_country(code), "{code:?} should be refused");
+        }
+        assert_eq!(
+            "gb".parse::<Country>().unwrap_err().to_string(),
+            "`gb` is not an ISO 3166-1 alpha-2 country code"
+        );
+    }
+
+    #[test]
+    fn an_assigned_country_code_reads_back_as_itself() {
+        for code in ["DE", "GB", "US", "SS", "CW", "SX", "BQ", "AQ", "AX"] {
+            let country: Country = code.parse().unwrap();
+            assert_eq!(country.code(), code);
+            assert_eq!(country.to_string(), code);
+        }
     }
 
     #[test]
