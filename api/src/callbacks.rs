@@ -41,13 +41,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let body = read_body(
-        request,
-        state.settings.api.max_body_bytes,
-        "any content type",
-        |_| true,
-    )
-    .await?;
+    let body = read_body(request, &state, "any content type", |_| true).await?;
 
     let now = chrono::Utc::now().timestamp();
     if let Err(error) =

@@ -2,7 +2,8 @@
 //! that says what went wrong. Server errors are logged once, here, and answered with a
 //! generic message: internals never reach a client.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -35,6 +36,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("send {0}")]
     UnsupportedMediaType(&'static str),
+    #[error("a request with this Idempotency-Key is still in flight; retry later")]
+    IdempotencyInFlight,
+    #[error("too many requests; retry after {0} s")]
+    RateLimited(u64),
     #[error("a dependency is unavailable; try again")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -58,6 +63,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,6 +80,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::IdempotencyInFlight => "idempotency_in_flight",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -97,6 +106,33 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The body of every error, in JSON or XML: `{"error": {"code", "message", "field"}}`
+/// or `<error><code/><message/><field/></error>`. Responses built from an [`ApiError`]
+/// carry it as an extension, so a middleware can render it for an XML client.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn of(error: &ApiError) -> Self {
+        ErrorBody {
+            code: error.code(),
+            message: error.to_string(),
+            field: error.field().map(str::to_owned),
+        }
+    }
+
+    /// The JSON form.
+    pub fn json(&self, status: StatusCode) -> Response {
+        let mut response = (status, Json(json!({ "error": self }))).into_response();
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
@@ -106,13 +142,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let body = json!({
-            "error": {
-                "code": self.code(),
-                "message": self.to_string(),
-                "field": self.field(),
-            }
-        });
-        (status, Json(body)).into_response()
+        let mut response = ErrorBody::of(&self).json(status);
+        if let ApiError::RateLimited(seconds) = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

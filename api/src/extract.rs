@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use paygate_common::domain::MerchantId;
 
 use crate::error::ApiError;
+use crate::format::read_limited;
 use crate::AppState;
 
 /// A JSON body, read up to the configured limit and parsed into `T`. Syntax errors are
@@ -26,8 +27,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = AppState::from_ref(state).settings.api.max_body_bytes;
-        let bytes = read_body(request, limit, "Content-Type: application/json", is_json).await?;
+        let bytes = read_body(request, state, "Content-Type: application/json", is_json).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -37,14 +37,18 @@ fn is_json(content_type: &str) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
-/// Reads the whole body, refusing one over `limit` bytes before it is buffered whole
-/// and one whose `Content-Type` `accepts` does not take.
-pub async fn read_body(
+/// Reads the whole body (up to the configured limit, see [`read_limited`]), refusing one
+/// whose `Content-Type` `accepts` does not take.
+pub async fn read_body<S>(
     request: Request,
-    limit: usize,
+    state: &S,
     wanted: &'static str,
     accepts: fn(&str) -> bool,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, ApiError>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
@@ -53,32 +57,7 @@ pub async fn read_body(
     if !accepts(content_type) {
         return Err(ApiError::UnsupportedMediaType(wanted));
     }
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|error| {
-            if over_limit(&error) {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::Malformed {
-                    message: "the request body could not be read".to_owned(),
-                    field: None,
-                }
-            }
-        })
-}
-
-/// Whether reading failed because the body was over the limit (and not, say, because
-/// the client hung up). The limit's error type is private to http-body-util, so its
-/// message is what identifies it.
-fn over_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.to_string().contains("length limit exceeded") {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    read_limited(request, state).await
 }
 
 /// Parses JSON into `T`, naming the field at fault.
@@ -109,7 +88,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// serde names missing and unknown fields in its message, not in the path.
-fn field_of(path: &str, message: &str) -> Option<String> {
+pub(crate) fn field_of(path: &str, message: &str) -> Option<String> {
     let named = ["unknown field `", "missing field `"]
         .iter()
         .find_map(|marker| message.split_once(marker))
@@ -173,10 +152,11 @@ where
         .bind(hash_api_key(key))
         .fetch_optional(&state.pool)
         .await?;
-        let id = merchant_id
+        let id: MerchantId = merchant_id
             .ok_or(ApiError::Unauthorized)?
             .parse()
             .map_err(|e: paygate_common::domain::DomainError| ApiError::Internal(e.into()))?;
+        state.limiter.check(&id).await?;
         Ok(Merchant { id })
     }
 }

@@ -5,11 +5,15 @@
 //! shutdown token is cancelled. Tests start it on port 0 exactly as `main` does.
 
 pub mod callbacks;
+pub mod cards;
 pub mod demo;
 pub mod error;
 pub mod extract;
+pub mod format;
+pub mod idempotency;
 pub mod merchants;
 pub mod payments;
+pub mod rate_limit;
 
 use std::sync::Arc;
 
@@ -17,10 +21,13 @@ use anyhow::Context as _;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
+
+use rate_limit::RateLimiter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
+use paygate_common::cards::{CvvVault, KeyRing};
 use paygate_common::outbox::Relay;
 use paygate_common::{db, health, Settings};
 
@@ -29,6 +36,11 @@ use paygate_common::{db, health, Settings};
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// Seals card numbers at intake.
+    pub cards: KeyRing,
+    /// Keeps card CVVs for the acquirer.
+    pub cvvs: CvvVault,
+    pub limiter: RateLimiter,
 }
 
 /// The api's routes.
@@ -36,12 +48,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/deposits", post(payments::create_deposit))
         .route("/v1/withdrawals", post(payments::create_withdrawal))
+        .route("/deposit", post(payments::create_legacy_deposit))
+        .route("/withdrawal", post(payments::create_legacy_withdrawal))
         .route("/v1/transactions/{id}", get(payments::get_transaction))
         .route("/v1/callbacks/{gateway}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(ready))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            format::negotiate,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -64,11 +82,18 @@ impl Application {
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), &settings).await?;
         let listener = health::bind(&settings.api.listen).await?;
+        let cards = KeyRing::from_config(&settings.cards.keys)?;
+        let cvvs =
+            CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl()).await?;
+        let limiter = RateLimiter::connect(&settings.redis, &settings.api.rate_limit).await?;
         Ok(Application {
             listener,
             state: AppState {
                 pool,
                 settings: Arc::new(settings),
+                cards,
+                cvvs,
+                limiter,
             },
             relay,
         })

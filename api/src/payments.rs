@@ -1,14 +1,18 @@
-//! `POST /v1/deposits`, `POST /v1/withdrawals` and `GET /v1/transactions/{id}`.
+//! `POST /v1/deposits`, `POST /v1/withdrawals`, the original `POST /deposit` and
+//! `POST /withdrawal`, and `GET /v1/transactions/{id}`.
 //!
-//! Intake is one database transaction: the `pending` transaction and its first event
-//! (the outbox row the relay publishes to `paygate.payments.requested`). Once it commits
-//! the payment cannot be lost; until it commits nothing happened.
+//! A request is parsed into domain types at the edge (JSON or XML), then intake is one
+//! database transaction: the `pending` transaction, its first event (the outbox row the
+//! relay publishes to `paygate.payments.requested`) and, with an `Idempotency-Key`, the
+//! response to replay. Once it commits the payment cannot be lost; until it commits
+//! nothing happened. A card is sealed before it reaches the database, its CVV is kept
+//! only sealed in Redis for the acquirer, and every answer shows the card masked.
 
 use axum::extract::{Path, State};
-use axum::http::header::LOCATION;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
@@ -16,11 +20,14 @@ use paygate_common::events::TransactionView;
 use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
 
 use crate::error::{ApiError, Result};
-use crate::extract::{JsonBody, Merchant};
+use crate::extract::{parse_json, Merchant};
+use crate::format::{Format, RawBody};
+use crate::idempotency::{self, Claim};
 use crate::AppState;
 
-/// The body of a deposit or withdrawal, as the merchant sends it. Unknown fields are
-/// refused, not ignored: a misspelt `referense` must not silently vanish.
+/// The body of a deposit or withdrawal, as the merchant sends it (JSON, or XML under
+/// `<deposit>`/`<withdrawal>` with the same names). Unknown fields are refused, not
+/// ignored: a misspelt `referense` must not silently vanish.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
@@ -30,13 +37,73 @@ pub struct PaymentRequest {
     pub currency: String,
     pub country: Option<String>,
     pub reference: Option<String>,
+    pub payment_method: Option<PaymentMethodRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodRequest {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub card: Option<CardRequest>,
+}
+
+/// A card as sent. Its `Debug` never shows the number or the CVV.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardRequest {
+    pub number: SecretString,
+    pub expiry_month: u32,
+    pub expiry_year: u32,
+    pub cvv: Option<SecretString>,
+    pub holder_name: Option<String>,
+}
+
+impl std::fmt::Debug for CardRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CardRequest")
+            .field("expiry_month", &self.expiry_month)
+            .field("expiry_year", &self.expiry_year)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first take-home's shape, for `POST /deposit` and `POST /withdrawal`: a numeric
+/// `user_id`, a string amount.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyRequest {
+    pub user_id: u64,
+    pub amount: String,
+    pub currency: String,
+    pub country: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl From<LegacyRequest> for PaymentRequest {
+    fn from(legacy: LegacyRequest) -> Self {
+        PaymentRequest {
+            user_id: legacy.user_id.to_string(),
+            amount: legacy.amount,
+            currency: legacy.currency,
+            country: legacy.country,
+            reference: legacy.reference,
+            payment_method: None,
+        }
+    }
 }
 
 const MAX_TEXT: usize = 255;
 
+/// A request parsed into domain types: the transaction to create and the CVV to keep.
+struct Parsed {
+    new: NewTransaction,
+    cvv: Option<SecretString>,
+}
+
 impl PaymentRequest {
     /// Parses the request into domain types, naming the field at fault.
-    fn parse(self, merchant: &Merchant, kind: Kind) -> Result<NewTransaction> {
+    fn parse(self, state: &AppState, merchant: &Merchant, kind: Kind) -> Result<Parsed> {
         let user_id = self.user_id.trim().to_owned();
         if user_id.is_empty() || user_id.len() > MAX_TEXT {
             return Err(ApiError::invalid(
@@ -61,14 +128,26 @@ impl PaymentRequest {
                 format!("must be at most {MAX_TEXT} characters"),
             ));
         }
-        Ok(NewTransaction {
-            card: None,
-            merchant_id: merchant.id.clone(),
-            kind,
-            money,
-            user_id,
-            country,
-            reference: self.reference,
+        let (card, cvv) = match self.payment_method {
+            None => (None, None),
+            Some(method) => {
+                let card = crate::cards::check(method)?;
+                let cvv = card.cvv.clone();
+                let sealed = state.cards.seal(&card).map_err(ApiError::Internal)?;
+                (Some(sealed), cvv)
+            }
+        };
+        Ok(Parsed {
+            new: NewTransaction {
+                merchant_id: merchant.id.clone(),
+                kind,
+                money,
+                user_id,
+                country,
+                reference: self.reference,
+                card,
+            },
+            cvv,
         })
     }
 }
@@ -76,40 +155,148 @@ impl PaymentRequest {
 pub async fn create_deposit(
     State(state): State<AppState>,
     merchant: Merchant,
-    JsonBody(request): JsonBody<PaymentRequest>,
+    headers: HeaderMap,
+    body: RawBody,
 ) -> Result<Response> {
-    create(state, merchant, request, Kind::Deposit).await
+    let request = body
+        .format
+        .parse::<PaymentRequest>(&body.bytes, "deposit")?;
+    create(
+        state,
+        merchant,
+        &headers,
+        "/v1/deposits",
+        &body.bytes,
+        request,
+        Kind::Deposit,
+    )
+    .await
 }
 
 pub async fn create_withdrawal(
     State(state): State<AppState>,
     merchant: Merchant,
-    JsonBody(request): JsonBody<PaymentRequest>,
+    headers: HeaderMap,
+    body: RawBody,
 ) -> Result<Response> {
-    create(state, merchant, request, Kind::Withdrawal).await
+    let request = body
+        .format
+        .parse::<PaymentRequest>(&body.bytes, "withdrawal")?;
+    create(
+        state,
+        merchant,
+        &headers,
+        "/v1/withdrawals",
+        &body.bytes,
+        request,
+        Kind::Withdrawal,
+    )
+    .await
+}
+
+pub async fn create_legacy_deposit(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    headers: HeaderMap,
+    body: RawBody,
+) -> Result<Response> {
+    let request = legacy(&body)?;
+    create(
+        state,
+        merchant,
+        &headers,
+        "/deposit",
+        &body.bytes,
+        request,
+        Kind::Deposit,
+    )
+    .await
+}
+
+pub async fn create_legacy_withdrawal(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    headers: HeaderMap,
+    body: RawBody,
+) -> Result<Response> {
+    let request = legacy(&body)?;
+    create(
+        state,
+        merchant,
+        &headers,
+        "/withdrawal",
+        &body.bytes,
+        request,
+        Kind::Withdrawal,
+    )
+    .await
+}
+
+/// The original routes take JSON only.
+fn legacy(body: &RawBody) -> Result<PaymentRequest> {
+    if body.format != Format::Json {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type: application/json",
+        ));
+    }
+    Ok(parse_json::<LegacyRequest>(&body.bytes)?.into())
 }
 
 async fn create(
     state: AppState,
     merchant: Merchant,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
     request: PaymentRequest,
     kind: Kind,
 ) -> Result<Response> {
-    let mut new = request.parse(&merchant, kind)?;
-    let mut tx = state.pool.begin().await?;
-    if new.country.is_none() {
-        new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
+    let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
+    let key = match idempotency::key_of(headers, &merchant.id, route, body)? {
+        None => None,
+        Some(key) => match key.claim(&state.pool).await? {
+            Claim::Replay(response) => return Ok(response),
+            Claim::Fresh(key) => Some(key),
+        },
+    };
+    let format = Format::wanted(headers);
+    let result = async {
+        let mut tx = state.pool.begin().await?;
+        if new.country.is_none() {
+            new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
+        }
+        let record = transactions::create(&mut tx, new).await?;
+        if let Some(cvv) = &cvv {
+            // Kept before the commit: a commit that fails leaves it to expire.
+            state.cvvs.put(&record.id, cvv).await.map_err(ApiError::Unavailable)?;
+        }
+        let response = format.render(StatusCode::ACCEPTED, "transaction", &view(&record));
+        let (parts, response_body) = response.into_parts();
+        let bytes = axum::body::to_bytes(response_body, usize::MAX)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let location = HeaderValue::from_str(&format!("/v1/transactions/{}", record.id))
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let mut kept: Vec<(HeaderName, HeaderValue)> = vec![(LOCATION, location)];
+        if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
+            kept.push((CONTENT_TYPE, content_type.clone()));
+        }
+        if let Some(key) = &key {
+            key.complete(&mut tx, parts.status, &kept, &bytes).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
+        let mut response = (parts.status, bytes).into_response();
+        response.headers_mut().extend(kept);
+        Ok::<_, ApiError>(response)
     }
-    let record = transactions::create(&mut tx, new).await?;
-    tx.commit().await?;
-    tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
-    let location = format!("/v1/transactions/{}", record.id);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(LOCATION, location)],
-        Json(view(&record)),
-    )
-        .into_response())
+    .await;
+    if result.is_err() {
+        if let Some(key) = &key {
+            key.release(&state.pool).await;
+        }
+    }
+    result
 }
 
 /// The country on record for the merchant's user, if any.
@@ -130,15 +317,18 @@ async fn customer_country(
 pub async fn get_transaction(
     State(state): State<AppState>,
     merchant: Merchant,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<TransactionView>> {
+) -> Result<Response> {
     let not_found = ApiError::NotFound("transaction");
     let Ok(id) = id.parse::<TransactionId>() else {
         return Err(not_found);
     };
     match transactions::find(&state.pool, &id).await? {
         // Another merchant's transaction does not exist, as far as this one can tell.
-        Some(record) if record.merchant_id == merchant.id => Ok(Json(view(&record))),
+        Some(record) if record.merchant_id == merchant.id => {
+            Ok(Format::wanted(&headers).render(StatusCode::OK, "transaction", &view(&record)))
+        }
         _ => Err(not_found),
     }
 }

@@ -4,13 +4,18 @@
 //! acquirer's adapter in the payment-processor ever opens one; everything else sees the
 //! masked number (`424242******4242`).
 
+use std::time::Duration;
+
 use anyhow::{anyhow, bail, Context as _};
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::config::RedisSettings;
+use crate::domain::TransactionId;
 use crate::gateway::CardDetails;
 
 /// The keys card numbers are sealed with; the first seals, all open.
@@ -125,7 +130,128 @@ impl KeyRing {
             expiry_month: plain.expiry_month,
             expiry_year: plain.expiry_year,
             holder_name: plain.holder_name,
+            cvv: None,
         })
+    }
+}
+
+impl KeyRing {
+    /// Seals `plain` with the newest key: `(key id, nonce || ciphertext)`.
+    fn seal_bytes(&self, plain: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
+        let (key_id, cipher) = &self.keys[0];
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain,
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow!("sealing failed"))?;
+        let mut ciphertext = nonce.to_vec();
+        ciphertext.extend_from_slice(&sealed);
+        Ok((key_id.clone(), ciphertext))
+    }
+
+    fn open_bytes(&self, key_id: &str, ciphertext: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let (_, cipher) = self
+            .keys
+            .iter()
+            .find(|(id, _)| id == key_id)
+            .ok_or_else(|| anyhow!("no card key {key_id} in the key ring"))?;
+        if ciphertext.len() <= NONCE_LEN {
+            bail!("a sealed value is too short");
+        }
+        let (nonce, sealed) = ciphertext.split_at(NONCE_LEN);
+        cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow!("a sealed value does not open with key {key_id}"))
+    }
+}
+
+/// Where a card's CVV waits, sealed, between intake and the acquirer: Redis, with a
+/// short time to live, deleted once the payment leaves `pending`. Card rules allow a
+/// CVV to be kept only until the payment is authorised, and never in the system of
+/// record, so it is never in PostgreSQL, Kafka or a log line. Losing it (Redis down,
+/// TTL passed) only sends the card without one.
+#[derive(Clone)]
+pub struct CvvVault {
+    connection: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    keys: KeyRing,
+}
+
+impl CvvVault {
+    pub async fn connect(
+        redis: &RedisSettings,
+        keys: KeyRing,
+        ttl: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis.url.as_str()).context("parsing redis.url")?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .context("connecting to Redis")?;
+        Ok(CvvVault {
+            connection,
+            prefix: redis.key_prefix.clone(),
+            ttl,
+            keys,
+        })
+    }
+
+    fn key(&self, transaction: &TransactionId) -> String {
+        format!("{}:cvv:{transaction}", self.prefix)
+    }
+
+    /// Keeps `cvv` for `transaction` until the TTL.
+    pub async fn put(&self, transaction: &TransactionId, cvv: &SecretString) -> anyhow::Result<()> {
+        let (key_id, sealed) = self.keys.seal_bytes(cvv.expose_secret().as_bytes())?;
+        let value = format!(
+            "{key_id}:{}",
+            base64::engine::general_purpose::STANDARD.encode(sealed)
+        );
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        redis::cmd("SET")
+            .arg(self.key(transaction))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .context("keeping a CVV in Redis")
+    }
+
+    /// The CVV kept for `transaction`, if it is still there.
+    pub async fn get(&self, transaction: &TransactionId) -> anyhow::Result<Option<SecretString>> {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.key(transaction))
+            .query_async(&mut self.connection.clone())
+            .await
+            .context("reading a CVV from Redis")?;
+        let Some(value) = value else { return Ok(None) };
+        let (key_id, sealed) = value
+            .split_once(':')
+            .ok_or_else(|| anyhow!("a kept CVV is malformed"))?;
+        let sealed = base64::engine::general_purpose::STANDARD.decode(sealed)?;
+        let plain = String::from_utf8(self.keys.open_bytes(key_id, &sealed)?)?;
+        Ok(Some(SecretString::from(plain)))
+    }
+
+    /// Deletes the CVV of `transaction` (it left `pending`).
+    pub async fn forget(&self, transaction: &TransactionId) -> anyhow::Result<()> {
+        redis::cmd("DEL")
+            .arg(self.key(transaction))
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .context("deleting a CVV from Redis")
     }
 }
 
@@ -162,6 +288,7 @@ mod tests {
             expiry_month: 12,
             expiry_year: 2031,
             holder_name: Some("Ada".to_owned()),
+            cvv: None,
         }
     }
 

@@ -117,6 +117,14 @@ pub struct ApiSettings {
     pub listen: String,
     pub public_url: String,
     pub max_body_bytes: usize,
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Requests per merchant per window, shared by every api replica.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub requests: u64,
+    pub window_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +138,14 @@ pub struct ServiceSettings {
 pub struct CardSettings {
     /// `"<id>:<base64 of 32 bytes>"`, newest first: the first seals, all open.
     pub keys: Vec<SecretString>,
+    /// How long a card's CVV waits, sealed in Redis, for the acquirer to be asked.
+    pub cvv_ttl_ms: u64,
+}
+
+impl CardSettings {
+    pub fn cvv_ttl(&self) -> Duration {
+        Duration::from_millis(self.cvv_ttl_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -95,10 +95,27 @@ pub struct TransactionView {
     pub gateway: Option<String>,
     pub gateway_txn_id: Option<String>,
     pub failure_reason: Option<String>,
-    /// Counts status changes from 1, so a merchant can order webhooks.
+    /// How it is paid, when the merchant said: a card shows only masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<PaymentMethodView>,
+    /// Counts changes from 1, so a merchant can order webhooks.
     pub version: i32,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A payment method as merchants see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PaymentMethodView {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub card: CardView,
+}
+
+/// A card as merchants see it: masked (`424242******4242`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CardView {
+    pub number: String,
 }
 
 impl From<&proto::Transaction> for TransactionView {
@@ -115,6 +132,12 @@ impl From<&proto::Transaction> for TransactionView {
             gateway: t.gateway.clone(),
             gateway_txn_id: t.gateway_txn_id.clone(),
             failure_reason: t.failure_reason.clone(),
+            payment_method: t.card_masked.as_ref().map(|masked| PaymentMethodView {
+                kind: "card",
+                card: CardView {
+                    number: masked.clone(),
+                },
+            }),
             version: t.version,
             created_at: t.created_at.clone(),
             updated_at: t.updated_at.clone(),

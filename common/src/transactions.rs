@@ -75,6 +75,7 @@ impl TransactionRecord {
             created_at: timestamp(self.created_at),
             updated_at: timestamp(self.updated_at),
             version: self.version,
+            card_masked: self.card_masked.clone(),
         }
     }
 }

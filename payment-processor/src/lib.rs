@@ -44,7 +44,7 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use paygate_common::cards::KeyRing;
+use paygate_common::cards::{CvvVault, KeyRing};
 use paygate_common::config::{PaymentProcessorSettings, Topics};
 use paygate_common::domain::{EventId, Status, TransactionId};
 use paygate_common::events::proto;
@@ -136,6 +136,8 @@ pub struct PaymentHandler {
     /// At most `gateway.max_concurrency` calls in flight per gateway.
     limits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     cards: KeyRing,
+    /// Card CVVs waiting for the acquirer.
+    cvvs: CvvVault,
     producer: Producer,
     topics: Topics,
     settings: PaymentProcessorSettings,
@@ -190,6 +192,12 @@ impl PaymentHandler {
             breakers: Arc::new(Breakers::new(&settings.payment_processor.breaker)),
             limits: Arc::default(),
             cards: KeyRing::from_config(&settings.cards.keys)?,
+            cvvs: CvvVault::connect(
+                &settings.redis,
+                KeyRing::from_config(&settings.cards.keys)?,
+                settings.cards.cvv_ttl(),
+            )
+            .await?,
             producer: Producer::new(&settings.kafka)?,
             topics: settings.kafka.topics.clone(),
             settings: settings.payment_processor.clone(),
@@ -482,11 +490,16 @@ impl PaymentHandler {
                 .ok_or_else(|| {
                     HandlerError::permanent(anyhow!("card payment {} has no card", transaction.id))
                 })?;
-            Some(
-                self.cards
-                    .open(&key_id, &ciphertext)
-                    .map_err(HandlerError::permanent)?,
-            )
+            let mut card = self
+                .cards
+                .open(&key_id, &ciphertext)
+                .map_err(HandlerError::permanent)?;
+            // Without it (expired, Redis down) the acquirer is asked without one.
+            card.cvv = self.cvvs.get(&transaction.id).await.unwrap_or_else(|error| {
+                tracing::warn!(transaction_id = %transaction.id, error = %format!("{error:#}"), "no CVV for the acquirer");
+                None
+            });
+            Some(card)
         } else {
             None
         };
@@ -538,6 +551,12 @@ impl PaymentHandler {
                     .map_err(HandlerError::transient)?;
                 tx.commit().await.map_err(HandlerError::transient)?;
                 tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
+                if record.payment_method() == PaymentMethod::Card {
+                    // Authorised or refused: the CVV is not kept a moment longer.
+                    if let Err(error) = self.cvvs.forget(&record.id).await {
+                        tracing::warn!(transaction_id = %record.id, error = %format!("{error:#}"), "could not delete a CVV; it expires");
+                    }
+                }
                 Ok(())
             }
             Err(error @ (TransitionError::Stale(_) | TransitionError::NotAllowed { .. })) => {

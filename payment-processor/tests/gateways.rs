@@ -276,14 +276,11 @@ async fn a_payment_whose_gateways_stay_down_is_retried_then_failed_and_dead_lett
 
     let retry_dlq = format!("{}.dlq", suite.settings.kafka.topics.payments_retry);
     let dead = read_topic(&suite.settings, &retry_dlq, 1, Duration::from_secs(10)).await;
-    let (key, headers) = dead
-        .iter()
-        .find(|(key, _)| key == &id)
-        .expect("dead-lettered");
-    assert_eq!(key, &id);
+    let dead = dead.iter().find(|m| m.key == id).expect("dead-lettered");
     assert!(
-        headers["dlq-reason"].contains("failed after 4 attempts"),
-        "{headers:?}"
+        dead.headers["dlq-reason"].contains("failed after 4 attempts"),
+        "{:?}",
+        dead.headers
     );
     suite.stop().await;
 }
@@ -296,6 +293,7 @@ async fn card_payment(suite: &Suite, number: &str, amount: &str) -> String {
             expiry_month: 12,
             expiry_year: 2031,
             holder_name: Some("Ada Lovelace".to_owned()),
+            cvv: None,
         })
         .unwrap();
     let mut conn = suite.pool.acquire().await.unwrap();
@@ -380,11 +378,12 @@ async fn one_payment_whose_gateway_never_answers_holds_up_none_of_fifty_others_a
     // Its attempts run out: never failed, never sent elsewhere, unresolved, dead-lettered.
     let retry_dlq = format!("{}.dlq", suite.settings.kafka.topics.payments_retry);
     let dead = read_topic(&suite.settings, &retry_dlq, 1, LONG).await;
-    let (_, headers) = dead
-        .iter()
-        .find(|(key, _)| key == &stuck)
-        .expect("dead-lettered");
-    assert!(headers["dlq-reason"].contains("unresolved"), "{headers:?}");
+    let dead = dead.iter().find(|m| m.key == stuck).expect("dead-lettered");
+    assert!(
+        dead.headers["dlq-reason"].contains("unresolved"),
+        "{:?}",
+        dead.headers
+    );
     let (status, unresolved): (String, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT status, unresolved_since FROM transaction WHERE id = $1")
             .bind(&stuck)

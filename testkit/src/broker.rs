@@ -105,14 +105,22 @@ impl Drop for Broker {
     }
 }
 
-/// Reads every message on `topic` so far (waiting up to `wait` for at least `at_least`),
-/// with its key and headers: how tests look at dead-letter topics.
+/// A message as a test reads it.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    pub key: String,
+    pub headers: std::collections::HashMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads every message on `topic` so far (waiting up to `wait` for at least `at_least`):
+/// how tests look at dead-letter topics, and for what a message must never carry.
 pub async fn read_topic(
     settings: &Settings,
     topic: &str,
     at_least: usize,
     wait: Duration,
-) -> Vec<(String, std::collections::HashMap<String, String>)> {
+) -> Vec<TopicMessage> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
 
@@ -160,7 +168,12 @@ pub async fn read_topic(
                         .collect()
                 })
                 .unwrap_or_default();
-            found.push((key, headers));
+            let payload = message.payload().unwrap_or_default().to_vec();
+            found.push(TopicMessage {
+                key,
+                headers,
+                payload,
+            });
         }
     }
 }

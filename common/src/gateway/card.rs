@@ -65,6 +65,7 @@ impl Gateway for CardAcquirer {
                     "expiry_month": card.expiry_month,
                     "expiry_year": card.expiry_year,
                     "holder_name": card.holder_name,
+                    "cvv": card.cvv.as_ref().map(|c| c.expose_secret()),
                 },
             });
             let request = call

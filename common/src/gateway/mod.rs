@@ -107,6 +107,9 @@ pub struct CardDetails {
     pub expiry_month: u32,
     pub expiry_year: u32,
     pub holder_name: Option<String>,
+    /// Only ever in memory and, sealed, briefly in Redis until the acquirer was asked:
+    /// never in PostgreSQL, Kafka or a log line.
+    pub cvv: Option<SecretString>,
 }
 
 /// What we ask a gateway to do.

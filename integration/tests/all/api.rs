@@ -6,16 +6,17 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-struct Api {
-    url: String,
-    pool: PgPool,
-    key: String,
-    http: reqwest::Client,
-    running: Running,
+/// The api alone, on its own database, with one merchant.
+pub(crate) struct Api {
+    pub(crate) url: String,
+    pub(crate) pool: PgPool,
+    pub(crate) key: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) running: Running,
 }
 
 impl Api {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let settings = paygate_testkit::settings().await;
         let pool = paygate_testkit::pool(&settings).await;
         let app = paygate_api::Application::build(settings).await.unwrap();
@@ -47,7 +48,7 @@ impl Api {
         (status, response.json().await.unwrap())
     }
 
-    async fn count(&self, table: &str) -> i64 {
+    pub(crate) async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.pool)
             .await

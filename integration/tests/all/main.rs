@@ -9,6 +9,7 @@ mod broker_index;
 mod broker_outage;
 mod consumer;
 mod end_to_end;
+mod intake;
 mod lock;
 mod migrations;
 mod routing;
