@@ -85,7 +85,7 @@ pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchan
     register_simulator(pool, &demo.simulator_url, &demo.secrets, 5_000).await?;
     match merchants::find_by_api_key(pool, &demo.api_key).await? {
         Some((id, webhook_secret)) => {
-            merchants::set_webhook_url(pool, &id, &demo.webhook_url).await?;
+            merchants::set_webhook_url(pool, &id, Some(&demo.webhook_url)).await?;
             Ok(NewMerchant {
                 id,
                 api_key: demo.api_key.clone(),

@@ -147,7 +147,9 @@ where
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         let merchant_id: Option<String> = sqlx::query_scalar(
-            "SELECT merchant_id FROM api_key WHERE key_hash = $1 AND revoked_at IS NULL",
+            "SELECT merchant_id FROM api_key
+              WHERE key_hash = $1 AND revoked_at IS NULL
+                AND (expires_at IS NULL OR expires_at > now())",
         )
         .bind(hash_api_key(key))
         .fetch_optional(&state.pool)

@@ -4,6 +4,7 @@
 //! [`Application::build`] connects and binds; [`Application::run`] serves until the
 //! shutdown token is cancelled. Tests start it on port 0 exactly as `main` does.
 
+pub mod admin;
 pub mod callbacks;
 pub mod cards;
 pub mod demo;
@@ -13,6 +14,7 @@ pub mod format;
 pub mod idempotency;
 pub mod merchants;
 pub mod payments;
+pub mod queries;
 pub mod rate_limit;
 
 use std::sync::Arc;
@@ -50,7 +52,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/withdrawals", post(payments::create_withdrawal))
         .route("/deposit", post(payments::create_legacy_deposit))
         .route("/withdrawal", post(payments::create_legacy_withdrawal))
+        .route("/v1/transactions", get(queries::list_transactions))
         .route("/v1/transactions/{id}", get(payments::get_transaction))
+        .route(
+            "/v1/transactions/{id}/events",
+            get(queries::transaction_events),
+        )
+        .route("/v1/webhook-deliveries", get(queries::list_deliveries))
+        .route(
+            "/v1/webhook-deliveries/{id}/replay",
+            post(queries::replay_delivery),
+        )
+        .nest("/admin/v1", admin::router())
         .route("/v1/callbacks/{gateway}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(ready))

@@ -79,7 +79,8 @@ pub async fn find_by_api_key(
 ) -> anyhow::Result<Option<(MerchantId, String)>> {
     let row: Option<(String, String)> = sqlx::query_as(
         "SELECT m.id, m.webhook_secret FROM api_key k JOIN merchant m ON m.id = k.merchant_id
-          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+          WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+            AND (k.expires_at IS NULL OR k.expires_at > now())",
     )
     .bind(hash_api_key(api_key))
     .fetch_optional(pool)
@@ -88,16 +89,74 @@ pub async fn find_by_api_key(
         .transpose()
 }
 
-/// Points a merchant's webhooks at `url`.
+/// Points a merchant's webhooks at `url` (`None`: no webhooks); `false` when there is no
+/// such merchant.
 pub async fn set_webhook_url(
     pool: &PgPool,
     merchant: &MerchantId,
-    url: &str,
-) -> anyhow::Result<()> {
-    sqlx::query("UPDATE merchant SET webhook_url = $2 WHERE id = $1")
+    url: Option<&str>,
+) -> anyhow::Result<bool> {
+    let updated = sqlx::query("UPDATE merchant SET webhook_url = $2 WHERE id = $1")
         .bind(merchant.as_str())
         .bind(url)
         .execute(pool)
         .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Issues a new API key; the merchant's current keys keep working for `overlap`, then
+/// stop. The new key and when the old ones expire; `None` when there is no such merchant.
+pub async fn rotate_api_key(
+    pool: &PgPool,
+    merchant: &MerchantId,
+    overlap: std::time::Duration,
+) -> sqlx::Result<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+    let mut tx = pool.begin().await?;
+    let known: Option<String> =
+        sqlx::query_scalar("SELECT id FROM merchant WHERE id = $1 FOR UPDATE")
+            .bind(merchant.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now() + make_interval(secs => $1)")
+            .bind(overlap.as_secs_f64())
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query(
+        "UPDATE api_key SET expires_at = $2
+          WHERE merchant_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(merchant.as_str())
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    let api_key = generate_api_key();
+    add_api_key(&mut tx, merchant, &api_key)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("{e:#}")))?;
+    tx.commit().await?;
+    Ok(Some((api_key, expires_at)))
+}
+
+/// Records the country of a merchant's user; `false` when there is no such merchant.
+pub async fn put_customer(
+    pool: &PgPool,
+    merchant: &MerchantId,
+    user_id: &str,
+    country: &paygate_common::domain::Country,
+) -> sqlx::Result<bool> {
+    let stored = sqlx::query(
+        "INSERT INTO customer (merchant_id, user_id, country)
+         SELECT id, $2, $3 FROM merchant WHERE id = $1
+         ON CONFLICT (merchant_id, user_id) DO UPDATE SET country = EXCLUDED.country, updated_at = now()",
+    )
+    .bind(merchant.as_str())
+    .bind(user_id)
+    .bind(country.code())
+    .execute(pool)
+    .await?;
+    Ok(stored.rows_affected() == 1)
 }

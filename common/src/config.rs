@@ -20,6 +20,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub outbox: OutboxSettings,
     pub api: ApiSettings,
+    pub admin: AdminSettings,
     pub cards: CardSettings,
     pub payment_processor: PaymentProcessorSettings,
     pub callback_processor: ServiceSettings,
@@ -131,6 +132,15 @@ pub struct RateLimitSettings {
 pub struct ServiceSettings {
     /// Address of the health and metrics endpoint.
     pub listen: String,
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    /// The bearer token of the admin API; empty turns the admin API off (every call 401).
+    pub token: SecretString,
+    /// How long a merchant's old API keys keep working after a rotation.
+    pub key_rotation_overlap_ms: u64,
 }
 
 /// Card numbers are sealed with these keys (see [`crate::cards`]).

@@ -149,6 +149,54 @@ pub async fn find<'e>(
         .await
 }
 
+/// A page of a merchant's transactions, newest first.
+#[derive(Debug)]
+pub struct PageQuery<'a> {
+    pub merchant: &'a MerchantId,
+    pub status: Option<Status>,
+    pub kind: Option<Kind>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only transactions older than this `(created_at, id)`: the cursor.
+    pub before: Option<(DateTime<Utc>, String)>,
+    pub limit: i64,
+}
+
+/// Reads a page: one range scan of `transaction_merchant_newest (merchant_id,
+/// created_at DESC, id DESC)`, starting at the cursor; only the conditions given are
+/// written into the statement, so the cursor is an index condition, not a filter.
+pub async fn page<'e>(
+    executor: impl PgExecutor<'e>,
+    query: &PageQuery<'_>,
+) -> sqlx::Result<Vec<TransactionRecord>> {
+    let mut sql = sqlx::QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM transaction WHERE merchant_id = "
+    ));
+    sql.push_bind(query.merchant.as_str());
+    if let Some(status) = query.status {
+        sql.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(kind) = query.kind {
+        sql.push(" AND kind = ").push_bind(kind.as_str());
+    }
+    if let Some(after) = query.created_after {
+        sql.push(" AND created_at > ").push_bind(after);
+    }
+    if let Some(before) = query.created_before {
+        sql.push(" AND created_at < ").push_bind(before);
+    }
+    if let Some((created_at, id)) = &query.before {
+        sql.push(" AND (created_at, id) < (")
+            .push_bind(*created_at)
+            .push(", ")
+            .push_bind(id.clone())
+            .push(")");
+    }
+    sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(query.limit);
+    sql.build_query_as().fetch_all(executor).await
+}
+
 /// A status change and what comes with it.
 #[derive(Debug, Clone, Default)]
 pub struct Change {

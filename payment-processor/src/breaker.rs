@@ -49,7 +49,19 @@ struct Circuit {
     calls: VecDeque<(Instant, bool)>,
 }
 
+impl Circuit {
+    fn public_state(&self) -> CircuitState {
+        match self.state {
+            State::Closed => CircuitState::Closed,
+            State::Open { .. } => CircuitState::Open,
+            State::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+}
+
 pub struct Breakers {
+    /// Every change of a circuit's state, for whoever records it (see `report_to`).
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, CircuitState)>>>,
     window: Duration,
     min_calls: usize,
     failure_rate: f64,
@@ -60,6 +72,7 @@ pub struct Breakers {
 impl Breakers {
     pub fn new(settings: &BreakerSettings) -> Self {
         Breakers {
+            changes: Mutex::default(),
             window: Duration::from_millis(settings.window_ms),
             min_calls: usize::try_from(settings.min_calls)
                 .unwrap_or(usize::MAX)
@@ -70,13 +83,31 @@ impl Breakers {
         }
     }
 
+    /// Sends every change of state to `changes` from now on.
+    pub fn report_to(&self, changes: tokio::sync::mpsc::UnboundedSender<(String, CircuitState)>) {
+        *self.changes.lock().unwrap_or_else(PoisonError::into_inner) = Some(changes);
+    }
+
     fn with<T>(&self, gateway: &str, f: impl FnOnce(&mut Circuit) -> T) -> T {
         let mut circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
         let circuit = circuits.entry(gateway.to_owned()).or_insert(Circuit {
             state: State::Closed,
             calls: VecDeque::new(),
         });
-        f(circuit)
+        let before = circuit.public_state();
+        let result = f(circuit);
+        let after = circuit.public_state();
+        if before != after {
+            if let Some(changes) = self
+                .changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+            {
+                let _ = changes.send((gateway.to_owned(), after));
+            }
+        }
+        result
     }
 
     /// Whether a call to `gateway` may go out now. An open circuit whose cool-down has
@@ -149,25 +180,43 @@ impl Breakers {
         let circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
         let mut gateways: Vec<serde_json::Value> = circuits
             .iter()
-            .map(|(code, c)| {
-                let state = match c.state {
-                    State::Closed => CircuitState::Closed,
-                    State::Open { .. } => CircuitState::Open,
-                    State::HalfOpen { .. } => CircuitState::HalfOpen,
-                };
-                serde_json::json!({"gateway": code, "state": state.as_str()})
-            })
+            .map(|(code, c)| serde_json::json!({"gateway": code, "state": c.public_state().as_str()}))
             .collect();
         gateways.sort_by(|a, b| a["gateway"].as_str().cmp(&b["gateway"].as_str()));
         serde_json::json!({ "circuits": gateways })
     }
 
     pub fn state(&self, gateway: &str) -> CircuitState {
-        self.with(gateway, |c| match c.state {
-            State::Closed => CircuitState::Closed,
-            State::Open { .. } => CircuitState::Open,
-            State::HalfOpen { .. } => CircuitState::HalfOpen,
-        })
+        self.with(gateway, |c| c.public_state())
+    }
+}
+
+/// Writes each reported change of a circuit to `gateway_circuit`, where operators read
+/// it (the admin API), until `shutdown`.
+pub async fn record_changes(
+    pool: sqlx::PgPool,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<(String, CircuitState)>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let (gateway, state) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            change = changes.recv() => match change {
+                Some(change) => change,
+                None => return,
+            },
+        };
+        let written = sqlx::query(
+            "INSERT INTO gateway_circuit (gateway_code, state, changed_at) VALUES ($1, $2, now())
+             ON CONFLICT (gateway_code) DO UPDATE SET state = EXCLUDED.state, changed_at = now()",
+        )
+        .bind(&gateway)
+        .bind(state.as_str())
+        .execute(&pool)
+        .await;
+        if let Err(error) = written {
+            tracing::warn!(%error, gateway, "could not record a circuit's state");
+        }
     }
 }
 

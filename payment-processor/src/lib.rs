@@ -106,6 +106,13 @@ impl Application {
             Duration::from_millis(self.settings.reconcile_interval_ms),
             shutdown.clone(),
         ));
+        let (changes, reported) = tokio::sync::mpsc::unbounded_channel();
+        self.handler.breakers.report_to(changes);
+        let recorder = tokio::spawn(breaker::record_changes(
+            self.worker.pool.clone(),
+            reported,
+            shutdown.clone(),
+        ));
         let breakers = self.handler.breakers.clone();
         let circuits = Router::new().route(
             "/circuits",
@@ -117,7 +124,7 @@ impl Application {
         self.worker
             .run_with_routes(
                 self.handler,
-                vec![refresher, reconciler],
+                vec![refresher, reconciler, recorder],
                 circuits,
                 shutdown,
             )

@@ -42,6 +42,9 @@ pub async fn empty_database() -> String {
     }
 }
 
+/// The admin token every test's api takes.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Settings for one isolated test: a fresh database, unique topics, groups and Redis
 /// prefix, every listener on port 0, and short timers.
 pub async fn settings() -> Settings {
@@ -79,6 +82,7 @@ pub async fn settings() -> Settings {
     settings.callback_dispatcher.retry_delays_ms = vec![200, 500, 1000];
     settings.callback_dispatcher.poll_interval_ms = 100;
     settings.callback_dispatcher.request_timeout_ms = 2_000;
+    settings.admin.token = SecretString::from(ADMIN_TOKEN.to_owned());
     // Seconds-scale retries, a quick reconciler and route reloads.
     let processor = &mut settings.payment_processor;
     processor.retry_base_ms = 100;

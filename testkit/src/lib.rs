@@ -19,7 +19,7 @@ mod simulator;
 mod suite;
 
 pub use broker::{index_broker, read_topic, Broker, TopicMessage, TANSU_INDEX};
-pub use isolation::{empty_database, eventually, json_of, pool, settings, unique};
+pub use isolation::{empty_database, eventually, json_of, pool, settings, unique, ADMIN_TOKEN};
 pub use merchant::{Received, WebhookReceiver};
 pub use process::Process;
 pub use simulator::{

@@ -32,7 +32,8 @@ pub use card::CardAcquirer;
 pub use json::JsonGateway;
 pub use soap::SoapGateway;
 pub use store::{
-    all, all_routes, find, upsert, upsert_route, GatewayConfig, GatewayError, GatewayRecord, Route,
+    all, all_routes, find, set_enabled, upsert, upsert_route, GatewayConfig, GatewayError,
+    GatewayRecord, Route,
 };
 
 /// Every adapter this build speaks, by [`Gateway::protocol`].

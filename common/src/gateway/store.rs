@@ -111,6 +111,21 @@ pub async fn upsert<'e>(
     Ok(())
 }
 
+/// Switches a gateway on or off; `false` when there is no such gateway.
+pub async fn set_enabled<'e>(
+    executor: impl PgExecutor<'e>,
+    code: &str,
+    enabled: bool,
+) -> sqlx::Result<bool> {
+    let updated =
+        sqlx::query("UPDATE gateway SET enabled = $2, updated_at = now() WHERE code = $1")
+            .bind(code)
+            .bind(enabled)
+            .execute(executor)
+            .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// A route: for payments matching (country, currency, kind) — `None` matches anything,
 /// and a route without a country is a default route — try `gateway_code` at `priority`.
 #[derive(Debug, Clone, Deserialize)]

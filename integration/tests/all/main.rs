@@ -12,4 +12,5 @@ mod end_to_end;
 mod intake;
 mod lock;
 mod migrations;
+mod operators;
 mod routing;
