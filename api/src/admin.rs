@@ -5,43 +5,50 @@
 //! and lists what needs a human: rejected callbacks and payments left unresolved or
 //! failed by their retries. The demo seed calls the same functions.
 
-use axum::extract::{FromRef, FromRequestParts, Path, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use paygate_common::domain::{Country, MerchantId};
 use paygate_common::events::timestamp;
 use paygate_common::gateway::{self, GatewayConfig, GatewayError, Route};
 
+use crate::error::responses::{
+    BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnprocessableEntity,
+    UnsupportedMediaType,
+};
 use crate::error::{ApiError, Result};
-use crate::extract::parse_json;
+use crate::extract::{parse_json, PathParam};
 use crate::format::RawBody;
 use crate::merchants::{self, NewMerchant};
 use crate::queries::Page;
 use crate::AppState;
 
-/// The admin routes, mounted under `/admin/v1`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/merchants", post(create_merchant))
-        .route("/merchants/{id}/api-keys", post(rotate_api_key))
-        .route("/merchants/{id}/webhook", put(set_webhook))
-        .route("/customers", put(put_customer))
-        .route("/gateways", get(list_gateways))
-        .route("/gateways/{code}", put(upsert_gateway))
-        .route("/gateways/{code}/enable", post(enable_gateway))
-        .route("/gateways/{code}/disable", post(disable_gateway))
-        .route("/routes", get(list_routes).put(upsert_route))
-        .route("/routes/{id}", axum::routing::delete(delete_route))
-        .route("/callbacks/rejected", get(rejected_callbacks))
-        .route("/payments/dead-lettered", get(dead_lettered_payments))
+/// The admin routes, mounted under `/admin/v1`; each handler's `#[utoipa::path]` gives
+/// its path and method, so a route here is a documented route.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_merchant))
+        .routes(routes!(rotate_api_key))
+        .routes(routes!(set_webhook))
+        .routes(routes!(put_customer))
+        .routes(routes!(list_gateways))
+        .routes(routes!(upsert_gateway))
+        .routes(routes!(enable_gateway))
+        .routes(routes!(disable_gateway))
+        .routes(routes!(list_routes, upsert_route))
+        .routes(routes!(delete_route))
+        .routes(routes!(rejected_callbacks))
+        .routes(routes!(dead_lettered_payments))
 }
 
 /// A request that carried the admin token.
@@ -110,14 +117,35 @@ fn check_webhook_url(url: &str) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /merchants`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMerchantRequest {
+    #[schema(example = "Acme Ltd", min_length = 1, max_length = 255)]
     pub name: String,
+    /// An absolute http(s) URL; absent: no webhooks.
+    #[schema(example = "https://merchant.example/webhooks", format = "uri")]
     pub webhook_url: Option<String>,
 }
 
 /// `POST /merchants` → 201 `{id, api_key, webhook_secret}`; the key is shown this once.
+#[utoipa::path(
+    post,
+    path = "/merchants",
+    tag = "admin",
+    summary = "Create a merchant",
+    security(("admin_token" = [])),
+    request_body(content((NewMerchantRequest = "application/json"))),
+    responses(
+        (status = 201, description = "Created. The API key is shown this once; only its hash is kept.", body = NewMerchant),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn create_merchant(
     _: Admin,
     State(state): State<AppState>,
@@ -138,19 +166,35 @@ async fn create_merchant(
     Ok((StatusCode::CREATED, Json(merchant)))
 }
 
-#[derive(Debug, Serialize)]
+/// A new API key, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedKey {
+    #[schema(example = "pgk_…")]
     pub api_key: String,
-    /// When the keys it replaces stop working.
+    /// When the keys it replaces stop working (RFC 3339).
     pub previous_keys_expire_at: String,
 }
 
 /// `POST /merchants/{id}/api-keys`: a new key; the old ones keep working for
 /// `admin.key_rotation_overlap_ms`, then stop.
+#[utoipa::path(
+    post,
+    path = "/merchants/{id}/api-keys",
+    tag = "admin",
+    summary = "Rotate a merchant's API key",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The merchant, `mer_…`.")),
+    responses(
+        (status = 201, description = "A new key; the old ones keep working until `previous_keys_expire_at`.", body = RotatedKey),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn rotate_api_key(
     _: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<(StatusCode, Json<RotatedKey>)> {
     let id = merchant_id(&id)?;
     let overlap = std::time::Duration::from_millis(state.settings.admin.key_rotation_overlap_ms);
@@ -167,17 +211,39 @@ async fn rotate_api_key(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /merchants/{id}/webhook`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
+    /// An absolute http(s) URL; `null`: no webhooks.
+    #[schema(example = "https://merchant.example/webhooks", format = "uri")]
     pub webhook_url: Option<String>,
 }
 
 /// `PUT /merchants/{id}/webhook {webhook_url}` (null: no webhooks).
+#[utoipa::path(
+    put,
+    path = "/merchants/{id}/webhook",
+    tag = "admin",
+    summary = "Point a merchant's webhooks",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The merchant, `mer_…`.")),
+    request_body(content((WebhookRequest = "application/json"))),
+    responses(
+        (status = 200, description = "Set."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn set_webhook(
     _: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     raw: RawBody,
 ) -> Result<StatusCode> {
     let id = merchant_id(&id)?;
@@ -194,16 +260,40 @@ async fn set_webhook(
     Ok(StatusCode::OK)
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /customers`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerRequest {
+    /// `mer_…`.
+    #[schema(pattern = "^mer_[0-9a-fA-F]{32}$")]
     pub merchant_id: String,
+    #[schema(example = "u-1", min_length = 1, max_length = 255)]
     pub user_id: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(example = "DE", pattern = "^[A-Z]{2}$")]
     pub country: String,
 }
 
 /// `PUT /customers {merchant_id, user_id, country}`: the country a user's payments are
 /// routed by when they name none.
+#[utoipa::path(
+    put,
+    path = "/customers",
+    tag = "admin",
+    summary = "Set a customer's country",
+    security(("admin_token" = [])),
+    request_body(content((CustomerRequest = "application/json"))),
+    responses(
+        (status = 200, description = "Set."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn put_customer(_: Admin, State(state): State<AppState>, raw: RawBody) -> Result<StatusCode> {
     let request: CustomerRequest = body(&raw)?;
     let merchant = request
@@ -226,7 +316,7 @@ async fn put_customer(_: Admin, State(state): State<AppState>, raw: RawBody) -> 
 
 /// A gateway as operators see it: its configuration (never its callback secret) and
 /// its circuit's state.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct GatewayView {
     pub code: String,
     pub protocol: String,
@@ -235,6 +325,7 @@ pub struct GatewayView {
     pub max_concurrency: i32,
     pub enabled: bool,
     /// `closed`, `open` or `half_open`, as the payment-processor last reported it.
+    #[schema(example = "closed")]
     pub circuit: String,
     #[serde(serialize_with = "optional_rfc3339")]
     pub circuit_changed_at: Option<DateTime<Utc>>,
@@ -251,6 +342,18 @@ fn optional_rfc3339<S: serde::Serializer>(
 }
 
 /// `GET /gateways`.
+#[utoipa::path(
+    get,
+    path = "/gateways",
+    tag = "admin",
+    summary = "List gateways",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every gateway, with its circuit's state.", body = Page<GatewayView>),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn list_gateways(_: Admin, State(state): State<AppState>) -> Result<Json<Page<GatewayView>>> {
     let data = sqlx::query_as(
         "SELECT g.code, g.protocol, g.base_url, g.timeout_ms, g.max_concurrency, g.enabled,
@@ -266,22 +369,50 @@ async fn list_gateways(_: Admin, State(state): State<AppState>) -> Result<Json<P
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /gateways/{code}`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayRequest {
+    /// The adapter that speaks to it: `json`, `soap` or `card`.
+    #[schema(example = "json")]
     pub protocol: String,
+    /// An http(s) URL.
+    #[schema(example = "http://127.0.0.1:8090/json", format = "uri")]
     pub base_url: String,
+    /// What its callbacks are signed with; never shown again.
     pub callback_secret: String,
+    #[schema(minimum = 1, maximum = 120000, example = 5000)]
     pub timeout_ms: i32,
+    /// Calls in flight at most; 32 when absent.
+    #[schema(minimum = 1, maximum = 10000, example = 32)]
     pub max_concurrency: Option<i32>,
     pub enabled: bool,
 }
 
 /// `PUT /gateways/{code}`: creates or replaces a gateway.
+#[utoipa::path(
+    put,
+    path = "/gateways/{code}",
+    tag = "admin",
+    summary = "Create or replace a gateway",
+    security(("admin_token" = [])),
+    params(("code" = String, Path, description = "The gateway's code.")),
+    request_body(content((GatewayRequest = "application/json"))),
+    responses(
+        (status = 200, description = "Stored."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn upsert_gateway(
     _: Admin,
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam<String>,
     raw: RawBody,
 ) -> Result<StatusCode> {
     let request: GatewayRequest = body(&raw)?;
@@ -326,18 +457,46 @@ async fn upsert_gateway(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/gateways/{code}/enable",
+    tag = "admin",
+    summary = "Enable a gateway",
+    security(("admin_token" = [])),
+    params(("code" = String, Path, description = "The gateway's code.")),
+    responses(
+        (status = 200, description = "Enabled."),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn enable_gateway(
     _: Admin,
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam<String>,
 ) -> Result<StatusCode> {
     set_enabled(&state, &code, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/gateways/{code}/disable",
+    tag = "admin",
+    summary = "Disable a gateway",
+    security(("admin_token" = [])),
+    params(("code" = String, Path, description = "The gateway's code.")),
+    responses(
+        (status = 200, description = "Disabled: no payment is routed to it."),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn disable_gateway(
     _: Admin,
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam<String>,
 ) -> Result<StatusCode> {
     set_enabled(&state, &code, false).await
 }
@@ -350,7 +509,8 @@ async fn set_enabled(state: &AppState, code: &str, enabled: bool) -> Result<Stat
     Ok(StatusCode::OK)
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A route as stored.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct RouteView {
     pub id: i64,
     pub country: Option<String>,
@@ -361,6 +521,18 @@ pub struct RouteView {
 }
 
 /// `GET /routes`, by country (default routes last), then priority.
+#[utoipa::path(
+    get,
+    path = "/routes",
+    tag = "admin",
+    summary = "List routes",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "By country (default routes last), then priority.", body = Page<RouteView>),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn list_routes(_: Admin, State(state): State<AppState>) -> Result<Json<Page<RouteView>>> {
     let data = sqlx::query_as(
         "SELECT id, trim(country) AS country, trim(currency) AS currency, kind, priority, gateway_code
@@ -376,6 +548,23 @@ async fn list_routes(_: Admin, State(state): State<AppState>) -> Result<Json<Pag
 
 /// `PUT /routes {country?, currency?, kind?, priority, gateway_code}`: creates a route or
 /// changes its priority.
+#[utoipa::path(
+    put,
+    path = "/routes",
+    tag = "admin",
+    summary = "Create a route or change its priority",
+    security(("admin_token" = [])),
+    request_body(content((Route = "application/json"))),
+    responses(
+        (status = 200, description = "Stored."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn upsert_route(_: Admin, State(state): State<AppState>, raw: RawBody) -> Result<StatusCode> {
     let route: Route = body(&raw)?;
     if let Some(country) = &route.country {
@@ -398,10 +587,24 @@ async fn upsert_route(_: Admin, State(state): State<AppState>, raw: RawBody) -> 
     Ok(StatusCode::OK)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/routes/{id}",
+    tag = "admin",
+    summary = "Delete a route",
+    security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "The route's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn delete_route(
     _: Admin,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> Result<StatusCode> {
     let deleted = sqlx::query("DELETE FROM gateway_route WHERE id = $1")
         .bind(id)
@@ -413,7 +616,8 @@ async fn delete_route(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A callback kept but not applied, and why.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct RejectedCallback {
     pub id: String,
     pub gateway: String,
@@ -425,6 +629,18 @@ pub struct RejectedCallback {
 
 /// `GET /callbacks/rejected`: the latest 100 callbacks kept but not applied because
 /// they could not be read or disagreed with their transaction.
+#[utoipa::path(
+    get,
+    path = "/callbacks/rejected",
+    tag = "admin",
+    summary = "Rejected callbacks",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The latest 100 callbacks kept but not applied.", body = Page<RejectedCallback>),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn rejected_callbacks(
     _: Admin,
     State(state): State<AppState>,
@@ -442,7 +658,8 @@ async fn rejected_callbacks(
     }))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A payment whose automatic retries ran out.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct DeadLettered {
     pub id: String,
     pub merchant_id: String,
@@ -456,6 +673,18 @@ pub struct DeadLettered {
 /// `GET /payments/dead-lettered`: payments whose automatic retries ran out (the same
 /// ones the payment-processor copied to its dead-letter topic): pending and unresolved
 /// at a gateway that may hold the money, or failed because every gateway stayed down.
+#[utoipa::path(
+    get,
+    path = "/payments/dead-lettered",
+    tag = "admin",
+    summary = "Payments whose retries ran out",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Pending and unresolved at a gateway, or failed because every gateway stayed down.", body = Page<DeadLettered>),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 async fn dead_lettered_payments(
     _: Admin,
     State(state): State<AppState>,

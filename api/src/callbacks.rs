@@ -7,7 +7,7 @@
 //! in the gateway's own format. The same callback twice gets the same answer and is
 //! processed once.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,13 +17,47 @@ use paygate_common::gateway;
 use paygate_common::signature::callback;
 use paygate_common::transactions::announce_callback;
 
+use crate::error::responses::{
+    BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+};
 use crate::error::{ApiError, Result};
-use crate::extract::read_body;
+use crate::extract::{read_body, PathParam};
 use crate::AppState;
 
+/// A gateway's callback: verified, stored once, acknowledged in the gateway's format.
+#[utoipa::path(
+    post,
+    path = "/v1/callbacks/{gateway}",
+    operation_id = "receive_callback",
+    tag = "gateways",
+    summary = "Receive a gateway's callback",
+    description = "For gateways, not merchants. The body is the gateway's own (JSON or a SOAP \
+                   envelope), signed in `X-Paygate-Signature`; it is verified before it is read, \
+                   stored raw, and processed once however often it arrives.",
+    params(
+        ("gateway" = String, Path, description = "The gateway's code, e.g. `simjson`."),
+        ("X-Paygate-Signature" = String, Header,
+            description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>`, within 300 s."),
+    ),
+    request_body(description = "The gateway's callback, in its own format.", content(
+        ("application/json"),
+        ("text/xml"),
+    )),
+    responses(
+        (status = 200, description = "Stored (or a repeat of one stored): the gateway's own acknowledgement.", content(
+            (inline(CallbackAck) = "application/json"),
+            (String = "text/xml"),
+        )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    PathParam(code): PathParam<String>,
     request: Request,
 ) -> Result<Response> {
     let gateway = gateway::find(&state.pool, &code)
@@ -98,4 +132,12 @@ pub async fn receive(
 
     let (content_type, ack) = adapter.callback_ack();
     Ok((StatusCode::OK, [(CONTENT_TYPE, content_type)], ack).into_response())
+}
+
+/// The acknowledgement of the JSON and card gateways, `{"received": true}`, as the
+/// document shows it (the adapters answer with fixed bytes).
+#[derive(utoipa::ToSchema)]
+#[schema(description = "The JSON and card gateways' acknowledgement.")]
+pub struct CallbackAck {
+    pub received: bool,
 }

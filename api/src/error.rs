@@ -6,7 +6,6 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -109,11 +108,30 @@ impl From<sqlx::Error> for ApiError {
 /// The body of every error, in JSON or XML: `{"error": {"code", "message", "field"}}`
 /// or `<error><code/><message/><field/></error>`. Responses built from an [`ApiError`]
 /// carry it as an extension, so a middleware can render it for an XML client.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(
+    xml(name = "error"),
+    description = "What went wrong: in JSON under `error`, in XML as `<error>` itself."
+)]
 pub struct ErrorBody {
+    /// What went wrong, for clients to branch on: `malformed_body`, `validation_failed`,
+    /// `unauthorized`, `not_found`, `method_not_allowed`, `payload_too_large`,
+    /// `unsupported_media_type`, `idempotency_in_flight`, `rate_limited`,
+    /// `service_unavailable`, `internal_error`.
+    #[schema(example = "validation_failed")]
     pub code: &'static str,
+    /// For people; never carries internals.
+    #[schema(example = "must be 1 to 255 characters")]
     pub message: String,
+    /// The input at fault, when there is one (`amount`, `payment_method.card.number`, …).
+    #[schema(example = "user_id")]
     pub field: Option<String>,
+}
+
+/// An error answer in JSON: `{"error": {...}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
 }
 
 impl ErrorBody {
@@ -127,7 +145,13 @@ impl ErrorBody {
 
     /// The JSON form.
     pub fn json(&self, status: StatusCode) -> Response {
-        let mut response = (status, Json(json!({ "error": self }))).into_response();
+        let mut response = (
+            status,
+            Json(ErrorEnvelope {
+                error: self.clone(),
+            }),
+        )
+            .into_response();
         response.extensions_mut().insert(self.clone());
         response
     }
@@ -149,5 +173,77 @@ impl IntoResponse for ApiError {
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// Each error status as a reusable OpenAPI response (`#/components/responses/<Name>`),
+/// with the error body in JSON and in XML. Routes name the ones they can answer.
+pub mod responses {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::response::{Response, ResponseBuilder};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+    use utoipa::ToResponse;
+
+    /// What every error response shares: the error body in JSON and in XML.
+    fn error(description: &str) -> ResponseBuilder {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build(),
+            )
+            .content(
+                "application/xml",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+    }
+
+    macro_rules! error_responses {
+        ($($name:ident => $description:literal;)+) => {$(
+            #[doc = $description]
+            pub struct $name;
+
+            impl<'r> ToResponse<'r> for $name {
+                fn response() -> (&'r str, RefOr<Response>) {
+                    (stringify!($name), error($description).build().into())
+                }
+            }
+        )+};
+    }
+
+    error_responses! {
+        BadRequest => "The body is not well-formed: JSON or XML syntax, the wrong XML root, a DOCTYPE.";
+        Unauthorized => "The credentials are missing or wrong.";
+        NotFound => "There is no such resource, or it is another merchant's.";
+        Conflict => "A request with this `Idempotency-Key` is still in flight; retry later.";
+        PayloadTooLarge => "The body is larger than the configured limit (1 MiB by default).";
+        UnsupportedMediaType => "The `Content-Type` is not one this route takes.";
+        UnprocessableEntity => "Well-formed, but a value breaks a rule, and `field` names it: an unknown currency or country, an amount <= 0 or with too many decimals, a card failing Luhn or expired, an unknown field, an `Idempotency-Key` reused with another body.";
+        ServiceUnavailable => "A dependency is down; try again.";
+    }
+
+    /// Over the merchant's request rate.
+    pub struct TooManyRequests;
+
+    impl<'r> ToResponse<'r> for TooManyRequests {
+        fn response() -> (&'r str, RefOr<Response>) {
+            let retry_after = HeaderBuilder::new()
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                )
+                .description(Some("Seconds until requests are counted afresh."))
+                .build();
+            let response = error("Over the merchant's request rate.")
+                .header("Retry-After", retry_after)
+                .build();
+            ("TooManyRequests", response.into())
+        }
     }
 }

@@ -60,6 +60,27 @@ where
     read_limited(request, state).await
 }
 
+/// A path parameter (`{id}`, `{code}`, …). One that cannot be read as `T` (not UTF-8
+/// once percent-decoded, not a number where one is wanted) names nothing that exists:
+/// 404 in the error contract, like an id that parses but is unknown, rather than
+/// axum's plain 400.
+pub struct PathParam<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathParam<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(_) => Err(ApiError::NotFound("resource")),
+        }
+    }
+}
+
 /// Parses JSON into `T`, naming the field at fault.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);

@@ -24,6 +24,25 @@ use crate::error::{ApiError, Result};
 pub const HEADER: &str = "Idempotency-Key";
 pub const REPLAYED: &str = "Idempotent-Replayed";
 
+/// The `Idempotency-Key` request header, as the OpenAPI document shows it ([`key_of`]
+/// reads it).
+#[derive(utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+pub struct IdempotencyKeyHeader(
+    /// 1 to 255 visible ASCII characters, per merchant. The same key and body within 24
+    /// hours get the first answer again, byte for byte, with `Idempotent-Replayed: true`;
+    /// the same key with another body is 422; while the first is in flight, 409.
+    #[param(
+        value_type = String,
+        required = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$",
+        example = "order-7-attempt-1"
+    )]
+    pub Option<String>,
+);
+
 /// How long a key is remembered.
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// A claim older than this whose request never finished is taken over.

@@ -3,6 +3,9 @@
 //!
 //! [`Application::build`] connects and binds; [`Application::run`] serves until the
 //! shutdown token is cancelled. Tests start it on port 0 exactly as `main` does.
+//!
+//! [`routes`] lists every route once, and from it come both the router and the OpenAPI
+//! document served at `/openapi.json` (see [`openapi`]).
 
 pub mod admin;
 pub mod callbacks;
@@ -13,6 +16,7 @@ pub mod extract;
 pub mod format;
 pub mod idempotency;
 pub mod merchants;
+pub mod openapi;
 pub mod payments;
 pub mod queries;
 pub mod rate_limit;
@@ -20,9 +24,13 @@ pub mod rate_limit;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::routing::{get, post};
+use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::Router;
 use sqlx::PgPool;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use rate_limit::RateLimiter;
 use tokio::net::TcpListener;
@@ -45,28 +53,39 @@ pub struct AppState {
     pub limiter: RateLimiter,
 }
 
-/// The api's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/deposits", post(payments::create_deposit))
-        .route("/v1/withdrawals", post(payments::create_withdrawal))
-        .route("/deposit", post(payments::create_legacy_deposit))
-        .route("/withdrawal", post(payments::create_legacy_withdrawal))
-        .route("/v1/transactions", get(queries::list_transactions))
-        .route("/v1/transactions/{id}", get(payments::get_transaction))
-        .route(
-            "/v1/transactions/{id}/events",
-            get(queries::transaction_events),
-        )
-        .route("/v1/webhook-deliveries", get(queries::list_deliveries))
-        .route(
-            "/v1/webhook-deliveries/{id}/replay",
-            post(queries::replay_delivery),
-        )
+/// Every route the api documents, and the document they make. Each handler's
+/// `#[utoipa::path]` gives its path and method, and `routes!` registers the handler in
+/// the router and its operation in the document together: a route added here is
+/// documented, and the document names no route that is not served. (The router's
+/// `.route()` would add a route without documenting it: none is added that way.)
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(payments::create_deposit))
+        .routes(routes!(payments::create_withdrawal))
+        .routes(routes!(payments::create_legacy_deposit))
+        .routes(routes!(payments::create_legacy_withdrawal))
+        .routes(routes!(queries::list_transactions))
+        .routes(routes!(payments::get_transaction))
+        .routes(routes!(queries::transaction_events))
+        .routes(routes!(queries::list_deliveries))
+        .routes(routes!(queries::replay_delivery))
         .nest("/admin/v1", admin::router())
-        .route("/v1/callbacks/{gateway}", post(callbacks::receive))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(ready))
+        .routes(routes!(callbacks::receive))
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+}
+
+/// The OpenAPI document of [`routes`], as `GET /openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The api's router: [`routes`], plus `/openapi.json` and `/docs`, one error contract
+/// for unknown routes and methods, and JSON/XML negotiation around everything.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = routes().split_for_parts();
+    routes
+        .merge(openapi::serve(document))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
@@ -77,10 +96,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ready(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> impl axum::response::IntoResponse {
-    health::readyz(axum::extract::State(state.pool)).await
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive.", body = openapi::HealthStatus)),
+)]
+async fn healthz() -> impl IntoResponse {
+    health::healthz().await
+}
+
+/// Readiness: PostgreSQL answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready.", body = openapi::HealthStatus),
+        (status = 503, description = "PostgreSQL does not answer.", body = openapi::HealthStatus),
+    ),
+)]
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    health::readyz(State(state.pool)).await
 }
 
 /// The api, connected and bound, not yet serving.

@@ -11,10 +11,16 @@ use paygate_common::signature::webhook;
 use crate::extract::hash_api_key;
 
 /// A new merchant's credentials: the API key is shown once and only its hash is kept.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct NewMerchant {
+    /// `mer_…`.
+    #[schema(value_type = String, example = "mer_0198c9b2a4e07c3f9d2a61b5e8f4c0d1")]
     pub id: MerchantId,
+    /// `Authorization: Bearer <api_key>`; shown this once.
+    #[schema(example = "pgk_…")]
     pub api_key: String,
+    /// What webhooks are signed with (Standard Webhooks, `whsec_<base64>`).
+    #[schema(example = "whsec_…")]
     pub webhook_secret: String,
 }
 

@@ -8,54 +8,89 @@
 //! nothing happened. A card is sealed before it reaches the database, its CVV is kept
 //! only sealed in Redis for the acquirer, and every answer shows the card masked.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use serde::Deserialize;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::xml::XmlBuilder;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
 use paygate_common::events::TransactionView;
 use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
 
+use crate::error::responses::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
+    Unauthorized, UnprocessableEntity, UnsupportedMediaType,
+};
 use crate::error::{ApiError, Result};
-use crate::extract::{parse_json, Merchant};
+use crate::extract::{parse_json, Merchant, PathParam};
 use crate::format::{Format, RawBody};
-use crate::idempotency::{self, Claim};
+use crate::idempotency::{self, Claim, IdempotencyKeyHeader};
 use crate::AppState;
 
 /// The body of a deposit or withdrawal, as the merchant sends it (JSON, or XML under
 /// `<deposit>`/`<withdrawal>` with the same names). Unknown fields are refused, not
 /// ignored: a misspelt `referense` must not silently vanish.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
+    /// The merchant's id for its customer.
+    #[schema(example = "u-1", min_length = 1, max_length = 255)]
     pub user_id: String,
-    /// A decimal string such as "100.50"; numbers are refused (floats lose cents).
+    /// A decimal string such as "100.50"; numbers are refused (floats lose cents). More
+    /// than zero, with no more decimals than the currency has.
+    #[schema(example = "100.50", pattern = r"^[0-9]+(\.[0-9]+)?$")]
     pub amount: String,
+    /// ISO 4217, upper case.
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    /// ISO 3166-1 alpha-2; absent: the customer's country on record, else the default
+    /// route.
+    #[schema(example = "DE", pattern = "^[A-Z]{2}$")]
     pub country: Option<String>,
+    /// The merchant's own reference, echoed back.
+    #[schema(example = "order-7", max_length = 255)]
     pub reference: Option<String>,
     pub payment_method: Option<PaymentMethodRequest>,
 }
 
-#[derive(Debug, Deserialize)]
+/// How the customer pays.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentMethodRequest {
+    /// The only type taken is `card`.
     #[serde(rename = "type")]
+    #[schema(example = "card")]
     pub kind: String,
+    /// Required when `type` is `card`.
     pub card: Option<CardRequest>,
 }
 
 /// A card as sent. Its `Debug` never shows the number or the CVV.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A card as sent; it is stored sealed and shown only masked.")]
 pub struct CardRequest {
+    /// 12 to 19 digits (spaces allowed), passing the Luhn check. Stored sealed, shown
+    /// masked.
+    #[schema(value_type = String, example = "4242424242424242")]
     pub number: SecretString,
+    #[schema(example = 12, minimum = 1, maximum = 12)]
     pub expiry_month: u32,
+    /// Together with the month, not in the past.
+    #[schema(example = 2030)]
     pub expiry_year: u32,
+    /// 3 or 4 digits; kept only for the acquirer, sealed, for a short while.
+    #[schema(value_type = Option<String>, example = "123")]
     pub cvv: Option<SecretString>,
+    #[schema(example = "Ada Lovelace", max_length = 255)]
     pub holder_name: Option<String>,
 }
 
@@ -70,14 +105,86 @@ impl std::fmt::Debug for CardRequest {
 
 /// The first take-home's shape, for `POST /deposit` and `POST /withdrawal`: a numeric
 /// `user_id`, a string amount.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LegacyRequest {
+    #[schema(example = 42)]
     pub user_id: u64,
+    #[schema(example = "100.50", pattern = r"^[0-9]+(\.[0-9]+)?$")]
     pub amount: String,
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    #[schema(example = "DE", pattern = "^[A-Z]{2}$")]
     pub country: Option<String>,
+    #[schema(example = "order-7", max_length = 255)]
     pub reference: Option<String>,
+}
+
+/// A [`PaymentRequest`] as XML names its root: the same schema as the JSON body, but
+/// under `<deposit>` or `<withdrawal>`, so a client (or a tool) following the document
+/// sends the root [`Format::parse`] asks for.
+fn payment_request_in_xml(root: &'static str) -> RefOr<Schema> {
+    let mut schema = PaymentRequest::schema();
+    if let RefOr::T(Schema::Object(object)) = &mut schema {
+        object.xml = Some(XmlBuilder::new().name(Some(root)).build());
+        object.description = Some(format!(
+            "The fields of the JSON body, as child elements of `<{root}>`."
+        ));
+    }
+    schema
+}
+
+macro_rules! xml_payment_schema {
+    ($name:ident, $root:literal) => {
+        #[doc = concat!("The XML body of a payment, under `<", $root, ">`.")]
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                payment_request_in_xml($root)
+            }
+        }
+
+        impl ToSchema for $name {
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                <PaymentRequest as ToSchema>::schemas(schemas);
+            }
+        }
+    };
+}
+
+xml_payment_schema!(DepositXml, "deposit");
+xml_payment_schema!(WithdrawalXml, "withdrawal");
+
+/// 202: the payment is stored `pending`; how it ends follows by webhook (and
+/// `GET /v1/transactions/{id}`). The four intake routes answer alike.
+pub struct Accepted;
+
+impl<'r> utoipa::ToResponse<'r> for Accepted {
+    fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+        let transaction = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("TransactionView")))
+                .build()
+        };
+        let header = |description: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(description))
+                .build()
+        };
+        let response = ResponseBuilder::new()
+            .description("Accepted: the payment is stored `pending`; how it ends follows by webhook.")
+            .content("application/json", transaction())
+            .content("application/xml", transaction())
+            .header("Location", header("`/v1/transactions/{id}` of the new transaction."))
+            .header(
+                idempotency::REPLAYED,
+                header("`true` when this is the first answer to the same `Idempotency-Key` and body, sent again."),
+            )
+            .build();
+        ("Accepted", response.into())
+    }
 }
 
 impl From<LegacyRequest> for PaymentRequest {
@@ -152,6 +259,32 @@ impl PaymentRequest {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deposits",
+    tag = "payments",
+    summary = "Take a deposit",
+    description = "Checks the request, stores the deposit `pending` with its first event, and \
+                   answers 202; a gateway is chosen and called after the answer. JSON, or XML \
+                   with the root `<deposit>` (the answer follows `Accept`, else the body's format).",
+    security(("merchant_key" = [])),
+    params(IdempotencyKeyHeader),
+    request_body(content(
+        (PaymentRequest = "application/json", example = json!({"user_id": "u-1", "amount": "100.50", "currency": "EUR", "country": "DE", "reference": "order-7", "payment_method": {"type": "card", "card": {"number": "4242424242424242", "expiry_month": 12, "expiry_year": 2030, "cvv": "123", "holder_name": "Ada Lovelace"}}})),
+        (DepositXml = "application/xml", example = json!("<deposit><user_id>u-1</user_id><amount>100.50</amount><currency>EUR</currency><country>DE</country></deposit>")),
+    )),
+    responses(
+        (status = 202, response = Accepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn create_deposit(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -173,6 +306,32 @@ pub async fn create_deposit(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/withdrawals",
+    tag = "payments",
+    summary = "Take a withdrawal",
+    description = "Checks the request, stores the withdrawal `pending` with its first event, and \
+                   answers 202; a gateway is chosen and called after the answer. JSON, or XML \
+                   with the root `<withdrawal>` (the answer follows `Accept`, else the body's format).",
+    security(("merchant_key" = [])),
+    params(IdempotencyKeyHeader),
+    request_body(content(
+        (PaymentRequest = "application/json", example = json!({"user_id": "u-1", "amount": "100.50", "currency": "EUR", "country": "DE", "reference": "order-7", "payment_method": {"type": "card", "card": {"number": "4242424242424242", "expiry_month": 12, "expiry_year": 2030, "cvv": "123", "holder_name": "Ada Lovelace"}}})),
+        (WithdrawalXml = "application/xml", example = json!("<withdrawal><user_id>u-1</user_id><amount>100.50</amount><currency>EUR</currency><country>DE</country></withdrawal>")),
+    )),
+    responses(
+        (status = 202, response = Accepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn create_withdrawal(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -194,6 +353,30 @@ pub async fn create_withdrawal(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deposit",
+    tag = "payments",
+    summary = "Take a deposit (the original shape)",
+    description = "The first take-home's route: a numeric `user_id`, JSON only, no card; \
+                   otherwise the same pipeline and answers as `POST /v1/deposits`.",
+    security(("merchant_key" = [])),
+    params(IdempotencyKeyHeader),
+    request_body(content(
+        (LegacyRequest = "application/json", example = json!({"user_id": 42, "amount": "100.50", "currency": "EUR"})),
+    )),
+    responses(
+        (status = 202, response = Accepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn create_legacy_deposit(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -213,6 +396,30 @@ pub async fn create_legacy_deposit(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/withdrawal",
+    tag = "payments",
+    summary = "Take a withdrawal (the original shape)",
+    description = "The first take-home's route: a numeric `user_id`, JSON only, no card; \
+                   otherwise the same pipeline and answers as `POST /v1/withdrawals`.",
+    security(("merchant_key" = [])),
+    params(IdempotencyKeyHeader),
+    request_body(content(
+        (LegacyRequest = "application/json", example = json!({"user_id": 42, "amount": "100.50", "currency": "EUR"})),
+    )),
+    responses(
+        (status = 202, response = Accepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn create_legacy_withdrawal(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -286,8 +493,12 @@ async fn create(
         }
         tx.commit().await?;
         tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
+        // `insert`, not `extend`: the bytes' own `application/octet-stream` must be
+        // replaced by the rendered content type, not joined by it.
         let mut response = (parts.status, bytes).into_response();
-        response.headers_mut().extend(kept);
+        for (name, value) in kept {
+            response.headers_mut().insert(name, value);
+        }
         Ok::<_, ApiError>(response)
     }
     .await;
@@ -314,11 +525,29 @@ async fn customer_country(
     Ok(stored.and_then(|c| c.parse().ok()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transactions/{id}",
+    tag = "transactions",
+    summary = "Get a transaction",
+    security(("merchant_key" = [])),
+    params(("id" = String, Path, pattern = "^txn_[0-9a-fA-F]{32}$", description = "`txn_…`; another merchant's is 404.")),
+    responses(
+        (status = 200, description = "The transaction, its card masked.", content(
+            (TransactionView = "application/json"),
+            (TransactionView = "application/xml"),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn get_transaction(
     State(state): State<AppState>,
     merchant: Merchant,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response> {
     let not_found = ApiError::NotFound("transaction");
     let Ok(id) = id.parse::<TransactionId>() else {

@@ -3,38 +3,54 @@
 //! re-send of a delivery. Every read is scoped to the calling merchant: another
 //! merchant's id is 404, and no list shows another merchant's rows.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use paygate_common::domain::{Kind, Status, TransactionId};
-use paygate_common::events::{timestamp, TransactionView};
+use paygate_common::events::{kind_schema, status_schema, timestamp, TransactionView};
 use paygate_common::transactions::{self, TransactionRecord};
 
+use crate::error::responses::{
+    NotFound, ServiceUnavailable, TooManyRequests, Unauthorized, UnprocessableEntity,
+};
 use crate::error::{ApiError, Result};
-use crate::extract::Merchant;
+use crate::extract::{Merchant, PathParam};
 use crate::format::Format;
 use crate::AppState;
 
 /// A page of a list: `{"data": [...], "has_more": …}`; `starting_after` takes the last
 /// id seen.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
+    /// Whether there are more after the last one here.
     pub has_more: bool,
 }
 
 /// Filters and the cursor of `GET /v1/transactions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TransactionFilter {
+    /// Only transactions in this status.
+    #[param(schema_with = status_schema)]
     pub status: Option<String>,
+    /// Only deposits or only withdrawals.
+    #[param(schema_with = kind_schema)]
     pub kind: Option<String>,
+    /// Only those created at or after this instant (RFC 3339).
     pub created_after: Option<DateTime<Utc>>,
+    /// Only those created before this instant (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
+    /// How many at most, 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100, example = 20)]
     pub limit: Option<i64>,
+    /// The last id of the previous page: the page goes on after it.
+    #[param(example = "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1")]
     pub starting_after: Option<String>,
 }
 
@@ -43,6 +59,25 @@ const MAX_LIMIT: i64 = 100;
 
 /// `GET /v1/transactions`: one range scan of `transaction_merchant_newest`, never an
 /// OFFSET or a count.
+#[utoipa::path(
+    get,
+    path = "/v1/transactions",
+    tag = "transactions",
+    summary = "List transactions",
+    description = "Newest first, cursor-paginated: pass the last id seen as `starting_after`.",
+    security(("merchant_key" = [])),
+    params(TransactionFilter),
+    responses(
+        (status = 200, description = "A page of transactions.", content(
+            (Page<TransactionView> = "application/json"),
+            (Page<TransactionView> = "application/xml"),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn list_transactions(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -102,13 +137,21 @@ pub async fn list_transactions(
 }
 
 /// One entry of a transaction's history.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct EventView {
+    /// `evt_…`.
     pub id: String,
+    /// Counts changes from 1.
+    #[schema(minimum = 1)]
     pub version: i32,
+    /// `transaction.created`, `transaction.processing`, `transaction.completed`,
+    /// `transaction.failed`, `callback.received`, …
     #[serde(rename = "type")]
     #[sqlx(rename = "event_type")]
+    #[schema(example = "transaction.created")]
     pub kind: String,
+    /// The status it moved the transaction to, if it did.
+    #[schema(example = "pending")]
     pub status: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
@@ -119,11 +162,29 @@ fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> std::result::Resul
 }
 
 /// `GET /v1/transactions/{id}/events`: every versioned change, from version 1, in order.
+#[utoipa::path(
+    get,
+    path = "/v1/transactions/{id}/events",
+    tag = "transactions",
+    summary = "A transaction's history",
+    security(("merchant_key" = [])),
+    params(("id" = String, Path, pattern = "^txn_[0-9a-fA-F]{32}$", description = "`txn_…`.")),
+    responses(
+        (status = 200, description = "Every versioned change, from version 1, in order.", content(
+            (Page<EventView> = "application/json"),
+            (Page<EventView> = "application/xml"),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn transaction_events(
     State(state): State<AppState>,
     merchant: Merchant,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response> {
     let record = owned(&state, &merchant, &id).await?;
     let data: Vec<EventView> = sqlx::query_as(
@@ -158,30 +219,42 @@ async fn owned(state: &AppState, merchant: &Merchant, id: &str) -> Result<Transa
 }
 
 /// A webhook delivery and its attempts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
     pub id: String,
+    /// `evt_…`, also the `webhook-id` header of every attempt.
     pub event_id: String,
     pub transaction_id: String,
     #[serde(rename = "type")]
+    #[schema(example = "transaction.completed")]
     pub kind: String,
     pub version: i32,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(example = "delivered")]
     pub status: String,
     pub attempts: Vec<AttemptView>,
+    /// RFC 3339, while pending.
     pub next_attempt_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One try at delivering a webhook.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptView {
+    /// RFC 3339.
     pub attempted_at: String,
+    /// The merchant's answer; absent when none came.
     pub status_code: Option<i32>,
+    /// Why it failed, when it did without an answer.
     pub error: Option<String>,
     pub duration_ms: i32,
 }
 
-#[derive(Debug, Deserialize)]
+/// `GET /v1/webhook-deliveries`'s query.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryFilter {
+    /// The transaction whose deliveries to list (`txn_…`).
     pub transaction_id: String,
 }
 
@@ -198,6 +271,25 @@ type AttemptRow = (String, DateTime<Utc>, Option<i32>, Option<String>, i32);
 
 /// `GET /v1/webhook-deliveries?transaction_id=`: the deliveries of one transaction,
 /// oldest first, each with every attempt.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-deliveries",
+    tag = "webhooks",
+    summary = "A transaction's webhook deliveries",
+    security(("merchant_key" = [])),
+    params(DeliveryFilter),
+    responses(
+        (status = 200, description = "Oldest first, each with every attempt.", content(
+            (Page<DeliveryView> = "application/json"),
+            (Page<DeliveryView> = "application/xml"),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     merchant: Merchant,
@@ -259,10 +351,25 @@ pub async fn list_deliveries(
 
 /// `POST /v1/webhook-deliveries/{id}/replay`: sends a delivered or failed delivery
 /// again, as it was (the same `webhook-id` and body), as soon as the dispatcher can.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-deliveries/{id}/replay",
+    tag = "webhooks",
+    summary = "Send a webhook again",
+    security(("merchant_key" = [])),
+    params(("id" = String, Path, description = "The delivery's id.")),
+    responses(
+        (status = 202, description = "Queued: the dispatcher sends it again as soon as it can, with the same `webhook-id` and body."),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
 pub async fn replay_delivery(
     State(state): State<AppState>,
     merchant: Merchant,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<StatusCode> {
     let replayed = sqlx::query(
         "UPDATE webhook_delivery SET status = 'pending', next_attempt_at = now(), updated_at = now()

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 
 use paygate_common::config::{RateLimitSettings, RedisSettings};
@@ -23,10 +22,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub async fn connect(redis: &RedisSettings, limit: &RateLimitSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis.url.as_str()).context("parsing redis.url")?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .context("connecting to Redis")?;
+        let connection = paygate_common::redis_connection::connect(redis).await?;
         Ok(RateLimiter {
             connection,
             prefix: redis.key_prefix.clone(),

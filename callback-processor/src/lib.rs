@@ -10,8 +10,12 @@
 //!   and kept, and the transaction is left alone;
 //! - one that overtook the processor (the transaction is still `pending`) is parked:
 //!   left unprocessed, and announced again by the payment-processor in the database
-//!   transaction that moves the transaction out of `pending` (both sides hold the
-//!   transaction's lock, so one always sees the other's commit).
+//!   transaction that moves the transaction out of `pending`. The choice is made under
+//!   the transaction's row lock (`SELECT … FOR UPDATE`), held until the outcome is
+//!   committed, and that move is an UPDATE which waits for it: one side always sees the
+//!   other's commit, whatever Redis does;
+//! - one that can never be read is kept as `rejected` with the reason and copied to the
+//!   dead-letter topic.
 
 use anyhow::anyhow;
 use prost::Message;
@@ -21,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use paygate_common::domain::{CallbackId, Status, TransactionId};
 use paygate_common::events::proto;
 use paygate_common::gateway::{self, CallbackNotice, CallbackResult};
-use paygate_common::kafka::{Handler, HandlerError, Inbound};
+use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
 use paygate_common::service::Worker;
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
@@ -45,6 +49,7 @@ impl Application {
         let handler = CallbackHandler {
             pool: worker.pool.clone(),
             locks: Locks::connect(&settings.redis).await?,
+            dead_letters: Producer::new(&settings.kafka)?,
         };
         Ok(Application { worker, handler })
     }
@@ -62,6 +67,8 @@ impl Application {
 pub struct CallbackHandler {
     pool: PgPool,
     locks: Locks,
+    /// Copies callbacks that can never be read to the dead-letter topic.
+    dead_letters: Producer,
 }
 
 #[derive(sqlx::FromRow)]
@@ -92,7 +99,7 @@ impl Handler for CallbackHandler {
         self.locks
             .run_locked(
                 transaction_id.as_str(),
-                self.apply(&callback_id, &transaction_id),
+                self.apply(&callback_id, &transaction_id, message),
             )
             .await
             .map_err(HandlerError::transient)?
@@ -109,6 +116,7 @@ impl CallbackHandler {
         &self,
         callback_id: &CallbackId,
         transaction_id: &TransactionId,
+        message: &Inbound,
     ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         let stored: StoredCallback = sqlx::query_as(
@@ -134,7 +142,11 @@ impl CallbackHandler {
             .ok_or_else(|| {
                 HandlerError::permanent(anyhow!("gateway {} is gone", stored.gateway))
             })?;
-        let transaction = transactions::find(&mut *tx, transaction_id)
+        // The row lock, held until the outcome is committed, is what decides "park or
+        // apply": the payment-processor moves the transaction out of `pending` (and
+        // announces parked callbacks) with an UPDATE that waits for it. Redis only
+        // keeps two workers from doing the same work at once.
+        let transaction = transactions::find_for_update(&mut tx, transaction_id)
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| {
@@ -148,7 +160,17 @@ impl CallbackHandler {
             None => Err(format!("no adapter speaks {}", gateway.protocol)),
         };
         let verdict = match parsed {
-            Err(error) => Verdict::Rejected(error),
+            Err(error) => {
+                // It can never be read: kept as rejected, and a copy with the reason on
+                // the dead-letter topic for operators (before the commit, so a failed
+                // copy is retried with the rest).
+                let reason = format!("unreadable callback from {}: {error}", gateway.code);
+                self.dead_letters
+                    .dead_letter(message, &reason)
+                    .await
+                    .map_err(HandlerError::transient)?;
+                Verdict::Rejected(error)
+            }
             Ok(notice) => match judge(&transaction, &gateway.code, &notice) {
                 Judgement::Apply(to, change) => {
                     match transactions::transition(&mut tx, &transaction, to, change).await {

@@ -195,10 +195,7 @@ impl CvvVault {
         keys: KeyRing,
         ttl: Duration,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis.url.as_str()).context("parsing redis.url")?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .context("connecting to Redis")?;
+        let connection = crate::redis_connection::connect(redis).await?;
         Ok(CvvVault {
             connection,
             prefix: redis.key_prefix.clone(),

@@ -45,6 +45,11 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub migrate_on_start: bool,
+    /// A statement running longer is cancelled by PostgreSQL.
+    pub statement_timeout_ms: u64,
+    /// A session idle inside a transaction longer than this is ended by PostgreSQL, so a
+    /// stuck holder never keeps its row locks.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +57,8 @@ pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
     pub lock_ttl_ms: u64,
+    /// Connecting and every command give up after this long.
+    pub command_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,23 +76,62 @@ pub mod event_type {
     }
 }
 
+/// The OpenAPI schema of a transaction's `status`: the wire names of [`Status::ALL`], so
+/// the document cannot drift from the domain.
+///
+/// [`Status::ALL`]: crate::domain::Status::ALL
+pub fn status_schema() -> utoipa::openapi::schema::Object {
+    wire_names(crate::domain::Status::ALL.iter().map(|s| s.as_str()))
+}
+
+/// The OpenAPI schema of a transaction's `kind`: `deposit` or `withdrawal`.
+pub fn kind_schema() -> utoipa::openapi::schema::Object {
+    use crate::domain::Kind;
+    wire_names([Kind::Deposit, Kind::Withdrawal].iter().map(|k| k.as_str()))
+}
+
+fn wire_names<'a>(names: impl Iterator<Item = &'a str>) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(names))
+        .build()
+}
+
 /// Timestamps on the wire: RFC 3339, UTC, milliseconds.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// A transaction as merchants see it, in API answers and in webhook `data`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(
+    xml(name = "transaction"),
+    example = json!({
+        "id": "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "kind": "deposit", "status": "pending",
+        "amount": "100.50", "currency": "EUR", "user_id": "u-1", "country": "DE",
+        "reference": "order-7", "gateway": null, "gateway_txn_id": null,
+        "failure_reason": null, "version": 1,
+        "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z"
+    })
+)]
 pub struct TransactionView {
+    /// `txn_…`.
     pub id: String,
+    #[schema(schema_with = kind_schema)]
     pub kind: String,
+    #[schema(schema_with = status_schema)]
     pub status: String,
+    /// A decimal string with exactly the currency's minor units, e.g. `"100.50"`.
     pub amount: String,
+    /// ISO 4217, e.g. `EUR`.
     pub currency: String,
     pub user_id: String,
+    /// ISO 3166-1 alpha-2, the one the payment was routed by.
     pub country: Option<String>,
     pub reference: Option<String>,
+    /// The gateway's code, once one took the payment.
     pub gateway: Option<String>,
+    /// The gateway's own id for the payment.
     pub gateway_txn_id: Option<String>,
     pub failure_reason: Option<String>,
     /// How it is paid, when the merchant said: a card shows only masked.
@@ -100,21 +139,26 @@ pub struct TransactionView {
     pub payment_method: Option<PaymentMethodView>,
     /// Counts changes from 1, so a merchant can order webhooks.
     pub version: i32,
+    /// RFC 3339, UTC, milliseconds.
     pub created_at: String,
+    /// RFC 3339, UTC, milliseconds.
     pub updated_at: String,
 }
 
 /// A payment method as merchants see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PaymentMethodView {
+    /// Always `card`.
     #[serde(rename = "type")]
+    #[schema(example = "card")]
     pub kind: &'static str,
     pub card: CardView,
 }
 
 /// A card as merchants see it: masked (`424242******4242`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CardView {
+    #[schema(example = "424242******4242")]
     pub number: String,
 }
 

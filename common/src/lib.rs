@@ -12,6 +12,7 @@ pub mod health;
 pub mod kafka;
 pub mod lock;
 pub mod outbox;
+pub mod redis_connection;
 pub mod retry;
 pub mod service;
 pub mod shutdown;

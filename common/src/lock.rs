@@ -12,6 +12,7 @@ use rand::RngCore;
 use redis::aio::ConnectionManager;
 
 use crate::config::RedisSettings;
+use crate::retry;
 
 const EXTEND: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -28,6 +29,9 @@ else
     return 0
 end
 "#;
+
+/// How long a worker waits for an unanswering Redis before it gives up on a lock.
+pub const REDIS_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Takes and releases locks; cheap to clone (one multiplexed connection).
 #[derive(Clone)]
@@ -52,10 +56,7 @@ pub struct Lock {
 
 impl Locks {
     pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.url.as_str()).context("parsing redis.url")?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .context("connecting to Redis")?;
+        let connection = crate::redis_connection::connect(settings).await?;
         Ok(Locks {
             connection,
             prefix: settings.key_prefix.clone(),
@@ -91,16 +92,41 @@ impl Locks {
     }
 
     /// Takes the lock on `resource`, waiting up to `wait` for its holder to let go.
+    ///
+    /// When Redis does not answer, it waits for Redis (up to [`REDIS_PATIENCE`]) rather
+    /// than let anyone work without a lock; past that the error goes to the caller,
+    /// whose message is retried later.
     pub async fn acquire(&self, resource: &str, wait: Duration) -> anyhow::Result<Option<Lock>> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let mut deadline = tokio::time::Instant::now() + wait;
+        let mut outage: Option<(tokio::time::Instant, backon::ExponentialBackoff)> = None;
         loop {
-            if let Some(lock) = self.try_acquire(resource).await? {
-                return Ok(Some(lock));
+            match self.try_acquire(resource).await {
+                Ok(Some(lock)) => return Ok(Some(lock)),
+                Ok(None) => {
+                    if let Some((since, _)) = outage.take() {
+                        // The outage does not count against the wait for the holder.
+                        deadline += since.elapsed();
+                        tracing::info!(resource, "Redis answers again");
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => {
+                    let (since, delays) = outage.get_or_insert_with(|| {
+                        tracing::warn!(resource, error = %format!("{error:#}"), "Redis does not answer; waiting for it rather than working without a lock");
+                        (
+                            tokio::time::Instant::now(),
+                            retry::in_process(Duration::from_millis(100), Duration::from_secs(2), None),
+                        )
+                    });
+                    if since.elapsed() > REDIS_PATIENCE {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+                }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -149,6 +149,21 @@ pub async fn find<'e>(
         .await
 }
 
+/// Reads one transaction and locks its row until the caller's database transaction
+/// ends: a decision taken on what it says (park a callback, or apply it) cannot race a
+/// writer, which waits for the lock.
+pub async fn find_for_update(
+    conn: &mut PgConnection,
+    id: &TransactionId,
+) -> sqlx::Result<Option<TransactionRecord>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM transaction WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
 /// A page of a merchant's transactions, newest first.
 #[derive(Debug)]
 pub struct PageQuery<'a> {

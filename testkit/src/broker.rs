@@ -105,6 +105,57 @@ impl Drop for Broker {
     }
 }
 
+/// A Redis of the test's own (Debian's `redis-server`, nothing kept on disk), so a test
+/// can stop it and bring it back on the same port without touching anyone else's.
+pub struct PrivateRedis {
+    pub url: String,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// SIGKILL: Redis is gone, with every lock and counter in it.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "Redis is already running");
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting redis-server");
+        self.child = Some(child);
+        eventually("Redis to listen", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+}
+
 /// A message as a test reads it.
 #[derive(Debug, Clone)]
 pub struct TopicMessage {

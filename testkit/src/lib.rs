@@ -18,7 +18,7 @@ mod process;
 mod simulator;
 mod suite;
 
-pub use broker::{index_broker, read_topic, Broker, TopicMessage, TANSU_INDEX};
+pub use broker::{index_broker, read_topic, Broker, PrivateRedis, TopicMessage, TANSU_INDEX};
 pub use isolation::{empty_database, eventually, json_of, pool, settings, unique, ADMIN_TOKEN};
 pub use merchant::{Received, WebhookReceiver};
 pub use process::Process;

@@ -58,6 +58,8 @@ pub struct SuiteOptions {
     pub brokers: Option<String>,
     /// Changes the test's settings before anything starts.
     pub tweak: Option<fn(&mut Settings)>,
+    /// A Redis of the test's own (`redis://…`) instead of the run's shared one.
+    pub redis: Option<String>,
 }
 
 /// The api and the Kafka services, the simulator and a merchant endpoint.
@@ -83,6 +85,9 @@ impl Suite {
         let mut settings = settings().await;
         if let Some(brokers) = options.brokers {
             settings.kafka.brokers = brokers;
+        }
+        if let Some(redis) = options.redis {
+            settings.redis.url = redis;
         }
         if let Some(tweak) = options.tweak {
             tweak(&mut settings);

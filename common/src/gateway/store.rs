@@ -128,11 +128,24 @@ pub async fn set_enabled<'e>(
 
 /// A route: for payments matching (country, currency, kind) — `None` matches anything,
 /// and a route without a country is a default route — try `gateway_code` at `priority`.
-#[derive(Debug, Clone, Deserialize)]
+/// Operators send it as is (`PUT /admin/v1/routes`), so an unknown field is refused, as
+/// in every request body, rather than ignored.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(
+    description = "A route: payments matching its `country`, `currency` and `kind` (an absent one matches anything; no country makes a default route) go to `gateway_code`, lower `priority` first."
+)]
 pub struct Route {
+    /// ISO 3166-1 alpha-2; absent: any country (a default route).
+    #[schema(example = "DE")]
     pub country: Option<String>,
+    /// ISO 4217; absent: any currency.
+    #[schema(example = "EUR")]
     pub currency: Option<String>,
+    /// `deposit` or `withdrawal`; absent: both.
+    #[schema(value_type = Option<String>, example = "deposit")]
     pub kind: Option<Kind>,
+    /// Lower is tried first.
     pub priority: i32,
     pub gateway_code: String,
 }

@@ -7,10 +7,12 @@
 mod api;
 mod broker_index;
 mod broker_outage;
+mod callbacks;
 mod consumer;
 mod end_to_end;
 mod intake;
 mod lock;
 mod migrations;
+mod openapi;
 mod operators;
 mod routing;

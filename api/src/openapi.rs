@@ -1,0 +1,117 @@
+//! The OpenAPI 3.1 document and the page that shows it.
+//!
+//! The document is generated from the code: each handler's `#[utoipa::path]` gives its
+//! path, method, parameters, bodies and answers, and the types they name derive
+//! `ToSchema` where they are defined. [`crate::routes`] builds the router and the
+//! document from one list, so a route cannot be served without being documented. This
+//! module adds what belongs to the api as a whole (its description, tags, security
+//! schemes, the shared error answers) and serves `GET /openapi.json` and `GET /docs`.
+//! The page is Swagger UI with its assets compiled into the binary: it downloads
+//! nothing, at build time or in the browser, and asks no online validator.
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use crate::error::responses::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
+    Unauthorized, UnprocessableEntity, UnsupportedMediaType,
+};
+use crate::error::{ErrorBody, ErrorEnvelope};
+use crate::payments::Accepted;
+use crate::AppState;
+
+/// Where the document is served.
+pub const DOCUMENT_PATH: &str = "/openapi.json";
+/// Where the page is served.
+pub const PAGE_PATH: &str = "/docs";
+
+/// What the document says of the api as a whole; the paths come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Paygate API",
+        description = "Payment orchestration: merchants send deposits and withdrawals, Paygate \
+                       routes them to a gateway and reports how they end by signed webhooks.\n\n\
+                       JSON by default, XML when `Content-Type`/`Accept` is `application/xml`. \
+                       Every error is `{\"error\": {\"code\", \"message\", \"field\"}}` (in XML \
+                       `<error><code/><message/><field/></error>`); `field` names the input at \
+                       fault. Amounts are decimal strings, never numbers. Bodies over 1 MiB are \
+                       refused with 413.",
+    ),
+    modifiers(&SecuritySchemes),
+    components(
+        schemas(ErrorEnvelope, ErrorBody),
+        responses(
+            Accepted,
+            BadRequest,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            UnprocessableEntity,
+            TooManyRequests,
+            ServiceUnavailable,
+        ),
+    ),
+    tags(
+        (name = "payments", description = "Taking deposits and withdrawals."),
+        (name = "transactions", description = "Reading a merchant's transactions and their histories."),
+        (name = "webhooks", description = "The webhooks Paygate sent a merchant, and sending one again."),
+        (name = "gateways", description = "What payment gateways call."),
+        (name = "admin", description = "For operators, with the admin token."),
+        (name = "health", description = "For orchestrators and load balancers."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The two credentials: a merchant's API key and the operators' admin token, both sent
+/// as `Authorization: Bearer …`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "merchant_key",
+            bearer("A merchant's API key (`pgk_…`), from `POST /admin/v1/merchants`."),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            bearer("The operators' admin token, from configuration (`admin.token`)."),
+        );
+    }
+}
+
+/// The answer of `GET /healthz` and `GET /readyz`.
+#[derive(ToSchema)]
+pub struct HealthStatus {
+    /// `ok` (alive), `ready` (PostgreSQL answers) or `unavailable`.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `GET /openapi.json` (`document`) and `GET /docs`, the page that renders it. Neither
+/// needs credentials.
+pub fn serve(document: utoipa::openapi::OpenApi) -> Router<AppState> {
+    SwaggerUi::new(PAGE_PATH)
+        .url(DOCUMENT_PATH, document)
+        .config(
+            Config::default()
+                // "none": the page never sends the document to an online validator.
+                .validator_url("none")
+                .try_it_out_enabled(true)
+                .display_request_duration(true),
+        )
+        .into()
+}
