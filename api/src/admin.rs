@@ -6,7 +6,6 @@
 //! failed by their retries. The demo seed calls the same functions.
 
 use axum::extract::{FromRef, FromRequestParts, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
@@ -64,13 +63,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let expected = state.settings.admin.token.expose_secret();
-        let given = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        let given = crate::extract::bearer(parts).unwrap_or_default();
         if expected.is_empty() || !same_secret(given, expected) {
             return Err(ApiError::Unauthorized);
         }

@@ -7,6 +7,10 @@
 //! in the gateway's own format. The same callback twice gets the same answer and is
 //! processed once.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -60,10 +64,15 @@ pub async fn receive(
     PathParam(code): PathParam<String>,
     request: Request,
 ) -> Result<Response> {
-    let gateway = gateway::find(&state.pool, &code)
+    // An unknown code is refused exactly like a bad signature, so an unauthenticated
+    // caller cannot learn which gateway codes exist.
+    let refused = || ApiError::Unauthenticated("the callback signature is missing, stale or wrong");
+    let gateway = state
+        .gateways
+        .find(&state.pool, &code)
         .await?
-        .ok_or(ApiError::NotFound("gateway"))?;
-    let adapter = gateway.adapter().ok_or(ApiError::NotFound("gateway"))?;
+        .ok_or_else(refused)?;
+    let adapter = gateway.adapter().ok_or_else(refused)?;
     let signature = request
         .headers()
         .get(callback::HEADER)
@@ -82,9 +91,7 @@ pub async fn receive(
         adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
     {
         tracing::warn!(gateway = %code, %error, "callback refused");
-        return Err(ApiError::Unauthenticated(
-            "the callback signature is missing, stale or wrong",
-        ));
+        return Err(refused());
     }
 
     let identity = adapter
@@ -140,4 +147,42 @@ pub async fn receive(
 #[schema(description = "The JSON and card gateways' acknowledgement.")]
 pub struct CallbackAck {
     pub received: bool,
+}
+
+/// Gateway look-ups for callbacks, cached for a few seconds (unknown codes too, so a
+/// flood of made-up codes costs no database round trips). A changed secret or a new
+/// gateway is seen within [`GATEWAY_CACHE_TTL`].
+#[derive(Clone, Default)]
+pub struct GatewayCache {
+    entries: Arc<Mutex<HashMap<String, Cached>>>,
+}
+
+/// A look-up and when it was made.
+type Cached = (Instant, Option<gateway::GatewayRecord>);
+
+/// How long a gateway look-up is reused.
+pub const GATEWAY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Codes remembered at most; past it the cache starts afresh.
+const GATEWAY_CACHE_MAX: usize = 10_000;
+
+impl GatewayCache {
+    pub async fn find(
+        &self,
+        pool: &sqlx::PgPool,
+        code: &str,
+    ) -> sqlx::Result<Option<gateway::GatewayRecord>> {
+        let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, found)) = lock().get(code) {
+            if at.elapsed() < GATEWAY_CACHE_TTL {
+                return Ok(found.clone());
+            }
+        }
+        let found = gateway::find(pool, code).await?;
+        let mut entries = lock();
+        if entries.len() >= GATEWAY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(code.to_owned(), (Instant::now(), found.clone()));
+        Ok(found)
+    }
 }

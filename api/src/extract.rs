@@ -145,6 +145,17 @@ pub struct Merchant {
     pub id: MerchantId,
 }
 
+/// The token of `Authorization: Bearer <token>`, if one is there.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
 /// An API key's stored form: its SHA-256.
 pub fn hash_api_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
@@ -159,14 +170,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let key = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let merchant_id: Option<String> = sqlx::query_scalar(
             "SELECT merchant_id FROM api_key
               WHERE key_hash = $1 AND revoked_at IS NULL

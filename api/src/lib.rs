@@ -51,6 +51,8 @@ pub struct AppState {
     /// Keeps card CVVs for the acquirer.
     pub cvvs: CvvVault,
     pub limiter: RateLimiter,
+    /// Gateways as callbacks look them up.
+    pub gateways: callbacks::GatewayCache,
 }
 
 /// Every route the api documents, and the document they make. Each handler's
@@ -146,6 +148,7 @@ impl Application {
                 cards,
                 cvvs,
                 limiter,
+                gateways: callbacks::GatewayCache::default(),
             },
             relay,
         })

@@ -312,6 +312,26 @@ async fn an_unsigned_or_mis_signed_callback_is_401_and_leaves_no_trace() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
+    // An unknown gateway code answers exactly like a bad signature: no caller learns
+    // which codes exist.
+    let unknown = api
+        .http
+        .post(format!("{}/v1/callbacks/no-such-gateway", api.url))
+        .header("content-type", "application/json")
+        .header(
+            callback::HEADER,
+            callback::sign(SIM_JSON_SECRET, now, body.as_bytes()),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(
+        unknown["error"]["message"],
+        "the callback signature is missing, stale or wrong"
+    );
     assert_eq!(api.count("gateway_callback").await, 0);
 
     // Correctly signed, twice: stored once, acknowledged twice alike.
