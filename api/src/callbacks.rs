@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use paygate_common::domain::{CallbackId, TransactionId};
 use paygate_common::gateway;
 use paygate_common::signature::callback;
-use paygate_common::transactions::announce_callback;
+use paygate_common::transactions::{self, announce_callback};
 
 use crate::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -105,6 +105,30 @@ pub async fn receive(
         .parse()
         .map_err(|_| ApiError::NotFound("transaction"))?;
 
+    store(
+        &state,
+        &gateway.code,
+        &transaction_id,
+        &identity.event_id,
+        &content_type,
+        &body,
+    )
+    .await?;
+    let (content_type, ack) = adapter.callback_ack();
+    Ok((StatusCode::OK, [(CONTENT_TYPE, content_type)], ack).into_response())
+}
+
+/// Stores a verified callback once per (gateway, `dedup_key`) with its announcement to
+/// the callback-processor, in one database transaction; a repeat is acknowledged and
+/// changes nothing.
+async fn store(
+    state: &AppState,
+    gateway: &str,
+    transaction_id: &TransactionId,
+    dedup_key: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<()> {
     let mut tx = state.pool.begin().await?;
     let known: Option<String> = sqlx::query_scalar("SELECT id FROM transaction WHERE id = $1")
         .bind(transaction_id.as_str())
@@ -121,24 +145,102 @@ pub async fn receive(
          RETURNING id",
     )
     .bind(callback_id.as_str())
-    .bind(&gateway.code)
+    .bind(gateway)
     .bind(transaction_id.as_str())
-    .bind(&identity.event_id)
-    .bind(&content_type)
-    .bind(body.as_ref())
+    .bind(dedup_key)
+    .bind(content_type)
+    .bind(body)
     .fetch_optional(&mut *tx)
     .await?;
-
     if inserted.is_some() {
-        announce_callback(&mut tx, &callback_id, &gateway.code, &transaction_id).await?;
-        tracing::info!(gateway = %gateway.code, %transaction_id, %callback_id, "callback stored");
+        announce_callback(&mut tx, &callback_id, gateway, transaction_id).await?;
+        tracing::info!(gateway, %transaction_id, %callback_id, "callback stored");
     } else {
-        tracing::info!(gateway = %gateway.code, %transaction_id, "duplicate callback acknowledged");
+        tracing::info!(gateway, %transaction_id, "duplicate callback acknowledged");
     }
     tx.commit().await?;
+    Ok(())
+}
 
-    let (content_type, ack) = adapter.callback_ack();
-    Ok((StatusCode::OK, [(CONTENT_TYPE, content_type)], ack).into_response())
+/// The first take-home's callback: `{"gateway_txn_id", "status"}` posted to the
+/// transaction's own URL, signed like every callback with the secret of the gateway the
+/// transaction names. Anything unknown (transaction, gateway) is refused like a bad
+/// signature.
+#[utoipa::path(
+    post,
+    path = "/callback/{id}",
+    operation_id = "receive_legacy_callback",
+    tag = "gateways",
+    summary = "Receive a callback in the original shape",
+    description = "For gateways: `{\"gateway_txn_id\": \"…\", \"status\": \"completed\" | \"failed\"}` \
+                   about transaction `id`, signed in `X-Paygate-Signature` with the secret of the \
+                   gateway the transaction names. The same body twice is one callback.",
+    params(
+        ("id" = String, Path, description = "The transaction id, `txn_…`."),
+        ("X-Paygate-Signature" = String, Header,
+            description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>`, within 300 s."),
+    ),
+    request_body(description = "The original callback.", content(("application/json"))),
+    responses(
+        (status = 200, description = "Stored (or a repeat of one stored).", body = inline(CallbackAck)),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+pub async fn receive_legacy(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+    request: Request,
+) -> Result<Response> {
+    let refused = || ApiError::Unauthenticated("the callback signature is missing, stale or wrong");
+    let transaction_id: TransactionId = id.parse().map_err(|_| refused())?;
+    let transaction = transactions::find(&state.pool, &transaction_id)
+        .await?
+        .ok_or_else(refused)?;
+    let code = transaction.gateway.as_deref().ok_or_else(refused)?;
+    let gateway = state
+        .gateways
+        .find(&state.pool, code)
+        .await?
+        .ok_or_else(refused)?;
+    let adapter = gateway.adapter().ok_or_else(refused)?;
+    let signature = request
+        .headers()
+        .get(callback::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_body(request, &state, "Content-Type: application/json", |ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    })
+    .await?;
+    let now = chrono::Utc::now().timestamp();
+    if let Err(error) =
+        adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
+    {
+        tracing::warn!(gateway = %gateway.code, %error, "legacy callback refused");
+        return Err(refused());
+    }
+    store(
+        &state,
+        &gateway.code,
+        &transaction_id,
+        &gateway::legacy::dedup_key(&body),
+        gateway::legacy::CONTENT_TYPE,
+        &body,
+    )
+    .await?;
+    Ok((
+        StatusCode::OK,
+        [(CONTENT_TYPE, "application/json")],
+        r#"{"received":true}"#,
+    )
+        .into_response())
 }
 
 /// The acknowledgement of the JSON and card gateways, `{"received": true}`, as the

@@ -73,6 +73,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(queries::replay_delivery))
         .nest("/admin/v1", admin::router())
         .routes(routes!(callbacks::receive))
+        .routes(routes!(callbacks::receive_legacy))
         .routes(routes!(healthz))
         .routes(routes!(ready))
 }

@@ -74,6 +74,7 @@ pub struct CallbackHandler {
 #[derive(sqlx::FromRow)]
 struct StoredCallback {
     gateway: String,
+    content_type: String,
     transaction_id: Option<String>,
     body: Vec<u8>,
     processed_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -120,7 +121,7 @@ impl CallbackHandler {
     ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         let stored: StoredCallback = sqlx::query_as(
-            "SELECT gateway, transaction_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
+            "SELECT gateway, content_type, transaction_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
         )
         .bind(callback_id.as_str())
         .fetch_optional(&mut *tx)
@@ -153,7 +154,12 @@ impl CallbackHandler {
                 HandlerError::permanent(anyhow!("transaction {transaction_id} does not exist"))
             })?;
 
+        // The original shape (see `gateway::legacy`) is read against its transaction;
+        // everything else by the gateway's adapter.
         let parsed = match gateway.adapter() {
+            _ if stored.content_type == gateway::legacy::CONTENT_TYPE => {
+                gateway::legacy::parse(&stored.body, &transaction).map_err(|e| e.to_string())
+            }
             Some(adapter) => adapter
                 .parse_callback(&stored.body)
                 .map_err(|e| e.to_string()),

@@ -15,6 +15,7 @@
 mod card;
 mod http;
 mod json;
+pub mod legacy;
 mod soap;
 mod store;
 

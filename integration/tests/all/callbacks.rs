@@ -6,11 +6,18 @@ use std::time::Duration;
 use paygate_common::domain::{Currency, Kind, Money};
 use paygate_common::signature::callback;
 use paygate_common::transactions::{self, Change, NewTransaction};
-use paygate_testkit::{eventually, PrivateRedis, Running, Suite, SuiteOptions, SIM_JSON_SECRET};
+use paygate_testkit::{
+    eventually, read_topic, PrivateRedis, Running, Suite, SuiteOptions, SIM_JSON_SECRET,
+};
 use serde_json::json;
 
 /// A transaction already `processing` at `simjson`, as if the gateway had taken it.
 async fn processing(suite: &Suite, amount: &str) -> String {
+    processing_at(suite, amount, "simjson").await
+}
+
+/// A transaction already `processing` at `gateway`.
+async fn processing_at(suite: &Suite, amount: &str, gateway: &str) -> String {
     let mut tx = suite.pool.begin().await.unwrap();
     let created = transactions::create(
         &mut tx,
@@ -26,11 +33,11 @@ async fn processing(suite: &Suite, amount: &str) -> String {
     )
     .await
     .unwrap();
-    let attempted = transactions::record_attempt(&mut tx, &created, "simjson")
+    let attempted = transactions::record_attempt(&mut tx, &created, gateway)
         .await
         .unwrap();
     let change = Change {
-        gateway: Some("simjson".to_owned()),
+        gateway: Some(gateway.to_owned()),
         gateway_txn_id: Some("sim_race".to_owned()),
         ..Change::default()
     };
@@ -206,5 +213,326 @@ async fn with_redis_killed_and_restarted_mid_flow_every_payment_still_ends_right
     for id in &ids {
         assert_eq!(suite.charges(id).await, 1, "{id} charged once");
     }
+    suite.stop().await;
+}
+
+async fn status_of(suite: &Suite, id: &str) -> String {
+    sqlx::query_scalar("SELECT status FROM transaction WHERE id = $1")
+        .bind(id)
+        .fetch_one(&suite.pool)
+        .await
+        .unwrap()
+}
+
+async fn stored_callbacks(suite: &Suite, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM gateway_callback WHERE transaction_id = $1")
+        .bind(id)
+        .fetch_one(&suite.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_original_callback_route_signed_with_the_gateways_secret_settles_the_payment_and_an_unsigned_one_is_401(
+) {
+    let suite = Suite::start().await;
+    let id = processing(&suite, "33.00").await;
+    let body = r#"{"gateway_txn_id":"sim_race","status":"completed"}"#;
+    let post = |path: String, signature: Option<String>| {
+        let mut request = suite
+            .http
+            .post(format!("{}{path}", suite.api_url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header(callback::HEADER, signature);
+        }
+        request.send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let unsigned = post(format!("/callback/{id}"), None).await.unwrap();
+    assert_eq!(unsigned.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let wrong = post(
+        format!("/callback/{id}"),
+        Some(callback::sign("not-the-secret", now, body.as_bytes())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let unknown = post(
+        "/callback/txn_01a00000000070008000000000000000".to_owned(),
+        Some(callback::sign(SIM_JSON_SECRET, now, body.as_bytes())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(stored_callbacks(&suite, &id).await, 0, "nothing stored");
+
+    // The seed's line, signed: curl -X POST /callback/{id} -d '{"gateway_txn_id", "status"}'.
+    for _ in 0..2 {
+        let signed = post(
+            format!("/callback/{id}"),
+            Some(callback::sign(SIM_JSON_SECRET, now, body.as_bytes())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(signed.status(), reqwest::StatusCode::OK);
+    }
+    eventually(
+        "the payment to complete",
+        Duration::from_secs(30),
+        || async { (status_of(&suite, &id).await == "completed").then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        stored_callbacks(&suite, &id).await,
+        1,
+        "the same body twice is one callback"
+    );
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soap_and_card_callbacks_are_refused_unsigned_wrong_or_stale_and_acknowledged_in_their_own_format(
+) {
+    let suite = Suite::start().await;
+    let soap_id = processing_at(&suite, "34.00", "simsoap").await;
+    let soap = format!(
+        r#"<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:pay="urn:paygate:sim:payments"><soap:Body><pay:PaymentNotification><pay:EventId>soap-1</pay:EventId><pay:Reference>{soap_id}</pay:Reference><pay:GatewayTxnId>soap_x</pay:GatewayTxnId><pay:Status>approved</pay:Status><pay:Amount>34.00</pay:Amount><pay:Currency>USD</pay:Currency></pay:PaymentNotification></soap:Body></soap:Envelope>"#
+    );
+    let card_id = processing_at(&suite, "35.00", "simcard").await;
+    let card =
+        json!({"event_id": "card-1", "reference": card_id, "transaction_id": "acq_x", "code": "0",
+                      "amount": "35.00", "currency": "USD", "message": "approved"})
+        .to_string();
+    let cases = [
+        (
+            "simsoap",
+            soap_id.clone(),
+            soap,
+            "text/xml",
+            paygate_testkit::SIM_SOAP_SECRET,
+        ),
+        (
+            "simcard",
+            card_id.clone(),
+            card,
+            "application/json",
+            paygate_testkit::SIM_CARD_SECRET,
+        ),
+    ];
+    for (gateway, id, body, content_type, secret) in cases {
+        let now = chrono::Utc::now().timestamp();
+        let send = |signature: Option<String>| {
+            let mut request = suite
+                .http
+                .post(format!("{}/v1/callbacks/{gateway}", suite.api_url))
+                .header("content-type", content_type)
+                .body(body.clone());
+            if let Some(signature) = signature {
+                request = request.header(callback::HEADER, signature);
+            }
+            request.send()
+        };
+        for bad in [
+            None,
+            Some(callback::sign("not-the-secret", now, body.as_bytes())),
+            Some(callback::sign(secret, now - 3_600, body.as_bytes())),
+            Some(callback::sign(SIM_JSON_SECRET, now, body.as_bytes())),
+        ] {
+            let refused = send(bad).await.unwrap();
+            assert_eq!(
+                refused.status(),
+                reqwest::StatusCode::UNAUTHORIZED,
+                "{gateway}"
+            );
+        }
+        assert_eq!(
+            stored_callbacks(&suite, &id).await,
+            0,
+            "{gateway}: nothing stored"
+        );
+
+        let signature = callback::sign(secret, now, body.as_bytes());
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            // The same signed callback twice (a replay): the same answer, stored once.
+            let accepted = send(Some(signature.clone())).await.unwrap();
+            assert_eq!(accepted.status(), reqwest::StatusCode::OK, "{gateway}");
+            let kind = accepted.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            answers.push((kind, accepted.text().await.unwrap()));
+        }
+        assert_eq!(answers[0], answers[1]);
+        let (kind, ack) = &answers[0];
+        if gateway == "simsoap" {
+            assert!(kind.starts_with("text/xml"), "{kind}");
+            let mut reader = quick_xml::NsReader::from_str(ack);
+            let mut names = Vec::new();
+            loop {
+                match reader.read_resolved_event().unwrap() {
+                    (
+                        quick_xml::name::ResolveResult::Bound(ns),
+                        quick_xml::events::Event::Start(e),
+                    ) => names.push((
+                        String::from_utf8(ns.as_ref().to_vec()).unwrap(),
+                        String::from_utf8(e.local_name().as_ref().to_vec()).unwrap(),
+                    )),
+                    (_, quick_xml::events::Event::Eof) => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                names[0],
+                (
+                    "http://schemas.xmlsoap.org/soap/envelope/".to_owned(),
+                    "Envelope".to_owned()
+                ),
+                "a SOAP envelope: {ack}"
+            );
+        } else {
+            assert!(kind.starts_with("application/json"), "{kind}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(ack).unwrap()["received"],
+                true
+            );
+        }
+        eventually(
+            "the payment to complete",
+            Duration::from_secs(30),
+            || async { (status_of(&suite, &id).await == "completed").then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            stored_callbacks(&suite, &id).await,
+            1,
+            "{gateway}: stored once"
+        );
+    }
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_lock_expired_mid_update_has_its_stale_write_refused_by_the_version_fence() {
+    use paygate_common::domain::Status;
+    use paygate_common::lock::Locks;
+    use paygate_common::transactions::TransitionError;
+
+    let suite = Suite::start().await;
+    let id = processing(&suite, "36.00").await;
+    let id_typed = id.parse().unwrap();
+    let locks = Locks::connect(&suite.settings.redis)
+        .await
+        .unwrap()
+        .with_ttl(Duration::from_millis(300));
+
+    // The first holder reads, then pauses past its lock's life.
+    let first = locks.try_acquire(&id).await.unwrap().expect("free");
+    let seen = transactions::find(&suite.pool, &id_typed)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // The lock expired, so a second holder gets it and settles the payment.
+    let second = locks
+        .try_acquire(&id)
+        .await
+        .unwrap()
+        .expect("expired, so free");
+    let fresh = transactions::find(&suite.pool, &id_typed)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tx = suite.pool.begin().await.unwrap();
+    transactions::transition(&mut tx, &fresh, Status::Completed, Change::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // The first wakes up and writes what it decided on its stale read: refused.
+    let mut tx = suite.pool.begin().await.unwrap();
+    let stale = transactions::transition(
+        &mut tx,
+        &seen,
+        Status::Failed,
+        Change {
+            failure_reason: Some("stale".to_owned()),
+            ..Change::default()
+        },
+    )
+    .await;
+    assert!(matches!(stale, Err(TransitionError::Stale(_))), "{stale:?}");
+    drop(tx);
+    assert!(
+        !locks.release(first).await.unwrap(),
+        "its lock was no longer its own"
+    );
+    assert!(
+        locks.release(second).await.unwrap(),
+        "and it left the new holder's alone"
+    );
+    assert_eq!(status_of(&suite, &id).await, "completed");
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_callback_that_can_never_be_read_is_kept_rejected_with_its_reason_and_dead_lettered() {
+    let suite = Suite::start().await;
+    let id = processing(&suite, "37.00").await;
+    let body = json!({"event_id": "odd-1", "reference": id, "status": "maybe",
+                      "amount": "37.00", "currency": "USD"})
+    .to_string();
+    let signature = callback::sign(
+        SIM_JSON_SECRET,
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    );
+    let answer = suite
+        .http
+        .post(format!("{}/v1/callbacks/simjson", suite.api_url))
+        .header("content-type", "application/json")
+        .header(callback::HEADER, signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        reqwest::StatusCode::OK,
+        "stored: its identity reads"
+    );
+    let reason = eventually(
+        "the callback to be judged",
+        Duration::from_secs(30),
+        || async {
+            let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT outcome, outcome_reason FROM gateway_callback WHERE dedup_key = 'odd-1'",
+            )
+            .fetch_optional(&suite.pool)
+            .await
+            .unwrap();
+            row.filter(|(outcome, _)| outcome.is_some())
+                .map(|(outcome, reason)| (outcome.unwrap(), reason.unwrap_or_default()))
+        },
+    )
+    .await;
+    assert_eq!(reason.0, "rejected");
+    assert!(reason.1.contains("maybe"), "{}", reason.1);
+    let dlq = format!("{}.dlq", suite.settings.kafka.topics.gateway_callbacks);
+    let dead = read_topic(&suite.settings, &dlq, 1, Duration::from_secs(10)).await;
+    let dead = dead.iter().find(|m| m.key == id).expect("dead-lettered");
+    assert!(
+        dead.headers["dlq-reason"].contains("unreadable callback"),
+        "{:?}",
+        dead.headers
+    );
+    assert_eq!(
+        status_of(&suite, &id).await,
+        "processing",
+        "the payment is left alone"
+    );
     suite.stop().await;
 }

@@ -24,6 +24,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/webhook-deliveries"),
     ("POST", "/v1/webhook-deliveries/{id}/replay"),
     ("POST", "/v1/callbacks/{gateway}"),
+    ("POST", "/callback/{id}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("POST", "/admin/v1/merchants"),
