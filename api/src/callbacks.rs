@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -25,7 +26,7 @@ use crate::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized,
 };
 use crate::error::{ApiError, Result};
-use crate::extract::{read_body, PathParam};
+use crate::extract::{is_json, read_body, PathParam};
 use crate::AppState;
 
 /// A gateway's callback: verified, stored once, acknowledged in the gateway's format.
@@ -64,35 +65,14 @@ pub async fn receive(
     PathParam(code): PathParam<String>,
     request: Request,
 ) -> Result<Response> {
-    // An unknown code is refused exactly like a bad signature, so an unauthenticated
-    // caller cannot learn which gateway codes exist.
-    let refused = || ApiError::Unauthenticated("the callback signature is missing, stale or wrong");
-    let gateway = state
-        .gateways
-        .find(&state.pool, &code)
-        .await?
-        .ok_or_else(refused)?;
-    let adapter = gateway.adapter().ok_or_else(refused)?;
-    let signature = request
-        .headers()
-        .get(callback::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let body = read_body(request, &state, "any content type", |_| true).await?;
-
-    let now = chrono::Utc::now().timestamp();
-    if let Err(error) =
-        adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
-    {
-        tracing::warn!(gateway = %code, %error, "callback refused");
-        return Err(refused());
-    }
+    let (gateway, adapter, body) =
+        verified(&state, &code, request, "any content type", |_| true).await?;
 
     let identity = adapter
         .callback_identity(&body)
@@ -116,6 +96,44 @@ pub async fn receive(
     .await?;
     let (content_type, ack) = adapter.callback_ack();
     Ok((StatusCode::OK, [(CONTENT_TYPE, content_type)], ack).into_response())
+}
+
+/// The answer to every callback we cannot trust: an unknown gateway, an unknown
+/// transaction and a bad signature look alike, so an unauthenticated caller learns
+/// nothing about which codes or ids exist.
+fn refused() -> ApiError {
+    ApiError::Unauthenticated("the callback signature is missing, stale or wrong")
+}
+
+/// Finds gateway `code` (cached), reads the body (if `accepts` its content type) and
+/// checks its signature with that gateway's adapter, before anything reads the body.
+async fn verified(
+    state: &AppState,
+    code: &str,
+    request: Request,
+    wanted: &'static str,
+    accepts: fn(&str) -> bool,
+) -> Result<(gateway::GatewayRecord, &'static dyn gateway::Gateway, Bytes)> {
+    let gateway = state
+        .gateways
+        .find(&state.pool, code)
+        .await?
+        .ok_or_else(refused)?;
+    let adapter = gateway.adapter().ok_or_else(refused)?;
+    let signature = request
+        .headers()
+        .get(callback::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_body(request, state, wanted, accepts).await?;
+    let now = chrono::Utc::now().timestamp();
+    if let Err(error) =
+        adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
+    {
+        tracing::warn!(gateway = code, %error, "callback refused");
+        return Err(refused());
+    }
+    Ok((gateway, adapter, body))
 }
 
 /// Stores a verified callback once per (gateway, `dedup_key`) with its announcement to
@@ -194,38 +212,19 @@ pub async fn receive_legacy(
     PathParam(id): PathParam<String>,
     request: Request,
 ) -> Result<Response> {
-    let refused = || ApiError::Unauthenticated("the callback signature is missing, stale or wrong");
     let transaction_id: TransactionId = id.parse().map_err(|_| refused())?;
     let transaction = transactions::find(&state.pool, &transaction_id)
         .await?
         .ok_or_else(refused)?;
     let code = transaction.gateway.as_deref().ok_or_else(refused)?;
-    let gateway = state
-        .gateways
-        .find(&state.pool, code)
-        .await?
-        .ok_or_else(refused)?;
-    let adapter = gateway.adapter().ok_or_else(refused)?;
-    let signature = request
-        .headers()
-        .get(callback::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = read_body(request, &state, "Content-Type: application/json", |ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .eq_ignore_ascii_case("application/json")
-    })
+    let (gateway, _, body) = verified(
+        &state,
+        code,
+        request,
+        "Content-Type: application/json",
+        is_json,
+    )
     .await?;
-    let now = chrono::Utc::now().timestamp();
-    if let Err(error) =
-        adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
-    {
-        tracing::warn!(gateway = %gateway.code, %error, "legacy callback refused");
-        return Err(refused());
-    }
     store(
         &state,
         &gateway.code,
