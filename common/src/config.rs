@@ -223,24 +223,54 @@ impl DispatcherSettings {
     }
 }
 
+/// Settings given as comma-separated lists.
+const LIST_KEYS: &[&str] = &["callback_dispatcher.retry_delays_ms", "cards.keys"];
+
+/// `PAYGATE__<PATH>_FILE=/path` among `vars`: the setting `<path>` read from that file,
+/// as Kubernetes Secrets and Vault Agent mount secrets (its content, the trailing
+/// newline trimmed). Read at start; it overrides the same setting given directly.
+fn secret_files(
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    vars.filter_map(|(name, path)| {
+        let key = name.strip_prefix("PAYGATE__")?.strip_suffix("_FILE")?;
+        Some((key.to_lowercase().replace("__", "."), path))
+    })
+    .map(|(key, path)| {
+        let value = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the setting {key} from {path}"))?;
+        Ok((key, value.trim_end_matches(['\n', '\r']).to_owned()))
+    })
+    .collect()
+}
+
 impl Settings {
-    /// Defaults, then `PAYGATE_CONFIG` (if set), then `PAYGATE__…` variables; validated.
+    /// Defaults, then `PAYGATE_CONFIG` (if set), then `PAYGATE__…` variables, then
+    /// `PAYGATE__…_FILE` files; validated.
     pub fn load() -> anyhow::Result<Self> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Ok(path) = std::env::var("PAYGATE_CONFIG") {
             builder = builder.add_source(config::File::with_name(&path).required(true));
         }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PAYGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("callback_dispatcher.retry_delays_ms")
+                .with_list_parse_key("cards.keys")
+                .try_parsing(true),
+        );
+        for (key, value) in secret_files(std::env::vars())? {
+            builder = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = value.split(',').map(|v| v.trim().to_owned()).collect();
+                builder.set_override(key, items)?
+            } else {
+                builder.set_override(key, value)?
+            };
+        }
         let settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix("PAYGATE")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("callback_dispatcher.retry_delays_ms")
-                    .with_list_parse_key("cards.keys")
-                    .try_parsing(true),
-            )
             .build()
             .context("reading configuration")?
             .try_deserialize()
@@ -338,5 +368,35 @@ mod tests {
             "paygate.payments.requested"
         );
         assert_eq!(settings.callback_dispatcher.retry_delays_ms.len(), 7);
+    }
+
+    #[test]
+    fn a_setting_named_with_file_is_read_from_that_file_and_a_missing_file_stops_the_start() {
+        let dir = std::env::temp_dir().join(format!("paygate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("admin-token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let vars = vec![
+            (
+                "PAYGATE__ADMIN__TOKEN_FILE".to_owned(),
+                token.display().to_string(),
+            ),
+            (
+                "PAYGATE__ADMIN__TOKEN".to_owned(),
+                "ignored-here".to_owned(),
+            ),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        assert_eq!(
+            secret_files(vars.into_iter()).unwrap(),
+            [("admin.token".to_owned(), "s3cret".to_owned())]
+        );
+        let missing = vec![(
+            "PAYGATE__DATABASE__URL_FILE".to_owned(),
+            dir.join("nope").display().to_string(),
+        )];
+        let error = secret_files(missing.into_iter()).unwrap_err();
+        assert!(format!("{error:#}").contains("database.url"), "{error:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
