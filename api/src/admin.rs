@@ -356,10 +356,7 @@ async fn list_gateways(_: Admin, State(state): State<AppState>) -> Result<Json<P
     )
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page {
-        data,
-        has_more: false,
-    }))
+    Ok(Json(Page::whole(data)))
 }
 
 /// `PUT /gateways/{code}`'s body.
@@ -533,10 +530,7 @@ async fn list_routes(_: Admin, State(state): State<AppState>) -> Result<Json<Pag
     )
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page {
-        data,
-        has_more: false,
-    }))
+    Ok(Json(Page::whole(data)))
 }
 
 /// `PUT /routes {country?, currency?, kind?, priority, gateway_code}`: creates a route or
@@ -645,10 +639,7 @@ async fn rejected_callbacks(
     )
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page {
-        data,
-        has_more: false,
-    }))
+    Ok(Json(Page::whole(data)))
 }
 
 /// A payment whose automatic retries ran out.
@@ -693,8 +684,5 @@ async fn dead_lettered_payments(
     )
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page {
-        data,
-        has_more: false,
-    }))
+    Ok(Json(Page::whole(data)))
 }

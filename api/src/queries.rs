@@ -31,6 +31,16 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    /// A list that is never paginated: everything there is, in one page.
+    pub fn whole(data: Vec<T>) -> Self {
+        Page {
+            data,
+            has_more: false,
+        }
+    }
+}
+
 /// Filters and the cursor of `GET /v1/transactions`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -195,14 +205,7 @@ pub async fn transaction_events(
     .bind(record.id.as_str())
     .fetch_all(&state.pool)
     .await?;
-    Ok(Format::wanted(&headers).render(
-        StatusCode::OK,
-        "events",
-        &Page {
-            data,
-            has_more: false,
-        },
-    ))
+    Ok(Format::wanted(&headers).render(StatusCode::OK, "events", &Page::whole(data)))
 }
 
 /// The transaction `id` if it is the merchant's; 404 otherwise (another merchant's
@@ -339,14 +342,7 @@ pub async fn list_deliveries(
             },
         )
         .collect();
-    Ok(Format::wanted(&headers).render(
-        StatusCode::OK,
-        "webhook_deliveries",
-        &Page {
-            data,
-            has_more: false,
-        },
-    ))
+    Ok(Format::wanted(&headers).render(StatusCode::OK, "webhook_deliveries", &Page::whole(data)))
 }
 
 /// `POST /v1/webhook-deliveries/{id}/replay`: sends a delivered or failed delivery

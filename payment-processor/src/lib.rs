@@ -185,6 +185,7 @@ impl Handler for PaymentHandler {
 
 impl PaymentHandler {
     pub async fn build(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let cards = KeyRing::from_config(&settings.cards.keys)?;
         Ok(PaymentHandler {
             routes: RouteTable::load(&pool)
                 .await
@@ -198,13 +199,9 @@ impl PaymentHandler {
                 .context("building the HTTP client")?,
             breakers: Arc::new(Breakers::new(&settings.payment_processor.breaker)),
             limits: Arc::default(),
-            cards: KeyRing::from_config(&settings.cards.keys)?,
-            cvvs: CvvVault::connect(
-                &settings.redis,
-                KeyRing::from_config(&settings.cards.keys)?,
-                settings.cards.cvv_ttl(),
-            )
-            .await?,
+            cvvs: CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl())
+                .await?,
+            cards,
             producer: Producer::new(&settings.kafka)?,
             topics: settings.kafka.topics.clone(),
             settings: settings.payment_processor.clone(),
