@@ -45,6 +45,19 @@ ensure_build_tools() {
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
+# The official Standard Webhooks library (PyPI), which the tests ask whether Paygate's
+# webhook signatures verify; in a venv of its own under the tools directory.
+STANDARDWEBHOOKS_VERSION="1.1.0"
+ensure_webhook_verifier() {
+    local venv="$PAYGATE_TOOLS_DIR/standardwebhooks-$STANDARDWEBHOOKS_VERSION"
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+        log "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $venv (once)"
+        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+        "$venv/bin/python" -m pip install --quiet "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+    fi
+    export PAYGATE_TEST_PYTHON="$venv/bin/python"
+}
+
 # The Kafka-protocol broker, built once from crates.io into the tools directory.
 ensure_tansu() {
     if [ -x "$TANSU" ]; then return; fi

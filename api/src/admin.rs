@@ -38,7 +38,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_merchant))
         .routes(routes!(rotate_api_key))
-        .routes(routes!(set_webhook))
+        .routes(routes!(set_webhook, webhook_endpoint))
+        .routes(routes!(rotate_webhook_secret))
         .routes(routes!(put_customer))
         .routes(routes!(list_gateways))
         .routes(routes!(upsert_gateway))
@@ -97,17 +98,18 @@ fn merchant_id(id: &str) -> Result<MerchantId> {
     id.parse().map_err(|_| ApiError::NotFound("merchant"))
 }
 
-/// A webhook URL an operator may set: absolute http(s).
-fn check_webhook_url(url: &str) -> Result<()> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|_| ApiError::invalid("webhook_url", "must be an absolute URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ApiError::invalid(
-            "webhook_url",
-            "must be an http(s) URL with a host",
-        ));
-    }
-    Ok(())
+/// A webhook URL an operator may set: https (or http where configuration allows it) to
+/// an address the egress policy allows, judged by what its host resolves to now. The
+/// dispatcher checks again at every send, after resolving.
+async fn check_webhook_url(state: &AppState, url: &str) -> Result<()> {
+    state
+        .settings
+        .callback_dispatcher
+        .egress_policy()
+        .check_url_resolved(url)
+        .await
+        .map(drop)
+        .map_err(|refusal| ApiError::invalid("webhook_url", refusal.to_string()))
 }
 
 /// `POST /merchants`'s body.
@@ -150,11 +152,17 @@ async fn create_merchant(
         return Err(ApiError::invalid("name", "must be 1 to 255 characters"));
     }
     if let Some(url) = &request.webhook_url {
-        check_webhook_url(url)?;
+        check_webhook_url(&state, url).await?;
     }
-    let merchant = merchants::create(&state.pool, name, request.webhook_url.as_deref(), None)
-        .await
-        .map_err(ApiError::Internal)?;
+    let merchant = merchants::create(
+        &state.pool,
+        &state.cards,
+        name,
+        request.webhook_url.as_deref(),
+        None,
+    )
+    .await
+    .map_err(ApiError::Internal)?;
     tracing::info!(merchant_id = %merchant.id, "merchant created");
     Ok((StatusCode::CREATED, Json(merchant)))
 }
@@ -242,7 +250,7 @@ async fn set_webhook(
     let id = merchant_id(&id)?;
     let request: WebhookRequest = body(&raw)?;
     if let Some(url) = &request.webhook_url {
-        check_webhook_url(url)?;
+        check_webhook_url(&state, url).await?;
     }
     if !merchants::set_webhook_url(&state.pool, &id, request.webhook_url.as_deref())
         .await
@@ -251,6 +259,87 @@ async fn set_webhook(
         return Err(ApiError::NotFound("merchant"));
     }
     Ok(StatusCode::OK)
+}
+
+/// `GET /merchants/{id}/webhook`: where the merchant's webhooks go and how that endpoint
+/// is doing — enabled, failing, or disabled with its reason and next probe.
+#[utoipa::path(
+    get,
+    path = "/merchants/{id}/webhook",
+    tag = "admin",
+    summary = "A merchant's webhook endpoint and its health",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The merchant, `mer_…`.")),
+    responses(
+        (status = 200, description = "The endpoint.", body = merchants::WebhookEndpoint),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn webhook_endpoint(
+    _: Admin,
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<merchants::WebhookEndpoint>> {
+    let id = merchant_id(&id)?;
+    merchants::webhook_endpoint(&state.pool, &id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("merchant"))
+}
+
+/// A new webhook signing secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct RotatedWebhookSecret {
+    #[schema(example = "whsec_…")]
+    pub webhook_secret: String,
+    /// Until then (RFC 3339) every webhook carries a second `v1,` signature made with
+    /// the previous secret, so receivers can switch at their own pace.
+    pub previous_secret_expires_at: String,
+}
+
+/// `POST /merchants/{id}/webhook-secret`: rotates the signing secret; the previous one
+/// keeps signing beside it for `callback_dispatcher.secret_rotation_overlap_ms`.
+#[utoipa::path(
+    post,
+    path = "/merchants/{id}/webhook-secret",
+    tag = "admin",
+    summary = "Rotate a merchant's webhook signing secret",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The merchant, `mer_…`.")),
+    responses(
+        (status = 201, description = "A new secret; the previous one signs too until `previous_secret_expires_at`.", body = RotatedWebhookSecret),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn rotate_webhook_secret(
+    _: Admin,
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<(StatusCode, Json<RotatedWebhookSecret>)> {
+    let id = merchant_id(&id)?;
+    let overlap = std::time::Duration::from_millis(
+        state
+            .settings
+            .callback_dispatcher
+            .secret_rotation_overlap_ms,
+    );
+    let (webhook_secret, until) =
+        merchants::rotate_webhook_secret(&state.pool, &state.cards, &id, overlap)
+            .await
+            .map_err(ApiError::Internal)?
+            .ok_or(ApiError::NotFound("merchant"))?;
+    tracing::info!(merchant_id = %id, "webhook secret rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(RotatedWebhookSecret {
+            webhook_secret,
+            previous_secret_expires_at: timestamp(until),
+        }),
+    ))
 }
 
 /// `PUT /customers`'s body.
@@ -369,8 +458,9 @@ pub struct GatewayRequest {
     /// An http(s) URL.
     #[schema(example = "http://127.0.0.1:8090/json", format = "uri")]
     pub base_url: String,
-    /// What its callbacks are signed with; never shown again.
-    pub callback_secret: String,
+    /// What its callbacks are signed with; stored sealed and never shown again.
+    #[schema(value_type = String)]
+    pub callback_secret: secrecy::SecretString,
     #[schema(minimum = 1, maximum = 120000, example = 5000)]
     pub timeout_ms: i32,
     /// Calls in flight at most; 32 when absent.
@@ -437,13 +527,14 @@ async fn upsert_gateway(
         max_concurrency,
         enabled: request.enabled,
     };
-    match gateway::upsert(&state.pool, &config).await {
+    match gateway::upsert(&state.pool, &state.cards, &config).await {
         Ok(()) => Ok(StatusCode::OK),
         Err(GatewayError::UnknownProtocol(p)) => Err(ApiError::invalid(
             "protocol",
             format!("no adapter speaks {p:?}"),
         )),
         Err(GatewayError::Database(error)) => Err(error.into()),
+        Err(GatewayError::Seal(error)) => Err(ApiError::Internal(error)),
     }
 }
 

@@ -7,6 +7,7 @@
 //! in the gateway's own format. The same callback twice gets the same answer and is
 //! processed once.
 
+use secrecy::ExposeSecret as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -127,8 +128,12 @@ async fn verified(
         .map(str::to_owned);
     let body = read_body(request, state, wanted, accepts).await?;
     let now = chrono::Utc::now().timestamp();
+    let secret = state
+        .cards
+        .open_secret(&gateway.callback_secret)
+        .map_err(ApiError::Internal)?;
     if let Err(error) =
-        adapter.verify_callback(&gateway.callback_secret, signature.as_deref(), &body, now)
+        adapter.verify_callback(secret.expose_secret(), signature.as_deref(), &body, now)
     {
         tracing::warn!(gateway = code, %error, "callback refused");
         return Err(refused());

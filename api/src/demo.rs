@@ -2,13 +2,15 @@
 //! routes, created idempotently through the same code as real data. `scripts/up` runs it
 //! with a stable API key so the curl line it prints keeps working across restarts.
 
+use paygate_common::cards::KeyRing;
 use paygate_common::gateway::{self, GatewayConfig, Route};
 use sqlx::PgPool;
 
 use crate::merchants::{self, NewMerchant};
 
 /// What the demo needs to know about its surroundings.
-#[derive(Debug, Clone)]
+/// Its `Debug` prints no credential.
+#[derive(Clone)]
 pub struct DemoConfig {
     /// The merchant's API key; kept by `scripts/up` so it survives restarts.
     pub api_key: String,
@@ -21,11 +23,27 @@ pub struct DemoConfig {
 }
 
 /// The callback secret of each of the simulator's gateways.
-#[derive(Debug, Clone)]
+/// Its `Debug` prints none of them.
+#[derive(Clone)]
 pub struct SimulatorSecrets {
     pub json: String,
     pub soap: String,
     pub card: String,
+}
+
+impl std::fmt::Debug for DemoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoConfig")
+            .field("webhook_url", &self.webhook_url)
+            .field("simulator_url", &self.simulator_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SimulatorSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimulatorSecrets(..)")
+    }
 }
 
 /// Registers the simulator's three gateways and their routes: `simjson` (JSON REST) is
@@ -34,6 +52,7 @@ pub struct SimulatorSecrets {
 /// too, and routing sends it card payments only.
 pub async fn register_simulator(
     pool: &PgPool,
+    keys: &KeyRing,
     simulator_url: &str,
     secrets: &SimulatorSecrets,
     timeout_ms: i32,
@@ -47,11 +66,12 @@ pub async fn register_simulator(
     for (code, protocol, base_url, secret) in gateways {
         gateway::upsert(
             pool,
+            keys,
             &GatewayConfig {
                 code: code.to_owned(),
                 protocol: protocol.to_owned(),
                 base_url,
-                callback_secret: secret.clone(),
+                callback_secret: secret.clone().into(),
                 timeout_ms,
                 max_concurrency: 64,
                 enabled: true,
@@ -81,9 +101,9 @@ pub async fn register_simulator(
 }
 
 /// Creates (or finds) the demo merchant and (re)configures the simulated gateways.
-pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchant> {
-    register_simulator(pool, &demo.simulator_url, &demo.secrets, 5_000).await?;
-    match merchants::find_by_api_key(pool, &demo.api_key).await? {
+pub async fn seed(pool: &PgPool, keys: &KeyRing, demo: &DemoConfig) -> anyhow::Result<NewMerchant> {
+    register_simulator(pool, keys, &demo.simulator_url, &demo.secrets, 5_000).await?;
+    match merchants::find_by_api_key(pool, keys, &demo.api_key).await? {
         Some((id, webhook_secret)) => {
             merchants::set_webhook_url(pool, &id, Some(&demo.webhook_url)).await?;
             Ok(NewMerchant {
@@ -95,6 +115,7 @@ pub async fn seed(pool: &PgPool, demo: &DemoConfig) -> anyhow::Result<NewMerchan
         None => {
             merchants::create(
                 pool,
+                keys,
                 "Demo merchant",
                 Some(&demo.webhook_url),
                 Some(demo.api_key.clone()),

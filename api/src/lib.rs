@@ -138,6 +138,8 @@ impl Application {
         let relay = Relay::for_service(pool.clone(), &settings).await?;
         let listener = health::bind(&settings.api.listen).await?;
         let cards = KeyRing::from_config(&settings.cards.keys)?;
+        // Secrets stored before they were sealed are sealed now (idempotent).
+        paygate_common::secrets::seal_stored(&pool, &cards).await?;
         let cvvs =
             CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl()).await?;
         let limiter = RateLimiter::connect(&settings.redis, &settings.api.rate_limit).await?;

@@ -48,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
                     ),
                 },
             };
-            let merchant = demo::seed(&pool, &config).await?;
+            let keys = paygate_common::cards::KeyRing::from_config(&settings.cards.keys)?;
+            let merchant = demo::seed(&pool, &keys, &config).await?;
             println!("{}", serde_json::to_string(&merchant)?);
         }
         Some(other) => anyhow::bail!("unknown command {other:?}; use serve, migrate or seed-demo"),

@@ -5,13 +5,18 @@ use anyhow::Context as _;
 use rand::RngCore;
 use sqlx::{PgConnection, PgPool};
 
+use paygate_common::cards::KeyRing;
 use paygate_common::domain::{ApiKeyId, MerchantId};
+use paygate_common::secrets::Sealed;
 use paygate_common::signature::webhook;
+use secrecy::ExposeSecret as _;
 
 use crate::extract::hash_api_key;
 
-/// A new merchant's credentials: the API key is shown once and only its hash is kept.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// A new merchant's credentials: the API key is shown once and only its hash is kept;
+/// the webhook secret is stored sealed (see [`paygate_common::secrets`]). Its `Debug`
+/// shows neither.
+#[derive(Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct NewMerchant {
     /// `mer_…`.
     #[schema(value_type = String, example = "mer_0198c9b2a4e07c3f9d2a61b5e8f4c0d1")]
@@ -24,6 +29,14 @@ pub struct NewMerchant {
     pub webhook_secret: String,
 }
 
+impl std::fmt::Debug for NewMerchant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMerchant")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A fresh API key: `pgk_` and 32 random bytes in hex.
 pub fn generate_api_key() -> String {
     let mut bytes = [0u8; 32];
@@ -34,12 +47,14 @@ pub fn generate_api_key() -> String {
 /// Creates a merchant with one API key (`api_key`, or a generated one).
 pub async fn create(
     pool: &PgPool,
+    keys: &KeyRing,
     name: &str,
     webhook_url: Option<&str>,
     api_key: Option<String>,
 ) -> anyhow::Result<NewMerchant> {
     let id = MerchantId::new();
     let webhook_secret = webhook::generate_secret();
+    let sealed = keys.seal_secret(&webhook_secret)?;
     let api_key = api_key.unwrap_or_else(generate_api_key);
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -48,7 +63,7 @@ pub async fn create(
     .bind(id.as_str())
     .bind(name)
     .bind(webhook_url)
-    .bind(&webhook_secret)
+    .bind(sealed.as_stored())
     .execute(&mut *tx)
     .await
     .context("inserting the merchant")?;
@@ -81,9 +96,10 @@ pub async fn add_api_key(
 /// The merchant an API key belongs to, with its webhook secret, if the key is known.
 pub async fn find_by_api_key(
     pool: &PgPool,
+    keys: &KeyRing,
     api_key: &str,
 ) -> anyhow::Result<Option<(MerchantId, String)>> {
-    let row: Option<(String, String)> = sqlx::query_as(
+    let row: Option<(String, Sealed)> = sqlx::query_as(
         "SELECT m.id, m.webhook_secret FROM api_key k JOIN merchant m ON m.id = k.merchant_id
           WHERE k.key_hash = $1 AND k.revoked_at IS NULL
             AND (k.expires_at IS NULL OR k.expires_at > now())",
@@ -91,23 +107,111 @@ pub async fn find_by_api_key(
     .bind(hash_api_key(api_key))
     .fetch_optional(pool)
     .await?;
-    row.map(|(id, secret)| Ok((id.parse()?, secret)))
-        .transpose()
+    row.map(|(id, secret)| {
+        let secret = keys.open_secret(&secret)?;
+        Ok((id.parse()?, secret.expose_secret().to_owned()))
+    })
+    .transpose()
 }
 
 /// Points a merchant's webhooks at `url` (`None`: no webhooks); `false` when there is no
-/// such merchant.
+/// such merchant. A new URL starts healthy: a disabled endpoint is enabled again and
+/// its waiting deliveries are due at once (in order, as ever).
 pub async fn set_webhook_url(
     pool: &PgPool,
     merchant: &MerchantId,
     url: Option<&str>,
 ) -> anyhow::Result<bool> {
-    let updated = sqlx::query("UPDATE merchant SET webhook_url = $2 WHERE id = $1")
-        .bind(merchant.as_str())
-        .bind(url)
-        .execute(pool)
-        .await?;
-    Ok(updated.rows_affected() == 1)
+    let updated = sqlx::query(
+        "WITH endpoint AS (
+             UPDATE merchant
+                SET webhook_url = $2, webhook_failing_since = NULL, webhook_disabled_at = NULL,
+                    webhook_disabled_reason = NULL, webhook_probe_at = NULL
+              WHERE id = $1
+          RETURNING id
+         ), due AS (
+             UPDATE webhook_delivery SET next_attempt_at = now()
+              WHERE merchant_id = $1 AND status = 'pending' AND next_attempt_at > now() + interval '1 minute'
+         )
+         SELECT count(*) FROM endpoint",
+    )
+    .bind(merchant.as_str())
+    .bind(url)
+    .fetch_one(pool)
+    .await
+    .context("pointing the merchant's webhooks")?;
+    let updated: i64 = sqlx::Row::get(&updated, 0);
+    Ok(updated == 1)
+}
+
+/// A merchant's webhook endpoint as the sender sees it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct WebhookEndpoint {
+    /// Where webhooks go; `null`: the merchant takes none.
+    pub webhook_url: Option<String>,
+    /// `enabled`, `failing` (no success since `failing_since`) or `disabled` (410 Gone,
+    /// a refused destination, or failing too long: deliveries wait and it is probed).
+    #[schema(example = "enabled")]
+    pub state: String,
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub disabled_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub disabled_reason: Option<String>,
+    /// When a disabled endpoint is next probed with its oldest waiting delivery.
+    pub next_probe_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Deliveries not yet delivered nor failed.
+    pub pending_deliveries: i64,
+    /// Until when the secret before the last rotation signs too.
+    pub previous_secret_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The merchant's webhook endpoint; `None` when there is no such merchant.
+pub async fn webhook_endpoint(
+    pool: &PgPool,
+    merchant: &MerchantId,
+) -> sqlx::Result<Option<WebhookEndpoint>> {
+    sqlx::query_as(
+        "SELECT m.webhook_url,
+                CASE WHEN m.webhook_disabled_at IS NOT NULL THEN 'disabled'
+                     WHEN m.webhook_failing_since IS NOT NULL THEN 'failing'
+                     ELSE 'enabled' END AS state,
+                m.webhook_failing_since AS failing_since, m.webhook_disabled_at AS disabled_at,
+                m.webhook_disabled_reason AS disabled_reason, m.webhook_probe_at AS next_probe_at,
+                (SELECT count(*) FROM webhook_delivery d
+                  WHERE d.merchant_id = m.id AND d.status = 'pending') AS pending_deliveries,
+                CASE WHEN m.webhook_secret_previous_until > now()
+                     THEN m.webhook_secret_previous_until END AS previous_secret_expires_at
+           FROM merchant m WHERE m.id = $1",
+    )
+    .bind(merchant.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
+/// A new webhook signing secret; the current one keeps signing beside it (a second
+/// `v1,` signature) for `overlap`. Returns the new secret and when the old one stops.
+pub async fn rotate_webhook_secret(
+    pool: &PgPool,
+    keys: &KeyRing,
+    merchant: &MerchantId,
+    overlap: std::time::Duration,
+) -> anyhow::Result<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+    let secret = webhook::generate_secret();
+    let sealed = keys.seal_secret(&secret)?;
+    let until: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "UPDATE merchant
+            SET webhook_secret_previous = webhook_secret,
+                webhook_secret_previous_until = now() + make_interval(secs => $3),
+                webhook_secret = $2
+          WHERE id = $1
+      RETURNING webhook_secret_previous_until",
+    )
+    .bind(merchant.as_str())
+    .bind(sealed.as_stored())
+    .bind(overlap.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+    .context("rotating the webhook secret")?;
+    Ok(until.map(|until| (secret, until)))
 }
 
 /// Issues a new API key; the merchant's current keys keep working for `overlap`, then

@@ -78,53 +78,23 @@ impl KeyRing {
 
     /// Seals `card` with the newest key.
     pub fn seal(&self, card: &CardDetails) -> anyhow::Result<SealedCard> {
-        let (key_id, cipher) = &self.keys[0];
         let plain = serde_json::to_vec(&Plain {
             number: card.number.expose_secret().to_owned(),
             expiry_month: card.expiry_month,
             expiry_year: card.expiry_year,
             holder_name: card.holder_name.clone(),
         })?;
-        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let sealed = cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: &plain,
-                    aad: key_id.as_bytes(),
-                },
-            )
-            .map_err(|_| anyhow!("sealing a card failed"))?;
-        let mut ciphertext = nonce.to_vec();
-        ciphertext.extend_from_slice(&sealed);
+        let (key_id, ciphertext) = self.seal_bytes(&plain)?;
         Ok(SealedCard {
             masked: mask(card.number.expose_secret()),
-            key_id: key_id.clone(),
+            key_id,
             ciphertext,
         })
     }
 
     /// Opens a card sealed with one of the ring's keys.
     pub fn open(&self, key_id: &str, ciphertext: &[u8]) -> anyhow::Result<CardDetails> {
-        let (_, cipher) = self
-            .keys
-            .iter()
-            .find(|(id, _)| id == key_id)
-            .ok_or_else(|| anyhow!("no card key {key_id} in the key ring"))?;
-        if ciphertext.len() <= NONCE_LEN {
-            bail!("a sealed card is too short");
-        }
-        let (nonce, sealed) = ciphertext.split_at(NONCE_LEN);
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: key_id.as_bytes(),
-                },
-            )
-            .map_err(|_| anyhow!("a sealed card does not open with key {key_id}"))?;
-        let plain: Plain = serde_json::from_slice(&plain)?;
+        let plain: Plain = serde_json::from_slice(&self.open_bytes(key_id, ciphertext)?)?;
         Ok(CardDetails {
             number: SecretString::from(plain.number),
             expiry_month: plain.expiry_month,
@@ -137,7 +107,7 @@ impl KeyRing {
 
 impl KeyRing {
     /// Seals `plain` with the newest key: `(key id, nonce || ciphertext)`.
-    fn seal_bytes(&self, plain: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
+    pub(crate) fn seal_bytes(&self, plain: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
         let (key_id, cipher) = &self.keys[0];
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let sealed = cipher
@@ -154,12 +124,13 @@ impl KeyRing {
         Ok((key_id.clone(), ciphertext))
     }
 
-    fn open_bytes(&self, key_id: &str, ciphertext: &[u8]) -> anyhow::Result<Vec<u8>> {
+    /// Opens what [`KeyRing::seal_bytes`] sealed with one of the ring's keys.
+    pub(crate) fn open_bytes(&self, key_id: &str, ciphertext: &[u8]) -> anyhow::Result<Vec<u8>> {
         let (_, cipher) = self
             .keys
             .iter()
             .find(|(id, _)| id == key_id)
-            .ok_or_else(|| anyhow!("no card key {key_id} in the key ring"))?;
+            .ok_or_else(|| anyhow!("no key {key_id} in the key ring"))?;
         if ciphertext.len() <= NONCE_LEN {
             bail!("a sealed value is too short");
         }

@@ -25,6 +25,14 @@ pub struct Settings {
     pub payment_processor: PaymentProcessorSettings,
     pub callback_processor: ServiceSettings,
     pub callback_dispatcher: DispatcherSettings,
+    pub tls: TlsSettings,
+}
+
+/// Outgoing TLS (see [`crate::egress`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    /// A PEM file of extra trusted roots; empty: none.
+    pub extra_root_certificates: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -211,9 +219,26 @@ pub struct DispatcherSettings {
     pub request_timeout_ms: u64,
     pub retry_delays_ms: Vec<u64>,
     pub poll_interval_ms: u64,
+    pub max_in_flight: usize,
+    pub endpoint_concurrency: usize,
+    pub disable_after_ms: u64,
+    pub probe_interval_ms: u64,
+    pub secret_rotation_overlap_ms: u64,
+    pub allow_http: bool,
+    pub allow_loopback: bool,
+    pub allow_private: bool,
 }
 
 impl DispatcherSettings {
+    /// Where webhooks may go.
+    pub fn egress_policy(&self) -> crate::egress::Policy {
+        crate::egress::Policy {
+            allow_http: self.allow_http,
+            allow_loopback: self.allow_loopback,
+            allow_private: self.allow_private,
+        }
+    }
+
     pub fn retry_delays(&self) -> Vec<Duration> {
         self.retry_delays_ms
             .iter()
@@ -339,6 +364,15 @@ impl Settings {
         ensure!(
             (0.0..=1.0).contains(&processor.breaker.failure_rate),
             "payment_processor.breaker.failure_rate must be between 0 and 1"
+        );
+        let dispatcher = &self.callback_dispatcher;
+        ensure!(
+            dispatcher.max_in_flight > 0 && dispatcher.endpoint_concurrency > 0,
+            "callback_dispatcher.max_in_flight and endpoint_concurrency must be positive"
+        );
+        ensure!(
+            dispatcher.probe_interval_ms > 0,
+            "callback_dispatcher.probe_interval_ms must be positive"
         );
         crate::cards::KeyRing::from_config(&self.cards.keys)?;
         Ok(())

@@ -151,8 +151,29 @@ pub mod webhook {
         Ok(format!("v1,{}", STANDARD.encode(digest)))
     }
 
-    /// Whether any `v1,` signature in `header` (space-separated) matches: what a
-    /// merchant runs on receipt.
+    /// How far a webhook's timestamp may be from the receiver's clock, in seconds: what
+    /// receivers should allow (the Standard Webhooks libraries use the same five minutes).
+    pub const TOLERANCE_SECS: i64 = 300;
+
+    /// What a merchant runs on receipt: the `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` headers and the raw body, checked against `secret` with the
+    /// timestamp within [`TOLERANCE_SECS`] of `now` (unix seconds).
+    pub fn verify_request(
+        secret: &str,
+        id: &str,
+        timestamp: &str,
+        body: &[u8],
+        signature: &str,
+        now: i64,
+    ) -> bool {
+        let Ok(timestamp) = timestamp.trim().parse::<i64>() else {
+            return false;
+        };
+        now.abs_diff(timestamp) <= TOLERANCE_SECS.unsigned_abs()
+            && verify(secret, id, timestamp, body, signature)
+    }
+
+    /// Whether any `v1,` signature in `header` (space-separated) matches.
     pub fn verify(secret: &str, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
         let Ok(key) = key(secret) else { return false };
         let t = timestamp.to_string();
@@ -235,5 +256,17 @@ mod tests {
             body,
             &signature
         ));
+    }
+
+    #[test]
+    fn a_webhook_request_outside_the_tolerance_or_with_a_bad_timestamp_is_refused() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let signature = webhook::sign(secret, "msg_1", 1_000_000, b"{}").unwrap();
+        let verify =
+            |t: &str, now| webhook::verify_request(secret, "msg_1", t, b"{}", &signature, now);
+        assert!(verify("1000000", 1_000_300));
+        assert!(!verify("1000000", 1_000_301), "too old");
+        assert!(!verify("1000000", 999_699), "from the future");
+        assert!(!verify("soon", 1_000_000));
     }
 }

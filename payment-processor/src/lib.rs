@@ -192,9 +192,9 @@ impl PaymentHandler {
                 .context("loading gateways and routes")?,
             pool,
             locks: Locks::connect(&settings.redis).await?,
-            http: reqwest::Client::builder()
+            // rustls with the configured roots, no redirects (see `egress`).
+            http: paygate_common::egress::client_builder(&settings.tls)?
                 .connect_timeout(Duration::from_secs(3))
-                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .context("building the HTTP client")?,
             breakers: Arc::new(Breakers::new(&settings.payment_processor.breaker)),

@@ -24,12 +24,14 @@ async fn after_a_timeout_the_payment_is_settled_by_status_query_at_its_gateway_a
         code: "backup".to_owned(),
         protocol: "json".to_owned(),
         base_url: format!("{second}/json"),
-        callback_secret: SIM_JSON_SECRET.to_owned(),
+        callback_secret: SIM_JSON_SECRET.to_owned().into(),
         timeout_ms: 2_000,
         max_concurrency: 4,
         enabled: true,
     };
-    gateway::upsert(&suite.pool, &config).await.unwrap();
+    gateway::upsert(&suite.pool, &paygate_testkit::keys(), &config)
+        .await
+        .unwrap();
     let route = Route {
         country: None,
         currency: None,

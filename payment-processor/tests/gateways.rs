@@ -69,11 +69,12 @@ async fn charges_at(simulator: &str, reference: &str) -> Value {
 async fn json_gateway(suite: &Suite, code: &str, url: &str, country: Option<&str>, priority: i32) {
     gateway::upsert(
         &suite.pool,
+        &paygate_testkit::keys(),
         &GatewayConfig {
             code: code.to_owned(),
             protocol: "json".to_owned(),
             base_url: format!("{url}/json"),
-            callback_secret: SIM_JSON_SECRET.to_owned(),
+            callback_secret: SIM_JSON_SECRET.to_owned().into(),
             timeout_ms: 2_000,
             max_concurrency: 16,
             enabled: true,

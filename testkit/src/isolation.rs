@@ -94,6 +94,12 @@ pub async fn settings() -> Settings {
     settings
 }
 
+/// The key ring every test's services seal secrets and cards with (the defaults').
+pub fn keys() -> paygate_common::cards::KeyRing {
+    let settings = Settings::load().expect("the default settings load");
+    paygate_common::cards::KeyRing::from_config(&settings.cards.keys).unwrap()
+}
+
 /// A migrated pool on the test's database.
 pub async fn pool(settings: &Settings) -> PgPool {
     db::connect(&settings.database).await.unwrap()

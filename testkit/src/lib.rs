@@ -17,10 +17,13 @@ mod merchant;
 mod process;
 mod simulator;
 mod suite;
+mod tls;
 
 pub use broker::{index_broker, read_topic, Broker, PrivateRedis, TopicMessage, TANSU_INDEX};
-pub use isolation::{empty_database, eventually, json_of, pool, settings, unique, ADMIN_TOKEN};
-pub use merchant::{Received, WebhookReceiver};
+pub use isolation::{
+    empty_database, eventually, json_of, keys, pool, settings, unique, ADMIN_TOKEN,
+};
+pub use merchant::{Received, Reply, TlsReceiver, WebhookReceiver};
 pub use process::Process;
 pub use simulator::{
     control_simulator, route_everything_to_simulator, start_simulator, SIM_CARD_SECRET,

@@ -41,7 +41,7 @@ pub async fn route_everything_to_simulator(pool: &PgPool, simulator_url: &str) {
         soap: SIM_SOAP_SECRET.to_owned(),
         card: SIM_CARD_SECRET.to_owned(),
     };
-    paygate_api::demo::register_simulator(pool, simulator_url, &secrets, 2_000)
+    paygate_api::demo::register_simulator(pool, &crate::keys(), simulator_url, &secrets, 2_000)
         .await
         .unwrap();
 }

@@ -105,10 +105,15 @@ impl Suite {
         let simulator_url = start_simulator(simulator.clone(), options.gateway_answer_delay).await;
         route_everything_to_simulator(&pool, &simulator_url).await;
         let webhooks = WebhookReceiver::start().await;
-        let merchant =
-            paygate_api::merchants::create(&pool, "Test merchant", Some(&webhooks.url), None)
-                .await
-                .unwrap();
+        let merchant = paygate_api::merchants::create(
+            &pool,
+            &crate::keys(),
+            "Test merchant",
+            Some(&webhooks.url),
+            None,
+        )
+        .await
+        .unwrap();
 
         let wanted = |service| !options.external.contains(&service);
         if wanted(Service::PaymentProcessor) {

@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sqlx::PgExecutor;
 
+use crate::cards::KeyRing;
 use crate::domain::Kind;
+use crate::secrets::Sealed;
 
 /// A row of `gateway`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -15,8 +18,8 @@ pub struct GatewayRecord {
     pub protocol: String,
     /// Where its API lives; paths are appended by the adapter.
     pub base_url: String,
-    /// Checks the signature of its callbacks.
-    pub callback_secret: String,
+    /// Checks the signature of its callbacks; sealed (see [`crate::secrets`]).
+    pub callback_secret: Sealed,
     pub timeout_ms: i32,
     /// Calls in flight to it at once, at most, from one payment-processor.
     pub max_concurrency: i32,
@@ -62,7 +65,7 @@ pub struct GatewayConfig {
     pub code: String,
     pub protocol: String,
     pub base_url: String,
-    pub callback_secret: String,
+    pub callback_secret: SecretString,
     pub timeout_ms: i32,
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: i32,
@@ -78,18 +81,24 @@ fn default_max_concurrency() -> i32 {
 pub enum GatewayError {
     #[error("no adapter speaks the {0:?} protocol")]
     UnknownProtocol(String),
+    #[error("sealing the callback secret failed: {0:#}")]
+    Seal(anyhow::Error),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// Creates or replaces a gateway.
+/// Creates or replaces a gateway, its callback secret sealed with `keys`.
 pub async fn upsert<'e>(
     executor: impl PgExecutor<'e>,
+    keys: &KeyRing,
     gateway: &GatewayConfig,
 ) -> Result<(), GatewayError> {
     if super::adapter(&gateway.protocol).is_none() {
         return Err(GatewayError::UnknownProtocol(gateway.protocol.clone()));
     }
+    let secret = keys
+        .seal_secret(gateway.callback_secret.expose_secret())
+        .map_err(GatewayError::Seal)?;
     sqlx::query(
         "INSERT INTO gateway (code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -102,7 +111,7 @@ pub async fn upsert<'e>(
     .bind(&gateway.code)
     .bind(&gateway.protocol)
     .bind(&gateway.base_url)
-    .bind(&gateway.callback_secret)
+    .bind(secret.as_stored())
     .bind(gateway.timeout_ms)
     .bind(gateway.max_concurrency)
     .bind(gateway.enabled)

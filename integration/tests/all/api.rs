@@ -17,14 +17,21 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) async fn start() -> Self {
-        let settings = paygate_testkit::settings().await;
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Api::start`] with `tweak` applied to its settings.
+    pub(crate) async fn start_with(tweak: impl FnOnce(&mut paygate_common::Settings)) -> Self {
+        let mut settings = paygate_testkit::settings().await;
+        tweak(&mut settings);
         let pool = paygate_testkit::pool(&settings).await;
         let app = paygate_api::Application::build(settings).await.unwrap();
         let url = format!("http://127.0.0.1:{}", app.port());
         let running = Running::spawn(|s| app.run(s));
-        let merchant = paygate_api::merchants::create(&pool, "m", None, None)
-            .await
-            .unwrap();
+        let merchant =
+            paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
+                .await
+                .unwrap();
         Api {
             url,
             pool,
@@ -257,9 +264,10 @@ async fn requests_without_a_valid_key_are_401_and_other_merchants_transactions_a
     }
 
     let (_, created) = api.deposit(&body.to_string(), "application/json").await;
-    let other = paygate_api::merchants::create(&api.pool, "other", None, None)
-        .await
-        .unwrap();
+    let other =
+        paygate_api::merchants::create(&api.pool, &paygate_testkit::keys(), "other", None, None)
+            .await
+            .unwrap();
     let response = api
         .http
         .get(format!(

@@ -418,9 +418,10 @@ async fn an_idempotency_key_replays_byte_for_byte_refuses_another_body_and_twent
     assert_eq!(made, 1, "exactly one transaction");
 
     // Another merchant's same key is its own.
-    let other_merchant = paygate_api::merchants::create(&api.pool, "other", None, None)
-        .await
-        .unwrap();
+    let other_merchant =
+        paygate_api::merchants::create(&api.pool, &paygate_testkit::keys(), "other", None, None)
+            .await
+            .unwrap();
     let theirs = api
         .http
         .post(format!("{}/v1/deposits", api.url))

@@ -16,3 +16,4 @@ mod migrations;
 mod openapi;
 mod operators;
 mod routing;
+mod webhooks;

@@ -48,7 +48,7 @@ async fn migrations_apply_to_an_empty_database_and_a_second_run_changes_nothing(
 async fn the_schema_refuses_a_second_event_with_the_same_version() {
     let settings = paygate_testkit::settings().await;
     let pool = paygate_testkit::pool(&settings).await;
-    let merchant = paygate_api::merchants::create(&pool, "m", None, None)
+    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
         .await
         .unwrap();
     sqlx::query(

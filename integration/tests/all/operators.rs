@@ -1,6 +1,7 @@
 //! What merchants read and what operators steer: transaction lists, histories and
 //! webhook deliveries scoped to their merchant, and the admin API behind its token.
 
+use paygate_common::secrets::Sealed;
 use std::time::Duration;
 
 use paygate_testkit::{eventually, json_of, Suite, ADMIN_TOKEN};
@@ -50,9 +51,10 @@ fn ids(page: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_list_newest_first_a_page_at_a_time_with_filters_and_only_the_merchants_own() {
     let api = Api::start().await;
-    let other = paygate_api::merchants::create(&api.pool, "other", None, None)
-        .await
-        .unwrap();
+    let other =
+        paygate_api::merchants::create(&api.pool, &paygate_testkit::keys(), "other", None, None)
+            .await
+            .unwrap();
     let mut mine = Vec::new();
     for (i, kind) in [
         "deposits",
@@ -194,9 +196,10 @@ async fn a_payments_history_and_webhook_deliveries_read_in_order_and_a_replay_re
     );
 
     // Another merchant sees none of it.
-    let other = paygate_api::merchants::create(&suite.pool, "other", None, None)
-        .await
-        .unwrap();
+    let other =
+        paygate_api::merchants::create(&suite.pool, &paygate_testkit::keys(), "other", None, None)
+            .await
+            .unwrap();
     let as_other = |path: String| {
         suite
             .http
@@ -378,9 +381,15 @@ async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
         soap: "s".into(),
         card: "c".into(),
     };
-    paygate_api::demo::register_simulator(&seeded.pool, "http://127.0.0.1:8090", &secrets, 5_000)
-        .await
-        .unwrap();
+    paygate_api::demo::register_simulator(
+        &seeded.pool,
+        &paygate_testkit::keys(),
+        "http://127.0.0.1:8090",
+        &secrets,
+        5_000,
+    )
+    .await
+    .unwrap();
 
     let operated = Api::start().await;
     for (code, protocol, secret) in [
@@ -421,12 +430,28 @@ async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
     );
 
     let rows = |pool: sqlx::PgPool| async move {
-        let gateways: Vec<(String, String, String, String, i32, i32, bool)> = sqlx::query_as(
+        let stored: Vec<(String, String, String, Sealed, i32, i32, bool)> = sqlx::query_as(
             "SELECT code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled FROM gateway ORDER BY code",
         )
         .fetch_all(&pool)
         .await
         .unwrap();
+        // Callback secrets are stored sealed, each under its own nonce: compare what
+        // they open to.
+        let gateways: Vec<_> = stored
+            .into_iter()
+            .map(
+                |(code, protocol, url, secret, timeout, concurrency, enabled)| {
+                    assert!(
+                        secret.is_sealed(),
+                        "{code}'s callback secret is sealed at rest"
+                    );
+                    let secret = paygate_testkit::keys().open_secret(&secret).unwrap();
+                    let secret = secrecy::ExposeSecret::expose_secret(&secret).to_owned();
+                    (code, protocol, url, secret, timeout, concurrency, enabled)
+                },
+            )
+            .collect();
         let routes: Vec<RouteRow> = sqlx::query_as(
             "SELECT country, currency, kind, priority, gateway_code FROM gateway_route ORDER BY gateway_code, country",
         )

@@ -11,12 +11,14 @@ async fn gateway(pool: &PgPool, code: &str, enabled: bool) {
         code: code.to_owned(),
         protocol: "json".to_owned(),
         base_url: format!("http://127.0.0.1:9/{code}"),
-        callback_secret: "s".to_owned(),
+        callback_secret: "s".to_owned().into(),
         timeout_ms: 1_000,
         max_concurrency: 4,
         enabled,
     };
-    gateway::upsert(pool, &config).await.unwrap();
+    gateway::upsert(pool, &paygate_testkit::keys(), &config)
+        .await
+        .unwrap();
 }
 
 async fn route(
@@ -43,7 +45,7 @@ async fn payment(
     currency: &str,
     kind: Kind,
 ) -> TransactionRecord {
-    let merchant = paygate_api::merchants::create(pool, "m", None, None)
+    let merchant = paygate_api::merchants::create(pool, &paygate_testkit::keys(), "m", None, None)
         .await
         .unwrap();
     let currency: Currency = currency.parse().unwrap();

@@ -1,0 +1,92 @@
+//! The consumer half: one delivery per status event, recorded with the exact body that
+//! will be signed. The event id is the `webhook-id`, so a redelivered message adds
+//! nothing.
+
+use std::sync::Arc;
+
+use prost::Message;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use paygate_common::domain::{DeliveryId, Status};
+use paygate_common::events::{event_type, proto, TransactionView};
+use paygate_common::kafka::{Handler, HandlerError, Inbound};
+
+/// The body merchants receive.
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    created_at: &'a str,
+    data: TransactionView,
+}
+
+/// Records a delivery for each status event.
+pub struct StatusHandler {
+    pub(crate) pool: PgPool,
+    /// Wakes the sender as soon as a delivery is recorded.
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl Handler for StatusHandler {
+    async fn handle(&self, message: &Inbound) -> Result<(), HandlerError> {
+        let event = proto::StatusChanged::decode(message.payload.as_slice())
+            .map_err(HandlerError::permanent)?;
+        let transaction = event.transaction.as_ref().ok_or_else(|| {
+            HandlerError::permanent(anyhow::anyhow!(
+                "status event {} has no transaction",
+                event.event_id
+            ))
+        })?;
+        let status: Status = transaction
+            .status
+            .parse()
+            .map_err(HandlerError::permanent)?;
+        if status == Status::Pending {
+            return Ok(());
+        }
+        let webhook_url: Option<Option<String>> =
+            sqlx::query_scalar("SELECT webhook_url FROM merchant WHERE id = $1")
+                .bind(&transaction.merchant_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(HandlerError::transient)?;
+        let Some(Some(url)) = webhook_url else {
+            tracing::info!(transaction_id = %transaction.id, "merchant takes no webhooks");
+            return Ok(());
+        };
+
+        let kind = event_type::for_status(status);
+        let body = serde_json::to_string(&WebhookBody {
+            id: &event.event_id,
+            kind: &kind,
+            created_at: &transaction.updated_at,
+            data: TransactionView::from(transaction),
+        })
+        .map_err(HandlerError::permanent)?;
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_delivery
+                 (id, event_id, merchant_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', now())
+             ON CONFLICT ON CONSTRAINT webhook_delivery_event_unique DO NOTHING",
+        )
+        .bind(DeliveryId::new().as_str())
+        .bind(&event.event_id)
+        .bind(&transaction.merchant_id)
+        .bind(&transaction.id)
+        .bind(transaction.version)
+        .bind(&kind)
+        .bind(&url)
+        .bind(&body)
+        .execute(&self.pool)
+        .await
+        .map_err(HandlerError::transient)?;
+        if inserted.rows_affected() == 1 {
+            tracing::info!(transaction_id = %transaction.id, event_id = %event.event_id, %kind, "webhook scheduled");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,485 @@
+//! The sending half: claims due deliveries continuously and sends each on its own task.
+//!
+//! - **Leases.** A delivery is claimed by moving its `next_attempt_at` past the longest
+//!   an attempt can take (`FOR UPDATE SKIP LOCKED`), so several dispatchers share the
+//!   work and one that dies mid-send loses nothing: the lease runs out and the delivery
+//!   goes again under the same `webhook-id`. Recording is fenced on the attempt number,
+//!   so a late recorder never counts an attempt twice.
+//! - **No barrier.** As soon as one send finishes another is claimed, up to
+//!   `max_in_flight`; a slow merchant never holds up the next claim.
+//! - **Isolation per endpoint.** A claim skips endpoints that already have
+//!   `endpoint_concurrency` sends in flight from this dispatcher, so a merchant that
+//!   hangs until the timeout only ever delays its own deliveries.
+//! - **Order per transaction.** Only a transaction's earliest pending version can be
+//!   claimed, so `transaction.completed` never overtakes `transaction.processing` of
+//!   the same payment, while other payments to the same endpoint go in parallel.
+//! - **Endpoint health.** 410 Gone, a refused destination, or failures without a
+//!   success for `disable_after_ms` disable the endpoint: its deliveries wait, pending,
+//!   and every `probe_interval_ms` its oldest is sent as a probe; the first 2xx
+//!   re-enables it and everything it missed becomes due at once, still in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use paygate_common::cards::KeyRing;
+use paygate_common::config::DispatcherSettings;
+use paygate_common::egress::Policy;
+use paygate_common::retry::jitter;
+use paygate_common::secrets::Sealed;
+
+use crate::attempt::{self, Attempt, Message};
+
+/// Sends due deliveries.
+pub struct Sender {
+    pool: PgPool,
+    http: reqwest::Client,
+    policy: Policy,
+    keys: KeyRing,
+    /// Delays before each retry; the delivery fails after the last.
+    delays: Vec<Duration>,
+    /// The longest of `delays`: the most a merchant's Retry-After can postpone a retry.
+    longest_delay: Duration,
+    /// How long a claimed delivery is ours before another sender may take it.
+    lease: Duration,
+    poll_interval: Duration,
+    max_in_flight: usize,
+    endpoint_concurrency: usize,
+    disable_after: Duration,
+    probe_interval: Duration,
+    wake: Arc<Notify>,
+}
+
+/// A claimed delivery with what signs it.
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: String,
+    event_id: String,
+    merchant_id: String,
+    url: String,
+    body: String,
+    attempt_count: i32,
+    secret: Sealed,
+    /// The secret before the last rotation, while it still signs.
+    previous_secret: Option<Sealed>,
+}
+
+/// What the delivery and its endpoint become after one attempt.
+struct Outcome {
+    status: &'static str,
+    attempts: i32,
+    next: Option<Duration>,
+    /// Why the endpoint is disabled now, if this attempt alone disables it.
+    disable_now: Option<String>,
+}
+
+const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, d.url, d.body, d.attempt_count,
+    m.webhook_secret AS secret,
+    CASE WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END AS previous_secret";
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Sender {
+    pub fn new(
+        pool: PgPool,
+        settings: &DispatcherSettings,
+        keys: KeyRing,
+        http: reqwest::Client,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let timeout = Duration::from_millis(settings.request_timeout_ms);
+        let delays = settings.retry_delays();
+        Sender {
+            pool,
+            http,
+            policy: settings.egress_policy(),
+            keys,
+            longest_delay: delays.iter().max().copied().unwrap_or_default(),
+            delays,
+            // Longer than any attempt can take, so a live sender never loses its claim.
+            lease: timeout + Duration::from_secs(5),
+            poll_interval: Duration::from_millis(settings.poll_interval_ms),
+            max_in_flight: settings.max_in_flight,
+            endpoint_concurrency: settings.endpoint_concurrency,
+            disable_after: Duration::from_millis(settings.disable_after_ms),
+            probe_interval: Duration::from_millis(settings.probe_interval_ms),
+            wake,
+        }
+    }
+
+    /// Claims and sends until `shutdown`, then lets the sends in flight finish and
+    /// record what came of them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut sends = InFlight::default();
+        let mut next_probe = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            let room = this.max_in_flight.saturating_sub(sends.tasks.len());
+            let mut claimed = Vec::new();
+            if room > 0 {
+                match this.claim(room, &sends.per_endpoint).await {
+                    Ok(due) => claimed.extend(due.into_iter().map(|d| (d, false))),
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "claiming webhook deliveries failed; retrying")
+                    }
+                }
+            }
+            let full = room > 0 && claimed.len() >= room;
+            if tokio::time::Instant::now() >= next_probe {
+                next_probe = tokio::time::Instant::now() + this.poll_interval;
+                match this.claim_probes(&sends.per_endpoint).await {
+                    Ok(probes) => claimed.extend(probes.into_iter().map(|d| (d, true))),
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "claiming webhook probes failed; retrying")
+                    }
+                }
+            }
+            for (delivery, probe) in claimed {
+                let this = Arc::clone(&this);
+                let merchant = delivery.merchant_id.clone();
+                sends.spawn(merchant, async move { this.deliver(delivery, probe).await });
+            }
+            if full {
+                // More may be due right now: claim again as soon as there is room.
+                sends.finish_one().await;
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = this.wake.notified() => {}
+                _ = sends.finish_one(), if !sends.tasks.is_empty() => {}
+                _ = tokio::time::sleep(this.poll_interval) => {}
+            }
+        }
+        while !sends.tasks.is_empty() {
+            sends.finish_one().await;
+        }
+    }
+
+    /// Claims up to `room` due deliveries: the earliest pending version of each
+    /// transaction, of enabled endpoints, at most `endpoint_concurrency` in flight per
+    /// endpoint counting `in_flight`.
+    async fn claim(
+        &self,
+        room: usize,
+        in_flight: &HashMap<String, usize>,
+    ) -> anyhow::Result<Vec<Due>> {
+        let limit = self.endpoint_concurrency;
+        let (busy, counts): (Vec<&str>, Vec<i64>) = in_flight
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(m, n)| (m.as_str(), i64::try_from(*n).unwrap_or(i64::MAX)))
+            .unzip();
+        let saturated: Vec<&str> = in_flight
+            .iter()
+            .filter(|(_, n)| **n >= limit)
+            .map(|(m, _)| m.as_str())
+            .collect();
+        sqlx::query_as(&format!(
+            "WITH candidate AS (
+                 SELECT d.id, d.merchant_id, d.next_attempt_at
+                   FROM webhook_delivery d
+                   JOIN merchant m ON m.id = d.merchant_id
+                  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+                    AND m.webhook_disabled_at IS NULL
+                    AND NOT (d.merchant_id = ANY($3))
+                    AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
+                                     WHERE e.transaction_id = d.transaction_id
+                                       AND e.status = 'pending' AND e.version < d.version)
+                  ORDER BY d.next_attempt_at
+                  LIMIT $1 * 4
+             ), ranked AS (
+                 SELECT c.id, c.next_attempt_at,
+                        row_number() OVER (PARTITION BY c.merchant_id ORDER BY c.next_attempt_at, c.id) AS rank,
+                        coalesce(b.n, 0) AS busy
+                   FROM candidate c
+                   LEFT JOIN unnest($4::text[], $5::bigint[]) AS b(merchant_id, n) USING (merchant_id)
+             ), picked AS (
+                 SELECT id FROM ranked WHERE rank + busy <= $6 ORDER BY next_attempt_at LIMIT $1
+             ), locked AS (
+                 SELECT id FROM webhook_delivery
+                  WHERE id IN (SELECT id FROM picked) AND status = 'pending' AND next_attempt_at <= now()
+                    FOR UPDATE SKIP LOCKED
+             )
+             UPDATE webhook_delivery d
+                SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000)
+               FROM merchant m
+              WHERE d.id IN (SELECT id FROM locked) AND m.id = d.merchant_id
+          RETURNING {CLAIMED}"
+        ))
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .bind(millis(self.lease))
+        .bind(&saturated)
+        .bind(&busy)
+        .bind(&counts)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming due webhook deliveries")
+    }
+
+    /// Claims one probe per disabled endpoint whose probe is due: its oldest pending
+    /// delivery. Moving `webhook_probe_at` on first makes each probe one dispatcher's.
+    async fn claim_probes(&self, in_flight: &HashMap<String, usize>) -> anyhow::Result<Vec<Due>> {
+        let busy: Vec<&str> = in_flight
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(m, _)| m.as_str())
+            .collect();
+        sqlx::query_as(&format!(
+            "WITH probed AS (
+                 UPDATE merchant
+                    SET webhook_probe_at = now() + make_interval(secs => $1::double precision / 1000)
+                  WHERE webhook_disabled_at IS NOT NULL AND webhook_probe_at <= now()
+                    AND NOT (id = ANY($3))
+              RETURNING id
+             ), head AS (
+                 SELECT DISTINCT ON (d.merchant_id) d.id
+                   FROM webhook_delivery d JOIN probed p ON p.id = d.merchant_id
+                  WHERE d.status = 'pending'
+                    AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
+                                     WHERE e.transaction_id = d.transaction_id
+                                       AND e.status = 'pending' AND e.version < d.version)
+                  ORDER BY d.merchant_id, d.created_at, d.id
+             )
+             UPDATE webhook_delivery d
+                SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000)
+               FROM merchant m
+              WHERE d.id IN (SELECT id FROM head) AND m.id = d.merchant_id
+          RETURNING {CLAIMED}"
+        ))
+        .bind(millis(self.probe_interval))
+        .bind(millis(self.lease))
+        .bind(&busy)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming webhook probes")
+    }
+
+    /// Sends one claimed delivery and records the outcome.
+    async fn deliver(&self, delivery: Due, probe: bool) {
+        let attempt = match self.secrets(&delivery) {
+            Ok(secrets) => {
+                let message = Message {
+                    url: &delivery.url,
+                    webhook_id: &delivery.event_id,
+                    body: &delivery.body,
+                    secrets: &secrets,
+                };
+                attempt::send(&self.http, &self.policy, &message).await
+            }
+            Err(error) => Attempt {
+                status_code: None,
+                error: Some(format!("the signing secret does not open: {error:#}")),
+                retry_after: None,
+                refused: false,
+                duration: Duration::ZERO,
+            },
+        };
+        if let Err(error) = self.record(&delivery, probe, &attempt).await {
+            tracing::warn!(error = %format!("{error:#}"), delivery_id = %delivery.id, "could not record a webhook attempt; its lease will expire and it is sent again");
+        }
+    }
+
+    fn secrets(&self, delivery: &Due) -> anyhow::Result<Vec<SecretString>> {
+        std::iter::once(&delivery.secret)
+            .chain(delivery.previous_secret.as_ref())
+            .map(|sealed| self.keys.open_secret(sealed))
+            .collect()
+    }
+
+    /// What follows `attempt`: delivered, retried later, failed, or (a probe that
+    /// failed) due again once the endpoint is re-enabled.
+    fn outcome(&self, delivery: &Due, probe: bool, attempt: &Attempt) -> Outcome {
+        let attempts = delivery.attempt_count + 1;
+        let disable_now = if attempt.gone() {
+            Some("the endpoint answered 410 Gone".to_owned())
+        } else if attempt.refused {
+            attempt.error.clone()
+        } else {
+            None
+        };
+        if attempt.delivered() {
+            return Outcome {
+                status: "delivered",
+                attempts,
+                next: None,
+                disable_now: None,
+            };
+        }
+        if probe {
+            // A failed probe spends none of the delivery's retries.
+            return Outcome {
+                status: "pending",
+                attempts: delivery.attempt_count,
+                next: Some(Duration::ZERO),
+                disable_now: None,
+            };
+        }
+        let slot = usize::try_from(delivery.attempt_count).unwrap_or(usize::MAX);
+        match self.delays.get(slot) {
+            Some(delay) => {
+                // Honour Retry-After, but never past the longest configured delay.
+                let asked = attempt
+                    .retry_after
+                    .unwrap_or_default()
+                    .min(self.longest_delay);
+                Outcome {
+                    status: "pending",
+                    attempts,
+                    next: Some(jitter(*delay, 0.2).max(asked)),
+                    disable_now,
+                }
+            }
+            None => Outcome {
+                status: "failed",
+                attempts,
+                next: None,
+                disable_now,
+            },
+        }
+    }
+
+    /// Records the attempt, the delivery's next state and the endpoint's health in one
+    /// statement, fenced on the attempt number the delivery was claimed with.
+    async fn record(&self, delivery: &Due, probe: bool, attempt: &Attempt) -> anyhow::Result<()> {
+        let outcome = self.outcome(delivery, probe, attempt);
+        let delivered = attempt.delivered();
+        let row: (i64, Option<bool>, Option<bool>) = sqlx::query_as(
+            "WITH delivery AS (
+                 UPDATE webhook_delivery
+                    SET status = $3, attempt_count = $4, updated_at = now(),
+                        next_attempt_at = CASE WHEN $5::bigint IS NULL THEN NULL
+                                               ELSE now() + make_interval(secs => $5::double precision / 1000) END
+                  WHERE id = $1 AND status = 'pending' AND attempt_count = $2
+              RETURNING id
+             ), attempt AS (
+                 INSERT INTO webhook_attempt (delivery_id, status_code, error, duration_ms, probe)
+                 SELECT id, $6, $7, $8, $9 FROM delivery
+             ), verdict AS (
+                 SELECT m.id, m.webhook_disabled_at IS NOT NULL AS was_disabled,
+                        (NOT $11 AND m.webhook_disabled_at IS NULL
+                         AND ($12::text IS NOT NULL
+                              OR m.webhook_failing_since <= now() - make_interval(secs => $13::double precision / 1000))
+                        ) AS disable
+                   FROM merchant m
+                  WHERE m.id = $10 AND EXISTS (SELECT 1 FROM delivery)
+                    AND (NOT $11 OR m.webhook_failing_since IS NOT NULL OR m.webhook_disabled_at IS NOT NULL)
+             ), endpoint AS (
+                 UPDATE merchant m
+                    SET webhook_failing_since = CASE WHEN $11 THEN NULL ELSE coalesce(m.webhook_failing_since, now()) END,
+                        webhook_disabled_at = CASE WHEN $11 THEN NULL WHEN v.disable THEN now() ELSE m.webhook_disabled_at END,
+                        webhook_disabled_reason = CASE WHEN $11 THEN NULL
+                                                       WHEN v.disable THEN coalesce($12, 'failing since ' || m.webhook_failing_since)
+                                                       ELSE m.webhook_disabled_reason END,
+                        webhook_probe_at = CASE WHEN $11 THEN NULL
+                                                WHEN v.disable THEN now() + make_interval(secs => $14::double precision / 1000)
+                                                ELSE m.webhook_probe_at END
+                   FROM verdict v
+                  WHERE m.id = v.id
+              RETURNING v.disable
+             ), released AS (
+                 UPDATE webhook_delivery
+                    SET next_attempt_at = now()
+                  WHERE $11 AND merchant_id = $10 AND status = 'pending' AND id <> $1
+                    AND next_attempt_at > now()
+                    AND EXISTS (SELECT 1 FROM verdict WHERE was_disabled)
+             )
+             SELECT (SELECT count(*) FROM delivery),
+                    (SELECT disable FROM endpoint),
+                    (SELECT was_disabled FROM verdict)",
+        )
+        .bind(&delivery.id)
+        .bind(delivery.attempt_count)
+        .bind(outcome.status)
+        .bind(outcome.attempts)
+        .bind(outcome.next.map(millis))
+        .bind(attempt.status_code.map(i32::from))
+        .bind(&attempt.error)
+        .bind(i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX))
+        .bind(probe)
+        .bind(&delivery.merchant_id)
+        .bind(delivered)
+        .bind(&outcome.disable_now)
+        .bind(millis(self.disable_after))
+        .bind(millis(self.probe_interval))
+        .fetch_one(&self.pool)
+        .await
+        .context("recording a webhook attempt")?;
+        let (recorded, disabled, was_disabled) = row;
+        if recorded == 0 {
+            // Our lease ran out and another sender recorded this attempt number first;
+            // its record stands, and ours (a duplicate send) is not counted.
+            tracing::warn!(delivery_id = %delivery.id, "webhook attempt recorded by another sender");
+            return Ok(());
+        }
+        tracing::info!(
+            delivery_id = %delivery.id,
+            event_id = %delivery.event_id,
+            merchant_id = %delivery.merchant_id,
+            status_code = attempt.status_code,
+            error = attempt.error.as_deref(),
+            outcome = outcome.status,
+            attempts = outcome.attempts,
+            probe,
+            "webhook attempt"
+        );
+        if disabled == Some(true) {
+            tracing::warn!(merchant_id = %delivery.merchant_id, "webhook endpoint disabled; its deliveries wait and it is probed");
+        }
+        if delivered && was_disabled == Some(true) {
+            tracing::info!(merchant_id = %delivery.merchant_id, "webhook endpoint answered again; re-enabled");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The sends in flight, and how many each endpoint (merchant) has.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<()>,
+    owners: HashMap<tokio::task::Id, String>,
+    per_endpoint: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn spawn(
+        &mut self,
+        merchant: String,
+        send: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let task = self.tasks.spawn(send);
+        *self.per_endpoint.entry(merchant.clone()).or_default() += 1;
+        self.owners.insert(task.id(), merchant);
+    }
+
+    /// Waits for one send to finish (one that panicked counts as finished too).
+    async fn finish_one(&mut self) {
+        let id = match self.tasks.join_next_with_id().await {
+            Some(Ok((id, ()))) => id,
+            Some(Err(error)) => {
+                tracing::error!(%error, "a webhook send panicked; its lease expires and it is sent again");
+                error.id()
+            }
+            None => return,
+        };
+        if let Some(merchant) = self.owners.remove(&id) {
+            if let Some(n) = self.per_endpoint.get_mut(&merchant) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_endpoint.remove(&merchant);
+                }
+            }
+        }
+    }
+}

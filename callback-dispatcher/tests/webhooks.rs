@@ -1,0 +1,682 @@
+//! The webhook sender against real merchant endpoints over HTTP(S), on its own database:
+//! retries on schedule, endpoint health (410, probe, re-enable), order per transaction,
+//! isolation per endpoint, TLS, the egress guard, and two senders sharing the work.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::StatusCode;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use paygate_callback_dispatcher::{http_client, Sender};
+use paygate_common::egress::GuardedResolver;
+use paygate_common::signature::webhook;
+use paygate_common::Settings;
+use paygate_testkit::{eventually, keys, pool, settings, unique, Reply, WebhookReceiver};
+
+/// A merchant's endpoint and deliveries on a fresh database, and senders to run on it.
+struct Fixture {
+    settings: Settings,
+    pool: PgPool,
+    stop: CancellationToken,
+}
+
+/// One delivery as the test stored it.
+struct Stored {
+    id: String,
+    event_id: String,
+}
+
+impl Fixture {
+    async fn new(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = settings().await;
+        tweak(&mut settings);
+        let pool = pool(&settings).await;
+        Fixture {
+            settings,
+            pool,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Starts a sender resolving names with the system resolver, guarded.
+    fn start_sender(&self) {
+        let policy = self.settings.callback_dispatcher.egress_policy();
+        self.start_sender_with(GuardedResolver::system(policy));
+    }
+
+    fn start_sender_with(&self, resolver: GuardedResolver) {
+        let http = http_client(&self.settings, resolver).unwrap();
+        let sender = Sender::new(
+            self.pool.clone(),
+            &self.settings.callback_dispatcher,
+            keys(),
+            http,
+            Arc::new(Notify::new()),
+        );
+        tokio::spawn(sender.run(self.stop.child_token()));
+    }
+
+    /// A merchant whose webhooks go to `url`; returns its id and signing secret.
+    async fn merchant(&self, url: &str) -> (String, String) {
+        let id = format!("mer_{}", uuid::Uuid::now_v7().simple());
+        let secret = webhook::generate_secret();
+        sqlx::query(
+            "INSERT INTO merchant (id, name, webhook_url, webhook_secret) VALUES ($1, 'm', $2, $3)",
+        )
+        .bind(&id)
+        .bind(url)
+        .bind(keys().seal_secret(&secret).unwrap().as_stored())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        (id, secret)
+    }
+
+    /// A payment of `merchant`, with nothing to deliver yet.
+    async fn transaction(&self, merchant: &str) -> String {
+        let id = format!("txn_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(
+            "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id)
+             VALUES ($1, $2, 'deposit', 'processing', 10, 'EUR', 'u1')",
+        )
+        .bind(&id)
+        .bind(merchant)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    /// A due delivery of `version` of `transaction`, to `merchant`'s endpoint.
+    async fn delivery(&self, merchant: &str, transaction: &str, version: i32) -> Stored {
+        let (id, event_id) = (unique("whd"), unique("evt"));
+        let url: String = sqlx::query_scalar("SELECT webhook_url FROM merchant WHERE id = $1")
+            .bind(merchant)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        let body = serde_json::json!({
+            "id": event_id, "type": "transaction.processing", "created_at": "2026-11-28T00:00:00.000Z",
+            "data": {"id": transaction, "version": version},
+        })
+        .to_string();
+        sqlx::query(
+            "INSERT INTO webhook_delivery
+                 (id, event_id, merchant_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, 'transaction.processing', $6, $7, 'pending', now())",
+        )
+        .bind(&id)
+        .bind(&event_id)
+        .bind(merchant)
+        .bind(transaction)
+        .bind(version)
+        .bind(&url)
+        .bind(&body)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        Stored { id, event_id }
+    }
+
+    async fn status(&self, delivery: &str) -> (String, i32) {
+        sqlx::query_as("SELECT status, attempt_count FROM webhook_delivery WHERE id = $1")
+            .bind(delivery)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Every recorded attempt of `delivery`: (status code, error, probe), oldest first.
+    async fn attempts(&self, delivery: &str) -> Vec<(Option<i32>, Option<String>, bool)> {
+        sqlx::query_as(
+            "SELECT status_code, error, probe FROM webhook_attempt WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(delivery)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn all_delivered(&self, deliveries: &[&Stored]) -> bool {
+        for delivery in deliveries {
+            if self.status(&delivery.id).await.0 != "delivered" {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn endpoint_disabled(&self, merchant: &str) -> bool {
+        sqlx::query_scalar("SELECT webhook_disabled_at IS NOT NULL FROM merchant WHERE id = $1")
+            .bind(merchant)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The data.id and data.version of each webhook `receiver` got, in arrival order.
+fn arrivals(receiver: &WebhookReceiver) -> Vec<(String, i64)> {
+    receiver
+        .received()
+        .iter()
+        .map(|w| {
+            let body = w.json();
+            (
+                body["data"]["id"].as_str().unwrap().to_owned(),
+                body["data"]["version"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_on_schedule_then_delivered_once_under_one_id() {
+    let fixture = Fixture::new(|s| {
+        // The longest delay (3 s) caps how long a Retry-After may postpone a retry.
+        s.callback_dispatcher.retry_delays_ms = vec![300, 300, 300, 3000];
+    })
+    .await;
+    let receiver = WebhookReceiver::scripted(vec![
+        StatusCode::INTERNAL_SERVER_ERROR.into(),
+        Reply::RetryAfter(StatusCode::SERVICE_UNAVAILABLE, "1".to_owned()),
+        StatusCode::BAD_GATEWAY.into(),
+    ])
+    .await;
+    let (merchant, secret) = fixture.merchant(&receiver.url).await;
+    let transaction = fixture.transaction(&merchant).await;
+    let delivery = fixture.delivery(&merchant, &transaction, 1).await;
+    fixture.start_sender();
+
+    eventually(
+        "the delivery to succeed",
+        Duration::from_secs(20),
+        || async {
+            (fixture.status(&delivery.id).await == ("delivered".to_owned(), 4)).then_some(())
+        },
+    )
+    .await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 4, "three failures and one success");
+    for webhook in &received {
+        assert_eq!(webhook.header("webhook-id"), delivery.event_id);
+        let timestamp: i64 = webhook.header("webhook-timestamp").parse().unwrap();
+        assert!(webhook::verify(
+            &secret,
+            &delivery.event_id,
+            timestamp,
+            webhook.body.as_bytes(),
+            webhook.header("webhook-signature")
+        ));
+    }
+    let gaps: Vec<Duration> = received.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(240),
+        "the first retry waits its delay (300 ms ± 20 %): {gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(1000),
+        "Retry-After: 1 is honoured: {gaps:?}"
+    );
+    let codes: Vec<Option<i32>> = fixture
+        .attempts(&delivery.id)
+        .await
+        .into_iter()
+        .map(|(code, _, _)| code)
+        .collect();
+    assert_eq!(codes, [Some(500), Some(503), Some(502), Some(200)]);
+}
+
+#[tokio::test]
+async fn a_gone_endpoint_is_disabled_then_probed_and_sent_what_it_missed_in_order() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.probe_interval_ms = 300;
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    receiver.answer_otherwise(StatusCode::GONE);
+    let (merchant, _) = fixture.merchant(&receiver.url).await;
+    let mut deliveries = Vec::new();
+    for _ in 0..3 {
+        let transaction = fixture.transaction(&merchant).await;
+        for version in 1..=3 {
+            deliveries.push(fixture.delivery(&merchant, &transaction, version).await);
+        }
+    }
+    fixture.start_sender();
+
+    eventually(
+        "the endpoint to be disabled",
+        Duration::from_secs(10),
+        || async { fixture.endpoint_disabled(&merchant).await.then_some(()) },
+    )
+    .await;
+    // Probes go out, slowly, one at a time, and change nothing while it answers 410.
+    eventually("a probe", Duration::from_secs(10), || async {
+        let probes: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempt WHERE probe")
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+        (probes >= 2).then_some(())
+    })
+    .await;
+    assert!(fixture.endpoint_disabled(&merchant).await);
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery WHERE merchant_id = $1 AND status = 'pending'",
+    )
+    .bind(&merchant)
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 9, "every delivery waits, visible, none spent");
+
+    receiver.answer_otherwise(StatusCode::OK);
+    let all: Vec<&Stored> = deliveries.iter().collect();
+    eventually(
+        "everything missed to arrive",
+        Duration::from_secs(20),
+        || async { fixture.all_delivered(&all).await.then_some(()) },
+    )
+    .await;
+    assert!(
+        !fixture.endpoint_disabled(&merchant).await,
+        "re-enabled without an operator"
+    );
+    let mut last_version: HashMap<String, i64> = HashMap::new();
+    for (transaction, version) in arrivals(&receiver) {
+        let before = last_version
+            .insert(transaction.clone(), version)
+            .unwrap_or(0);
+        assert!(
+            version >= before,
+            "{transaction} v{version} was sent after v{before}: order per transaction holds through probes"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_transaction_never_reorders_and_never_holds_up_another() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.retry_delays_ms = vec![400, 400, 400];
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&receiver.url).await;
+    let slow = fixture.transaction(&merchant).await;
+    receiver.answer_matching(
+        &format!("\"id\":\"{slow}\",\"version\":1"),
+        vec![
+            StatusCode::INTERNAL_SERVER_ERROR.into(),
+            StatusCode::INTERNAL_SERVER_ERROR.into(),
+        ],
+    );
+    let mut deliveries = vec![
+        fixture.delivery(&merchant, &slow, 1).await,
+        fixture.delivery(&merchant, &slow, 2).await,
+    ];
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        let transaction = fixture.transaction(&merchant).await;
+        deliveries.push(fixture.delivery(&merchant, &transaction, 1).await);
+        deliveries.push(fixture.delivery(&merchant, &transaction, 2).await);
+        others.push(transaction);
+    }
+    fixture.start_sender();
+
+    let all: Vec<&Stored> = deliveries.iter().collect();
+    eventually("every delivery", Duration::from_secs(20), || async {
+        fixture.all_delivered(&all).await.then_some(())
+    })
+    .await;
+    let order = arrivals(&receiver);
+    let first_success_of_slow_v1 = order
+        .iter()
+        .rposition(|(t, v)| *t == slow && *v == 1)
+        .unwrap();
+    let first_slow_v2 = order
+        .iter()
+        .position(|(t, v)| *t == slow && *v == 2)
+        .unwrap();
+    assert!(
+        first_slow_v2 > first_success_of_slow_v1,
+        "v2 waits until v1 is delivered: {order:?}"
+    );
+    assert_eq!(
+        order.iter().filter(|(t, v)| *t == slow && *v == 2).count(),
+        1,
+        "v2 is sent once, after v1"
+    );
+    for transaction in &others {
+        let v1 = order
+            .iter()
+            .position(|(t, v)| t == transaction && *v == 1)
+            .unwrap();
+        let v2 = order
+            .iter()
+            .position(|(t, v)| t == transaction && *v == 2)
+            .unwrap();
+        assert!(v1 < v2, "{transaction}: v1 before v2");
+        assert!(
+            v2 < first_success_of_slow_v1,
+            "{transaction} was not held up by the slow one: {order:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_costs_only_its_own_deliveries() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.request_timeout_ms = 3_000;
+        s.callback_dispatcher.endpoint_concurrency = 2;
+    })
+    .await;
+    let hanging = WebhookReceiver::start().await;
+    hanging.answer_otherwise(Reply::Hang(Duration::from_secs(30)));
+    let prompt = WebhookReceiver::start().await;
+    let (slow_merchant, _) = fixture.merchant(&hanging.url).await;
+    let (merchant, _) = fixture.merchant(&prompt.url).await;
+    let mut slow = Vec::new();
+    let mut fast = Vec::new();
+    for _ in 0..6 {
+        let transaction = fixture.transaction(&slow_merchant).await;
+        slow.push(fixture.delivery(&slow_merchant, &transaction, 1).await);
+    }
+    fixture.start_sender();
+    eventually(
+        "the hanging endpoint to be called",
+        Duration::from_secs(5),
+        || async { (hanging.received().len() == 2).then_some(()) },
+    )
+    .await;
+    for _ in 0..6 {
+        let transaction = fixture.transaction(&merchant).await;
+        fast.push(fixture.delivery(&merchant, &transaction, 1).await);
+    }
+    let fast_refs: Vec<&Stored> = fast.iter().collect();
+    eventually(
+        "the prompt endpoint's deliveries",
+        Duration::from_secs(10),
+        || async { fixture.all_delivered(&fast_refs).await.then_some(()) },
+    )
+    .await;
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_attempt a JOIN webhook_delivery d ON d.id = a.delivery_id
+          WHERE d.merchant_id = $1",
+    )
+    .bind(&slow_merchant)
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, 0,
+        "the prompt merchant was served while the hanging one's first attempts were still waiting"
+    );
+    assert_eq!(
+        hanging.received().len(),
+        2,
+        "at most endpoint_concurrency sends hang at once"
+    );
+    eventually(
+        "the hanging attempts to time out",
+        Duration::from_secs(10),
+        || async {
+            let timed_out: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_attempt WHERE error = 'timed out'",
+            )
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+            (timed_out >= 2).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(slow.len(), 6);
+}
+
+#[tokio::test]
+async fn https_webhooks_reach_a_receiver_whose_ca_is_configured_and_no_other() {
+    let tls = WebhookReceiver::start_tls().await;
+    let ca = std::env::temp_dir().join(format!("{}.pem", unique("paygate-test-ca")));
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+
+    let untrusting = Fixture::new(|_| {}).await;
+    let (merchant, _) = untrusting.merchant(&tls.receiver.url).await;
+    let transaction = untrusting.transaction(&merchant).await;
+    let refused = untrusting.delivery(&merchant, &transaction, 1).await;
+    untrusting.start_sender();
+    eventually("an attempt", Duration::from_secs(10), || async {
+        (!untrusting.attempts(&refused.id).await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        tls.receiver.received().is_empty(),
+        "a certificate from an unknown CA is refused"
+    );
+
+    let trusting = Fixture::new(|s| {
+        s.tls.extra_root_certificates = ca.to_string_lossy().into_owned();
+    })
+    .await;
+    let (merchant, secret) = trusting.merchant(&tls.receiver.url).await;
+    let transaction = trusting.transaction(&merchant).await;
+    let delivery = trusting.delivery(&merchant, &transaction, 1).await;
+    trusting.start_sender();
+    eventually("delivery over HTTPS", Duration::from_secs(10), || async {
+        (trusting.status(&delivery.id).await.0 == "delivered").then_some(())
+    })
+    .await;
+    let received = tls.receiver.received();
+    assert_eq!(received.len(), 1);
+    let webhook = &received[0];
+    assert!(webhook::verify(
+        &secret,
+        &delivery.event_id,
+        webhook.header("webhook-timestamp").parse().unwrap(),
+        webhook.body.as_bytes(),
+        webhook.header("webhook-signature"),
+    ));
+    std::fs::remove_file(ca).ok();
+}
+
+/// Resolves names to the addresses a test chose.
+struct FixedNames(HashMap<String, Vec<SocketAddr>>);
+
+impl Resolve for FixedNames {
+    fn resolve(&self, name: Name) -> Resolving {
+        let addresses = self.0.get(name.as_str()).cloned().unwrap_or_default();
+        Box::pin(async move {
+            let addrs: Addrs = Box::new(addresses.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[tokio::test]
+async fn every_forbidden_range_is_refused_at_send_time_without_a_connection() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.allow_http = true;
+        s.callback_dispatcher.allow_loopback = false;
+        s.callback_dispatcher.allow_private = false;
+        s.callback_dispatcher.retry_delays_ms = vec![];
+    })
+    .await;
+    // A real endpoint on loopback: any connection to it would be seen.
+    let witness = WebhookReceiver::start().await;
+    let witness_port: u16 = witness
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cases = [
+        (
+            "loopback.merchant.test",
+            vec![format!("127.0.0.1:{witness_port}")],
+            "loopback",
+        ),
+        (
+            "v6-loopback.merchant.test",
+            vec![format!("[::1]:{witness_port}")],
+            "loopback",
+        ),
+        (
+            "private.merchant.test",
+            vec!["10.0.0.7:80".to_owned()],
+            "private",
+        ),
+        (
+            "home.merchant.test",
+            vec!["192.168.1.1:80".to_owned()],
+            "private",
+        ),
+        (
+            "shared.merchant.test",
+            vec!["100.64.0.1:80".to_owned()],
+            "shared",
+        ),
+        (
+            "metadata.merchant.test",
+            vec!["169.254.169.254:80".to_owned()],
+            "link-local",
+        ),
+        (
+            "mapped.merchant.test",
+            vec!["[::ffff:169.254.169.254]:80".to_owned()],
+            "link-local",
+        ),
+        (
+            "v6-link.merchant.test",
+            vec!["[fe80::1]:80".to_owned()],
+            "link-local",
+        ),
+        (
+            "ula.merchant.test",
+            vec!["[fd00:ec2::254]:80".to_owned()],
+            "unique-local",
+        ),
+        // One forbidden address among public ones is enough to refuse the name.
+        (
+            "mixed.merchant.test",
+            vec![
+                "93.184.215.14:80".to_owned(),
+                format!("127.0.0.1:{witness_port}"),
+            ],
+            "loopback",
+        ),
+    ];
+    let names = FixedNames(
+        cases
+            .iter()
+            .map(|(name, addresses, _)| {
+                (
+                    (*name).to_owned(),
+                    addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                )
+            })
+            .collect(),
+    );
+    let policy = fixture.settings.callback_dispatcher.egress_policy();
+    fixture.start_sender_with(GuardedResolver::over(policy, Arc::new(names)));
+
+    let mut expected = Vec::new();
+    for (name, _, range) in &cases {
+        // Registered as a name: whatever it resolved to then, it is judged now.
+        let url = format!("http://{name}:{witness_port}/webhooks");
+        let (merchant, _) = fixture.merchant(&url).await;
+        let transaction = fixture.transaction(&merchant).await;
+        expected.push((fixture.delivery(&merchant, &transaction, 1).await, *range));
+    }
+    for (literal, range) in [
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]:1/", "loopback"),
+        ("http://10.1.1.1/", "private"),
+    ] {
+        let (merchant, _) = fixture.merchant(literal).await;
+        let transaction = fixture.transaction(&merchant).await;
+        expected.push((fixture.delivery(&merchant, &transaction, 1).await, range));
+    }
+
+    for (delivery, range) in &expected {
+        let attempts = eventually("the refused attempt", Duration::from_secs(10), || async {
+            let attempts = fixture.attempts(&delivery.id).await;
+            (!attempts.is_empty()).then_some(attempts)
+        })
+        .await;
+        let (code, error, _) = &attempts[0];
+        assert_eq!(*code, None);
+        let error = error.as_deref().unwrap();
+        assert!(
+            error.starts_with("refused: ") && error.contains(&format!("a {range} address")),
+            "{error}"
+        );
+        assert_eq!(fixture.status(&delivery.id).await.0, "failed");
+    }
+    assert!(
+        witness.received().is_empty(),
+        "no request reached the loopback endpoint"
+    );
+}
+
+#[tokio::test]
+async fn two_senders_on_one_database_send_every_attempt_once() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.endpoint_concurrency = 4;
+    })
+    .await;
+    let receivers = [
+        WebhookReceiver::start().await,
+        WebhookReceiver::start().await,
+    ];
+    let mut deliveries = Vec::new();
+    for receiver in &receivers {
+        let (merchant, _) = fixture.merchant(&receiver.url).await;
+        for _ in 0..20 {
+            let transaction = fixture.transaction(&merchant).await;
+            deliveries.push(fixture.delivery(&merchant, &transaction, 1).await);
+            deliveries.push(fixture.delivery(&merchant, &transaction, 2).await);
+        }
+    }
+    fixture.start_sender();
+    fixture.start_sender();
+    let all: Vec<&Stored> = deliveries.iter().collect();
+    eventually("every delivery", Duration::from_secs(30), || async {
+        fixture.all_delivered(&all).await.then_some(())
+    })
+    .await;
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for receiver in &receivers {
+        for webhook in receiver.received() {
+            *sent
+                .entry(webhook.header("webhook-id").to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(sent.len(), deliveries.len());
+    assert!(
+        sent.values().all(|n| *n == 1),
+        "each attempt sent once: {sent:?}"
+    );
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempt")
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 80);
+}
