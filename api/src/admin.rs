@@ -40,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_api_key))
         .routes(routes!(set_webhook, webhook_endpoint))
         .routes(routes!(rotate_webhook_secret))
+        .routes(routes!(crate::webhook_keys::rotate_signing_key))
         .routes(routes!(put_customer))
         .routes(routes!(list_gateways))
         .routes(routes!(upsert_gateway))

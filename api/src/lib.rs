@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod payments;
 pub mod queries;
 pub mod rate_limit;
+pub mod webhook_keys;
 
 use std::sync::Arc;
 
@@ -71,6 +72,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(queries::transaction_events))
         .routes(routes!(queries::list_deliveries))
         .routes(routes!(queries::replay_delivery))
+        .routes(routes!(webhook_keys::jwks))
         .nest("/admin/v1", admin::router())
         .routes(routes!(callbacks::receive))
         .routes(routes!(callbacks::receive_legacy))

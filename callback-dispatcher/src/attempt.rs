@@ -5,15 +5,17 @@ use std::time::{Duration, Instant, SystemTime};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use paygate_common::egress::{Policy, Refusal};
-use paygate_common::signature::webhook;
+use paygate_common::signature::{ed25519, webhook};
 
 /// What is sent: the stored body under its `webhook-id`, signed with every secret that
-/// currently signs (the newest first; the previous one during a rotation's overlap).
+/// currently signs (the newest first; the previous one during a rotation's overlap),
+/// and with the merchant's Ed25519 keys when it has any.
 pub struct Message<'a> {
     pub url: &'a str,
     pub webhook_id: &'a str,
     pub body: &'a str,
     pub secrets: &'a [SecretString],
+    pub signing_keys: &'a [SecretString],
 }
 
 /// What one attempt came to.
@@ -49,18 +51,25 @@ impl Attempt {
     }
 }
 
-/// The `webhook-signature` value: one `v1,` signature per secret, space-separated, as
-/// Standard Webhooks allows during a rotation.
+/// The `webhook-signature` value: one `v1,` signature per secret and one `v1a,` per
+/// Ed25519 key, space-separated, as Standard Webhooks allows.
 pub fn signature_header(
     secrets: &[SecretString],
+    signing_keys: &[SecretString],
     webhook_id: &str,
     timestamp: i64,
     body: &[u8],
 ) -> Result<String, webhook::WebhookSecretError> {
-    let signatures = secrets
+    let mut signatures = secrets
         .iter()
         .map(|secret| webhook::sign(secret.expose_secret(), webhook_id, timestamp, body))
         .collect::<Result<Vec<_>, _>>()?;
+    for key in signing_keys {
+        signatures.push(
+            ed25519::sign(key.expose_secret(), webhook_id, timestamp, body)
+                .ok_or(webhook::WebhookSecretError::Malformed)?,
+        );
+    }
     Ok(signatures.join(" "))
 }
 
@@ -74,6 +83,7 @@ pub async fn send(http: &reqwest::Client, policy: &Policy, message: &Message<'_>
     let timestamp = chrono::Utc::now().timestamp();
     let signature = match signature_header(
         message.secrets,
+        message.signing_keys,
         message.webhook_id,
         timestamp,
         message.body.as_bytes(),
@@ -170,9 +180,22 @@ mod tests {
             SecretString::from(new.clone()),
             SecretString::from(old.clone()),
         ];
-        let header = signature_header(&secrets, "evt_1", 1_700_000_000, b"{}").unwrap();
-        assert_eq!(header.split(' ').count(), 2);
-        assert!(header.split(' ').all(|s| s.starts_with("v1,")));
+        let key = ed25519::generate_key();
+        let keys = [SecretString::from(key.clone())];
+        let header = signature_header(&secrets, &keys, "evt_1", 1_700_000_000, b"{}").unwrap();
+        assert_eq!(header.split(' ').count(), 3);
+        assert_eq!(
+            header.split(' ').filter(|s| s.starts_with("v1,")).count(),
+            2
+        );
+        let public = ed25519::public_key(&key).unwrap();
+        assert!(ed25519::verify(
+            &public,
+            "evt_1",
+            1_700_000_000,
+            b"{}",
+            &header
+        ));
         for secret in [&old, &new] {
             assert!(webhook::verify(
                 secret,

@@ -69,6 +69,9 @@ struct Due {
     secret: Sealed,
     /// The secret before the last rotation, while it still signs.
     previous_secret: Option<Sealed>,
+    /// Ed25519 keys, when the merchant has asked for asymmetric signatures too.
+    signing_key: Option<Sealed>,
+    previous_signing_key: Option<Sealed>,
 }
 
 /// What the delivery and its endpoint become after one attempt.
@@ -80,9 +83,14 @@ struct Outcome {
     disable_now: Option<String>,
 }
 
-const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, d.url, d.body, d.attempt_count,
+/// What a claim returns. A delivery goes to the endpoint's current URL (the one it was
+/// recorded with when the merchant has since removed it), so a corrected URL receives
+/// what is still pending.
+const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, coalesce(m.webhook_url, d.url) AS url, d.body, d.attempt_count,
     m.webhook_secret AS secret,
-    CASE WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END AS previous_secret";
+    CASE WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END AS previous_secret,
+    m.webhook_signing_key AS signing_key,
+    CASE WHEN m.webhook_signing_key_previous_until > now() THEN m.webhook_signing_key_previous END AS previous_signing_key";
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -268,12 +276,13 @@ impl Sender {
     /// Sends one claimed delivery and records the outcome.
     async fn deliver(&self, delivery: Due, probe: bool) {
         let attempt = match self.secrets(&delivery) {
-            Ok(secrets) => {
+            Ok((secrets, signing_keys)) => {
                 let message = Message {
                     url: &delivery.url,
                     webhook_id: &delivery.event_id,
                     body: &delivery.body,
                     secrets: &secrets,
+                    signing_keys: &signing_keys,
                 };
                 attempt::send(&self.http, &self.policy, &message).await
             }
@@ -290,11 +299,20 @@ impl Sender {
         }
     }
 
-    fn secrets(&self, delivery: &Due) -> anyhow::Result<Vec<SecretString>> {
-        std::iter::once(&delivery.secret)
+    /// The HMAC secrets and Ed25519 keys that sign `delivery`, opened.
+    fn secrets(&self, delivery: &Due) -> anyhow::Result<(Vec<SecretString>, Vec<SecretString>)> {
+        let open = |sealed: &Sealed| self.keys.open_secret(sealed);
+        let secrets = std::iter::once(&delivery.secret)
             .chain(delivery.previous_secret.as_ref())
-            .map(|sealed| self.keys.open_secret(sealed))
-            .collect()
+            .map(open)
+            .collect::<anyhow::Result<_>>()?;
+        let signing_keys = delivery
+            .signing_key
+            .iter()
+            .chain(delivery.previous_signing_key.as_ref())
+            .map(open)
+            .collect::<anyhow::Result<_>>()?;
+        Ok((secrets, signing_keys))
     }
 
     /// What follows `attempt`: delivered, retried later, failed, or (a probe that

@@ -13,7 +13,13 @@ ALTER TABLE merchant
     -- The secret before the last rotation, which still signs (a second v1 signature)
     -- until webhook_secret_previous_until.
     ADD COLUMN webhook_secret_previous       text,
-    ADD COLUMN webhook_secret_previous_until timestamptz;
+    ADD COLUMN webhook_secret_previous_until timestamptz,
+    -- Optional Ed25519 signing (a `v1a,` signature beside the `v1,` ones): the sealed
+    -- 32-byte seed, and the one before the last rotation, which still signs and stays
+    -- published in the merchant's JWKS until webhook_signing_key_previous_until.
+    ADD COLUMN webhook_signing_key                text,
+    ADD COLUMN webhook_signing_key_previous       text,
+    ADD COLUMN webhook_signing_key_previous_until timestamptz;
 
 -- Disabled endpoints due for a probe.
 CREATE INDEX merchant_webhook_probe ON merchant (webhook_probe_at) WHERE webhook_disabled_at IS NOT NULL;

@@ -81,6 +81,8 @@ impl KeyRing {
 const SECRET_COLUMNS: &[(&str, &str, &str)] = &[
     ("merchant", "id", "webhook_secret"),
     ("merchant", "id", "webhook_secret_previous"),
+    ("merchant", "id", "webhook_signing_key"),
+    ("merchant", "id", "webhook_signing_key_previous"),
     ("gateway", "code", "callback_secret"),
 ];
 

@@ -186,6 +186,91 @@ pub mod webhook {
     }
 }
 
+pub mod ed25519 {
+    //! Standard Webhooks' asymmetric signatures: `v1a,<base64 Ed25519 signature of
+    //! "<id>.<timestamp>.<body>">`, so a receiver verifies with a public key (published
+    //! as a JWK) and holds no secret. Keys are 32-byte seeds, `whsk_<base64>`; public
+    //! keys `whpk_<base64>`.
+
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+    use rand::RngCore;
+    use sha2::{Digest as _, Sha256};
+
+    /// A new signing key: `whsk_` and a 32-byte seed in base64.
+    pub fn generate_key() -> String {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        format!("whsk_{}", STANDARD.encode(seed))
+    }
+
+    fn signing_key(key: &str) -> Option<SigningKey> {
+        let seed = STANDARD.decode(key.strip_prefix("whsk_")?).ok()?;
+        Some(SigningKey::from_bytes(&seed.try_into().ok()?))
+    }
+
+    /// The `v1a,` signature of one message; `None` when `key` is not a `whsk_` key.
+    pub fn sign(key: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+        let message = [
+            id.as_bytes(),
+            b".",
+            timestamp.to_string().as_bytes(),
+            b".",
+            body,
+        ]
+        .concat();
+        let signature = signing_key(key)?.sign(&message);
+        Some(format!("v1a,{}", STANDARD.encode(signature.to_bytes())))
+    }
+
+    /// The public half of `key`, `whpk_<base64>`.
+    pub fn public_key(key: &str) -> Option<String> {
+        let public = signing_key(key)?.verifying_key();
+        Some(format!("whpk_{}", STANDARD.encode(public.to_bytes())))
+    }
+
+    /// `key`'s public half as a JSON Web Key (RFC 8037), its `kid` the first 16 hex
+    /// digits of the SHA-256 of the public key.
+    pub fn jwk(key: &str) -> Option<serde_json::Value> {
+        let public = signing_key(key)?.verifying_key().to_bytes();
+        Some(serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "use": "sig",
+            "kid": hex::encode(&Sha256::digest(public)[..8]),
+            "x": URL_SAFE_NO_PAD.encode(public),
+        }))
+    }
+
+    /// Whether any `v1a,` signature in `header` verifies with `public` (`whpk_…`).
+    pub fn verify(public: &str, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+        let Some(key) = public
+            .strip_prefix("whpk_")
+            .and_then(|k| STANDARD.decode(k).ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        else {
+            return false;
+        };
+        let message = [
+            id.as_bytes(),
+            b".",
+            timestamp.to_string().as_bytes(),
+            b".",
+            body,
+        ]
+        .concat();
+        header
+            .split(' ')
+            .filter_map(|s| s.strip_prefix("v1a,"))
+            .filter_map(|s| STANDARD.decode(s).ok())
+            .filter_map(|s| <[u8; 64]>::try_from(s).ok())
+            .any(|s| key.verify(&message, &Signature::from_bytes(&s)).is_ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +341,55 @@ mod tests {
             body,
             &signature
         ));
+    }
+
+    #[test]
+    fn an_ed25519_signature_verifies_with_its_public_key_only() {
+        let key = ed25519::generate_key();
+        let public = ed25519::public_key(&key).unwrap();
+        let header = ed25519::sign(&key, "msg_1", 1_700_000_000, b"{}").unwrap();
+        assert!(header.starts_with("v1a,"));
+        assert!(ed25519::verify(
+            &public,
+            "msg_1",
+            1_700_000_000,
+            b"{}",
+            &header
+        ));
+        assert!(!ed25519::verify(
+            &public,
+            "msg_1",
+            1_700_000_000,
+            b"{ }",
+            &header
+        ));
+        let other = ed25519::public_key(&ed25519::generate_key()).unwrap();
+        assert!(!ed25519::verify(
+            &other,
+            "msg_1",
+            1_700_000_000,
+            b"{}",
+            &header
+        ));
+        let mixed = format!("v1,AAAA {header}");
+        assert!(ed25519::verify(
+            &public,
+            "msg_1",
+            1_700_000_000,
+            b"{}",
+            &mixed
+        ));
+        let jwk = ed25519::jwk(&key).unwrap();
+        assert_eq!(jwk["kty"], "OKP");
+        assert_eq!(
+            jwk["x"].as_str().unwrap().len(),
+            43,
+            "32 bytes, base64url unpadded"
+        );
+        assert!(
+            ed25519::sign("whsec_AAAA", "m", 1, b"").is_none(),
+            "not a signing key"
+        );
     }
 
     #[test]

@@ -225,3 +225,104 @@ async fn the_admin_api_refuses_webhook_urls_that_reach_internal_addresses_with_a
     assert_eq!(endpoint["state"], "enabled");
     api.running.stop().await.unwrap();
 }
+
+/// The `whpk_` public keys a JWKS publishes.
+fn public_keys(jwks: &Value) -> Vec<String> {
+    use base64::Engine as _;
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|jwk| {
+            assert_eq!(jwk["crv"], "Ed25519");
+            let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwk["x"].as_str().unwrap())
+                .unwrap();
+            format!(
+                "whpk_{}",
+                base64::engine::general_purpose::STANDARD.encode(x)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ed25519_signatures_verify_with_the_keys_published_in_the_merchants_jwks_across_a_rotation()
+{
+    use paygate_common::signature::ed25519;
+    let suite = Suite::start().await;
+    let merchant = suite.merchant.id.as_str().to_owned();
+    let jwks_url = format!(
+        "{}/.well-known/paygate/webhooks/{merchant}/jwks.json",
+        suite.api_url
+    );
+    let rotate = || async {
+        json_of(
+            suite
+                .http
+                .post(format!(
+                    "{}/admin/v1/merchants/{merchant}/webhook-signing-key",
+                    suite.api_url
+                ))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await
+    };
+    assert_eq!(
+        json_of(suite.http.get(&jwks_url)).await["keys"],
+        json!([]),
+        "HMAC only until a key is given"
+    );
+    let first = rotate().await;
+    assert_eq!(first["jwks_url"], jwks_url);
+    let published = public_keys(&json_of(suite.http.get(&jwks_url)).await);
+    assert_eq!(published, [first["public_key"].as_str().unwrap()]);
+
+    let verifies = |webhook: &Received, public: &str| {
+        ed25519::verify(
+            public,
+            webhook.header("webhook-id"),
+            webhook.header("webhook-timestamp").parse().unwrap(),
+            webhook.body.as_bytes(),
+            webhook.header("webhook-signature"),
+        )
+    };
+    let paid = suite.deposit("12.00").await;
+    for webhook in webhooks_of(&suite, &paid, 2).await {
+        assert!(
+            verifies(&webhook, &published[0]),
+            "verified with the published key alone"
+        );
+        assert!(
+            official_verdict(&webhook, &suite.merchant.webhook_secret),
+            "the v1 signature is still there for HMAC receivers"
+        );
+    }
+
+    let second = rotate().await;
+    assert!(second["previous_key_expires_at"].is_string());
+    let published = public_keys(&json_of(suite.http.get(&jwks_url)).await);
+    assert_eq!(
+        published,
+        [
+            second["public_key"].as_str().unwrap(),
+            first["public_key"].as_str().unwrap()
+        ],
+        "newest first, the previous one while it still signs"
+    );
+    let paid = suite.deposit("13.00").await;
+    for webhook in webhooks_of(&suite, &paid, 2).await {
+        for public in &published {
+            assert!(
+                verifies(&webhook, public),
+                "both keys sign during the overlap"
+            );
+        }
+        let forged = Received {
+            body: webhook.body.replace("13.00", "93.00"),
+            ..webhook.clone()
+        };
+        assert!(!verifies(&forged, &published[0]));
+    }
+    suite.stop().await;
+}
