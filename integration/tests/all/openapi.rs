@@ -30,6 +30,13 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/admin/v1/merchants"),
     ("POST", "/admin/v1/merchants/{id}/api-keys"),
     ("PUT", "/admin/v1/merchants/{id}/webhook"),
+    ("GET", "/admin/v1/merchants/{id}/webhook"),
+    ("POST", "/admin/v1/merchants/{id}/webhook-secret"),
+    ("POST", "/admin/v1/merchants/{id}/webhook-signing-key"),
+    (
+        "GET",
+        "/.well-known/paygate/webhooks/{merchant_id}/jwks.json",
+    ),
     ("PUT", "/admin/v1/customers"),
     ("GET", "/admin/v1/gateways"),
     ("PUT", "/admin/v1/gateways/{code}"),

@@ -260,6 +260,9 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token() {
         (Method::DELETE, "/routes/1"),
         (Method::GET, "/callbacks/rejected"),
         (Method::GET, "/payments/dead-lettered"),
+        (Method::GET, "/merchants/mer_x/webhook"),
+        (Method::POST, "/merchants/mer_x/webhook-secret"),
+        (Method::POST, "/merchants/mer_x/webhook-signing-key"),
     ];
     for (method, path) in routes {
         for token in [None, Some("wrong"), Some(api.key.as_str())] {
