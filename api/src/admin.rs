@@ -95,7 +95,8 @@ fn body<T: serde::de::DeserializeOwned>(raw: &RawBody) -> Result<T> {
     parse_json(&raw.bytes)
 }
 
-fn merchant_id(id: &str) -> Result<MerchantId> {
+/// The merchant a path names; an unreadable id is a merchant that does not exist.
+pub(crate) fn merchant_id(id: &str) -> Result<MerchantId> {
     id.parse().map_err(|_| ApiError::NotFound("merchant"))
 }
 

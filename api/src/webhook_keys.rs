@@ -14,12 +14,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use paygate_common::domain::MerchantId;
 use paygate_common::events::timestamp;
 use paygate_common::secrets::Sealed;
 use paygate_common::signature::ed25519;
 
-use crate::admin::Admin;
+use crate::admin::{merchant_id, Admin};
 use crate::error::responses::{NotFound, ServiceUnavailable, Unauthorized};
 use crate::error::{ApiError, Result};
 use crate::extract::PathParam;
@@ -28,10 +27,6 @@ use crate::AppState;
 /// Where a merchant's webhook public keys are published.
 pub fn jwks_path(merchant: &str) -> String {
     format!("/.well-known/paygate/webhooks/{merchant}/jwks.json")
-}
-
-fn merchant_id(id: &str) -> Result<MerchantId> {
-    id.parse().map_err(|_| ApiError::NotFound("merchant"))
 }
 
 /// A new Ed25519 signing key's public half.
@@ -126,9 +121,9 @@ pub async fn rotate_signing_key(
 )]
 pub async fn jwks(
     State(state): State<AppState>,
-    PathParam(merchant_id): PathParam<String>,
+    PathParam(merchant): PathParam<String>,
 ) -> Result<Json<Value>> {
-    let id = self::merchant_id(&merchant_id)?;
+    let id = merchant_id(&merchant)?;
     let row: Option<(Option<Sealed>, Option<Sealed>)> = sqlx::query_as(
         "SELECT webhook_signing_key,
                 CASE WHEN webhook_signing_key_previous_until > now() THEN webhook_signing_key_previous END

@@ -210,16 +210,21 @@ pub mod ed25519 {
         Some(SigningKey::from_bytes(&seed.try_into().ok()?))
     }
 
-    /// The `v1a,` signature of one message; `None` when `key` is not a `whsk_` key.
-    pub fn sign(key: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
-        let message = [
+    /// What Standard Webhooks signs: `<id>.<timestamp>.<body>`.
+    fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+        [
             id.as_bytes(),
             b".",
             timestamp.to_string().as_bytes(),
             b".",
             body,
         ]
-        .concat();
+        .concat()
+    }
+
+    /// The `v1a,` signature of one message; `None` when `key` is not a `whsk_` key.
+    pub fn sign(key: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+        let message = signed_content(id, timestamp, body);
         let signature = signing_key(key)?.sign(&message);
         Some(format!("v1a,{}", STANDARD.encode(signature.to_bytes())))
     }
@@ -254,14 +259,7 @@ pub mod ed25519 {
         else {
             return false;
         };
-        let message = [
-            id.as_bytes(),
-            b".",
-            timestamp.to_string().as_bytes(),
-            b".",
-            body,
-        ]
-        .concat();
+        let message = signed_content(id, timestamp, body);
         header
             .split(' ')
             .filter_map(|s| s.strip_prefix("v1a,"))
