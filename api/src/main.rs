@@ -1,10 +1,12 @@
-//! `paygate-api` serves; `paygate-api migrate` applies migrations; `paygate-api
-//! seed-demo` creates the demo data and prints its credentials (see `demo`).
+//! `paygate-api` serves; `paygate-api migrate` applies migrations; `paygate-api init`
+//! applies them and creates the topics, as a deployment's one-shot job (see
+//! `paygate_common::init`); `paygate-api seed-demo` creates the demo data and prints
+//! its credentials (see `demo`).
 
 use anyhow::Context as _;
 use paygate_api::demo::{self, DemoConfig, SimulatorSecrets};
 use paygate_api::Application;
-use paygate_common::{db, shutdown, telemetry, Settings};
+use paygate_common::{db, init, shutdown, telemetry, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,6 +21,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("migrate") => {
             db::connect(&settings.database).await?;
+        }
+        Some("init") => {
+            let topics = init::run(&settings).await?;
+            tracing::info!(?topics, "migrated; topics ready");
         }
         Some("seed-demo") => {
             let pool = db::connect(&settings.database).await?;
@@ -52,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
             let merchant = demo::seed(&pool, &keys, &config).await?;
             println!("{}", serde_json::to_string(&merchant)?);
         }
-        Some(other) => anyhow::bail!("unknown command {other:?}; use serve, migrate or seed-demo"),
+        Some(other) => anyhow::bail!("unknown command {other:?}; use serve, migrate, init or seed-demo"),
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod egress;
 pub mod events;
 pub mod gateway;
 pub mod health;
+pub mod init;
 pub mod kafka;
 pub mod lock;
 pub mod outbox;

@@ -1,4 +1,5 @@
 use paygate_common::db;
+use secrecy::ExposeSecret as _;
 use sqlx::postgres::PgPoolOptions;
 
 #[tokio::test]
@@ -75,4 +76,50 @@ async fn the_schema_refuses_a_second_event_with_the_same_version() {
         db::violated_constraint(&error),
         Some("transaction_event_version_unique")
     );
+}
+
+#[tokio::test]
+async fn init_migrates_even_with_migrate_on_start_off_and_creates_every_topic_with_the_configured_partitions(
+) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let mut settings = paygate_testkit::settings().await;
+    settings.database.migrate_on_start = false;
+    let topics = paygate_common::init::run(&settings).await.unwrap();
+
+    let pool = PgPoolOptions::new()
+        .connect(settings.database.url.expose_secret())
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(applied >= 1, "no migration applied");
+
+    let expected = paygate_common::kafka::all_topics(&settings.kafka.topics);
+    assert_eq!(topics, expected);
+    assert_eq!(expected.len(), 8, "four topics and their dead-letter topics");
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .create()
+        .unwrap();
+    for topic in &expected {
+        let metadata = client
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+            .unwrap();
+        let partitions: usize = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .sum();
+        assert_eq!(
+            partitions, settings.kafka.partitions as usize,
+            "topic {topic} has {partitions} partitions"
+        );
+    }
+
+    // A second run (the next release's job) changes nothing and succeeds.
+    paygate_common::init::run(&settings).await.unwrap();
 }
