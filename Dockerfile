@@ -14,7 +14,7 @@
 # The toolchain Paygate is tested with; the builder and the runtime share Debian's
 # release so the binaries find the same glibc.
 ARG RUST_VERSION=1.95
-ARG DEBIAN_RELEASE=bookworm
+ARG DEBIAN_RELEASE=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS chef
 # librdkafka is built from source by rdkafka-sys (a C/C++ toolchain, make, cmake,
