@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
             let merchant = demo::seed(&pool, &keys, &config).await?;
             println!("{}", serde_json::to_string(&merchant)?);
         }
-        Some(other) => anyhow::bail!("unknown command {other:?}; use serve, migrate, init or seed-demo"),
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?}; use serve, migrate, init or seed-demo")
+        }
     }
     Ok(())
 }

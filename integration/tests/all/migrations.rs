@@ -99,7 +99,11 @@ async fn init_migrates_even_with_migrate_on_start_off_and_creates_every_topic_wi
 
     let expected = paygate_common::kafka::all_topics(&settings.kafka.topics);
     assert_eq!(topics, expected);
-    assert_eq!(expected.len(), 8, "four topics and their dead-letter topics");
+    assert_eq!(
+        expected.len(),
+        8,
+        "four topics and their dead-letter topics"
+    );
     let client: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)
         .create()
