@@ -108,16 +108,22 @@ async fn init_migrates_even_with_migrate_on_start_off_and_creates_every_topic_wi
         .set("bootstrap.servers", &settings.kafka.brokers)
         .create()
         .unwrap();
-    for topic in &expected {
+    let partitions_of = |topic: &str| -> usize {
         let metadata = client
             .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
             .unwrap();
-        let partitions: usize = metadata
+        metadata
             .topics()
             .iter()
             .filter(|t| t.name() == topic && t.error().is_none())
             .map(|t| t.partitions().len())
-            .sum();
+            .sum()
+    };
+    // The broker does not create a topic by being asked about it, so what follows counts
+    // only what init created.
+    assert_eq!(partitions_of(&paygate_testkit::unique("never-created-")), 0);
+    for topic in &expected {
+        let partitions = partitions_of(topic);
         assert_eq!(
             partitions, settings.kafka.partitions as usize,
             "topic {topic} has {partitions} partitions"
