@@ -14,7 +14,8 @@ knows: every PAYGATE__ variable names a real setting of common/config/default.to
 read-only root filesystem and no capabilities, probes and metrics point at the served
 paths and port, every Deployment has its Service selector, HPA and PodDisruptionBudget,
 every file a PAYGATE__…_FILE variable names is inside a mounted volume whose Secret
-has that key, and no consumer's HPA can scale past the topics' partition count.
+has that key, every service that opens sealed data gets the card key ring, and no
+consumer's HPA can scale past the topics' partition count.
 
 Prints one line per problem and exits 1 when there is any.
 """
@@ -34,6 +35,10 @@ DEFAULTS = ROOT / "common" / "config" / "default.toml"
 KUBERNETES_VERSIONS = ["1.30.0", "1.33.0"]
 # Deployments that consume Kafka: their replicas share a topic's partitions.
 CONSUMERS = {"paygate-payment-processor", "paygate-callback-processor", "paygate-callback-dispatcher"}
+# Services that open what is sealed with the card key ring (card numbers, gateways'
+# callback secrets, merchants' webhook secrets: `KeyRing::from_config` in their code).
+# Without the ring they would fall back to the development key and open nothing.
+KEY_RING_USERS = {"api", "payment-processor", "callback-dispatcher", "demo-seed"}
 
 # The schemas are large and the same for every object: read each once.
 kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)
@@ -188,6 +193,9 @@ def check_k8s(rendered: list[dict], external: list[dict]) -> None:
         labels = template.get("metadata", {}).get("labels", {})
         check_pod(where, template, secrets, configmaps)
         containers = template["spec"].get("containers", [])
+        if name.removeprefix("paygate-") in KEY_RING_USERS and not any(
+                e.get("name") == "PAYGATE__CARDS__KEYS_FILE" for c in containers for e in c.get("env", [])):
+            problem(where, "opens sealed data but is given no card key ring (PAYGATE__CARDS__KEYS_FILE)")
         port = check_http(f"{where} container {containers[0].get('name')}", containers[0]) if containers else None
         annotations = template.get("metadata", {}).get("annotations", {})
         if (annotations.get("prometheus.io/scrape") != "true"
@@ -220,6 +228,8 @@ def check_compose(config: dict) -> None:
         environment = service.get("environment") or {}
         for key in environment:
             check_env_name(f"compose service {name}", key)
+        if name in KEY_RING_USERS and "PAYGATE__CARDS__KEYS_FILE" not in environment:
+            problem(f"compose service {name}", "opens sealed data but is given no card key ring (PAYGATE__CARDS__KEYS_FILE)")
         for key, value in environment.items():
             if key.startswith("PAYGATE__") and key.endswith("_FILE"):
                 # Compose mounts a secret at /run/secrets/<target or source>.
