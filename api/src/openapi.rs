@@ -96,9 +96,13 @@ impl Modify for SecuritySchemes {
 /// The answer of `GET /healthz` and `GET /readyz`.
 #[derive(ToSchema)]
 pub struct HealthStatus {
-    /// `ok` (alive), `ready` (PostgreSQL answers) or `unavailable`.
+    /// `ok` (alive), `ready` (PostgreSQL, Redis and the broker answer) or `unavailable`.
     #[schema(example = "ok")]
     pub status: String,
+    /// `/readyz` only: each check (`postgres`, `redis`, `broker`) and `ok` or what failed.
+    pub checks: Option<std::collections::BTreeMap<String, String>>,
+    /// `/readyz` when unavailable: the checks that failed.
+    pub failed: Option<Vec<String>>,
 }
 
 /// `GET /openapi.json` (`document`) and `GET /docs`, the page that renders it. Neither
