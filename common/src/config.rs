@@ -60,6 +60,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
     pub format: LogFormat,
+    /// Where spans are exported over OTLP/HTTP (`http://collector:4318/v1/traces`);
+    /// empty: no export. Needs a build with the `paygate-common/otlp` feature.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -99,19 +99,70 @@ impl fmt::Display for TraceContext {
     }
 }
 
-/// The `traceparent` for a call made now: a child of the current trace, if any.
+/// The `traceparent` for a call made now: the current exported span when spans are
+/// exported (so the receiver's span is its child in the trace backend), else a child of
+/// the current trace, if any.
 pub fn outgoing() -> Option<String> {
-    TraceContext::current().map(|context| context.child().header())
+    export::current().or_else(|| TraceContext::current().map(|context| context.child().header()))
 }
 
 /// Records `transaction_id` and its trace id on the current span (declared with those
 /// fields empty, as the api's request span is), so every later line of the request
-/// carries them.
+/// carries them; an exported span joins the payment's trace.
 pub fn record_transaction(transaction_id: &str) {
     let span = tracing::Span::current();
     span.record("transaction_id", transaction_id);
     if let Some(context) = TraceContext::for_transaction(transaction_id) {
         span.record("trace_id", context.trace_id());
+        attach(&span, &context);
+    }
+}
+
+/// Makes `parent` (a hop received from elsewhere) the parent of `span` in the trace
+/// backend, when spans are exported; nothing otherwise. Call it before `span` is used.
+pub fn attach(span: &tracing::Span, parent: &TraceContext) {
+    export::attach(span, parent);
+}
+
+#[cfg(feature = "otlp")]
+mod export {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use super::TraceContext;
+
+    pub(super) fn attach(span: &tracing::Span, parent: &TraceContext) {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        // Refused when no exporter is installed or the span already started: then it
+        // keeps the trace it has, and the logs still carry the payment's trace id.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+
+    pub(super) fn current() -> Option<String> {
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let span = span.span_context();
+        span.is_valid()
+            .then(|| format!("00-{}-{}-01", span.trace_id(), span.span_id()))
+    }
+}
+
+#[cfg(not(feature = "otlp"))]
+mod export {
+    use super::TraceContext;
+
+    pub(super) fn attach(_span: &tracing::Span, _parent: &TraceContext) {}
+
+    pub(super) fn current() -> Option<String> {
+        None
     }
 }
 

@@ -314,11 +314,11 @@ impl ConsumerLoop {
             // Every Paygate message is keyed by its transaction: the key is the
             // transaction id every line of its handling carries.
             let key = message.key.as_deref().unwrap_or_default();
-            let trace = message
+            let parent = message
                 .header(TRACEPARENT)
                 .and_then(TraceContext::parse)
-                .or_else(|| TraceContext::for_transaction(key))
-                .map(|context| context.child());
+                .or_else(|| TraceContext::for_transaction(key));
+            let trace = parent.map(|context| context.child());
             let span = tracing::info_span!(
                 "message",
                 topic = %message.topic,
@@ -327,6 +327,9 @@ impl ConsumerLoop {
                 transaction_id = key,
                 trace_id = trace.map(|c| c.trace_id()).as_deref(),
             );
+            if let Some(parent) = &parent {
+                crate::trace::attach(&span, parent);
+            }
             let work = async move {
                 let result = worker.process(&*handler, &message, &shutdown).await;
                 (message, result)

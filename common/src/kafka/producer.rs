@@ -9,7 +9,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use super::{base_config, headers, Inbound};
 use crate::config::{KafkaSettings, Topics};
 use crate::events::SCHEMA_VERSION;
-use crate::trace::{TraceContext, TRACEPARENT};
+use crate::trace::{self, TraceContext, TRACEPARENT};
 
 /// An idempotent producer: `acks=all`, retries without duplicates or reordering.
 #[derive(Clone)]
@@ -146,13 +146,12 @@ impl Producer {
 /// trace's (a consumer producing inside a message's trace), or else the payment's the
 /// key names.
 fn standard_headers(envelope: &Envelope<'_>) -> OwnedHeaders {
-    let trace = TraceContext::current()
-        .map(|context| context.child())
-        .or_else(|| TraceContext::for_transaction(envelope.key));
+    let trace = trace::outgoing()
+        .or_else(|| TraceContext::for_transaction(envelope.key).map(|context| context.header()));
     let headers = match trace {
-        Some(context) => OwnedHeaders::new().insert(Header {
+        Some(traceparent) => OwnedHeaders::new().insert(Header {
             key: TRACEPARENT,
-            value: Some(&context.header()),
+            value: Some(&traceparent),
         }),
         None => OwnedHeaders::new(),
     };
