@@ -152,11 +152,27 @@ async fn healthz() -> impl IntoResponse {
     tag = "health",
     responses(
         (status = 200, description = "Ready.", body = openapi::HealthStatus),
-        (status = 503, description = "PostgreSQL, Redis or the broker does not answer; `failed` names which.", body = openapi::HealthStatus),
+        (status = 503, description = "PostgreSQL, Redis or the broker does not answer; the message names which (`not ready: broker`).", body = error::ErrorEnvelope),
     ),
 )]
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    health::readyz(State(state.readiness)).await
+async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    let (status, body) = health::readyz(State(state.readiness)).await;
+    if status.is_success() {
+        return (status, body).into_response();
+    }
+    // On the api's port an error answers in the one error contract.
+    let failed: Vec<&str> = body["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|check| check.as_str())
+        .collect();
+    error::ErrorBody {
+        code: "service_unavailable",
+        message: format!("not ready: {}", failed.join(", ")),
+        field: None,
+    }
+    .json(status)
 }
 
 /// The api, connected and bound, not yet serving.

@@ -96,13 +96,11 @@ impl Modify for SecuritySchemes {
 /// The answer of `GET /healthz` and `GET /readyz`.
 #[derive(ToSchema)]
 pub struct HealthStatus {
-    /// `ok` (alive), `ready` (PostgreSQL, Redis and the broker answer) or `unavailable`.
+    /// `ok` (alive) or `ready` (PostgreSQL, Redis and the broker answer).
     #[schema(example = "ok")]
     pub status: String,
-    /// `/readyz` only: each check (`postgres`, `redis`, `broker`) and `ok` or what failed.
+    /// `/readyz` only: each check (`postgres`, `redis`, `broker`) and `ok`.
     pub checks: Option<std::collections::BTreeMap<String, String>>,
-    /// `/readyz` when unavailable: the checks that failed.
-    pub failed: Option<Vec<String>>,
 }
 
 /// `GET /openapi.json` (`document`) and `GET /docs`, the page that renders it. Neither

@@ -60,16 +60,21 @@ impl Supervisor {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut failure = None;
         tokio::select! {
+            biased;
             _ = self.shutdown.cancelled() => {
                 tracing::info!(grace = ?self.grace, "draining");
             }
             Some(joined) = self.tasks.join_next_with_id() => {
                 let error = match self.judge(joined) {
-                    Ended::Failed(error) => error,
-                    Ended::Returned(name) => anyhow!("the {name} stopped while the service was running"),
+                    Ended::Failed(error) => Some(error),
+                    // Shutdown began while this task was being looked at: it just stopped first.
+                    Ended::Returned(_) if self.shutdown.is_cancelled() => None,
+                    Ended::Returned(name) => Some(anyhow!("the {name} stopped while the service was running")),
                 };
-                tracing::error!(error = %format!("{error:#}"), "a task of the service ended; stopping the service");
-                failure = Some(error);
+                if let Some(error) = error {
+                    tracing::error!(error = %format!("{error:#}"), "a task of the service ended; stopping the service");
+                    failure = Some(error);
+                }
                 self.shutdown.cancel();
             }
         }

@@ -73,17 +73,20 @@ async fn every_service_serves_metrics_and_a_payment_moves_its_counters() {
         Duration::from_secs(30),
         || async {
             let page = metrics_of(&suite, "callback-dispatcher").await;
-            let lag = sample(
-                &page,
-                "paygate_consumer_lag",
-                &[("topic", &topics.transactions_status)],
-            );
+            // Reported once a partition has a committed offset (committed every second).
+            let lag = [
+                &topics.payments_requested,
+                &topics.gateway_callbacks,
+                &topics.transactions_status,
+            ]
+            .iter()
+            .all(|topic| sample(&page, "paygate_consumer_lag", &[("topic", topic)]).is_some());
             let delivered = counted(
                 &page,
                 "paygate_webhook_attempts_total",
                 &[("outcome", "delivered")],
             );
-            (lag.is_some() && delivered >= 1.0).then_some(page)
+            (lag && delivered >= 1.0).then_some(page)
         },
     )
     .await;
