@@ -89,7 +89,9 @@ async fn each_service_stopped_with_sigterm_under_load_exits_zero_and_no_payment_
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let accepted = load.await.unwrap();
-    assert!(accepted.len() >= 20, "payments flowed: {}", accepted.len());
+    // About ten a second on a quiet machine; far fewer when the machine is busy, but a
+    // stream all the same (one every 100 ms, each retried until accepted).
+    assert!(accepted.len() >= 8, "payments flowed: {}", accepted.len());
 
     eventually(
         "every payment to end final",
