@@ -85,6 +85,7 @@ pub async fn receive(
         .reference
         .parse()
         .map_err(|_| ApiError::NotFound("transaction"))?;
+    paygate_common::trace::record_transaction(transaction_id.as_str());
 
     store(
         &state,
@@ -218,6 +219,7 @@ pub async fn receive_legacy(
     request: Request,
 ) -> Result<Response> {
     let transaction_id: TransactionId = id.parse().map_err(|_| refused())?;
+    paygate_common::trace::record_transaction(transaction_id.as_str());
     let transaction = transactions::find(&state.pool, &transaction_id)
         .await?
         .ok_or_else(refused)?;

@@ -39,8 +39,11 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use paygate_common::cards::{CvvVault, KeyRing};
+use paygate_common::health::Readiness;
+use paygate_common::kafka::Producer;
 use paygate_common::outbox::Relay;
-use paygate_common::{db, health, Settings};
+use paygate_common::supervisor::Supervisor;
+use paygate_common::{backlog, db, health, metrics, redis_connection, trace, Settings};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -54,6 +57,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Gateways as callbacks look them up.
     pub gateways: callbacks::GatewayCache,
+    /// What `/readyz` checks: PostgreSQL, Redis and the broker.
+    pub readiness: Readiness,
 }
 
 /// Every route the api documents, and the document they make. Each handler's
@@ -93,12 +98,39 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::serve(document))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .merge(metrics::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             format::negotiate,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of one request. `transaction_id` and `trace_id` are filled in by the
+/// handler once it knows the payment (see `paygate_common::trace::record_transaction`),
+/// so every later line of the request carries them; a caller's own `traceparent` is
+/// kept as `caller_trace`.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let caller_trace = request
+        .headers()
+        .get(trace::TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(trace::TraceContext::parse)
+        .map(|context| context.trace_id());
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = route.as_deref().unwrap_or("unmatched"),
+        caller_trace = caller_trace.as_deref(),
+        transaction_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    )
 }
 
 /// Liveness: the process answers.
@@ -112,7 +144,7 @@ async fn healthz() -> impl IntoResponse {
     health::healthz().await
 }
 
-/// Readiness: PostgreSQL answers.
+/// Readiness: PostgreSQL, Redis and a Kafka broker answer.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -120,11 +152,27 @@ async fn healthz() -> impl IntoResponse {
     tag = "health",
     responses(
         (status = 200, description = "Ready.", body = openapi::HealthStatus),
-        (status = 503, description = "PostgreSQL does not answer.", body = openapi::HealthStatus),
+        (status = 503, description = "PostgreSQL, Redis or the broker does not answer; the message names which (`not ready: broker`).", body = error::ErrorEnvelope),
     ),
 )]
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    health::readyz(State(state.pool)).await
+async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    let (status, body) = health::readyz(State(state.readiness)).await;
+    if status.is_success() {
+        return (status, body).into_response();
+    }
+    // On the api's port an error answers in the one error contract.
+    let failed: Vec<&str> = body["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|check| check.as_str())
+        .collect();
+    error::ErrorBody {
+        code: "service_unavailable",
+        message: format!("not ready: {}", failed.join(", ")),
+        field: None,
+    }
+    .json(status)
 }
 
 /// The api, connected and bound, not yet serving.
@@ -136,6 +184,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        metrics::install();
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), &settings).await?;
         let listener = health::bind(&settings.api.listen).await?;
@@ -145,6 +194,12 @@ impl Application {
         let cvvs =
             CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl()).await?;
         let limiter = RateLimiter::connect(&settings.redis, &settings.api.rate_limit).await?;
+        let readiness = Readiness::new(pool.clone())
+            .with_redis(redis_connection::connect(&settings.redis).await?)
+            .with_broker(
+                Producer::new(&settings.kafka)?,
+                &settings.kafka.topics.payments_requested,
+            );
         Ok(Application {
             listener,
             state: AppState {
@@ -154,6 +209,7 @@ impl Application {
                 cvvs,
                 limiter,
                 gateways: callbacks::GatewayCache::default(),
+                readiness,
             },
             relay,
         })
@@ -165,14 +221,28 @@ impl Application {
     }
 
     /// Serves and relays until `shutdown`; requests in flight and the relay's current
-    /// batch finish first.
+    /// batch finish first, within `shutdown.grace_period_ms`. If the HTTP server or the
+    /// relay ends or panics on its own, the other is stopped and the error returned.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let served =
-            health::serve(self.listener, router(self.state.clone()), shutdown.clone()).await;
-        shutdown.cancel();
-        relay.await.context("the outbox relay panicked")?;
+        let mut tasks = Supervisor::new(
+            shutdown.clone(),
+            self.state.settings.shutdown.grace_period(),
+        );
+        let (relay, token) = (self.relay, shutdown.clone());
+        tasks.spawn("outbox relay", async move {
+            relay.run(token).await;
+            Ok(())
+        });
+        tasks.spawn(
+            "outbox backlog sampler",
+            backlog::sample(self.state.pool.clone(), shutdown.clone()),
+        );
+        let served = health::serve(self.listener, router(self.state.clone()), shutdown.clone());
+        tasks.spawn("http server", async move {
+            served.await.context("serving HTTP")
+        });
+        let result = tasks.run().await;
         self.state.pool.close().await;
-        served.context("serving HTTP")
+        result
     }
 }

@@ -11,7 +11,7 @@ use paygate_common::{db, init, shutdown, telemetry, Settings};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    telemetry::init(settings.log.format);
+    let _telemetry = telemetry::init_service(&settings.log, "paygate-api");
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => {
             let app = Application::build(settings).await?;

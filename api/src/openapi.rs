@@ -96,9 +96,11 @@ impl Modify for SecuritySchemes {
 /// The answer of `GET /healthz` and `GET /readyz`.
 #[derive(ToSchema)]
 pub struct HealthStatus {
-    /// `ok` (alive), `ready` (PostgreSQL answers) or `unavailable`.
+    /// `ok` (alive) or `ready` (PostgreSQL, Redis and the broker answer).
     #[schema(example = "ok")]
     pub status: String,
+    /// `/readyz` only: each check (`postgres`, `redis`, `broker`) and `ok`.
+    pub checks: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `GET /openapi.json` (`document`) and `GET /docs`, the page that renders it. Neither

@@ -473,6 +473,7 @@ async fn create(
             new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
         }
         let record = transactions::create(&mut tx, new).await?;
+        paygate_common::trace::record_transaction(record.id.as_str());
         if let Some(cvv) = &cvv {
             // Kept before the commit: a commit that fails leaves it to expire.
             state.cvvs.put(&record.id, cvv).await.map_err(ApiError::Unavailable)?;

@@ -83,7 +83,9 @@ impl Application {
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let sender = tokio::spawn(self.sender.run(shutdown.clone()));
-        self.worker.run(self.handler, vec![sender], shutdown).await
+        self.worker
+            .run(self.handler, vec![("webhook sender", sender)], shutdown)
+            .await
     }
 }
 

@@ -6,7 +6,7 @@ use paygate_common::{shutdown, telemetry, Settings};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    telemetry::init(settings.log.format);
+    let _telemetry = telemetry::init_service(&settings.log, "paygate-callback-dispatcher");
     let app = Application::build(settings).await?;
     tracing::info!(health_port = app.port(), "callback-dispatcher running");
     app.run(shutdown::on_signal()).await?;

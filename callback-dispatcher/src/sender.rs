@@ -440,6 +440,7 @@ impl Sender {
             tracing::warn!(delivery_id = %delivery.id, "webhook attempt recorded by another sender");
             return Ok(());
         }
+        paygate_common::metrics::webhook_attempt(outcome.status);
         tracing::info!(
             delivery_id = %delivery.id,
             event_id = %delivery.event_id,

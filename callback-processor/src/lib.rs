@@ -51,6 +51,7 @@ impl Application {
             locks: Locks::connect(&settings.redis).await?,
             dead_letters: Producer::new(&settings.kafka)?,
         };
+        let worker = worker.needs_redis(handler.locks.connection());
         Ok(Application { worker, handler })
     }
 

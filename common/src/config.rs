@@ -26,6 +26,21 @@ pub struct Settings {
     pub callback_processor: ServiceSettings,
     pub callback_dispatcher: DispatcherSettings,
     pub tls: TlsSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+/// How a service stops.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownSettings {
+    /// After SIGTERM, how long the service may drain (finish messages and requests in
+    /// flight, commit, flush) before it gives up waiting and exits with an error.
+    pub grace_period_ms: u64,
+}
+
+impl ShutdownSettings {
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
 }
 
 /// Outgoing TLS (see [`crate::egress`]).
@@ -45,6 +60,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
     pub format: LogFormat,
+    /// Where spans are exported over OTLP/HTTP (`http://collector:4318/v1/traces`);
+    /// empty: no export. Needs a build with the `paygate-common/otlp` feature.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,7 +80,8 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
-    pub url: String,
+    /// Holds the password when there is one, so it is never printed.
+    pub url: SecretString,
     pub key_prefix: String,
     pub lock_ttl_ms: u64,
     /// Connecting and every command give up after this long.
@@ -76,6 +95,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     pub fetch_wait_max_ms: u32,
     pub message_timeout_ms: u32,
+    /// How often librdkafka reports statistics (the consumer-lag gauge); 0 turns off.
+    pub statistics_interval_ms: u32,
     pub group_prefix: String,
     pub handler_attempts: u32,
     pub max_in_flight: usize,

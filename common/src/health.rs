@@ -1,38 +1,172 @@
-//! Liveness and readiness for every service: `/healthz` answers while the process
-//! runs, `/readyz` only while PostgreSQL answers too, so an orchestrator stops sending
-//! work to a replica that cannot do it.
+//! Liveness, readiness and metrics for every service: `/healthz` answers while the
+//! process runs; `/readyz` only while what the service needs answers too (PostgreSQL,
+//! Redis where it takes locks, a Kafka broker, and for a consumer, partitions to read),
+//! so an orchestrator stops sending work to a replica that cannot do it; `/metrics` is
+//! the process's Prometheus page (see [`crate::metrics`]).
+//!
+//! Each check is bounded by [`CHECK_TIMEOUT`], so a dependency that hangs makes the
+//! replica unready quickly instead of making the probe time out.
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use redis::aio::ConnectionManager;
+use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The health routes, for services that serve nothing else.
-pub fn router(pool: PgPool) -> Router {
+use crate::kafka::{Assignment, Producer};
+
+/// How long one readiness check may take before it counts as failed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` checks. Cheap to clone.
+#[derive(Clone)]
+pub struct Readiness {
+    pool: PgPool,
+    redis: Option<ConnectionManager>,
+    /// A client whose metadata request proves a broker answers, and the topic asked about.
+    broker: Option<(Producer, String)>,
+    consumer: Option<Assignment>,
+}
+
+impl Readiness {
+    /// Checks PostgreSQL only; add the rest with the `with_` methods.
+    pub fn new(pool: PgPool) -> Self {
+        Readiness {
+            pool,
+            redis: None,
+            broker: None,
+            consumer: None,
+        }
+    }
+
+    /// Also checks that Redis answers `PING`.
+    pub fn with_redis(mut self, redis: ConnectionManager) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// Also checks that a broker answers a metadata request about `topic`.
+    pub fn with_broker(mut self, producer: Producer, topic: &str) -> Self {
+        self.broker = Some((producer, topic.to_owned()));
+        self
+    }
+
+    /// Also checks that the consumer has partitions to read.
+    pub fn with_consumer(mut self, assignment: Assignment) -> Self {
+        self.consumer = Some(assignment);
+        self
+    }
+
+    /// Runs every check at once; each name with `None` when it passed, or what failed.
+    pub async fn check(&self) -> Vec<(&'static str, Option<String>)> {
+        let postgres = bounded(async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|_| "does not answer".to_owned())
+        });
+        let redis = async {
+            match &self.redis {
+                Some(redis) => Some(
+                    bounded(async {
+                        redis::cmd("PING")
+                            .query_async::<String>(&mut redis.clone())
+                            .await
+                            .map(|_| ())
+                            .map_err(|_| "does not answer".to_owned())
+                    })
+                    .await,
+                ),
+                None => None,
+            }
+        };
+        let broker = async {
+            match &self.broker {
+                Some((producer, topic)) => Some(
+                    producer
+                        .reachable(topic, CHECK_TIMEOUT)
+                        .await
+                        .map_err(|_| "no broker answers".to_owned()),
+                ),
+                None => None,
+            }
+        };
+        let (postgres, redis, broker) = tokio::join!(postgres, redis, broker);
+        let consumer = self.consumer.as_ref().map(|assignment| {
+            if assignment.partitions() > 0 {
+                Ok(())
+            } else {
+                Err("no partitions assigned".to_owned())
+            }
+        });
+        [
+            ("postgres", Some(postgres)),
+            ("redis", redis),
+            ("broker", broker),
+            ("consumer", consumer),
+        ]
+        .into_iter()
+        .filter_map(|(name, result)| result.map(|r| (name, r.err())))
+        .collect()
+    }
+}
+
+async fn bounded(
+    check: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
+}
+
+/// The health and metrics routes, for services that serve nothing else. (Time them
+/// with [`crate::metrics::track_http`] once every route is merged in.)
+pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(pool)
+        .with_state(readiness)
+        .merge(crate::metrics::router())
 }
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn readyz(State(pool): State<PgPool>) -> (StatusCode, Json<Value>) {
-    match sqlx::query("SELECT 1").execute(&pool).await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Err(error) => {
-            tracing::warn!(%error, "not ready: PostgreSQL does not answer");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable"})),
-            )
+/// `200 {"status":"ready","checks":{…}}`, or `503` naming what failed in `failed`.
+pub async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<Value>) {
+    let results = readiness.check().await;
+    let mut checks = Map::new();
+    let mut failed = Vec::new();
+    for (name, failure) in results {
+        match failure {
+            None => {
+                checks.insert(name.to_owned(), json!("ok"));
+            }
+            Some(reason) => {
+                checks.insert(name.to_owned(), json!(reason));
+                failed.push(name);
+            }
         }
+    }
+    if failed.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "checks": checks})),
+        )
+    } else {
+        tracing::warn!(?failed, "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "checks": checks, "failed": failed})),
+        )
     }
 }
 

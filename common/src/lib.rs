@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis plumbing, gateway adapters, signatures, configuration,
 //! telemetry and shutdown. A service's own logic stays in its own crate.
 
+pub mod backlog;
 pub mod cards;
 pub mod config;
 pub mod db;
@@ -13,6 +14,7 @@ pub mod health;
 pub mod init;
 pub mod kafka;
 pub mod lock;
+pub mod metrics;
 pub mod outbox;
 pub mod redis_connection;
 pub mod retry;
@@ -20,7 +22,9 @@ pub mod secrets;
 pub mod service;
 pub mod shutdown;
 pub mod signature;
+pub mod supervisor;
 pub mod telemetry;
+pub mod trace;
 pub mod transactions;
 
 pub use config::Settings;

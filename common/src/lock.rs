@@ -66,6 +66,11 @@ impl Locks {
         })
     }
 
+    /// The connection, for readiness to `PING`.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     /// The same connection with another time to live (tests use short ones).
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -170,7 +175,10 @@ impl Locks {
         resource: &str,
         work: impl Future<Output = T>,
     ) -> anyhow::Result<Option<T>> {
-        let Some(lock) = self.acquire(resource, self.ttl).await? else {
+        let waiting = tokio::time::Instant::now();
+        let acquired = self.acquire(resource, self.ttl).await?;
+        crate::metrics::lock_wait(acquired.is_some(), waiting.elapsed());
+        let Some(lock) = acquired else {
             return Ok(None);
         };
         let mut keepalive = tokio::time::interval(self.ttl / 3);

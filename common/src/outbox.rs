@@ -100,7 +100,7 @@ impl Relay {
                 }
             }
         }
-        self.producer.flush(Duration::from_secs(5));
+        self.producer.flush(Duration::from_secs(5)).await;
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -130,6 +130,7 @@ impl Relay {
 
     /// Claims up to one batch, publishes it, marks it published; returns how many.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let batch: Vec<Pending> = sqlx::query_as(
             "SELECT seq, id, transaction_id, event_type, destination, payload
@@ -178,6 +179,7 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        crate::metrics::outbox_published(published.len(), started.elapsed());
         tracing::debug!(count = published.len(), "published outbox events");
         Ok(published.len())
     }

@@ -1,20 +1,25 @@
 //! The shape every Kafka-driven service shares: a consumer group member, an outbox
-//! relay for the events its handler writes, and a health endpoint, all stopped by one
-//! shutdown token. If the consumer gives up (a transient failure outlasted its
-//! retries) the whole service stops with the error, so its supervisor restarts it.
+//! relay for the events its handler writes, and a health endpoint (`/healthz`,
+//! `/readyz`, `/metrics`), all stopped by one shutdown token and watched by one
+//! [`Supervisor`]: if any of them (or a companion of the service's own) ends or
+//! panics, the whole service stops with the error, so its supervisor restarts it; on
+//! SIGTERM everything drains within `shutdown.grace_period_ms`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
+use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Readiness;
 use crate::kafka::{ConsumerLoop, Handler};
 use crate::outbox::Relay;
-use crate::{db, health, Settings};
+use crate::supervisor::Supervisor;
+use crate::{backlog, db, health, metrics, Settings};
 
 /// A consuming service, connected, subscribed and bound, not yet running.
 pub struct Worker {
@@ -22,28 +27,51 @@ pub struct Worker {
     listener: TcpListener,
     consumer: ConsumerLoop,
     relay: Relay,
+    readiness: Readiness,
+    /// How long a stop may take.
+    grace: Duration,
 }
+
+/// A task of the service's own, run beside the consumer: its name (for errors and
+/// logs) and its handle. It must end only when the shutdown token is cancelled.
+pub type Companion = (&'static str, JoinHandle<()>);
 
 impl Worker {
     /// Connects to PostgreSQL (migrating if configured), creates the suite's topics if
     /// missing, joins the consumer group `<group_prefix>.<name>` on `topics`, and binds
-    /// the health endpoint on `listen`.
+    /// the health endpoint on `listen`. Readiness checks PostgreSQL, the broker and the
+    /// consumer's assignment; a service that takes locks adds Redis ([`Worker::needs_redis`]).
     pub async fn build(
         settings: &Settings,
         name: &str,
         listen: &str,
         topics: &[&str],
     ) -> anyhow::Result<Self> {
+        metrics::install();
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), settings).await?;
         let consumer = ConsumerLoop::subscribe(&settings.kafka, &settings.group_id(name), topics)?;
         let listener = health::bind(listen).await?;
+        let readiness = Readiness::new(pool.clone())
+            .with_broker(
+                consumer.producer(),
+                topics.first().copied().unwrap_or_default(),
+            )
+            .with_consumer(consumer.assignment());
         Ok(Worker {
             pool,
             listener,
             consumer,
             relay,
+            readiness,
+            grace: settings.shutdown.grace_period(),
         })
+    }
+
+    /// Readiness checks Redis too, through `redis`.
+    pub fn needs_redis(mut self, redis: ConnectionManager) -> Self {
+        self.readiness = self.readiness.with_redis(redis);
+        self
     }
 
     /// The port of the health endpoint.
@@ -51,13 +79,13 @@ impl Worker {
         health::port(&self.listener)
     }
 
-    /// Runs until `shutdown` is cancelled or the consumer gives up (which cancels it).
-    /// `companions` are the service's own background tasks, stopped by the same token;
-    /// they finish before the database pool closes.
+    /// Runs until `shutdown` is cancelled or a task of the service ends (which cancels
+    /// it). `companions` are the service's own background tasks, stopped by the same
+    /// token; they finish before the database pool closes.
     pub async fn run<H: Handler + 'static>(
         self,
         handler: H,
-        companions: Vec<JoinHandle<()>>,
+        companions: Vec<Companion>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         self.run_with_routes(handler, companions, Router::new(), shutdown)
@@ -69,27 +97,36 @@ impl Worker {
     pub async fn run_with_routes<H: Handler + 'static>(
         self,
         handler: H,
-        companions: Vec<JoinHandle<()>>,
+        companions: Vec<Companion>,
         routes: Router,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let health = tokio::spawn(health::serve(
-            self.listener,
-            health::router(self.pool.clone()).merge(routes),
-            shutdown.clone(),
-        ));
-        let consumed = self.consumer.run(Arc::new(handler), shutdown.clone()).await;
-        shutdown.cancel();
-        relay.await.context("the outbox relay panicked")?;
-        for companion in companions {
-            companion.await.context("a background task panicked")?;
+        let mut tasks = Supervisor::new(shutdown.clone(), self.grace);
+        let relay = self.relay;
+        let token = shutdown.clone();
+        tasks.spawn("outbox relay", async move {
+            relay.run(token).await;
+            Ok(())
+        });
+        tasks.spawn(
+            "outbox backlog sampler",
+            backlog::sample(self.pool.clone(), shutdown.clone()),
+        );
+        let router = health::router(self.readiness)
+            .merge(routes)
+            .layer(axum::middleware::from_fn(metrics::track_http));
+        let served = health::serve(self.listener, router, shutdown.clone());
+        tasks.spawn("health endpoint", async move { Ok(served.await?) });
+        let consumer = self.consumer;
+        let token = shutdown.clone();
+        tasks.spawn("consumer", async move {
+            consumer.run(Arc::new(handler), token).await
+        });
+        for (name, companion) in companions {
+            tasks.watch(name, companion);
         }
-        health
-            .await
-            .context("the health endpoint panicked")?
-            .context("serving the health endpoint")?;
+        let result = tasks.run().await;
         self.pool.close().await;
-        consumed
+        result
     }
 }

@@ -26,6 +26,15 @@ impl CircuitState {
             CircuitState::HalfOpen => "half_open",
         }
     }
+
+    /// The `paygate_circuit_state` gauge's value: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(&self) -> u8 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -90,14 +99,18 @@ impl Breakers {
 
     fn with<T>(&self, gateway: &str, f: impl FnOnce(&mut Circuit) -> T) -> T {
         let mut circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
-        let circuit = circuits.entry(gateway.to_owned()).or_insert(Circuit {
-            state: State::Closed,
-            calls: VecDeque::new(),
+        let circuit = circuits.entry(gateway.to_owned()).or_insert_with(|| {
+            paygate_common::metrics::circuit_state(gateway, CircuitState::Closed.gauge());
+            Circuit {
+                state: State::Closed,
+                calls: VecDeque::new(),
+            }
         });
         let before = circuit.public_state();
         let result = f(circuit);
         let after = circuit.public_state();
         if before != after {
+            paygate_common::metrics::circuit_state(gateway, after.gauge());
             if let Some(changes) = self
                 .changes
                 .lock()

@@ -51,6 +51,7 @@ use paygate_common::events::proto;
 use paygate_common::gateway::{Call, GatewayRecord, Outcome, PaymentMethod, PaymentOrder};
 use paygate_common::kafka::{Envelope, Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
+use paygate_common::metrics;
 use paygate_common::retry::full_jitter;
 use paygate_common::service::Worker;
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
@@ -84,6 +85,7 @@ impl Application {
         )
         .await?;
         let handler = PaymentHandler::build(&settings, worker.pool.clone()).await?;
+        let worker = worker.needs_redis(handler.locks.connection());
         Ok(Application {
             worker,
             handler,
@@ -124,7 +126,11 @@ impl Application {
         self.worker
             .run_with_routes(
                 self.handler,
-                vec![refresher, reconciler, recorder],
+                vec![
+                    ("route refresher", refresher),
+                    ("reconciler", reconciler),
+                    ("circuit recorder", recorder),
+                ],
                 circuits,
                 shutdown,
             )
@@ -274,7 +280,7 @@ impl PaymentHandler {
         }
         let reference = id.to_string();
         let outcome = self
-            .call(&gateway, |call| {
+            .call(&gateway, "query", |call| {
                 let reference = &reference;
                 async move { Ok(gateway_adapter(call.gateway)?.query(call, reference).await) }
             })
@@ -431,7 +437,7 @@ impl PaymentHandler {
     ) -> Result<Outcome, HandlerError> {
         let order = self.order(transaction, gateway).await?;
         let outcome = self
-            .call(gateway, |call| {
+            .call(gateway, "submit", |call| {
                 let order = &order;
                 async move { Ok(gateway_adapter(call.gateway)?.submit(call, order).await) }
             })
@@ -445,6 +451,7 @@ impl PaymentHandler {
     async fn call<'a, F, Fut>(
         &'a self,
         gateway: &'a GatewayRecord,
+        operation: &'static str,
         f: F,
     ) -> Result<Outcome, HandlerError>
     where
@@ -456,11 +463,18 @@ impl PaymentHandler {
             .acquire_owned()
             .await
             .map_err(|e| HandlerError::transient(anyhow!("gateway limit closed: {e}")))?;
+        let started = std::time::Instant::now();
         let outcome = f(Call {
             http: &self.http,
             gateway,
         })
         .await?;
+        metrics::gateway_call(
+            &gateway.code,
+            operation,
+            outcome_label(&outcome),
+            started.elapsed(),
+        );
         let failed = matches!(
             outcome,
             Outcome::Unavailable { .. } | Outcome::Ambiguous { .. }
@@ -653,6 +667,17 @@ impl PaymentHandler {
             tracing::info!(transaction_id = %id, %reason, "still unresolved");
         }
         Ok(())
+    }
+}
+
+/// An outcome's class, as the gateway-call metric labels it.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Accepted { .. } => "accepted",
+        Outcome::Declined { .. } => "declined",
+        Outcome::Unavailable { .. } => "unavailable",
+        Outcome::Ambiguous { .. } => "ambiguous",
+        Outcome::Unknown => "unknown",
     }
 }
 

@@ -6,7 +6,7 @@ use paygate_payment_processor::Application;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    telemetry::init(settings.log.format);
+    let _telemetry = telemetry::init_service(&settings.log, "paygate-payment-processor");
     let app = Application::build(settings).await?;
     tracing::info!(health_port = app.port(), "payment-processor running");
     app.run(shutdown::on_signal()).await?;

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+use paygate_common::trace::TraceContext;
 use paygate_common::transactions;
 
 use crate::PaymentHandler;
@@ -32,7 +34,18 @@ pub async fn run(handler: PaymentHandler, every: Duration, shutdown: Cancellatio
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Err(error) = handler.recheck(&id).await {
+            let trace = TraceContext::for_transaction(id.as_str());
+            let span = tracing::info_span!(
+                "recheck",
+                transaction_id = %id,
+                trace_id = trace.map(|c| c.trace_id()).as_deref(),
+            );
+            let rechecked = handler.recheck(&id).instrument(span);
+            let rechecked = match trace {
+                Some(context) => context.scope(rechecked).await,
+                None => rechecked.await,
+            };
+            if let Err(error) = rechecked {
                 tracing::warn!(transaction_id = %id, error = %format!("{error:#}"), "could not ask about an unresolved payment");
             }
         }

@@ -54,7 +54,7 @@ pub async fn settings() -> Settings {
     settings.database.url = SecretString::from(empty_database().await);
     settings.database.max_connections = 5;
     settings.database.migrate_on_start = true;
-    settings.redis.url = env("PAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+    settings.redis.url = env("PAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379").into();
     settings.redis.key_prefix = format!("paygate-test:{run}");
     // Longer than a gateway call in tests (2 s timeout), short enough that a test which
     // kills a lock holder waits seconds, not tens of seconds.

@@ -15,6 +15,7 @@ mod broker;
 mod isolation;
 mod merchant;
 mod process;
+mod relay;
 mod simulator;
 mod suite;
 mod tls;
@@ -24,7 +25,8 @@ pub use isolation::{
     empty_database, eventually, json_of, keys, pool, settings, unique, ADMIN_TOKEN,
 };
 pub use merchant::{Received, Reply, TlsReceiver, WebhookReceiver};
-pub use process::Process;
+pub use process::{binary, Process};
+pub use relay::TcpRelay;
 pub use simulator::{
     control_simulator, route_everything_to_simulator, start_simulator, SIM_CARD_SECRET,
     SIM_JSON_SECRET, SIM_SOAP_SECRET,

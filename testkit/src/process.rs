@@ -1,22 +1,77 @@
-//! A service binary as a child process, so a test can SIGKILL it mid-flow.
+//! A service binary as a child process, so a test can SIGKILL or SIGTERM it mid-flow,
+//! see how it exits and read what it logged.
 
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A service binary running as a child process, so a test can SIGKILL it mid-flow.
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+
+/// The path of a workspace binary built beside the running test (cargo builds every
+/// service's binary for its own integration tests, so all four are there).
+pub fn binary(name: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/<profile>/deps/<test> -> <target>/<profile>/<name>
+    let path: PathBuf = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is not built; `cargo build --bins` first",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// A service binary running as a child process.
 pub struct Process {
     child: tokio::process::Child,
+    /// What it wrote to stdout and stderr, when captured.
+    logs: Option<Arc<Mutex<String>>>,
 }
 
 impl Process {
-    /// Starts `binary` with `env` on top of this process's environment.
+    /// Starts `binary` with `env` on top of this process's environment, its output
+    /// passed through.
     pub fn spawn(binary: &str, env: &[(String, String)]) -> Self {
         let child = tokio::process::Command::new(binary)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PAYGATE__LOG__FORMAT", "pretty")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-        Process { child }
+        Process { child, logs: None }
+    }
+
+    /// Starts `binary` logging JSON at `info`, its output kept for [`Process::logs`].
+    pub fn spawn_logged(binary: &str, env: &[(String, String)]) -> Self {
+        let mut child = tokio::process::Command::new(binary)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PAYGATE__LOG__FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        let logs = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take(), logs.clone());
+        collect(child.stderr.take(), logs.clone());
+        Process {
+            child,
+            logs: Some(logs),
+        }
+    }
+
+    /// What it has logged so far (empty unless started with [`Process::spawn_logged`]).
+    pub fn logs(&self) -> String {
+        self.logs
+            .as_ref()
+            .map(|logs| logs.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown path runs, nothing is flushed or committed.
@@ -25,7 +80,12 @@ impl Process {
     }
 
     /// SIGTERM, then waits; `true` when it exited cleanly.
-    pub async fn terminate(mut self) -> bool {
+    pub async fn terminate(self) -> bool {
+        self.terminate_with_status().await.success()
+    }
+
+    /// SIGTERM, then waits up to 30 s for it to exit.
+    pub async fn terminate_with_status(mut self) -> ExitStatus {
         let pid = self.child.id().expect("still running").to_string();
         let sent = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -33,10 +93,26 @@ impl Process {
             .await
             .unwrap();
         assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("exits within 30 s of SIGTERM")
-            .unwrap();
-        status.success()
+        self.wait(Duration::from_secs(30)).await
     }
+
+    /// Waits for it to exit on its own, up to `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("did not exit within {timeout:?}"))
+            .unwrap()
+    }
+}
+
+fn collect(stream: Option<impl AsyncRead + Unpin + Send + 'static>, into: Arc<Mutex<String>>) {
+    let Some(stream) = stream else { return };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut logs = into.lock().unwrap();
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
 }

@@ -38,9 +38,12 @@ impl Running {
     }
 }
 
-/// The services that talk over Kafka.
+/// The services a suite runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
+    /// As an external process it listens on a free port chosen up front: [`Suite::env`]
+    /// gives it as `api.listen`, and `api_url` points there.
+    Api,
     PaymentProcessor,
     CallbackProcessor,
     CallbackDispatcher,
@@ -71,6 +74,9 @@ pub struct Suite {
     pub merchant: paygate_api::merchants::NewMerchant,
     pub webhooks: WebhookReceiver,
     pub http: reqwest::Client,
+    /// `http://127.0.0.1:<port>` of each in-process service's HTTP endpoint (the api's,
+    /// the consumers' health and metrics ports), by name.
+    pub endpoints: Vec<(&'static str, String)>,
     services: Vec<(&'static str, Running)>,
     simulator: CancellationToken,
 }
@@ -87,19 +93,31 @@ impl Suite {
             settings.kafka.brokers = brokers;
         }
         if let Some(redis) = options.redis {
-            settings.redis.url = redis;
+            settings.redis.url = redis.into();
         }
         if let Some(tweak) = options.tweak {
             tweak(&mut settings);
         }
         let pool = pool(&settings).await;
+        let wanted = |service| !options.external.contains(&service);
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
 
-        let api = paygate_api::Application::build(settings.clone())
-            .await
-            .unwrap();
-        let api_url = format!("http://127.0.0.1:{}", api.port());
+        let mut services = Vec::new();
+        let mut endpoints = Vec::new();
+        let api_url = if wanted(Service::Api) {
+            let api = paygate_api::Application::build(settings.clone())
+                .await
+                .unwrap();
+            let api_url = url(api.port());
+            services.push(("api", Running::spawn(|s| api.run(s))));
+            api_url
+        } else {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            settings.api.listen = free.local_addr().unwrap().to_string();
+            format!("http://{}", settings.api.listen)
+        };
+        endpoints.push(("api", api_url.clone()));
         settings.api.public_url = api_url.clone();
-        let mut services = vec![("api", Running::spawn(|s| api.run(s)))];
 
         let simulator = CancellationToken::new();
         let simulator_url = start_simulator(simulator.clone(), options.gateway_answer_delay).await;
@@ -115,23 +133,25 @@ impl Suite {
         .await
         .unwrap();
 
-        let wanted = |service| !options.external.contains(&service);
         if wanted(Service::PaymentProcessor) {
             let app = paygate_payment_processor::Application::build(settings.clone())
                 .await
                 .unwrap();
+            endpoints.push(("payment-processor", url(app.port())));
             services.push(("payment-processor", Running::spawn(|s| app.run(s))));
         }
         if wanted(Service::CallbackProcessor) {
             let app = paygate_callback_processor::Application::build(settings.clone())
                 .await
                 .unwrap();
+            endpoints.push(("callback-processor", url(app.port())));
             services.push(("callback-processor", Running::spawn(|s| app.run(s))));
         }
         if wanted(Service::CallbackDispatcher) {
             let app = paygate_callback_dispatcher::Application::build(settings.clone())
                 .await
                 .unwrap();
+            endpoints.push(("callback-dispatcher", url(app.port())));
             services.push(("callback-dispatcher", Running::spawn(|s| app.run(s))));
         }
 
@@ -143,6 +163,7 @@ impl Suite {
             merchant,
             webhooks,
             http: reqwest::Client::new(),
+            endpoints,
             services,
             simulator,
         }
@@ -199,7 +220,7 @@ impl Suite {
         let topics = &s.kafka.topics;
         [
             ("DATABASE__URL", s.database.url.expose_secret().to_owned()),
-            ("REDIS__URL", s.redis.url.clone()),
+            ("REDIS__URL", s.redis.url.expose_secret().to_owned()),
             ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
             ("REDIS__LOCK_TTL_MS", s.redis.lock_ttl_ms.to_string()),
             ("KAFKA__BROKERS", s.kafka.brokers.clone()),
@@ -227,6 +248,16 @@ impl Suite {
                 s.outbox.poll_interval_ms.to_string(),
             ),
             ("API__PUBLIC_URL", s.api.public_url.clone()),
+            ("API__LISTEN", s.api.listen.clone()),
+            ("ADMIN__TOKEN", s.admin.token.expose_secret().to_owned()),
+            (
+                "KAFKA__STATISTICS_INTERVAL_MS",
+                s.kafka.statistics_interval_ms.to_string(),
+            ),
+            (
+                "SHUTDOWN__GRACE_PERIOD_MS",
+                s.shutdown.grace_period_ms.to_string(),
+            ),
             ("PAYMENT_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
             (
                 "PAYMENT_PROCESSOR__RETRY_BASE_MS",
@@ -267,6 +298,15 @@ impl Suite {
         .into_iter()
         .map(|(name, value)| (format!("PAYGATE__{name}"), value))
         .collect()
+    }
+
+    /// The URL of the in-process service `name`'s HTTP endpoint.
+    pub fn endpoint(&self, name: &str) -> &str {
+        self.endpoints
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, url)| url.as_str())
+            .unwrap_or_else(|| panic!("{name} does not run in this process"))
     }
 
     /// Stops every in-process service gracefully, asserting each one ended cleanly.

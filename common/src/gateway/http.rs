@@ -25,6 +25,10 @@ pub(super) async fn exchange(
     gateway: &GatewayRecord,
 ) -> Result<(StatusCode, Bytes), Outcome> {
     let code = &gateway.code;
+    let request = match crate::trace::outgoing() {
+        Some(traceparent) => request.header(crate::trace::TRACEPARENT, traceparent),
+        None => request,
+    };
     let mut response = request
         .timeout(gateway.timeout())
         .send()

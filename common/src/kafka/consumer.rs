@@ -19,9 +19,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::client::ClientContext;
@@ -30,6 +30,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,9 @@ use tracing::Instrument as _;
 
 use super::{base_config, headers, Producer};
 use crate::config::{KafkaSettings, PartitionAssignment};
+use crate::metrics::{self, MessageOutcome};
 use crate::retry;
+use crate::trace::{TraceContext, TRACEPARENT};
 
 /// A consumed message, owned, so handlers can keep it across awaits.
 #[derive(Debug, Clone)]
@@ -116,13 +119,44 @@ pub trait Handler: Send + Sync {
     fn handle(&self, message: &Inbound) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// Logs rebalances and commit failures, which are otherwise silent.
+/// How many partitions a consumer reads now: what readiness asks of a consumer.
+/// Cheap to clone; updated on every rebalance (or once, when every partition is
+/// assigned by hand).
+#[derive(Debug, Clone, Default)]
+pub struct Assignment(Arc<AtomicUsize>);
+
+impl Assignment {
+    pub fn partitions(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, partitions: usize) {
+        self.0.store(partitions, Ordering::Relaxed);
+        metrics::consumer_assigned(partitions);
+    }
+}
+
+/// Logs rebalances and commit failures, which are otherwise silent; tracks the
+/// assignment; turns librdkafka's statistics into the consumer-lag gauge.
 #[derive(Default)]
 struct LoggingContext {
     commits: FailureStreak,
+    assignment: Assignment,
 }
 
-impl ClientContext for LoggingContext {}
+impl ClientContext for LoggingContext {
+    /// Every `statistics.interval.ms`: each owned partition's lag behind its high
+    /// watermark, measured from the committed offset.
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (&partition, stats) in &topic.partitions {
+                if partition >= 0 && stats.desired && stats.consumer_lag >= 0 {
+                    metrics::consumer_lag(name, partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for LoggingContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -131,6 +165,11 @@ impl ConsumerContext for LoggingContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(?rebalance, "partitions rebalanced");
+        match rebalance {
+            Rebalance::Assign(partitions) => self.assignment.set(partitions.count()),
+            Rebalance::Revoke(_) => self.assignment.set(0),
+            Rebalance::Error(_) => {}
+        }
     }
 
     /// A failed commit loses nothing: the stored offsets stay in the consumer and the
@@ -200,6 +239,10 @@ impl ConsumerLoop {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+            .set(
+                "statistics.interval.ms",
+                settings.statistics_interval_ms.to_string(),
+            )
             .create_with_context(LoggingContext::default())
             .context("creating the Kafka consumer")?;
         match settings.partition_assignment {
@@ -220,6 +263,7 @@ impl ConsumerLoop {
                 consumer
                     .assign(&partitions)
                     .with_context(|| format!("assigning the partitions of {topics:?}"))?;
+                consumer.context().assignment.set(partitions.count());
             }
         }
         Ok(ConsumerLoop {
@@ -230,6 +274,17 @@ impl ConsumerLoop {
             },
             max_in_flight: settings.max_in_flight.max(1),
         })
+    }
+
+    /// A producer sharing nothing with the consumer's reads (its dead-letter one): what
+    /// readiness asks for broker metadata.
+    pub fn producer(&self) -> Producer {
+        self.worker.dead_letters.clone()
+    }
+
+    /// The partitions this consumer reads, as readiness reports them.
+    pub fn assignment(&self) -> Assignment {
+        self.consumer.context().assignment.clone()
     }
 
     /// Consumes until `shutdown` is cancelled (then lets the messages in flight finish,
@@ -256,20 +311,33 @@ impl ConsumerLoop {
             let worker = self.worker.clone();
             let handler = handler.clone();
             let shutdown = shutdown.clone();
+            // Every Paygate message is keyed by its transaction: the key is the
+            // transaction id every line of its handling carries.
+            let key = message.key.as_deref().unwrap_or_default();
+            let parent = message
+                .header(TRACEPARENT)
+                .and_then(TraceContext::parse)
+                .or_else(|| TraceContext::for_transaction(key));
+            let trace = parent.map(|context| context.child());
             let span = tracing::info_span!(
                 "message",
                 topic = %message.topic,
                 partition = message.partition,
                 offset = message.offset,
-                key = message.key.as_deref().unwrap_or_default(),
+                transaction_id = key,
+                trace_id = trace.map(|c| c.trace_id()).as_deref(),
             );
-            running.spawn(
-                async move {
-                    let result = worker.process(&*handler, &message, &shutdown).await;
-                    (message, result)
-                }
-                .instrument(span),
-            );
+            if let Some(parent) = &parent {
+                crate::trace::attach(&span, parent);
+            }
+            let work = async move {
+                let result = worker.process(&*handler, &message, &shutdown).await;
+                (message, result)
+            };
+            match trace {
+                Some(context) => running.spawn(context.scope(work).instrument(span)),
+                None => running.spawn(work.instrument(span)),
+            };
         };
         let mut failure = None;
         loop {
@@ -358,9 +426,7 @@ impl ConsumerLoop {
         {
             tracing::warn!("Kafka consumer did not close within 10 s; leaving it");
         }
-        let dead_letters = self.worker.dead_letters;
-        let _ =
-            tokio::task::spawn_blocking(move || dead_letters.flush(Duration::from_secs(5))).await;
+        self.worker.dead_letters.flush(Duration::from_secs(5)).await;
     }
 }
 
@@ -488,18 +554,30 @@ impl MessageWorker {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = Instant::now();
             let failure = match handler.handle(message).await {
-                Ok(()) => return Ok(Processed::Done),
+                Ok(()) => {
+                    metrics::message(&message.topic, MessageOutcome::Handled, started.elapsed());
+                    return Ok(Processed::Done);
+                }
                 Err(HandlerError::Permanent(error)) => {
                     let reason = format!("{error:#}");
                     tracing::error!(%reason, "message cannot be processed; dead-lettering it");
                     match self.dead_letters.dead_letter(message, &reason).await {
-                        Ok(()) => return Ok(Processed::Done),
+                        Ok(()) => {
+                            metrics::message(
+                                &message.topic,
+                                MessageOutcome::DeadLettered,
+                                started.elapsed(),
+                            );
+                            return Ok(Processed::Done);
+                        }
                         Err(error) => error,
                     }
                 }
                 Err(HandlerError::Transient(error)) => error,
             };
+            metrics::message(&message.topic, MessageOutcome::Failed, started.elapsed());
             let Some(delay) = delays.next() else {
                 return Err(failure.context(format!(
                     "giving up on {}/{}/{} after {attempt} attempts",

@@ -7,7 +7,7 @@ mod consumer;
 mod producer;
 
 pub use admin::{all_topics, ensure_topics};
-pub use consumer::{ConsumerLoop, Handler, HandlerError, Inbound};
+pub use consumer::{Assignment, ConsumerLoop, Handler, HandlerError, Inbound};
 pub use producer::{await_delivery, Envelope, Producer};
 
 use rdkafka::config::ClientConfig;

@@ -9,6 +9,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use super::{base_config, headers, Inbound};
 use crate::config::{KafkaSettings, Topics};
 use crate::events::SCHEMA_VERSION;
+use crate::trace::{self, TraceContext, TRACEPARENT};
 
 /// An idempotent producer: `acks=all`, retries without duplicates or reordering.
 #[derive(Clone)]
@@ -112,17 +113,49 @@ impl Producer {
         await_delivery(delivery, &topic).await
     }
 
-    /// Waits for in-flight messages before the process exits.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.inner.flush(timeout) {
-            tracing::warn!(%error, "producer flush did not finish");
+    /// Waits for in-flight messages before the process exits. librdkafka's flush
+    /// blocks, so it runs on a blocking thread, never on the async workers.
+    pub async fn flush(&self, timeout: Duration) {
+        let inner = self.inner.clone();
+        let flushed = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "producer flush did not finish"),
+            Err(error) => tracing::warn!(%error, "producer flush panicked"),
         }
+    }
+
+    /// Whether a broker answers a metadata request for `topic` within `timeout` (on a
+    /// blocking thread: librdkafka's call blocks).
+    pub async fn reachable(&self, topic: &str, timeout: Duration) -> anyhow::Result<()> {
+        let inner = self.inner.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|_| ())
+        })
+        .await
+        .context("the metadata request panicked")?
+        .context("no broker answered a metadata request")
     }
 }
 
-/// The headers every Paygate message carries.
+/// The headers every Paygate message carries, and its trace context: the current
+/// trace's (a consumer producing inside a message's trace), or else the payment's the
+/// key names.
 fn standard_headers(envelope: &Envelope<'_>) -> OwnedHeaders {
-    OwnedHeaders::new()
+    let trace = trace::outgoing()
+        .or_else(|| TraceContext::for_transaction(envelope.key).map(|context| context.header()));
+    let headers = match trace {
+        Some(traceparent) => OwnedHeaders::new().insert(Header {
+            key: TRACEPARENT,
+            value: Some(&traceparent),
+        }),
+        None => OwnedHeaders::new(),
+    };
+    headers
         .insert(Header {
             key: headers::EVENT_ID,
             value: Some(envelope.event_id),

@@ -45,8 +45,32 @@ async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_compl
         unpublished, 5,
         "the events wait in the outbox while the broker is down"
     );
+    let readyz = format!("{}/readyz", suite.endpoint("api"));
+    let unready: serde_json::Value = eventually(
+        "the api to report the broker unreachable",
+        Duration::from_secs(20),
+        || async {
+            let response = suite.http.get(&readyz).send().await.unwrap();
+            (response.status() == 503).then_some(())?;
+            response.json().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(
+        unready["error"]["message"], "not ready: broker",
+        "only the broker is away: {unready}"
+    );
 
     broker.restart().await;
+    eventually(
+        "the api to be ready again",
+        Duration::from_secs(30),
+        || async {
+            let response = suite.http.get(&readyz).send().await.unwrap();
+            (response.status() == 200).then_some(())
+        },
+    )
+    .await;
     eventually(
         "every payment to complete",
         Duration::from_secs(90),
