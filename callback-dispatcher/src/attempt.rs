@@ -6,6 +6,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use paygate_common::egress::{Policy, Refusal};
 use paygate_common::signature::{ed25519, webhook};
+use paygate_common::trace::{self, TraceContext};
 
 /// What is sent: the stored body under its `webhook-id`, signed with every secret that
 /// currently signs (the newest first; the previous one during a rotation's overlap),
@@ -13,6 +14,8 @@ use paygate_common::signature::{ed25519, webhook};
 pub struct Message<'a> {
     pub url: &'a str,
     pub webhook_id: &'a str,
+    /// Names the payment's trace in `traceparent`, so the merchant's side can join it.
+    pub transaction_id: &'a str,
     pub body: &'a str,
     pub secrets: &'a [SecretString],
     pub signing_keys: &'a [SecretString],
@@ -91,8 +94,11 @@ pub async fn send(http: &reqwest::Client, policy: &Policy, message: &Message<'_>
         Ok(signature) => signature,
         Err(error) => return Attempt::failed(error.to_string(), false, started),
     };
-    let sent = http
-        .post(message.url)
+    let mut request = http.post(message.url);
+    if let Some(trace) = TraceContext::for_transaction(message.transaction_id) {
+        request = request.header(trace::TRACEPARENT, trace.header());
+    }
+    let sent = request
         .header("content-type", "application/json")
         .header(webhook::ID, message.webhook_id)
         .header(webhook::TIMESTAMP, timestamp.to_string())

@@ -63,6 +63,8 @@ struct Due {
     id: String,
     event_id: String,
     merchant_id: String,
+    /// The payment's: its trace id is the transaction id's (see `trace`).
+    transaction_id: String,
     url: String,
     body: String,
     attempt_count: i32,
@@ -86,7 +88,7 @@ struct Outcome {
 /// What a claim returns. A delivery goes to the endpoint's current URL (the one it was
 /// recorded with when the merchant has since removed it), so a corrected URL receives
 /// what is still pending.
-const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, coalesce(m.webhook_url, d.url) AS url, d.body, d.attempt_count,
+const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, d.transaction_id, coalesce(m.webhook_url, d.url) AS url, d.body, d.attempt_count,
     m.webhook_secret AS secret,
     CASE WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END AS previous_secret,
     m.webhook_signing_key AS signing_key,
@@ -280,6 +282,7 @@ impl Sender {
                 let message = Message {
                     url: &delivery.url,
                     webhook_id: &delivery.event_id,
+                    transaction_id: &delivery.transaction_id,
                     body: &delivery.body,
                     secrets: &secrets,
                     signing_keys: &signing_keys,

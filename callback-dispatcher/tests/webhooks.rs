@@ -214,6 +214,12 @@ async fn a_failing_endpoint_is_retried_on_schedule_then_delivered_once_under_one
     assert_eq!(received.len(), 4, "three failures and one success");
     for webhook in &received {
         assert_eq!(webhook.header("webhook-id"), delivery.event_id);
+        assert!(
+            webhook
+                .header("traceparent")
+                .contains(transaction.trim_start_matches("txn_")),
+            "the merchant's request joins the payment's trace"
+        );
         let timestamp: i64 = webhook.header("webhook-timestamp").parse().unwrap();
         assert!(webhook::verify(
             &secret,
