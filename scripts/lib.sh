@@ -147,3 +147,23 @@ stop_group() { # pid
     done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 }
+
+# The console's browser test: Debian's Chromium and its driver, and Selenium from PyPI
+# in a virtualenv of its own under the tools directory (pinned; installed once).
+SELENIUM_VERSION="4.38.0"
+SELENIUM_VENV="$PAYGATE_TOOLS_DIR/selenium-venv"
+browser_installed() {
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null
+}
+ensure_browser() {
+    browser_installed || apt_install chromium chromium-driver
+}
+ensure_selenium() {
+    local installed
+    installed="$("$SELENIUM_VENV/bin/python" -c 'import selenium; print(selenium.__version__)' 2>/dev/null || true)"
+    if [ "$installed" != "$SELENIUM_VERSION" ]; then
+        log "installing selenium $SELENIUM_VERSION into $SELENIUM_VENV (once)"
+        python3 -m venv "$SELENIUM_VENV" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$SELENIUM_VENV"; }
+        "$SELENIUM_VENV/bin/python" -m pip install --quiet "selenium==$SELENIUM_VERSION"
+    fi
+}

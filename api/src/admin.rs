@@ -75,7 +75,7 @@ where
 
 /// Compares two secrets in time that does not depend on where they differ: their
 /// SHA-256 digests (fixed length) are compared byte by byte, all of them.
-fn same_secret(given: &str, expected: &str) -> bool {
+pub(crate) fn same_secret(given: &str, expected: &str) -> bool {
     let given = Sha256::digest(given.as_bytes());
     let expected = Sha256::digest(expected.as_bytes());
     given
@@ -439,15 +439,19 @@ fn optional_rfc3339<S: serde::Serializer>(
     )
 )]
 async fn list_gateways(_: Admin, State(state): State<AppState>) -> Result<Json<Page<GatewayView>>> {
-    let data = sqlx::query_as(
+    Ok(Json(Page::whole(gateway_views(&state.pool).await?)))
+}
+
+/// Every gateway with its circuit's state, by code (the admin API and the console).
+pub async fn gateway_views(pool: &sqlx::PgPool) -> sqlx::Result<Vec<GatewayView>> {
+    sqlx::query_as(
         "SELECT g.code, g.protocol, g.base_url, g.timeout_ms, g.max_concurrency, g.enabled,
                 COALESCE(c.state, 'closed') AS circuit, c.changed_at AS circuit_changed_at
            FROM gateway g LEFT JOIN gateway_circuit c ON c.gateway_code = g.code
           ORDER BY g.code",
     )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Page::whole(data)))
+    .fetch_all(pool)
+    .await
 }
 
 /// `PUT /gateways/{code}`'s body.
@@ -617,13 +621,17 @@ pub struct RouteView {
     )
 )]
 async fn list_routes(_: Admin, State(state): State<AppState>) -> Result<Json<Page<RouteView>>> {
-    let data = sqlx::query_as(
+    Ok(Json(Page::whole(route_views(&state.pool).await?)))
+}
+
+/// Every route, by country (default routes last), then priority.
+pub async fn route_views(pool: &sqlx::PgPool) -> sqlx::Result<Vec<RouteView>> {
+    sqlx::query_as(
         "SELECT id, trim(country) AS country, trim(currency) AS currency, kind, priority, gateway_code
            FROM gateway_route ORDER BY country NULLS LAST, priority, id",
     )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Page::whole(data)))
+    .fetch_all(pool)
+    .await
 }
 
 /// `PUT /routes {country?, currency?, kind?, priority, gateway_code}`: creates a route or
@@ -725,14 +733,18 @@ async fn rejected_callbacks(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<Page<RejectedCallback>>> {
-    let data = sqlx::query_as(
+    Ok(Json(Page::whole(rejected_callback_list(&state.pool).await?)))
+}
+
+/// The latest 100 rejected callbacks, newest first.
+pub async fn rejected_callback_list(pool: &sqlx::PgPool) -> sqlx::Result<Vec<RejectedCallback>> {
+    sqlx::query_as(
         "SELECT id, gateway, transaction_id, outcome_reason AS reason, received_at
            FROM gateway_callback WHERE outcome = 'rejected'
           ORDER BY received_at DESC LIMIT 100",
     )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Page::whole(data)))
+    .fetch_all(pool)
+    .await
 }
 
 /// A payment whose automatic retries ran out.
@@ -766,7 +778,13 @@ async fn dead_lettered_payments(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<Page<DeadLettered>>> {
-    let data = sqlx::query_as(
+    Ok(Json(Page::whole(dead_lettered_list(&state.pool).await?)))
+}
+
+/// Payments whose retries ran out: unresolved (oldest first), then failed because every
+/// gateway stayed down (newest first), at most 100 of each.
+pub async fn dead_lettered_list(pool: &sqlx::PgPool) -> sqlx::Result<Vec<DeadLettered>> {
+    sqlx::query_as(
         "(SELECT id, merchant_id, status, gateway, failure_reason AS reason, unresolved_since
             FROM transaction WHERE status = 'pending' AND unresolved_since IS NOT NULL
            ORDER BY unresolved_since LIMIT 100)
@@ -775,7 +793,6 @@ async fn dead_lettered_payments(
             FROM transaction WHERE status = 'failed' AND failure_reason LIKE 'failed after %'
            ORDER BY updated_at DESC LIMIT 100)",
     )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Page::whole(data)))
+    .fetch_all(pool)
+    .await
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod callbacks;
 pub mod cards;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod extract;
@@ -105,7 +106,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state)
+        .with_state(state.clone())
+        // The operator console: HTML pages with their own errors, outside the JSON/XML
+        // negotiation above.
+        .merge(console::router(state))
 }
 
 /// The span of one request. `transaction_id` and `trace_id` are filled in by the

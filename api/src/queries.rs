@@ -301,14 +301,23 @@ pub async fn list_deliveries(
 ) -> Result<Response> {
     let Query(filter) = query.map_err(|_| ApiError::invalid("transaction_id", "is required"))?;
     let record = owned(&state, &merchant, &filter.transaction_id).await?;
+    let data = deliveries_of(&state.pool, record.id.as_str()).await?;
+    Ok(Format::wanted(&headers).render(StatusCode::OK, "webhook_deliveries", &Page::whole(data)))
+}
+
+/// The webhook deliveries of one transaction, oldest first, each with every attempt.
+/// Callers check first that whoever asks may see the transaction.
+pub async fn deliveries_of(
+    pool: &sqlx::PgPool,
+    transaction_id: &str,
+) -> sqlx::Result<Vec<DeliveryView>> {
     let deliveries: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT id, event_id, transaction_id, event_type, version, status, next_attempt_at
-           FROM webhook_delivery WHERE transaction_id = $1 AND merchant_id = $2
+           FROM webhook_delivery WHERE transaction_id = $1
           ORDER BY version, created_at",
     )
-    .bind(record.id.as_str())
-    .bind(merchant.id.as_str())
-    .fetch_all(&state.pool)
+    .bind(transaction_id)
+    .fetch_all(pool)
     .await?;
     let ids: Vec<&str> = deliveries.iter().map(|d| d.0.as_str()).collect();
     let attempts: Vec<AttemptRow> = sqlx::query_as(
@@ -316,9 +325,9 @@ pub async fn list_deliveries(
            FROM webhook_attempt WHERE delivery_id = ANY($1) ORDER BY attempted_at, id",
     )
     .bind(&ids)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await?;
-    let data: Vec<DeliveryView> = deliveries
+    Ok(deliveries
         .into_iter()
         .map(
             |(id, event_id, transaction_id, kind, version, status, next)| DeliveryView {
@@ -341,8 +350,25 @@ pub async fn list_deliveries(
                 next_attempt_at: next.map(timestamp),
             },
         )
-        .collect();
-    Ok(Format::wanted(&headers).render(StatusCode::OK, "webhook_deliveries", &Page::whole(data)))
+        .collect())
+}
+
+/// Queues a delivery to be sent again, as it was, as soon as the dispatcher can: the
+/// merchant's own (`merchant` given) or any (an operator). Whether there was one.
+pub async fn requeue_delivery(
+    pool: &sqlx::PgPool,
+    id: &str,
+    merchant: Option<&str>,
+) -> sqlx::Result<bool> {
+    let replayed = sqlx::query(
+        "UPDATE webhook_delivery SET status = 'pending', next_attempt_at = now(), updated_at = now()
+          WHERE id = $1 AND ($2::text IS NULL OR merchant_id = $2)",
+    )
+    .bind(id)
+    .bind(merchant)
+    .execute(pool)
+    .await?;
+    Ok(replayed.rows_affected() > 0)
 }
 
 /// `POST /v1/webhook-deliveries/{id}/replay`: sends a delivered or failed delivery
@@ -367,15 +393,7 @@ pub async fn replay_delivery(
     merchant: Merchant,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode> {
-    let replayed = sqlx::query(
-        "UPDATE webhook_delivery SET status = 'pending', next_attempt_at = now(), updated_at = now()
-          WHERE id = $1 AND merchant_id = $2",
-    )
-    .bind(&id)
-    .bind(merchant.id.as_str())
-    .execute(&state.pool)
-    .await?;
-    if replayed.rows_affected() == 0 {
+    if !requeue_delivery(&state.pool, &id, Some(merchant.id.as_str())).await? {
         return Err(ApiError::NotFound("webhook delivery"));
     }
     tracing::info!(delivery_id = %id, merchant_id = %merchant.id, "webhook delivery replayed");

@@ -8,6 +8,7 @@ mod api;
 mod broker_index;
 mod broker_outage;
 mod callbacks;
+mod console;
 mod consumer;
 mod end_to_end;
 mod intake;

@@ -1,0 +1,128 @@
+//! The operator console at `/console`: server-rendered pages that answer "is money
+//! flowing, and what needs me?" — an overview, the transactions with each one's whole
+//! life, the gateways with their circuits and routes, and what needs a human.
+//!
+//! It reads the same tables as the admin API and steers through the same functions
+//! (gateway enable/disable, webhook replay). Pages are HTML from [`maud`], made better
+//! by htmx when it loads and complete without it; every answer carries a strict
+//! Content-Security-Policy ([`layout::CSP`]); every page but sign-in needs a session
+//! ([`session`]); every state-changing form carries the session's CSRF token.
+//!
+//! The console is not part of the OpenAPI document (it is pages, not an API), and sits
+//! outside the api's JSON/XML negotiation: its errors are pages too.
+
+pub mod assets;
+pub mod attention;
+pub mod error;
+pub mod gateways;
+pub mod layout;
+pub mod overview;
+pub mod session;
+pub mod transactions;
+
+use axum::extract::State;
+use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use error::ConsoleError;
+use session::Operator;
+
+/// Every console route, with its headers and its state.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/console", get(overview::show))
+        .route("/console/", get(|| async { redirect("/console") }))
+        .route("/console/login", get(sign_in_form).post(sign_in))
+        .route("/console/logout", post(sign_out))
+        .route("/console/transactions", get(transactions::list))
+        .route("/console/transactions/{id}", get(transactions::detail))
+        .route(
+            "/console/deliveries/{id}/replay",
+            post(transactions::replay),
+        )
+        .route("/console/gateways", get(gateways::show))
+        .route("/console/gateways/{code}/switch", post(gateways::switch))
+        .route("/console/attention", get(attention::show))
+        .merge(assets::router())
+        .layer(axum::middleware::from_fn(layout::security_headers))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A `303 See Other` to `to`: after a form, the browser GETs the page.
+pub fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(LOCATION, to.to_owned())]).into_response()
+}
+
+async fn sign_in_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (nonce, cookie) = session::login_nonce(&state, &headers);
+    let mut response = layout::sign_in(&nonce, None).into_response();
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct SignIn {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SignIn>,
+) -> Response {
+    match session::sign_in(&state, &headers, form.token.trim(), &form.csrf) {
+        Ok(cookie) => {
+            tracing::info!("operator signed in to the console");
+            let mut response = redirect("/console");
+            response.headers_mut().append(SET_COOKIE, cookie);
+            response
+        }
+        Err(ConsoleError::WrongToken) => {
+            tracing::warn!("console sign-in with a wrong token");
+            let (nonce, cookie) = session::login_nonce(&state, &headers);
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                layout::sign_in(&nonce, Some("That is not the admin token.")),
+            )
+                .into_response();
+            if let Some(cookie) = cookie {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(other) => other.into_response(),
+    }
+}
+
+/// A form that only carries the CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    operator: Operator,
+    headers: HeaderMap,
+    Form(form): Form<CsrfOnly>,
+) -> error::Result<Response> {
+    operator.check_csrf(&form.csrf)?;
+    let mut response = redirect("/console/login");
+    if let Some((name, value)) = session::sign_out(&state, &headers) {
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
