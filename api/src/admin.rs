@@ -733,7 +733,9 @@ async fn rejected_callbacks(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<Page<RejectedCallback>>> {
-    Ok(Json(Page::whole(rejected_callback_list(&state.pool).await?)))
+    Ok(Json(Page::whole(
+        rejected_callback_list(&state.pool).await?,
+    )))
 }
 
 /// The latest 100 rejected callbacks, newest first.

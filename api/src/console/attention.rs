@@ -49,7 +49,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
     let body = html! {
         h1 { "Needs a human" }
 
-        h2 #unresolved { "Unresolved at a gateway (" (unresolved.len()) ")" }
+        h2 id="unresolved" { "Unresolved at a gateway (" (unresolved.len()) ")" }
         p.muted { "No definite answer before the retries ran out: the gateway may hold the money, so the payment stays pending and is asked about again on a slow schedule until a status answer or a callback settles it." }
         @if unresolved.is_empty() { p.ok { "None." } } @else {
             table { thead { tr { th { "transaction" } th { "gateway" } th { "unresolved since" } th { "reason" } } }
@@ -62,7 +62,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
             }
         }
 
-        h2 #dead-lettered { "Dead-lettered: failed after every gateway stayed down (" (failed.len()) ")" }
+        h2 id="dead-lettered" { "Dead-lettered: failed after every gateway stayed down (" (failed.len()) ")" }
         @if failed.is_empty() { p.ok { "None." } } @else {
             table { thead { tr { th { "transaction" } th { "status" } th { "reason" } } }
                 tbody { @for d in &failed { tr {
@@ -73,7 +73,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
             }
         }
 
-        h2 #callbacks { "Rejected callbacks (" (rejected.len()) ")" }
+        h2 id="callbacks" { "Rejected callbacks (" (rejected.len()) ")" }
         p.muted { "Kept, never applied: unreadable, or disagreeing with their transaction on amount, currency or gateway." }
         @if rejected.is_empty() { p.ok { "None." } } @else {
             table { thead { tr { th { "callback" } th { "gateway" } th { "transaction" } th { "received" } th { "reason" } } }
@@ -87,7 +87,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
             }
         }
 
-        h2 #webhooks { "Webhooks that ran out of attempts (" (deliveries.len()) ")" }
+        h2 id="webhooks" { "Webhooks that ran out of attempts (" (deliveries.len()) ")" }
         @if deliveries.is_empty() { p.ok { "None." } } @else {
             table { thead { tr { th { "transaction" } th { "event" } th.num { "attempts" } th { "last try" } th { "last error" } } }
                 tbody { @for d in &deliveries { tr {
@@ -100,5 +100,10 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
             }
         }
     };
-    Ok(layout::page(&operator, Section::Attention, "Needs a human", body))
+    Ok(layout::page(
+        &operator,
+        Section::Attention,
+        "Needs a human",
+        body,
+    ))
 }

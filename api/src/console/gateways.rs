@@ -114,14 +114,21 @@ impl Stats {
     }
 }
 
+/// An attempt's snapshot and time, and the type and time of the step that followed.
+type AttemptRow = (
+    Vec<u8>,
+    DateTime<Utc>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+);
+
 /// Recent attempts per gateway.
 pub async fn recent_stats(pool: &sqlx::PgPool) -> sqlx::Result<BTreeMap<String, Stats>> {
-    let rows: Vec<(Vec<u8>, DateTime<Utc>, Option<String>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            // The attempts first (a range of the partial index), then one probe per
-            // attempt of the unique (transaction_id, version) index for what followed:
-            // the cost follows the attempts read, never the size of the history.
-            "SELECT a.payload, a.created_at, n.event_type, n.created_at
+    let rows: Vec<AttemptRow> = sqlx::query_as(
+        // The attempts first (a range of the partial index), then one probe per
+        // attempt of the unique (transaction_id, version) index for what followed:
+        // the cost follows the attempts read, never the size of the history.
+        "SELECT a.payload, a.created_at, n.event_type, n.created_at
                FROM (SELECT transaction_id, version, payload, created_at
                        FROM transaction_event
                       WHERE event_type = 'gateway.attempted'
@@ -132,11 +139,11 @@ pub async fn recent_stats(pool: &sqlx::PgPool) -> sqlx::Result<BTreeMap<String, 
                     SELECT event_type, created_at FROM transaction_event n
                      WHERE n.transaction_id = a.transaction_id AND n.version = a.version + 1
                      LIMIT 1) n ON true",
-        )
-        .bind(WINDOW_MINUTES as i32)
-        .bind(MAX_ATTEMPTS)
-        .fetch_all(pool)
-        .await?;
+    )
+    .bind(WINDOW_MINUTES as i32)
+    .bind(MAX_ATTEMPTS)
+    .fetch_all(pool)
+    .await?;
     let mut stats: BTreeMap<String, Stats> = BTreeMap::new();
     for (payload, asked_at, next, answered_at) in rows {
         let Some(gateway) = proto::StatusChanged::decode(payload.as_slice())
@@ -224,11 +231,9 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
                         td.num { (r.priority) }
                         td { (r.gateway_code) }
                         td {
-                            @match g {
-                                Some(g) if !g.enabled => span.tag.failed { "disabled" },
-                                Some(g) => (status_tag(&g.circuit)),
-                                None => "?",
-                            }
+                            @if let Some(g) = g {
+                                @if g.enabled { (status_tag(&g.circuit)) } @else { span.tag.failed { "disabled" } }
+                            } @else { "?" }
                         }
                     }
                 }

@@ -72,8 +72,16 @@ fn head(title: &str) -> Markup {
 pub fn page(operator: &Operator, section: Section, title: &str, body: Markup) -> Markup {
     let nav = [
         (Section::Overview, "/console", "Overview"),
-        (Section::Transactions, "/console/transactions", "Transactions"),
-        (Section::Gateways, "/console/gateways", "Gateways and routes"),
+        (
+            Section::Transactions,
+            "/console/transactions",
+            "Transactions",
+        ),
+        (
+            Section::Gateways,
+            "/console/gateways",
+            "Gateways and routes",
+        ),
         (Section::Attention, "/console/attention", "Needs a human"),
     ];
     html! {
@@ -129,7 +137,7 @@ pub fn sign_in(nonce: &str, error: Option<&str>) -> Markup {
                     form.signin method="post" action="/console/login" {
                         input type="hidden" name="csrf" value=(nonce);
                         label for="token" { "Admin token" }
-                        input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                        input id="token" type="password" name="token" autocomplete="current-password" required autofocus;
                         button type="submit" { "Sign in" }
                     }
                 }

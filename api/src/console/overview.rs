@@ -38,9 +38,7 @@ pub async fn per_minute(
     pool: &sqlx::PgPool,
     now: DateTime<Utc>,
 ) -> sqlx::Result<(DateTime<Utc>, Vec<Minute>)> {
-    let this_minute = now
-        .duration_trunc(Duration::minutes(1))
-        .unwrap_or(now);
+    let this_minute = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
     let start = this_minute - Duration::minutes(MINUTES - 1);
     let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
         "SELECT date_trunc('minute', updated_at) AS minute, status, count(*)
@@ -217,7 +215,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
     let failed: i64 = minutes.iter().map(|m| m.failed).sum();
     let last = minutes.last().copied().unwrap_or_default();
     let body = html! {
-        div #overview hx-get="/console" hx-trigger="every 10s" hx-select="#overview" hx-swap="outerHTML" {
+        div id="overview" hx-get="/console" hx-trigger="every 10s" hx-select="#overview" hx-swap="outerHTML" {
             h1 { "Overview" }
             section.cards {
                 a.card.alert[counts.unresolved > 0] href="/console/attention#unresolved" {

@@ -200,7 +200,10 @@ pub fn sign_in(
 }
 
 /// The `Set-Cookie` that signs out: the session cookie, expired.
-pub fn sign_out(state: &AppState, headers: &HeaderMap) -> Option<(axum::http::HeaderName, HeaderValue)> {
+pub fn sign_out(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Option<(axum::http::HeaderName, HeaderValue)> {
     set_cookie(COOKIE_NAME, "", 0, over_tls(state, headers)).map(|v| (SET_COOKIE, v))
 }
 

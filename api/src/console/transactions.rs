@@ -24,8 +24,8 @@ use paygate_common::transactions;
 use super::error::{ConsoleError, Result};
 use super::gateways::Outcome;
 use super::layout::{self, at, status_tag, Section};
-use super::session::Operator;
 use super::redirect;
+use super::session::Operator;
 use crate::queries::{deliveries_of, requeue_delivery};
 use crate::AppState;
 
@@ -97,7 +97,9 @@ pub async fn list(
     if let Some(q) = blank_to_none(&query.q) {
         return match q.parse::<TransactionId>() {
             Ok(id) => Ok(redirect(&format!("/console/transactions/{id}"))),
-            Err(_) => Err(ConsoleError::Invalid(format!("{q:?} is not a transaction id (txn_…)"))),
+            Err(_) => Err(ConsoleError::Invalid(format!(
+                "{q:?} is not a transaction id (txn_…)"
+            ))),
         };
     }
     let status = blank_to_none(&query.status)
@@ -118,9 +120,9 @@ pub async fn list(
             let id = id
                 .parse::<TransactionId>()
                 .map_err(|_| ConsoleError::Invalid("starting_after: no such transaction".into()))?;
-            let record = transactions::find(&state.pool, &id)
-                .await?
-                .ok_or_else(|| ConsoleError::Invalid("starting_after: no such transaction".into()))?;
+            let record = transactions::find(&state.pool, &id).await?.ok_or_else(|| {
+                ConsoleError::Invalid("starting_after: no such transaction".into())
+            })?;
             Some((record.created_at, record.id.to_string()))
         }
     };
@@ -163,12 +165,11 @@ pub async fn list(
             .bind(&merchant_ids)
             .fetch_all(&state.pool)
             .await?;
-    let name_of = |id: &str| {
+    let name_of = |id: &str| -> String {
         names
             .iter()
             .find(|(m, _)| m == id)
-            .map(|(_, n)| n.as_str())
-            .unwrap_or(id)
+            .map_or_else(|| id.to_owned(), |(_, n)| n.clone())
     };
 
     let next_page = rows.last().filter(|_| has_more).map(|last| {
@@ -179,7 +180,10 @@ pub async fn list(
             ("created_after", query.created_after.as_str()),
             ("created_before", query.created_before.as_str()),
         ];
-        let mut url = format!("/console/transactions?limit={limit}&starting_after={}", last.id);
+        let mut url = format!(
+            "/console/transactions?limit={limit}&starting_after={}",
+            last.id
+        );
         for (name, value) in params {
             if !value.trim().is_empty() {
                 url.push_str(&format!("&{name}={}", urlencode(value.trim())));
@@ -199,7 +203,7 @@ pub async fn list(
                 select name="status" {
                     option value="" { "any" }
                     @for s in Status::ALL {
-                        option value=(s.as_str()) selected[status == Some(*s)] { (s.as_str()) }
+                        option value=(s.as_str()) selected[status == Some(s)] { (s.as_str()) }
                     }
                 }
             }
@@ -389,7 +393,7 @@ pub async fn detail(
             dt { "updated" } dd { (at(record.updated_at)) }
         }
 
-        h2 #timeline { "Timeline" }
+        h2 id="timeline" { "Timeline" }
         table.timeline {
             thead { tr { th.num { "version" } th { "event" } th { "status" } th { "at (UTC)" } th.num { "+ms" } th { "published" } } }
             tbody {
@@ -411,7 +415,7 @@ pub async fn detail(
         }
         p.muted { (events.len()) " events; event ids: " @for (i, e) in events.iter().enumerate() { @if i > 0 { ", " } code { (e.id) } } }
 
-        h2 #attempts { "Gateway attempts" }
+        h2 id="attempts" { "Gateway attempts" }
         @if attempts.is_empty() { p.muted { "Not offered to a gateway yet." } } @else {
             table {
                 thead { tr { th { "gateway" } th { "asked at (UTC)" } th { "outcome" } th.num { "answered after" } th { "reason" } } }
@@ -429,7 +433,7 @@ pub async fn detail(
             }
         }
 
-        h2 #callbacks { "Callbacks received" }
+        h2 id="callbacks" { "Callbacks received" }
         @if callbacks.is_empty() { p.muted { "No callback about this transaction." } } @else {
             table {
                 thead { tr { th { "id" } th { "gateway" } th { "format" } th { "received (UTC)" } th { "outcome" } th { "reason" } } }
@@ -441,10 +445,9 @@ pub async fn detail(
                             td { (c.content_type) }
                             td { (at(c.received_at)) }
                             td {
-                                @match (&c.outcome, c.processed_at) {
-                                    (Some(outcome), _) => (status_tag(outcome)),
-                                    (None, _) => span.tag.pending { "waiting" },
-                                }
+                                @if let Some(outcome) = &c.outcome { (status_tag(outcome)) }
+                                @else { span.tag.pending { "waiting" } }
+                                @if let Some(p) = c.processed_at { " " span.muted { "after " ((p - c.received_at).num_milliseconds()) " ms" } }
                             }
                             td { (c.outcome_reason.as_deref().unwrap_or("")) }
                         }
@@ -453,7 +456,7 @@ pub async fn detail(
             }
         }
 
-        h2 #webhooks { "Webhooks to the merchant" }
+        h2 id="webhooks" { "Webhooks to the merchant" }
         @if deliveries.is_empty() { p.muted { "No webhook delivery." } }
         @for d in &deliveries {
             section.delivery {

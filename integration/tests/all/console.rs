@@ -90,7 +90,10 @@ impl Browser {
         let form = self.page("/console/login").await;
         let nonce = hidden(&form, "csrf");
         let response = self
-            .post("/console/login", &[("token", ADMIN_TOKEN), ("csrf", &nonce)])
+            .post(
+                "/console/login",
+                &[("token", ADMIN_TOKEN), ("csrf", &nonce)],
+            )
             .await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert!(self.cookies.iter().any(|(n, _)| n == "paygate_console"));
@@ -100,7 +103,9 @@ impl Browser {
 /// The value of the first hidden input named `name`.
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let at = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}"));
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"));
     let rest = &html[at + marker.len()..];
     rest[..rest.find('"').unwrap()].to_owned()
 }
@@ -108,7 +113,13 @@ fn hidden(html: &str, name: &str) -> String {
 /// Every URL a page makes the browser load or go to: `src`, `href` and `action`.
 fn references(html: &str) -> Vec<String> {
     let mut found = Vec::new();
-    for attribute in [" src=\"", " href=\"", " action=\"", " hx-get=\"", " hx-post=\""] {
+    for attribute in [
+        " src=\"",
+        " href=\"",
+        " action=\"",
+        " hx-get=\"",
+        " hx-post=\"",
+    ] {
         for (at, _) in html.match_indices(attribute) {
             let rest = &html[at + attribute.len()..];
             found.push(rest[..rest.find('"').unwrap()].to_owned());
@@ -149,7 +160,11 @@ async fn the_console_shows_nothing_and_changes_nothing_without_a_session() {
                 .cookies
                 .push(("paygate_console".into(), cookie.into()));
         }
-        for path in PAGES.iter().copied().chain(["/console/transactions/txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1"]) {
+        for path in PAGES
+            .iter()
+            .copied()
+            .chain(["/console/transactions/txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1"])
+        {
             let response = browser.get(path).await;
             assert_eq!(response.status(), StatusCode::SEE_OTHER, "GET {path}");
             assert_eq!(response.headers()["location"], "/console/login");
@@ -189,12 +204,18 @@ async fn signing_in_sets_an_http_only_strict_cookie_and_signing_out_clears_it() 
     // A sign-in posted from elsewhere carries no matching login nonce.
     let mut stranger = Browser::new(&api.url);
     let refused = stranger
-        .post("/console/login", &[("token", ADMIN_TOKEN), ("csrf", &nonce)])
+        .post(
+            "/console/login",
+            &[("token", ADMIN_TOKEN), ("csrf", &nonce)],
+        )
         .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 
     let response = browser
-        .post("/console/login", &[("token", ADMIN_TOKEN), ("csrf", &nonce)])
+        .post(
+            "/console/login",
+            &[("token", ADMIN_TOKEN), ("csrf", &nonce)],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let cookie = response
@@ -226,7 +247,10 @@ async fn signing_in_sets_an_http_only_strict_cookie_and_signing_out_clears_it() 
     let out = browser.post("/console/logout", &[("csrf", &csrf)]).await;
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     assert!(!browser.cookies.iter().any(|(n, _)| n == "paygate_console"));
-    assert_eq!(browser.get("/console").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        browser.get("/console").await.status(),
+        StatusCode::SEE_OTHER
+    );
     api.running.stop().await.unwrap();
 }
 
@@ -256,7 +280,9 @@ async fn a_form_without_its_sessions_csrf_token_is_refused_and_changes_nothing()
         vec![("enabled", "false"), ("csrf", "")],
         vec![("enabled", "false"), ("csrf", other_session.as_str())],
     ] {
-        let response = browser.post("/console/gateways/simjson/switch", &form).await;
+        let response = browser
+            .post("/console/gateways/simjson/switch", &form)
+            .await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{form:?}");
         assert!(response.headers()["content-type"]
             .to_str()
@@ -306,9 +332,15 @@ async fn every_console_page_sends_a_strict_csp_and_loads_only_from_the_api_itsel
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
         assert_eq!(response.headers()["cache-control"], "no-store");
         let html = response.text().await.unwrap();
-        assert!(!html.contains(" style=") && !html.contains("<style"), "inline style on {path}");
+        assert!(
+            !html.contains(" style=") && !html.contains("<style"),
+            "inline style on {path}"
+        );
         for (at, _) in html.match_indices("<script") {
-            assert!(html[at..].starts_with("<script src=\"/"), "inline script on {path}");
+            assert!(
+                html[at..].starts_with("<script src=\"/"),
+                "inline script on {path}"
+            );
         }
         for reference in references(&html) {
             assert!(
@@ -323,7 +355,11 @@ async fn every_console_page_sends_a_strict_csp_and_loads_only_from_the_api_itsel
     }
     seen_assets.sort();
     seen_assets.dedup();
-    assert_eq!(seen_assets.len(), 2, "htmx and the stylesheet: {seen_assets:?}");
+    assert_eq!(
+        seen_assets.len(),
+        2,
+        "htmx and the stylesheet: {seen_assets:?}"
+    );
     for asset in &seen_assets {
         let response = browser.get(asset).await;
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
@@ -336,7 +372,10 @@ async fn every_console_page_sends_a_strict_csp_and_loads_only_from_the_api_itsel
                 "the committed htmx, byte for byte"
             );
         } else {
-            assert!(!String::from_utf8_lossy(&body).contains("url("), "the stylesheet loads nothing");
+            assert!(
+                !String::from_utf8_lossy(&body).contains("url("),
+                "the stylesheet loads nothing"
+            );
         }
     }
     suite.stop().await;
@@ -363,7 +402,7 @@ async fn a_payments_page_shows_its_whole_life_and_replay_sends_its_webhook_again
         "gateway.attempted",
         "transaction.processing",
         "transaction.completed",
-        "accepted",                 // the gateway attempt
+        "accepted",                                   // the gateway attempt
         "<span class=\"tag applied\">applied</span>", // the callback
         "Replay webhook",
     ] {
@@ -443,6 +482,10 @@ async fn browser_an_operator_follows_a_payment_reroutes_around_a_gateway_and_rep
     .fetch_one(&suite.pool)
     .await
     .unwrap();
-    assert_eq!(gateway.as_deref(), Some("simjson"), "the browser's payment took the fallback");
+    assert_eq!(
+        gateway.as_deref(),
+        Some("simjson"),
+        "the browser's payment took the fallback"
+    );
     suite.stop().await;
 }

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -66,7 +67,10 @@ class Console:
         self.d = driver
         self.url = url
         self.shots = shots
-        self.wait = WebDriverWait(driver, 20)
+        # htmx swaps the page under the driver: a vanished element means "not yet".
+        self.wait = WebDriverWait(
+            driver, 20, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        )
 
     def shot(self, name):
         if self.shots:
