@@ -34,7 +34,7 @@ use crate::AppState;
 /// How far back "recent" reaches.
 pub const WINDOW_MINUTES: i64 = 15;
 /// At most this many attempts are read for the statistics.
-pub const MAX_ATTEMPTS: i64 = 5000;
+pub const MAX_ATTEMPTS: i64 = 2000;
 
 /// What came of offering a payment to a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +171,11 @@ pub async fn recent_stats(pool: &sqlx::PgPool) -> sqlx::Result<BTreeMap<String, 
 
 /// `GET /console/gateways`.
 pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<Markup> {
-    let gateways = gateway_views(&state.pool).await?;
-    let routes = route_views(&state.pool).await?;
-    let stats = recent_stats(&state.pool).await?;
+    let (gateways, routes, stats) = tokio::try_join!(
+        gateway_views(&state.pool),
+        route_views(&state.pool),
+        recent_stats(&state.pool),
+    )?;
     let none = Stats::default();
     let body = html! {
         h1 { "Gateways and routes" }

@@ -202,15 +202,18 @@ async fn backlog(state: &AppState) -> sqlx::Result<Vec<Backlog>> {
 /// `GET /console`.
 pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<Markup> {
     let now = Utc::now();
-    let (start, minutes) = per_minute(&state.pool, now).await?;
-    let counts = counts(&state.pool).await?;
-    let backlog = backlog(&state).await?;
-    let circuits: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+    // Independent reads, each on its own pooled connection, at once.
+    let circuits = sqlx::query_as::<_, (String, String, DateTime<Utc>)>(
         "SELECT gateway_code, state, changed_at FROM gateway_circuit
           WHERE state <> 'closed' ORDER BY gateway_code",
     )
-    .fetch_all(&state.pool)
-    .await?;
+    .fetch_all(&state.pool);
+    let ((start, minutes), counts, backlog, circuits) = tokio::try_join!(
+        per_minute(&state.pool, now),
+        counts(&state.pool),
+        backlog(&state),
+        circuits,
+    )?;
     let completed: i64 = minutes.iter().map(|m| m.completed).sum();
     let failed: i64 = minutes.iter().map(|m| m.failed).sum();
     let last = minutes.last().copied().unwrap_or_default();
