@@ -188,12 +188,17 @@ async fn a_payments_history_and_webhook_deliveries_read_in_order_and_a_replay_re
         again.header("webhook-id"),
         completed["event_id"].as_str().unwrap()
     );
-    let after = json_of(suite.get(&format!("/v1/webhook-deliveries?transaction_id={id}"))).await;
-    assert_eq!(
-        after["data"][1]["attempts"].as_array().unwrap().len(),
-        2,
-        "the new attempt is recorded"
-    );
+    // The dispatcher records an attempt once the merchant has answered: wait for it.
+    eventually(
+        "the new attempt is recorded",
+        Duration::from_secs(10),
+        || async {
+            let after =
+                json_of(suite.get(&format!("/v1/webhook-deliveries?transaction_id={id}"))).await;
+            (after["data"][1]["attempts"].as_array().unwrap().len() == 2).then_some(())
+        },
+    )
+    .await;
 
     // Another merchant sees none of it.
     let other =
