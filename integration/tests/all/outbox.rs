@@ -132,7 +132,7 @@ async fn two_relays_on_one_database_publish_every_row_once_and_each_transaction_
         &settings,
         &settings.kafka.topics.transactions_status,
         total,
-        Duration::from_secs(20),
+        Duration::from_secs(8),
     )
     .await;
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -206,7 +206,7 @@ async fn a_row_the_broker_refuses_for_good_is_set_aside_with_its_reason_and_the_
         &settings,
         &settings.kafka.topics.transactions_status,
         3,
-        Duration::from_secs(20),
+        Duration::from_secs(8),
     )
     .await;
     let mut published: Vec<&str> = messages
@@ -322,7 +322,7 @@ async fn a_relay_killed_between_publish_and_mark_is_published_again_and_the_paym
         &settings,
         &settings.kafka.topics.payments_requested,
         2,
-        Duration::from_secs(20),
+        Duration::from_secs(8),
     )
     .await
     .iter()

@@ -364,6 +364,7 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
     }
 
     // The dead-letter topics hold the stalled payments and nothing else.
+    let mut dead_lettered = BTreeSet::new();
     for topic in settings.kafka.topics.all() {
         let dead = read_topic(
             &settings,
@@ -380,8 +381,19 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
                 message.key,
                 message.headers.get("dlq-reason")
             );
+            dead_lettered.insert(message.key);
         }
     }
+    assert_eq!(
+        dead_lettered, stalled,
+        "each stalled payment was dead-lettered"
+    );
+    let declined = finals.values().filter(|(s, _)| s == "failed").count();
+    assert!(
+        declined > 0 && declined < ids.len(),
+        "some payments were declined, most completed ({declined} of {})",
+        ids.len()
+    );
 
     let mut killed = Vec::new();
     for service in services {
