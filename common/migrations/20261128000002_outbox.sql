@@ -25,6 +25,14 @@ CREATE INDEX transaction_event_unpublished_by_transaction ON transaction_event (
 CREATE INDEX transaction_event_set_aside ON transaction_event (set_aside_at DESC)
     WHERE set_aside_at IS NOT NULL;
 
+-- Wake the relays only for rows they have to publish: history-only events are stored
+-- published, and waking every relay for them cost each one a claim for nothing. (Equal
+-- notifications in one transaction are folded into one, so per row is still one per
+-- commit.)
+DROP TRIGGER transaction_event_notify ON transaction_event;
+CREATE TRIGGER transaction_event_notify AFTER INSERT ON transaction_event
+    FOR EACH ROW WHEN (NEW.published_at IS NULL) EXECUTE FUNCTION notify_outbox();
+
 -- Every move out of `pending` looks for the transaction's parked callbacks.
 CREATE INDEX gateway_callback_unprocessed ON gateway_callback (transaction_id)
     WHERE processed_at IS NULL;

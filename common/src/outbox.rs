@@ -51,6 +51,9 @@ pub struct Relay {
     poll_interval: Duration,
     /// How long a claim lasts (see [`OutboxSettings::lease_ms`]).
     lease: Duration,
+    /// How long to wait after a notification before claiming (see
+    /// [`OutboxSettings::linger_ms`]).
+    linger: Duration,
     /// Attempts a row gets while its topic is unknown to the broker.
     unknown_topic_attempts: i32,
     /// Names this relay's claims (`claimed_by`), unique per process.
@@ -128,6 +131,7 @@ impl Relay {
             batch_size: settings.batch_size,
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
             lease: settings.lease(),
+            linger: Duration::from_millis(settings.linger_ms),
             unknown_topic_attempts: settings.unknown_topic_attempts,
             id: format!("relay_{}", uuid::Uuid::new_v4().simple()),
             set_aside: Arc::default(),
@@ -162,7 +166,14 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.poll_interval) => {}
                 notified = wait_for_notification(&mut listener) => {
-                    if !notified {
+                    if notified {
+                        // Let the commits that come right after this one gather, so
+                        // under load one claim takes many of them.
+                        tokio::time::sleep(self.linger).await;
+                        if let Some(l) = listener.as_mut() {
+                            while l.next_buffered().is_some() {}
+                        }
+                    } else {
                         listener = self.listen().await;
                     }
                 }

@@ -58,6 +58,10 @@ impl Plan {
     }
 }
 
+/// An outbox row as the diagnosis of a stuck payment shows it: transaction, event type,
+/// why it was set aside, published, attempts, last error.
+type OutboxRow = (String, String, Option<String>, bool, i32, Option<String>);
+
 /// One fault of the cycle.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -236,22 +240,51 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
             .map(|(id, status, unresolved)| (id, (status, unresolved)))
             .collect::<BTreeMap<_, _>>()
     };
-    eventually(
-        "every payment final, the stalled ones unresolved",
-        Duration::from_secs(180),
-        || async {
-            let now = statuses().await;
-            let settled = ids.iter().all(|id| match now.get(id) {
-                Some((status, unresolved)) if stalled.contains(id) => {
-                    status == "pending" && *unresolved
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let now = statuses().await;
+        let unsettled: Vec<(&String, Option<&(String, bool)>)> = ids
+            .iter()
+            .map(|id| (id, now.get(id)))
+            .filter(|(id, state)| match state {
+                Some((status, unresolved)) if stalled.contains(*id) => {
+                    !(status == "pending" && *unresolved)
                 }
-                Some((status, _)) => status == "completed" || status == "failed",
-                None => false,
-            });
-            settled.then_some(())
-        },
-    )
-    .await;
+                Some((status, _)) => status != "completed" && status != "failed",
+                None => true,
+            })
+            .collect();
+        if unsettled.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let held: Vec<OutboxRow> = sqlx::query_as(
+                "SELECT transaction_id, event_type, set_aside_reason, published_at IS NOT NULL,
+                            publish_attempts, last_error
+                       FROM transaction_event WHERE transaction_id = ANY($1) ORDER BY seq",
+            )
+            .bind(
+                unsettled
+                    .iter()
+                    .map(|(id, _)| (*id).clone())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "not settled after 180 s: {unsettled:?}\nTheir events: {held:#?}\nRuns: {:?}",
+                {
+                    let mut runs = Vec::new();
+                    for service in &services {
+                        runs.push((service.name().to_owned(), service.restarts().await));
+                    }
+                    runs
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(statuses().await.len(), ids.len(), "no payment from nowhere");
 
     // Their gateway answers at last: a status query settles them.

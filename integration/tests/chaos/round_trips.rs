@@ -110,6 +110,20 @@ async fn round_trips_per_payment_by_service() {
         let per_payment = (total - idle_rate * busy.as_secs_f64()).max(0.0) / f64::from(payments);
         println!("| {name} | {per_payment:.1} | {idle_rate:.1} |");
     }
+    // Where they go: each service's statements by calls per payment (idle included).
+    let top: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT r.rolname::text, s.calls, regexp_replace(left(s.query, 90), '\\s+', ' ', 'g')
+           FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
+          WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND r.rolname LIKE 'paygate_%'
+          ORDER BY 1, 2 DESC",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    for (role, calls, query) in top {
+        println!("{role}\t{:.2}\t{query}", calls as f64 / f64::from(payments));
+    }
     for service in stack.services {
         service.terminate().await;
     }
