@@ -49,8 +49,7 @@ impl Application {
         resolver: GuardedResolver,
     ) -> anyhow::Result<Self> {
         let topics = [settings.kafka.topics.transactions_status.as_str()];
-        // It writes deliveries, never events: no outbox relay.
-        let worker = Worker::build_without_relay(
+        let worker = Worker::build(
             &settings,
             "callback-dispatcher",
             &settings.callback_dispatcher.listen,

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
-mod api_keys;
 mod broker_index;
 mod broker_outage;
 mod callbacks;
@@ -18,7 +17,6 @@ mod migrations;
 mod observability;
 mod openapi;
 mod operators;
-mod outbox;
 mod routing;
 mod shutdown;
 mod trace_context;
