@@ -127,7 +127,7 @@ pub async fn list_transactions(
     let rows: Vec<TransactionRecord> = transactions::page(
         &state.pool,
         &transactions::PageQuery {
-            merchant: &merchant.id,
+            merchant: Some(&merchant.id),
             status,
             kind,
             created_after: filter.created_after,

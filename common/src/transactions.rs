@@ -164,10 +164,11 @@ pub async fn find_for_update(
     .await
 }
 
-/// A page of a merchant's transactions, newest first.
+/// A page of transactions, newest first: a merchant's (the merchant API) or, for
+/// operators, everyone's.
 #[derive(Debug)]
 pub struct PageQuery<'a> {
-    pub merchant: &'a MerchantId,
+    pub merchant: Option<&'a MerchantId>,
     pub status: Option<Status>,
     pub kind: Option<Kind>,
     pub created_after: Option<DateTime<Utc>>,
@@ -184,10 +185,19 @@ pub async fn page<'e>(
     executor: impl PgExecutor<'e>,
     query: &PageQuery<'_>,
 ) -> sqlx::Result<Vec<TransactionRecord>> {
-    let mut sql = sqlx::QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM transaction WHERE merchant_id = "
-    ));
-    sql.push_bind(query.merchant.as_str());
+    let mut sql = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM transaction WHERE true"));
+    push_page(&mut sql, query);
+    sql.build_query_as().fetch_all(executor).await
+}
+
+/// Appends `query`'s conditions, the cursor, the newest-first order and the limit to a
+/// list statement that ends in a `WHERE` condition: the merchant API's page and the
+/// console's list (its own columns, maybe every merchant) share it.
+pub fn push_page(sql: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &PageQuery<'_>) {
+    if let Some(merchant) = query.merchant {
+        sql.push(" AND merchant_id = ")
+            .push_bind(merchant.as_str().to_owned());
+    }
     if let Some(status) = query.status {
         sql.push(" AND status = ").push_bind(status.as_str());
     }
@@ -209,7 +219,6 @@ pub async fn page<'e>(
     }
     sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(query.limit);
-    sql.build_query_as().fetch_all(executor).await
 }
 
 /// A status change and what comes with it.

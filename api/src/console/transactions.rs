@@ -17,7 +17,7 @@ use prost::Message as _;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use paygate_common::domain::{Kind, Status, TransactionId};
+use paygate_common::domain::{Kind, MerchantId, Status, TransactionId};
 use paygate_common::events::proto;
 use paygate_common::transactions;
 
@@ -127,35 +127,27 @@ pub async fn list(
         }
     };
 
+    let merchant = merchant
+        .map(|m| m.parse::<MerchantId>())
+        .transpose()
+        .map_err(|_| ConsoleError::Invalid("merchant: not a merchant id (mer_…)".into()))?;
     let mut sql = sqlx::QueryBuilder::new(
         "SELECT id, merchant_id, kind, status, amount, currency, trim(country) AS country, gateway,
                 unresolved_since, created_at
            FROM transaction WHERE true",
     );
-    if let Some(merchant) = merchant {
-        sql.push(" AND merchant_id = ").push_bind(merchant);
-    }
-    if let Some(status) = status {
-        sql.push(" AND status = ").push_bind(status.as_str());
-    }
-    if let Some(kind) = kind {
-        sql.push(" AND kind = ").push_bind(kind.as_str());
-    }
-    if let Some(after) = created_after {
-        sql.push(" AND created_at > ").push_bind(after);
-    }
-    if let Some(before) = created_before {
-        sql.push(" AND created_at < ").push_bind(before);
-    }
-    if let Some((created_at, id)) = &cursor {
-        sql.push(" AND (created_at, id) < (")
-            .push_bind(*created_at)
-            .push(", ")
-            .push_bind(id.clone())
-            .push(")");
-    }
-    sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-        .push_bind(limit + 1);
+    transactions::push_page(
+        &mut sql,
+        &transactions::PageQuery {
+            merchant: merchant.as_ref(),
+            status,
+            kind,
+            created_after,
+            created_before,
+            before: cursor.clone(),
+            limit: limit + 1,
+        },
+    );
     let mut rows: Vec<Row> = sql.build_query_as().fetch_all(&state.pool).await?;
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
