@@ -43,7 +43,9 @@ impl Attempt {
         self.status_code == Some(410)
     }
 
-    fn failed(error: String, refused: bool, started: Instant) -> Self {
+    /// An attempt that got no answer: `error` says why, `refused` when the egress policy
+    /// stopped it before any connection.
+    pub fn failed(error: String, refused: bool, started: Instant) -> Self {
         Attempt {
             status_code: None,
             error: Some(error),

@@ -289,13 +289,11 @@ impl Sender {
                 };
                 attempt::send(&self.http, &self.policy, &message).await
             }
-            Err(error) => Attempt {
-                status_code: None,
-                error: Some(format!("the signing secret does not open: {error:#}")),
-                retry_after: None,
-                refused: false,
-                duration: Duration::ZERO,
-            },
+            Err(error) => Attempt::failed(
+                format!("the signing secret does not open: {error:#}"),
+                false,
+                std::time::Instant::now(),
+            ),
         };
         if let Err(error) = self.record(&delivery, probe, &attempt).await {
             tracing::warn!(error = %format!("{error:#}"), delivery_id = %delivery.id, "could not record a webhook attempt; its lease will expire and it is sent again");
