@@ -171,18 +171,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let merchant_id: Option<String> = sqlx::query_scalar(
-            "SELECT merchant_id FROM api_key
-              WHERE key_hash = $1 AND revoked_at IS NULL
-                AND (expires_at IS NULL OR expires_at > now())",
-        )
-        .bind(hash_api_key(key))
-        .fetch_optional(&state.pool)
-        .await?;
-        let id: MerchantId = merchant_id
-            .ok_or(ApiError::Unauthorized)?
-            .parse()
-            .map_err(|e: paygate_common::domain::DomainError| ApiError::Internal(e.into()))?;
+        let id = state
+            .api_keys
+            .merchant(&state.pool, key)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
         state.limiter.check(&id).await?;
         Ok(Merchant { id })
     }

@@ -8,6 +8,7 @@
 //! document served at `/openapi.json` (see [`openapi`]).
 
 pub mod admin;
+pub mod api_keys;
 pub mod callbacks;
 pub mod cards;
 pub mod console;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub gateways: callbacks::GatewayCache,
     /// What `/readyz` checks: PostgreSQL, Redis and the broker.
     pub readiness: Readiness,
+    /// Merchants' API keys as requests check them.
+    pub api_keys: api_keys::ApiKeyCache,
 }
 
 /// Every route the api documents, and the document they make. Each handler's
@@ -204,6 +207,9 @@ impl Application {
                 Producer::new(&settings.kafka)?,
                 &settings.kafka.topics.payments_requested,
             );
+        let api_keys = api_keys::ApiKeyCache::new(std::time::Duration::from_millis(
+            settings.api.key_cache_ttl_ms,
+        ));
         Ok(Application {
             listener,
             state: AppState {
@@ -214,6 +220,7 @@ impl Application {
                 limiter,
                 gateways: callbacks::GatewayCache::default(),
                 readiness,
+                api_keys,
             },
             relay,
         })
@@ -222,6 +229,11 @@ impl Application {
     /// The port it listens on (the real one when configured with port 0).
     pub fn port(&self) -> u16 {
         health::port(&self.listener)
+    }
+
+    /// Its API key cache (tests watch it start listening for key changes).
+    pub fn api_keys(&self) -> api_keys::ApiKeyCache {
+        self.state.api_keys.clone()
     }
 
     /// Serves and relays until `shutdown`; requests in flight and the relay's current
@@ -241,6 +253,15 @@ impl Application {
             "outbox backlog sampler",
             backlog::sample(self.state.pool.clone(), shutdown.clone()),
         );
+        let (keys, pool, token) = (
+            self.state.api_keys.clone(),
+            self.state.pool.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn("API key listener", async move {
+            keys.invalidate_on_change(pool, token).await;
+            Ok(())
+        });
         let served = health::serve(self.listener, router(self.state.clone()), shutdown.clone());
         tasks.spawn("http server", async move {
             served.await.context("serving HTTP")

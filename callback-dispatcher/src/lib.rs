@@ -49,7 +49,8 @@ impl Application {
         resolver: GuardedResolver,
     ) -> anyhow::Result<Self> {
         let topics = [settings.kafka.topics.transactions_status.as_str()];
-        let worker = Worker::build(
+        // It writes deliveries, never events: no outbox relay.
+        let worker = Worker::build_without_relay(
             &settings,
             "callback-dispatcher",
             &settings.callback_dispatcher.listen,

@@ -14,7 +14,9 @@ pub const EVERY: Duration = Duration::from_secs(5);
 pub async fn sample(pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
     loop {
         let counted: Result<i64, sqlx::Error> =
-            sqlx::query_scalar("SELECT count(*) FROM transaction_event WHERE published_at IS NULL")
+            sqlx::query_scalar(
+                "SELECT count(*) FROM transaction_event WHERE published_at IS NULL AND set_aside_at IS NULL",
+            )
                 .fetch_one(&pool)
                 .await;
         match counted {

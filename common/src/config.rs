@@ -147,6 +147,23 @@ impl Topics {
 pub struct OutboxSettings {
     pub poll_interval_ms: u64,
     pub batch_size: i64,
+    /// How long a relay owns the rows it claimed; a relay that dies holding them delays
+    /// them this long. Longer than `kafka.message_timeout_ms`, so a live relay's claim
+    /// never runs out while it still waits for the broker.
+    pub lease_ms: u64,
+    /// Produce attempts a row gets while the broker says its topic does not exist,
+    /// before it is set aside (other refusals that can never succeed set it aside at once).
+    pub unknown_topic_attempts: i32,
+    /// How long a relay waits after a notification before it claims, so the commits
+    /// of that moment share one claim: every relay wakes on every commit, and without
+    /// this each one claims once per commit.
+    pub linger_ms: u64,
+}
+
+impl OutboxSettings {
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +172,10 @@ pub struct ApiSettings {
     pub public_url: String,
     pub max_body_bytes: usize,
     pub rate_limit: RateLimitSettings,
+    /// How long a checked API key is trusted without asking PostgreSQL again. A key
+    /// that is revoked or set to expire is dropped at once (NOTIFY); this bounds how
+    /// long a key stays trusted if that notification cannot arrive.
+    pub key_cache_ttl_ms: u64,
 }
 
 /// Requests per merchant per window, shared by every api replica.
@@ -364,6 +385,14 @@ impl Settings {
         ensure!(
             self.outbox.batch_size > 0,
             "outbox.batch_size must be positive"
+        );
+        ensure!(
+            self.outbox.lease_ms > u64::from(self.kafka.message_timeout_ms),
+            "outbox.lease_ms must be longer than kafka.message_timeout_ms"
+        );
+        ensure!(
+            self.outbox.unknown_topic_attempts > 0,
+            "outbox.unknown_topic_attempts must be positive"
         );
         ensure!(
             self.redis.lock_ttl_ms >= 1000,

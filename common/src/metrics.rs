@@ -170,6 +170,11 @@ pub fn outbox_published(events: usize, took: Duration) {
     histogram!("paygate_outbox_publish_duration_seconds").record(took.as_secs_f64());
 }
 
+/// An outbox event the broker refused for good, set aside (see `outbox`).
+pub fn outbox_set_aside() {
+    counter!("paygate_outbox_set_aside_total").increment(1);
+}
+
 /// One webhook attempt, by what became of its delivery: `delivered`, `pending` (to be
 /// retried) or `failed` (no retry left).
 pub fn webhook_attempt(outcome: &str) {

@@ -1,17 +1,40 @@
 //! The outbox relay: publishes committed, unpublished `transaction_event` rows to Kafka
-//! and marks them published. Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any
-//! number of relays (one in each service that writes events) share the work without
-//! publishing a row twice in the normal case; a crash between the broker's
-//! acknowledgement and the commit publishes a batch again, which consumers tolerate.
-//! A broker outage only delays events: the batch is rolled back and retried.
+//! and marks them published. Every service that writes events runs one; any number of
+//! them share one database.
+//!
+//! How the guarantees are kept:
+//! - **No transaction is held open across the broker.** A relay *claims* a batch with a
+//!   lease (`claimed_until`, one short statement), publishes it, then *marks* what the
+//!   broker acknowledged (another). A relay that dies after publishing leaves its claim
+//!   to run out; another relay then publishes those rows again: at least once, and every
+//!   consumer absorbs a duplicate (version fences, unique event ids).
+//! - **Per-transaction order, across relays.** A row is claimed only when every earlier
+//!   unpublished row of its transaction is claimed in the same batch; within a batch a
+//!   transaction's rows are produced one after the other, each after the broker
+//!   acknowledged the one before. So a row never goes out while an earlier event of its
+//!   transaction is unpublished, whichever relay holds it.
+//! - **A row the broker can never take does not block the rest.** A permanent refusal
+//!   (too large, an invalid topic, a destination nobody maps, a topic still unknown after
+//!   `outbox.unknown_topic_attempts`) sets the row aside (`set_aside_at`,
+//!   `set_aside_reason`), counted and logged; the rows after it go out. Set aside is
+//!   final for that row: the later events of its transaction are published too (each
+//!   carries the whole snapshot), so its final state still reaches the merchant.
+//! - A broker outage only delays events: a transient failure releases the claim and the
+//!   batch is tried again with backoff.
+//! - A delivery that timed out renews the relay's producer before it tries again (see
+//!   `common/src/kafka/producer.rs`: tansu cannot take the epoch bump that follows).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{OutboxSettings, Topics};
+use crate::config::{KafkaSettings, OutboxSettings, Topics};
 use crate::events::Destination;
 use crate::kafka::{self, await_delivery, Envelope, Producer};
 use crate::retry;
@@ -28,16 +51,64 @@ pub struct Relay {
     batch_size: i64,
     /// How long to sleep when no notification arrives.
     poll_interval: Duration,
+    /// How long a claim lasts (see [`OutboxSettings::lease_ms`]).
+    lease: Duration,
+    /// How long to wait after a notification before claiming (see
+    /// [`OutboxSettings::linger_ms`]).
+    linger: Duration,
+    /// Attempts a row gets while its topic is unknown to the broker.
+    unknown_topic_attempts: i32,
+    /// Names this relay's claims (`claimed_by`), unique per process.
+    id: String,
+    /// Rows this relay set aside since it started.
+    set_aside: Arc<AtomicU64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Pending {
-    seq: i64,
-    id: String,
-    transaction_id: String,
-    event_type: String,
-    destination: String,
-    payload: Vec<u8>,
+/// A claimed row, as it is published.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub seq: i64,
+    pub id: String,
+    pub transaction_id: String,
+    pub event_type: String,
+    pub destination: String,
+    pub payload: Vec<u8>,
+    pub publish_attempts: i32,
+}
+
+/// What became of each row of a published batch.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Acknowledged by the broker (or with nothing to go to): to be marked published.
+    pub acknowledged: Vec<i64>,
+    /// Refused for good: to be set aside with the reason.
+    pub refused: Vec<(i64, String)>,
+    /// Not acknowledged for a reason that may pass (broker down, a topic not yet
+    /// known): released for a later attempt, with the error.
+    pub failed: Vec<(i64, String)>,
+    /// Of `failed`, the rows whose topic the broker does not know (their attempts count).
+    pub unknown_topic: Vec<i64>,
+    /// Whether a delivery timed out inside the producer (which then renews).
+    pub timed_out: bool,
+    /// How many rows the batch had.
+    pub claimed: usize,
+}
+
+/// A row handed to the producer.
+enum Pending<'a> {
+    Delivery(rdkafka::producer::DeliveryFuture, &'a str),
+    Settled(Outcome),
+}
+
+/// How one produce ended.
+enum Outcome {
+    Acknowledged,
+    Refused(String),
+    Failed {
+        error: String,
+        unknown_topic: bool,
+        timed_out: bool,
+    },
 }
 
 impl Relay {
@@ -48,28 +119,33 @@ impl Relay {
         let topics = kafka::all_topics(&settings.kafka.topics);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         kafka::ensure_topics(&settings.kafka, &topics).await?;
-        let producer = Producer::new(&settings.kafka)?;
-        Ok(Self::new(
-            pool,
-            producer,
-            settings.kafka.topics.clone(),
-            &settings.outbox,
-        ))
+        Self::new(pool, &settings.kafka, &settings.outbox)
     }
 
+    /// A relay with a producer of its own, publishing to `kafka.topics`.
     pub fn new(
         pool: PgPool,
-        producer: Producer,
-        topics: Topics,
+        kafka: &KafkaSettings,
         settings: &OutboxSettings,
-    ) -> Self {
-        Relay {
+    ) -> anyhow::Result<Self> {
+        Ok(Relay {
             pool,
-            producer,
-            topics,
+            producer: Producer::new(kafka)?,
+            topics: kafka.topics.clone(),
             batch_size: settings.batch_size,
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
-        }
+            lease: settings.lease(),
+            linger: Duration::from_millis(settings.linger_ms),
+            unknown_topic_attempts: settings.unknown_topic_attempts,
+            id: format!("relay_{}", uuid::Uuid::new_v4().simple()),
+            set_aside: Arc::default(),
+        })
+    }
+
+    /// How many rows this relay has set aside since it started (every set-aside row is
+    /// also in the table, with its reason: `set_aside_at IS NOT NULL`).
+    pub fn set_aside_count(&self) -> u64 {
+        self.set_aside.load(Ordering::Relaxed)
     }
 
     /// Publishes until `shutdown`, waking on NOTIFY and at every poll interval.
@@ -94,7 +170,14 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.poll_interval) => {}
                 notified = wait_for_notification(&mut listener) => {
-                    if !notified {
+                    if notified {
+                        // Let the commits that come right after this one gather, so
+                        // under load one claim takes many of them.
+                        tokio::time::sleep(self.linger).await;
+                        if let Some(l) = listener.as_mut() {
+                            while l.next_buffered().is_some() {}
+                        }
+                    } else {
                         listener = self.listen().await;
                     }
                 }
@@ -120,68 +203,274 @@ impl Relay {
         }
     }
 
-    /// Publishes batches until none is left.
+    /// Publishes batches until a claim finds nothing (a batch can free rows of its
+    /// transactions that waited behind it, so a short batch is no sign of an empty
+    /// outbox). A batch in which something failed for a reason that may pass ends the
+    /// drain with that error, so the caller backs off.
     pub async fn drain(&self) -> anyhow::Result<()> {
-        while self.publish_batch().await? == usize::try_from(self.batch_size).unwrap_or(usize::MAX)
-        {
+        while let Some(published) = self.relay_batch().await? {
+            if let Some((_, error)) = published.failed.first() {
+                anyhow::bail!("the broker did not take an outbox event: {error}");
+            }
         }
         Ok(())
     }
 
-    /// Claims up to one batch, publishes it, marks it published; returns how many.
+    /// Claims up to one batch, publishes it and records what became of each row;
+    /// returns how many rows were claimed.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        Ok(self
+            .relay_batch()
+            .await?
+            .map_or(0, |published| published.claimed))
+    }
+
+    /// One claim, publish and record; `None` when the claim found nothing.
+    async fn relay_batch(&self) -> anyhow::Result<Option<Published>> {
         let started = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
-        let batch: Vec<Pending> = sqlx::query_as(
-            "SELECT seq, id, transaction_id, event_type, destination, payload
-               FROM transaction_event
-              WHERE published_at IS NULL
-              ORDER BY seq
-              LIMIT $1
-                FOR UPDATE SKIP LOCKED",
+        let batch = self.claim().await?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let published = self.publish(&batch).await;
+        self.record(&published).await?;
+        crate::metrics::outbox_published(published.acknowledged.len(), started.elapsed());
+        if published.timed_out {
+            self.producer.renew().await;
+        }
+        Ok(Some(published))
+    }
+
+    /// Claims, for this relay's lease, the oldest unpublished rows that are free (never
+    /// claimed, or their claim ran out) and whose transaction has no earlier unpublished
+    /// row outside this batch. One statement, committed at once. Rows waiting behind
+    /// another relay's claim are left out of the scan, so they cannot crowd a batch out.
+    pub async fn claim(&self) -> sqlx::Result<Vec<Claimed>> {
+        sqlx::query_as(
+            "WITH candidate AS (
+                 SELECT seq, transaction_id FROM transaction_event t
+                  WHERE published_at IS NULL AND set_aside_at IS NULL
+                    AND (claimed_until IS NULL OR claimed_until < now())
+                    AND NOT EXISTS (
+                        SELECT 1 FROM transaction_event held
+                         WHERE held.transaction_id = t.transaction_id AND held.seq < t.seq
+                           AND held.published_at IS NULL AND held.set_aside_at IS NULL
+                           AND held.claimed_until >= now())
+                  ORDER BY seq
+                  LIMIT $1
+                    FOR UPDATE SKIP LOCKED
+             ), ready AS (
+                 SELECT c.seq FROM candidate c
+                  WHERE NOT EXISTS (
+                      SELECT 1 FROM transaction_event earlier
+                       WHERE earlier.transaction_id = c.transaction_id
+                         AND earlier.seq < c.seq
+                         AND earlier.published_at IS NULL AND earlier.set_aside_at IS NULL
+                         AND earlier.seq NOT IN (SELECT seq FROM candidate))
+             )
+             UPDATE transaction_event e
+                SET claimed_until = now() + make_interval(secs => $2), claimed_by = $3
+               FROM ready
+              WHERE e.seq = ready.seq
+          RETURNING e.seq, e.id, e.transaction_id, e.event_type, e.destination, e.payload,
+                    e.publish_attempts",
         )
         .bind(self.batch_size)
-        .fetch_all(&mut *tx)
-        .await?;
-        if batch.is_empty() {
-            return Ok(0);
-        }
+        .bind(self.lease.as_secs_f64())
+        .bind(&self.id)
+        .fetch_all(&self.pool)
+        .await
+        .map(|mut rows: Vec<Claimed>| {
+            rows.sort_by_key(|r| r.seq);
+            rows
+        })
+    }
 
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for event in &batch {
-            let destination = Destination::parse(&event.destination).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "event {} has unknown destination {}",
-                    event.id,
-                    event.destination
-                )
-            })?;
-            // History-only events are stored published; one that is not has nothing to go to.
-            let Some(topic) = destination.topic(&self.topics) else {
-                continue;
-            };
-            let delivery = self.producer.enqueue(&Envelope {
-                topic,
-                key: &event.transaction_id,
-                event_id: &event.id,
-                event_type: &event.event_type,
-                payload: &event.payload,
-            })?;
-            deliveries.push((delivery, topic));
+    /// Produces a claimed batch: the transactions side by side, each transaction's rows
+    /// one after the other. It goes in rounds: each round enqueues the next row of every
+    /// transaction whose previous row the broker acknowledged (or refused for good), then
+    /// waits for all of them; a transient failure stops its transaction's rows for this
+    /// batch. Most batches are one round. Touches no database.
+    pub async fn publish(&self, batch: &[Claimed]) -> Published {
+        let mut chains: Vec<Vec<&Claimed>> = Vec::new();
+        let mut chain_of: HashMap<&str, usize> = HashMap::new();
+        for row in batch {
+            let index = *chain_of
+                .entry(row.transaction_id.as_str())
+                .or_insert_with(|| {
+                    chains.push(Vec::new());
+                    chains.len() - 1
+                });
+            chains[index].push(row);
         }
-        for (delivery, topic) in deliveries {
-            await_delivery(delivery, topic).await?;
+        let mut published = Published {
+            claimed: batch.len(),
+            ..Published::default()
+        };
+        let mut stopped: Vec<Option<String>> = vec![None; chains.len()];
+        let rounds = chains.iter().map(Vec::len).max().unwrap_or(0);
+        for round in 0..rounds {
+            let mut in_flight = Vec::new();
+            for (index, chain) in chains.iter().enumerate() {
+                let Some(row) = chain.get(round) else {
+                    continue;
+                };
+                match &stopped[index] {
+                    Some(error) => published.failed.push((
+                        row.seq,
+                        format!("an earlier event of its transaction failed: {error}"),
+                    )),
+                    None => in_flight.push((index, row, self.enqueue(row))),
+                }
+            }
+            for (index, row, pending) in in_flight {
+                let outcome = match pending {
+                    Pending::Settled(outcome) => outcome,
+                    Pending::Delivery(delivery, topic) => {
+                        match await_delivery(delivery, topic).await {
+                            Ok(()) => Outcome::Acknowledged,
+                            Err(error) => classify(&error),
+                        }
+                    }
+                };
+                match outcome {
+                    Outcome::Acknowledged => published.acknowledged.push(row.seq),
+                    Outcome::Refused(reason) => published.refused.push((row.seq, reason)),
+                    Outcome::Failed {
+                        error,
+                        unknown_topic,
+                        timed_out,
+                    } => {
+                        published.timed_out |= timed_out;
+                        let attempts = row.publish_attempts + 1;
+                        if unknown_topic && attempts >= self.unknown_topic_attempts {
+                            published.refused.push((
+                                row.seq,
+                                format!("the broker does not know its topic after {attempts} attempts: {error}"),
+                            ));
+                            continue;
+                        }
+                        if unknown_topic {
+                            published.unknown_topic.push(row.seq);
+                        }
+                        stopped[index] = Some(error.clone());
+                        published.failed.push((row.seq, error));
+                    }
+                }
+            }
         }
+        published
+    }
 
-        let published: Vec<i64> = batch.iter().map(|e| e.seq).collect();
-        sqlx::query("UPDATE transaction_event SET published_at = now() WHERE seq = ANY($1)")
-            .bind(&published)
-            .execute(&mut *tx)
+    /// Hands one row to the producer: its delivery to wait for, or what is already known.
+    fn enqueue<'a>(&'a self, row: &Claimed) -> Pending<'a> {
+        let Some(destination) = Destination::parse(&row.destination) else {
+            return Pending::Settled(Outcome::Refused(format!(
+                "unknown destination {:?}",
+                row.destination
+            )));
+        };
+        // History-only events are stored published; one that is not has nothing to go to.
+        let Some(topic) = destination.topic(&self.topics) else {
+            return Pending::Settled(Outcome::Acknowledged);
+        };
+        let envelope = Envelope {
+            topic,
+            key: &row.transaction_id,
+            event_id: &row.id,
+            event_type: &row.event_type,
+            payload: &row.payload,
+        };
+        match self.producer.enqueue(&envelope) {
+            Ok(delivery) => Pending::Delivery(delivery, topic),
+            Err(error) => Pending::Settled(classify(&error)),
+        }
+    }
+
+    /// Marks acknowledged rows published, sets refused rows aside with their reason and
+    /// releases the claims of the rest (counting an attempt where the topic was unknown).
+    pub async fn record(&self, published: &Published) -> sqlx::Result<()> {
+        if !published.acknowledged.is_empty() {
+            sqlx::query(
+                "UPDATE transaction_event SET published_at = now(), claimed_until = NULL
+                  WHERE seq = ANY($1)",
+            )
+            .bind(&published.acknowledged)
+            .execute(&self.pool)
             .await?;
-        tx.commit().await?;
-        crate::metrics::outbox_published(published.len(), started.elapsed());
-        tracing::debug!(count = published.len(), "published outbox events");
-        Ok(published.len())
+            tracing::debug!(
+                count = published.acknowledged.len(),
+                "published outbox events"
+            );
+        }
+        for (seq, reason) in &published.refused {
+            sqlx::query(
+                "UPDATE transaction_event
+                    SET set_aside_at = now(), set_aside_reason = $2, claimed_until = NULL,
+                        publish_attempts = publish_attempts + 1
+                  WHERE seq = $1 AND published_at IS NULL",
+            )
+            .bind(seq)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+            self.set_aside.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::outbox_set_aside();
+            tracing::error!(
+                seq,
+                %reason,
+                outbox_set_aside = 1,
+                "the broker refused an outbox event for good; set aside"
+            );
+        }
+        if !published.failed.is_empty() {
+            let (seqs, errors): (Vec<i64>, Vec<String>) = published.failed.iter().cloned().unzip();
+            sqlx::query(
+                "UPDATE transaction_event e
+                    SET claimed_until = NULL, last_error = f.error,
+                        publish_attempts = publish_attempts + CASE WHEN e.seq = ANY($4) THEN 1 ELSE 0 END
+                   FROM unnest($1::bigint[], $2::text[]) AS f(seq, error)
+                  WHERE e.seq = f.seq AND e.claimed_by = $3 AND e.published_at IS NULL",
+            )
+            .bind(&seqs)
+            .bind(&errors)
+            .bind(&self.id)
+            .bind(&published.unknown_topic)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sorts a produce error: refused for good, or failed for a reason that may pass.
+fn classify(error: &anyhow::Error) -> Outcome {
+    let text = format!("{error:#}");
+    let code = match error.downcast_ref::<KafkaError>() {
+        Some(KafkaError::MessageProduction(code)) => Some(*code),
+        Some(other) => other.rdkafka_error_code(),
+        None => None,
+    };
+    match code {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => Outcome::Refused(text),
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            Outcome::Failed {
+                error: text,
+                unknown_topic: true,
+                timed_out: false,
+            }
+        }
+        _ => Outcome::Failed {
+            error: text,
+            unknown_topic: false,
+            timed_out: kafka::is_timeout(error),
+        },
     }
 }
 

@@ -26,7 +26,8 @@ pub struct Worker {
     pub pool: PgPool,
     listener: TcpListener,
     consumer: ConsumerLoop,
-    relay: Relay,
+    /// `None` for a service that writes no events (it has nothing to relay).
+    relay: Option<Relay>,
     readiness: Readiness,
     /// How long a stop may take.
     grace: Duration,
@@ -49,7 +50,34 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         metrics::install();
         let pool = db::connect(&settings.database).await?;
-        let relay = Relay::for_service(pool.clone(), settings).await?;
+        let relay = Some(Relay::for_service(pool.clone(), settings).await?);
+        Self::assemble(settings, name, listen, topics, pool, relay).await
+    }
+
+    /// [`Worker::build`] for a service that writes no events: it creates the suite's
+    /// topics but runs no outbox relay.
+    pub async fn build_without_relay(
+        settings: &Settings,
+        name: &str,
+        listen: &str,
+        topics: &[&str],
+    ) -> anyhow::Result<Self> {
+        metrics::install();
+        let pool = db::connect(&settings.database).await?;
+        let all = crate::kafka::all_topics(&settings.kafka.topics);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        crate::kafka::ensure_topics(&settings.kafka, &all).await?;
+        Self::assemble(settings, name, listen, topics, pool, None).await
+    }
+
+    async fn assemble(
+        settings: &Settings,
+        name: &str,
+        listen: &str,
+        topics: &[&str],
+        pool: PgPool,
+        relay: Option<Relay>,
+    ) -> anyhow::Result<Self> {
         let consumer = ConsumerLoop::subscribe(&settings.kafka, &settings.group_id(name), topics)?;
         let listener = health::bind(listen).await?;
         let readiness = Readiness::new(pool.clone())
@@ -102,12 +130,13 @@ impl Worker {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut tasks = Supervisor::new(shutdown.clone(), self.grace);
-        let relay = self.relay;
-        let token = shutdown.clone();
-        tasks.spawn("outbox relay", async move {
-            relay.run(token).await;
-            Ok(())
-        });
+        if let Some(relay) = self.relay {
+            let token = shutdown.clone();
+            tasks.spawn("outbox relay", async move {
+                relay.run(token).await;
+                Ok(())
+            });
+        }
         tasks.spawn(
             "outbox backlog sampler",
             backlog::sample(self.pool.clone(), shutdown.clone()),

@@ -40,6 +40,17 @@ impl Broker {
         })
     }
 
+    /// The broker's own log (`broker.log` beside its data, appended across restarts;
+    /// `RUST_LOG` sets its level), kept when the test fails.
+    fn log(&self) -> std::process::Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .map(std::process::Stdio::from)
+            .unwrap_or_else(|_| std::process::Stdio::null())
+    }
+
     /// SIGKILL: the broker stops mid-whatever, as in a crash.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -62,8 +73,8 @@ impl Broker {
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(self.log())
+            .stderr(self.log())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -100,6 +111,13 @@ impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "the broker's data and log are kept in {}",
+                self.dir.display()
+            );
+            return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

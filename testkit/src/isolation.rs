@@ -21,14 +21,22 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
-/// Creates an empty database and returns its URL (nothing migrated yet).
-pub async fn empty_database() -> String {
-    let admin_url = env(
+fn shared_admin_url() -> String {
+    env(
         "PAYGATE_TEST_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/postgres",
-    );
+    )
+}
+
+/// Creates an empty database and returns its URL (nothing migrated yet).
+pub async fn empty_database() -> String {
+    empty_database_on(&shared_admin_url()).await
+}
+
+/// [`empty_database`] on the server that `admin_url` reaches (a test's own, say).
+pub async fn empty_database_on(admin_url: &str) -> String {
     let name = unique(&env("PAYGATE_TEST_DB_PREFIX", "paygate_t_"));
-    let mut admin = PgConnection::connect(&admin_url)
+    let mut admin = PgConnection::connect(admin_url)
         .await
         .expect("PostgreSQL is not reachable: run the tests through scripts/test");
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -48,10 +56,15 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// Settings for one isolated test: a fresh database, unique topics, groups and Redis
 /// prefix, every listener on port 0, and short timers.
 pub async fn settings() -> Settings {
+    settings_on(&shared_admin_url()).await
+}
+
+/// [`settings`] with the test's database on the server that `admin_url` reaches.
+pub async fn settings_on(admin_url: &str) -> Settings {
     let mut settings = Settings::load().expect("the default settings load");
     let run = unique("t");
     settings.log.format = LogFormat::Pretty;
-    settings.database.url = SecretString::from(empty_database().await);
+    settings.database.url = SecretString::from(empty_database_on(admin_url).await);
     settings.database.max_connections = 5;
     settings.database.migrate_on_start = true;
     settings.redis.url = env("PAYGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379").into();
@@ -75,6 +88,10 @@ pub async fn settings() -> Settings {
         *topic = format!("{run}.{topic}");
     }
     settings.outbox.poll_interval_ms = 200;
+    // A relay killed holding a claim delays its rows by the lease: keep it short (it
+    // must outlast a produce's timeout, so that is short too).
+    settings.kafka.message_timeout_ms = 8_000;
+    settings.outbox.lease_ms = 10_000;
     settings.api.listen = "127.0.0.1:0".to_owned();
     settings.payment_processor.listen = "127.0.0.1:0".to_owned();
     settings.callback_processor.listen = "127.0.0.1:0".to_owned();

@@ -14,6 +14,7 @@
 mod broker;
 mod isolation;
 mod merchant;
+mod postgres;
 mod process;
 mod relay;
 mod simulator;
@@ -22,13 +23,15 @@ mod tls;
 
 pub use broker::{index_broker, read_topic, Broker, PrivateRedis, TopicMessage, TANSU_INDEX};
 pub use isolation::{
-    empty_database, eventually, json_of, keys, pool, settings, unique, ADMIN_TOKEN,
+    empty_database, empty_database_on, eventually, json_of, keys, pool, settings, settings_on,
+    unique, ADMIN_TOKEN,
 };
 pub use merchant::{Received, Reply, TlsReceiver, WebhookReceiver};
-pub use process::{binary, Process};
+pub use postgres::PrivatePostgres;
+pub use process::{binary, Process, Supervised};
 pub use relay::TcpRelay;
 pub use simulator::{
     control_simulator, route_everything_to_simulator, start_simulator, SIM_CARD_SECRET,
     SIM_JSON_SECRET, SIM_SOAP_SECRET,
 };
-pub use suite::{attempted_gateways, Running, Service, Suite, SuiteOptions};
+pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};

@@ -116,3 +116,123 @@ fn collect(stream: Option<impl AsyncRead + Unpin + Send + 'static>, into: Arc<Mu
         }
     });
 }
+
+/// A service binary kept running as a supervisor (Kubernetes, `scripts/up`) keeps it:
+/// whenever it exits — SIGKILLed by the test, or stopping itself after an outage
+/// outlasted its retries — it is started again after a short pause.
+pub struct Supervised {
+    name: String,
+    state: std::sync::Arc<tokio::sync::Mutex<SupervisedState>>,
+    stop: tokio_util::sync::CancellationToken,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct SupervisedState {
+    child: Option<tokio::process::Child>,
+    /// Starts after the first, and how each run before them ended.
+    restarts: Vec<String>,
+}
+
+impl Supervised {
+    pub fn start(name: &str, binary: &str, env: Vec<(String, String)>) -> Self {
+        let spawn = {
+            let binary = binary.to_owned();
+            move || {
+                tokio::process::Command::new(&binary)
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .env("PAYGATE__LOG__FORMAT", "pretty")
+                    .kill_on_drop(true)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("starting {binary}: {e}"))
+            }
+        };
+        let state = std::sync::Arc::new(tokio::sync::Mutex::new(SupervisedState {
+            child: Some(spawn()),
+            restarts: Vec::new(),
+        }));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn({
+            let state = state.clone();
+            let stop = stop.clone();
+            async move {
+                while !stop.is_cancelled() {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    let mut state = state.lock().await;
+                    let exited = match state.child.as_mut().map(|c| c.try_wait()) {
+                        Some(Ok(Some(status))) => Some(status.to_string()),
+                        Some(Ok(None)) => None,
+                        Some(Err(e)) => Some(e.to_string()),
+                        None => Some("gone".to_owned()),
+                    };
+                    if let Some(how) = exited {
+                        state.restarts.push(how);
+                        state.child = Some(spawn());
+                    }
+                }
+            }
+        });
+        Supervised {
+            name: name.to_owned(),
+            state,
+            stop,
+            watcher: Some(watcher),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SIGKILL; the supervisor starts it again.
+    pub async fn kill(&self) {
+        let mut state = self.state.lock().await;
+        if let Some(child) = state.child.as_mut() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// How each earlier run ended ("signal: 9 (SIGKILL)", "exit status: 1", …).
+    pub async fn restarts(&self) -> Vec<String> {
+        self.state.lock().await.restarts.clone()
+    }
+
+    /// Stops supervising and sends SIGTERM; `true` when it exited cleanly in time.
+    pub async fn terminate(mut self) -> bool {
+        self.stop.cancel();
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.await;
+        }
+        let mut state = self.state.lock().await;
+        let Some(mut child) = state.child.take() else {
+            return false;
+        };
+        let Some(pid) = child.id() else {
+            return false;
+        };
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !sent {
+            return false;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                let _ = child.kill().await;
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -216,88 +216,7 @@ impl Suite {
     /// The environment that points a service binary at this suite: the same database,
     /// broker, topics, consumer groups and Redis prefix, health on port 0.
     pub fn env(&self) -> Vec<(String, String)> {
-        let s = &self.settings;
-        let topics = &s.kafka.topics;
-        [
-            ("DATABASE__URL", s.database.url.expose_secret().to_owned()),
-            ("REDIS__URL", s.redis.url.expose_secret().to_owned()),
-            ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
-            ("REDIS__LOCK_TTL_MS", s.redis.lock_ttl_ms.to_string()),
-            ("KAFKA__BROKERS", s.kafka.brokers.clone()),
-            ("KAFKA__PARTITIONS", s.kafka.partitions.to_string()),
-            ("KAFKA__GROUP_PREFIX", s.kafka.group_prefix.clone()),
-            ("KAFKA__PARTITION_ASSIGNMENT", "all".to_owned()),
-            (
-                "KAFKA__TOPICS__PAYMENTS_REQUESTED",
-                topics.payments_requested.clone(),
-            ),
-            (
-                "KAFKA__TOPICS__PAYMENTS_RETRY",
-                topics.payments_retry.clone(),
-            ),
-            (
-                "KAFKA__TOPICS__GATEWAY_CALLBACKS",
-                topics.gateway_callbacks.clone(),
-            ),
-            (
-                "KAFKA__TOPICS__TRANSACTIONS_STATUS",
-                topics.transactions_status.clone(),
-            ),
-            (
-                "OUTBOX__POLL_INTERVAL_MS",
-                s.outbox.poll_interval_ms.to_string(),
-            ),
-            ("API__PUBLIC_URL", s.api.public_url.clone()),
-            ("API__LISTEN", s.api.listen.clone()),
-            ("ADMIN__TOKEN", s.admin.token.expose_secret().to_owned()),
-            (
-                "KAFKA__STATISTICS_INTERVAL_MS",
-                s.kafka.statistics_interval_ms.to_string(),
-            ),
-            (
-                "SHUTDOWN__GRACE_PERIOD_MS",
-                s.shutdown.grace_period_ms.to_string(),
-            ),
-            ("PAYMENT_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
-            (
-                "PAYMENT_PROCESSOR__RETRY_BASE_MS",
-                s.payment_processor.retry_base_ms.to_string(),
-            ),
-            (
-                "PAYMENT_PROCESSOR__RETRY_CAP_MS",
-                s.payment_processor.retry_cap_ms.to_string(),
-            ),
-            (
-                "PAYMENT_PROCESSOR__RETRY_ATTEMPTS",
-                s.payment_processor.retry_attempts.to_string(),
-            ),
-            (
-                "PAYMENT_PROCESSOR__RECONCILE_INTERVAL_MS",
-                s.payment_processor.reconcile_interval_ms.to_string(),
-            ),
-            (
-                "PAYMENT_PROCESSOR__ROUTE_REFRESH_MS",
-                s.payment_processor.route_refresh_ms.to_string(),
-            ),
-            ("CALLBACK_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
-            ("CALLBACK_DISPATCHER__LISTEN", "127.0.0.1:0".to_owned()),
-            (
-                "CALLBACK_DISPATCHER__POLL_INTERVAL_MS",
-                s.callback_dispatcher.poll_interval_ms.to_string(),
-            ),
-            (
-                "CALLBACK_DISPATCHER__RETRY_DELAYS_MS",
-                s.callback_dispatcher
-                    .retry_delays_ms
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        ]
-        .into_iter()
-        .map(|(name, value)| (format!("PAYGATE__{name}"), value))
-        .collect()
+        service_env(&self.settings)
     }
 
     /// The URL of the in-process service `name`'s HTTP endpoint.
@@ -343,4 +262,103 @@ pub async fn attempted_gateways(pool: &PgPool, id: &str) -> Vec<String> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// The environment that points a service binary at `s`: the same database, broker,
+/// topics, consumer groups and Redis prefix, health on port 0.
+pub fn service_env(s: &Settings) -> Vec<(String, String)> {
+    let topics = &s.kafka.topics;
+    [
+        ("DATABASE__URL", s.database.url.expose_secret().to_owned()),
+        ("REDIS__URL", s.redis.url.expose_secret().to_owned()),
+        ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
+        ("REDIS__LOCK_TTL_MS", s.redis.lock_ttl_ms.to_string()),
+        ("KAFKA__BROKERS", s.kafka.brokers.clone()),
+        ("KAFKA__PARTITIONS", s.kafka.partitions.to_string()),
+        ("KAFKA__GROUP_PREFIX", s.kafka.group_prefix.clone()),
+        ("KAFKA__PARTITION_ASSIGNMENT", "all".to_owned()),
+        (
+            "KAFKA__TOPICS__PAYMENTS_REQUESTED",
+            topics.payments_requested.clone(),
+        ),
+        (
+            "KAFKA__TOPICS__PAYMENTS_RETRY",
+            topics.payments_retry.clone(),
+        ),
+        (
+            "KAFKA__TOPICS__GATEWAY_CALLBACKS",
+            topics.gateway_callbacks.clone(),
+        ),
+        (
+            "KAFKA__TOPICS__TRANSACTIONS_STATUS",
+            topics.transactions_status.clone(),
+        ),
+        (
+            "OUTBOX__POLL_INTERVAL_MS",
+            s.outbox.poll_interval_ms.to_string(),
+        ),
+        ("OUTBOX__LEASE_MS", s.outbox.lease_ms.to_string()),
+        (
+            "KAFKA__MESSAGE_TIMEOUT_MS",
+            s.kafka.message_timeout_ms.to_string(),
+        ),
+        (
+            "KAFKA__HANDLER_ATTEMPTS",
+            s.kafka.handler_attempts.to_string(),
+        ),
+        ("API__PUBLIC_URL", s.api.public_url.clone()),
+        ("API__LISTEN", s.api.listen.clone()),
+        ("ADMIN__TOKEN", s.admin.token.expose_secret().to_owned()),
+        (
+            "KAFKA__STATISTICS_INTERVAL_MS",
+            s.kafka.statistics_interval_ms.to_string(),
+        ),
+        (
+            "SHUTDOWN__GRACE_PERIOD_MS",
+            s.shutdown.grace_period_ms.to_string(),
+        ),
+        ("PAYMENT_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "PAYMENT_PROCESSOR__RETRY_BASE_MS",
+            s.payment_processor.retry_base_ms.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__RETRY_CAP_MS",
+            s.payment_processor.retry_cap_ms.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__RETRY_ATTEMPTS",
+            s.payment_processor.retry_attempts.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__RECONCILE_INTERVAL_MS",
+            s.payment_processor.reconcile_interval_ms.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__ROUTE_REFRESH_MS",
+            s.payment_processor.route_refresh_ms.to_string(),
+        ),
+        ("CALLBACK_PROCESSOR__LISTEN", "127.0.0.1:0".to_owned()),
+        ("CALLBACK_DISPATCHER__LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "CALLBACK_DISPATCHER__REQUEST_TIMEOUT_MS",
+            s.callback_dispatcher.request_timeout_ms.to_string(),
+        ),
+        (
+            "CALLBACK_DISPATCHER__POLL_INTERVAL_MS",
+            s.callback_dispatcher.poll_interval_ms.to_string(),
+        ),
+        (
+            "CALLBACK_DISPATCHER__RETRY_DELAYS_MS",
+            s.callback_dispatcher
+                .retry_delays_ms
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| (format!("PAYGATE__{name}"), value))
+    .collect()
 }

@@ -8,7 +8,7 @@ mod producer;
 
 pub use admin::{all_topics, ensure_topics};
 pub use consumer::{Assignment, ConsumerLoop, Handler, HandlerError, Inbound};
-pub use producer::{await_delivery, Envelope, Producer};
+pub use producer::{await_delivery, is_timeout, Envelope, Producer};
 
 use rdkafka::config::ClientConfig;
 

@@ -1,8 +1,21 @@
 //! An idempotent producer (`acks=all`): retries without duplicates or reordering.
+//!
+//! **A delivery that timed out renews the producer.** librdkafka's idempotent producer
+//! answers a message timeout by bumping its epoch locally (KIP-360), and tansu 0.6.0's
+//! storage panics on a produce whose epoch it never issued, after which that broker
+//! stores nothing until it restarts. So after a timeout (an outage longer than
+//! `kafka.message_timeout_ms`) the producer is dropped, purging what it had queued, and
+//! replaced by a new one (a new producer id at epoch 0) before anything else is sent;
+//! every clone shares the replacement. Apache Kafka accepts the bump; the new producer
+//! costs it one `InitProducerId`. Whoever awaited the purged messages sees them fail
+//! and retries, as after any failed produce.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
@@ -12,9 +25,11 @@ use crate::events::SCHEMA_VERSION;
 use crate::trace::{self, TraceContext, TRACEPARENT};
 
 /// An idempotent producer: `acks=all`, retries without duplicates or reordering.
+/// Clones share one librdkafka producer, and its replacement after a timeout.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<Mutex<FutureProducer>>,
+    config: Arc<ClientConfig>,
 }
 
 /// Identifies one message for its headers.
@@ -29,7 +44,8 @@ pub struct Envelope<'a> {
 
 impl Producer {
     pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
-        let inner = base_config(settings)
+        let mut config = base_config(settings);
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
@@ -37,10 +53,48 @@ impl Producer {
             .set(
                 "message.timeout.ms",
                 settings.message_timeout_ms.to_string(),
-            )
-            .create()
-            .context("creating the Kafka producer")?;
-        Ok(Producer { inner })
+            );
+        let inner = config.create().context("creating the Kafka producer")?;
+        Ok(Producer {
+            inner: Arc::new(Mutex::new(inner)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The librdkafka producer messages go to now.
+    fn current(&self) -> FutureProducer {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the librdkafka producer after a delivery timed out (see the module). The
+    /// old one is dropped on a blocking thread: dropping purges its queue and joins its
+    /// thread.
+    pub async fn renew(&self) {
+        let fresh = match self.config.create::<FutureProducer>() {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the Kafka producer");
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self.inner.lock().unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        tracing::info!("a produce timed out: renewed the Kafka producer");
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+    }
+
+    /// Awaits a delivery of this producer's, renewing the producer if it timed out.
+    async fn delivered(&self, delivery: DeliveryFuture, topic: &str) -> anyhow::Result<()> {
+        let delivered = await_delivery(delivery, topic).await;
+        if delivered.as_ref().is_err_and(is_timeout) {
+            self.renew().await;
+        }
+        delivered
     }
 
     /// Hands a message to the producer and returns the future of its delivery report, so
@@ -63,7 +117,7 @@ impl Producer {
         });
         let delivery =
             self.enqueue_with_headers(envelope.topic, envelope.key, envelope.payload, headers)?;
-        await_delivery(delivery, envelope.topic).await
+        self.delivered(delivery, envelope.topic).await
     }
 
     fn enqueue_with_headers(
@@ -77,7 +131,7 @@ impl Producer {
             .key(key)
             .payload(payload)
             .headers(headers);
-        self.inner.send_result(record).map_err(|(error, _)| {
+        self.current().send_result(record).map_err(|(error, _)| {
             anyhow::Error::new(error).context(format!("enqueueing to {topic}"))
         })
     }
@@ -85,7 +139,7 @@ impl Producer {
     /// Sends one message and waits until the broker acknowledged it.
     pub async fn send(&self, envelope: &Envelope<'_>) -> anyhow::Result<()> {
         let delivery = self.enqueue(envelope)?;
-        await_delivery(delivery, envelope.topic).await
+        self.delivered(delivery, envelope.topic).await
     }
 
     /// Copies a message the consumer gave up on to `<topic>.dlq`, with the reason.
@@ -110,13 +164,13 @@ impl Producer {
             });
         let key = message.key.as_deref().unwrap_or_default();
         let delivery = self.enqueue_with_headers(&topic, key, &message.payload, headers)?;
-        await_delivery(delivery, &topic).await
+        self.delivered(delivery, &topic).await
     }
 
     /// Waits for in-flight messages before the process exits. librdkafka's flush
     /// blocks, so it runs on a blocking thread, never on the async workers.
     pub async fn flush(&self, timeout: Duration) {
-        let inner = self.inner.clone();
+        let inner = self.current();
         let flushed = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => {}
@@ -128,7 +182,7 @@ impl Producer {
     /// Whether a broker answers a metadata request for `topic` within `timeout` (on a
     /// blocking thread: librdkafka's call blocks).
     pub async fn reachable(&self, topic: &str, timeout: Duration) -> anyhow::Result<()> {
-        let inner = self.inner.clone();
+        let inner = self.current();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             inner
@@ -172,6 +226,16 @@ fn standard_headers(envelope: &Envelope<'_>) -> OwnedHeaders {
             key: headers::CONTENT_TYPE,
             value: Some("application/x-protobuf"),
         })
+}
+
+/// Whether a produce failed because its message timed out in the producer.
+pub fn is_timeout(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<KafkaError>(),
+        Some(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        ))
+    )
 }
 
 /// Waits for a delivery report.

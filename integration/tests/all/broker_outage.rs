@@ -1,8 +1,16 @@
 //! The broker crashes (SIGKILL) while payments arrive and comes back on the same data.
+//!
+//! The outage outlasts the producers' message timeout, so the relays' deliveries time
+//! out while it is down: librdkafka's idempotent producer then bumps its epoch, which
+//! tansu cannot take (see `common/src/outbox.rs`), and the relays must renew their
+//! producers for anything to be published after the broker returns.
 
 use std::time::Duration;
 
 use paygate_testkit::{eventually, Broker, Suite, SuiteOptions};
+
+/// The producers' message timeout in this test; the broker stays away twice as long.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_completes_when_it_returns(
@@ -10,6 +18,10 @@ async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_compl
     let mut broker = Broker::start().await;
     let suite = Suite::start_with(SuiteOptions {
         brokers: Some(broker.address.clone()),
+        tweak: Some(|s| {
+            s.kafka.message_timeout_ms = PRODUCE_TIMEOUT.as_millis() as u32;
+            s.outbox.lease_ms = 5_000;
+        }),
         ..SuiteOptions::default()
     })
     .await;
@@ -29,6 +41,7 @@ async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_compl
     .await;
 
     broker.kill().await;
+    let killed = tokio::time::Instant::now();
     let mut during = Vec::new();
     for _ in 0..5 {
         during.push(suite.deposit("6.00").await);
@@ -61,6 +74,7 @@ async fn intake_keeps_accepting_while_the_broker_is_down_and_every_payment_compl
         "only the broker is away: {unready}"
     );
 
+    tokio::time::sleep_until(killed + 2 * PRODUCE_TIMEOUT).await;
     broker.restart().await;
     eventually(
         "the api to be ready again",

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod api_keys;
 mod broker_index;
 mod broker_outage;
 mod callbacks;
@@ -17,6 +18,7 @@ mod migrations;
 mod observability;
 mod openapi;
 mod operators;
+mod outbox;
 mod routing;
 mod shutdown;
 mod trace_context;
