@@ -3,6 +3,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // sqlx's `migrate!` embeds the migrations but does not track the directory: a new
+    // migration alone would otherwise not rebuild the binaries that apply it.
+    println!("cargo:rerun-if-changed=migrations");
     prost_build::compile_protos(&["proto/paygate/v1/events.proto"], &["proto"])?;
     Ok(())
 }

@@ -177,7 +177,10 @@ impl Sender {
 
     /// Claims up to `room` due deliveries: the earliest pending version of each
     /// transaction, of enabled endpoints, at most `endpoint_concurrency` in flight per
-    /// endpoint counting `in_flight`.
+    /// endpoint counting `in_flight`. Candidates are taken per endpoint (at most
+    /// `endpoint_concurrency` each, from `webhook_delivery_due_by_merchant`), never as
+    /// the globally oldest rows: a backlog of due deliveries at one endpoint would
+    /// otherwise fill every claim's window and starve the others.
     async fn claim(
         &self,
         room: usize,
@@ -197,16 +200,19 @@ impl Sender {
         sqlx::query_as(&format!(
             "WITH candidate AS (
                  SELECT d.id, d.merchant_id, d.next_attempt_at
-                   FROM webhook_delivery d
-                   JOIN merchant m ON m.id = d.merchant_id
-                  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-                    AND m.webhook_disabled_at IS NULL
-                    AND NOT (d.merchant_id = ANY($3))
-                    AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
-                                     WHERE e.transaction_id = d.transaction_id
-                                       AND e.status = 'pending' AND e.version < d.version)
-                  ORDER BY d.next_attempt_at
-                  LIMIT $1 * 4
+                   FROM merchant m
+                  CROSS JOIN LATERAL (
+                      SELECT d.id, d.merchant_id, d.next_attempt_at
+                        FROM webhook_delivery d
+                       WHERE d.merchant_id = m.id
+                         AND d.status = 'pending' AND d.next_attempt_at <= now()
+                         AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
+                                          WHERE e.transaction_id = d.transaction_id
+                                            AND e.status = 'pending' AND e.version < d.version)
+                       ORDER BY d.next_attempt_at
+                       LIMIT $6) d
+                  WHERE m.webhook_disabled_at IS NULL
+                    AND NOT (m.id = ANY($3))
              ), ranked AS (
                  SELECT c.id, c.next_attempt_at,
                         row_number() OVER (PARTITION BY c.merchant_id ORDER BY c.next_attempt_at, c.id) AS rank,

@@ -454,6 +454,61 @@ async fn a_hanging_endpoint_costs_only_its_own_deliveries() {
 }
 
 #[tokio::test]
+async fn a_backlog_at_one_endpoint_does_not_starve_another() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.endpoint_concurrency = 2;
+        s.callback_dispatcher.max_in_flight = 8;
+    })
+    .await;
+    // An endpoint that refuses connections: every attempt fails at once, so the
+    // merchant is never saturated and its due backlog is always the oldest.
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hooks", listener.local_addr().unwrap())
+    };
+    let (backlogged, _) = fixture.merchant(&refused).await;
+    sqlx::query(
+        "WITH t AS (
+             INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id)
+             SELECT 'txn_backlog_' || n, $1, 'deposit', 'processing', 10, 'EUR', 'u1'
+               FROM generate_series(1, 3000) n
+             RETURNING id)
+         INSERT INTO webhook_delivery
+             (id, event_id, merchant_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
+         SELECT 'whd_' || t.id, 'evt_' || t.id, $1, t.id, 1, 'transaction.processing', $2, '{}',
+                'pending', now() - interval '1 minute'
+           FROM t",
+    )
+    .bind(&backlogged)
+    .bind(&refused)
+    .execute(&fixture.pool)
+    .await
+    .unwrap();
+    let prompt = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&prompt.url).await;
+    let transaction = fixture.transaction(&merchant).await;
+    let waiting = fixture.delivery(&merchant, &transaction, 1).await;
+    fixture.start_sender();
+    eventually(
+        "the other endpoint's delivery",
+        Duration::from_secs(3),
+        || async { fixture.all_delivered(&[&waiting]).await.then_some(()) },
+    )
+    .await;
+    let untried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery WHERE merchant_id = $1 AND attempt_count = 0",
+    )
+    .bind(&backlogged)
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert!(
+        untried > 1_000,
+        "it went out while most of the older backlog was still untried ({untried} left)"
+    );
+}
+
+#[tokio::test]
 async fn https_webhooks_reach_a_receiver_whose_ca_is_configured_and_no_other() {
     let tls = WebhookReceiver::start_tls().await;
     let ca = std::env::temp_dir().join(format!("{}.pem", unique("paygate-test-ca")));

@@ -245,6 +245,9 @@ impl Relay {
     /// claimed, or their claim ran out) and whose transaction has no earlier unpublished
     /// row outside this batch. One statement, committed at once. Rows waiting behind
     /// another relay's claim are left out of the scan, so they cannot crowd a batch out.
+    /// The earlier-row look-ups say `COALESCE(published_at, set_aside_at) IS NULL` so
+    /// they can only use `transaction_event_unpublished_by_transaction` (see migration
+    /// `20261128000005`): a probe per candidate, never a scan of the backlog.
     pub async fn claim(&self) -> sqlx::Result<Vec<Claimed>> {
         sqlx::query_as(
             "WITH candidate AS (
@@ -254,7 +257,7 @@ impl Relay {
                     AND NOT EXISTS (
                         SELECT 1 FROM transaction_event held
                          WHERE held.transaction_id = t.transaction_id AND held.seq < t.seq
-                           AND held.published_at IS NULL AND held.set_aside_at IS NULL
+                           AND COALESCE(held.published_at, held.set_aside_at) IS NULL
                            AND held.claimed_until >= now())
                   ORDER BY seq
                   LIMIT $1
@@ -265,7 +268,7 @@ impl Relay {
                       SELECT 1 FROM transaction_event earlier
                        WHERE earlier.transaction_id = c.transaction_id
                          AND earlier.seq < c.seq
-                         AND earlier.published_at IS NULL AND earlier.set_aside_at IS NULL
+                         AND COALESCE(earlier.published_at, earlier.set_aside_at) IS NULL
                          AND earlier.seq NOT IN (SELECT seq FROM candidate))
              )
              UPDATE transaction_event e
