@@ -21,8 +21,14 @@ pub struct Result {
     pub intake_ms: Percentiles,
     /// Request to the final state's webhook.
     pub end_to_end_ms: Percentiles,
-    /// Payments that reached their final webhook, per second of load.
+    /// Payments that reached their final webhook, per second from the first request to
+    /// the last final webhook (not per second of load: a run whose payments finish
+    /// during the drain has not sustained its intake rate).
     pub lifecycle_per_s: f64,
+    /// Seconds from the first request to the last final webhook.
+    pub lifecycle_seconds: f64,
+    /// Payments whose final webhook arrived.
+    pub finished: usize,
     pub pgbench_tps: Option<f64>,
     pub lifecycle_to_pgbench: Option<f64>,
     pub intake_to_pgbench: Option<f64>,
@@ -88,6 +94,7 @@ impl Result {
         let mut intake_by_second: Vec<Vec<f64>> = vec![Vec::new(); timeline.len()];
         let mut e2e_by_second: Vec<Vec<f64>> = vec![Vec::new(); timeline.len()];
         let (mut duplicated, mut redelivered, mut finished) = (0, 0, 0);
+        let mut last_final = run.ended;
         for sent in &accepted {
             let second = ((sent.at - run.started).as_secs() as usize).min(timeline.len() - 1);
             timeline[second].accepted += 1;
@@ -105,6 +112,7 @@ impl Result {
             redelivered += finals.len() - distinct.len();
             if let Some(first) = finals.iter().map(|a| a.at).min() {
                 finished += 1;
+                last_final = last_final.max(first);
                 let took = ms(first - sent.at);
                 end_to_end.push(took);
                 let done = ((first - run.started).as_secs() as usize).min(timeline.len() - 1);
@@ -123,7 +131,8 @@ impl Result {
             .count();
         let lost = outcome.unfinished.len() - stuck;
         let intake_per_s = accepted.len() as f64 / seconds;
-        let lifecycle_per_s = finished as f64 / seconds;
+        let lifecycle_seconds = (last_final - run.started).as_secs_f64();
+        let lifecycle_per_s = finished as f64 / lifecycle_seconds;
         Result {
             build: options.build.clone(),
             mode: match options.rate {
@@ -137,6 +146,8 @@ impl Result {
             intake_ms: Percentiles::of(accepted.iter().map(|s| ms(s.latency)).collect()),
             end_to_end_ms: Percentiles::of(end_to_end),
             lifecycle_per_s,
+            lifecycle_seconds,
+            finished,
             pgbench_tps: options.pgbench_tps,
             lifecycle_to_pgbench: options.pgbench_tps.map(|tps| lifecycle_per_s / tps),
             intake_to_pgbench: options.pgbench_tps.map(|tps| intake_per_s / tps),
@@ -165,9 +176,11 @@ impl Result {
             self.intake_ms.p99
         );
         println!(
-            "  lifecycle (final webhook) {:.1}/s ({})",
+            "  lifecycle (final webhook) {:.1}/s ({}; {} finished in {:.1} s)",
             self.lifecycle_per_s,
-            ratio(self.lifecycle_to_pgbench)
+            ratio(self.lifecycle_to_pgbench),
+            self.finished,
+            self.lifecycle_seconds
         );
         println!(
             "  end to end               p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",

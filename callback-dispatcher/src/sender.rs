@@ -489,15 +489,28 @@ impl InFlight {
         self.owners.insert(task.id(), merchant);
     }
 
-    /// Waits for one send to finish (one that panicked counts as finished too).
+    /// Waits for one send to finish (one that panicked counts as finished too), then
+    /// reaps every other send that has finished meanwhile. Reaping them all matters:
+    /// a finished send still counts against its endpoint until reaped, so reaping one per
+    /// claim made each claim find room for one delivery, and the dispatcher sent one
+    /// webhook per claim statement (2.5 a second at 400 ms claims under load).
     async fn finish_one(&mut self) {
-        let id = match self.tasks.join_next_with_id().await {
-            Some(Ok((id, ()))) => id,
-            Some(Err(error)) => {
+        let Some(joined) = self.tasks.join_next_with_id().await else {
+            return;
+        };
+        self.reaped(joined);
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            self.reaped(joined);
+        }
+    }
+
+    fn reaped(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match joined {
+            Ok((id, ())) => id,
+            Err(error) => {
                 tracing::error!(%error, "a webhook send panicked; its lease expires and it is sent again");
                 error.id()
             }
-            None => return,
         };
         if let Some(merchant) = self.owners.remove(&id) {
             if let Some(n) = self.per_endpoint.get_mut(&merchant) {
