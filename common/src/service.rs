@@ -48,10 +48,7 @@ impl Worker {
         listen: &str,
         topics: &[&str],
     ) -> anyhow::Result<Self> {
-        metrics::install();
-        let pool = db::connect(&settings.database).await?;
-        let relay = Some(Relay::for_service(pool.clone(), settings).await?);
-        Self::assemble(settings, name, listen, topics, pool, relay).await
+        Self::assemble(settings, name, listen, topics, true).await
     }
 
     /// [`Worker::build`] for a service that writes no events: it creates the suite's
@@ -62,12 +59,7 @@ impl Worker {
         listen: &str,
         topics: &[&str],
     ) -> anyhow::Result<Self> {
-        metrics::install();
-        let pool = db::connect(&settings.database).await?;
-        let all = crate::kafka::all_topics(&settings.kafka.topics);
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        crate::kafka::ensure_topics(&settings.kafka, &all).await?;
-        Self::assemble(settings, name, listen, topics, pool, None).await
+        Self::assemble(settings, name, listen, topics, false).await
     }
 
     async fn assemble(
@@ -75,9 +67,19 @@ impl Worker {
         name: &str,
         listen: &str,
         topics: &[&str],
-        pool: PgPool,
-        relay: Option<Relay>,
+        with_relay: bool,
     ) -> anyhow::Result<Self> {
+        metrics::install();
+        let pool = db::connect(&settings.database).await?;
+        // The relay creates the suite's topics; without one, the worker does.
+        let relay = if with_relay {
+            Some(Relay::for_service(pool.clone(), settings).await?)
+        } else {
+            let all = crate::kafka::all_topics(&settings.kafka.topics);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            crate::kafka::ensure_topics(&settings.kafka, &all).await?;
+            None
+        };
         let consumer = ConsumerLoop::subscribe(&settings.kafka, &settings.group_id(name), topics)?;
         let listener = health::bind(listen).await?;
         let readiness = Readiness::new(pool.clone())

@@ -20,6 +20,20 @@ fn relay(settings: &Settings, pool: &PgPool) -> Relay {
     Relay::new(pool.clone(), &settings.kafka, &settings.outbox).unwrap()
 }
 
+/// The status topic the rows go to, and a merchant for their transactions.
+async fn status_topic_and_merchant(settings: &Settings, pool: &PgPool) -> MerchantId {
+    paygate_common::kafka::ensure_topics(
+        &settings.kafka,
+        &[settings.kafka.topics.transactions_status.as_str()],
+    )
+    .await
+    .unwrap();
+    paygate_api::merchants::create(pool, &paygate_testkit::keys(), "m", None, None)
+        .await
+        .unwrap()
+        .id
+}
+
 /// A bare transaction row for events to hang on.
 async fn bare_transaction(pool: &PgPool, merchant: &MerchantId, id: &str) {
     sqlx::query(
@@ -70,16 +84,7 @@ async fn two_relays_on_one_database_publish_every_row_once_and_each_transaction_
     // Small batches, so one transaction's rows are spread over many claims.
     settings.outbox.batch_size = 7;
     let pool = pool(&settings).await;
-    paygate_common::kafka::ensure_topics(
-        &settings.kafka,
-        &[settings.kafka.topics.transactions_status.as_str()],
-    )
-    .await
-    .unwrap();
-    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
-        .await
-        .unwrap()
-        .id;
+    let merchant = status_topic_and_merchant(&settings, &pool).await;
     let transactions: Vec<String> = (0..20).map(|i| format!("txn_order_{i}")).collect();
     for id in &transactions {
         bare_transaction(&pool, &merchant, id).await;
@@ -159,16 +164,7 @@ async fn a_row_the_broker_refuses_for_good_is_set_aside_with_its_reason_and_the_
 ) {
     let settings = settings().await;
     let pool = pool(&settings).await;
-    paygate_common::kafka::ensure_topics(
-        &settings.kafka,
-        &[settings.kafka.topics.transactions_status.as_str()],
-    )
-    .await
-    .unwrap();
-    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
-        .await
-        .unwrap()
-        .id;
+    let merchant = status_topic_and_merchant(&settings, &pool).await;
     for id in ["txn_before", "txn_poison", "txn_after"] {
         bare_transaction(&pool, &merchant, id).await;
     }
