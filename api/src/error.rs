@@ -41,6 +41,8 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("a dependency is unavailable; try again")]
     Unavailable(#[source] anyhow::Error),
+    #[error("the request took longer than {0} ms and was abandoned; retry it (with the same Idempotency-Key)")]
+    TimedOut(u64),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -64,7 +66,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +84,7 @@ impl ApiError {
             ApiError::IdempotencyInFlight => "idempotency_in_flight",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::TimedOut(_) => "request_timeout",
             ApiError::Internal(_) => "internal_error",
         }
     }

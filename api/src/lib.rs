@@ -25,6 +25,7 @@ pub mod rate_limit;
 pub mod webhook_keys;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -94,6 +95,21 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
 
+/// Answers 503 `request_timeout` when a request is not done within
+/// `api.request_timeout_ms`, dropping its work (inside the JSON/XML negotiation, so the
+/// error comes in the client's format).
+async fn request_deadline(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let limit = state.settings.api.request_timeout_ms;
+    match tokio::time::timeout(Duration::from_millis(limit), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::TimedOut(limit).into_response(),
+    }
+}
+
 /// The api's router: [`routes`], plus `/openapi.json` and `/docs`, one error contract
 /// for unknown routes and methods, and JSON/XML negotiation around everything.
 pub fn router(state: AppState) -> Router {
@@ -103,6 +119,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .merge(metrics::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             format::negotiate,

@@ -176,6 +176,9 @@ pub struct ApiSettings {
     /// that is revoked or set to expire is dropped at once (NOTIFY); this bounds how
     /// long a key stays trusted if that notification cannot arrive.
     pub key_cache_ttl_ms: u64,
+    /// A request not answered within this is answered 503 `request_timeout` (its work is
+    /// dropped: an open database transaction rolls back).
+    pub request_timeout_ms: u64,
 }
 
 /// Requests per merchant per window, shared by every api replica.

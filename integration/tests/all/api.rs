@@ -369,3 +369,47 @@ async fn an_unsigned_or_mis_signed_callback_is_401_and_leaves_no_trace() {
     assert_eq!(events, 1);
     api.running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_up_by_the_database_is_answered_503_request_timeout_within_the_deadline() {
+    let api = Api::start_with(|s| s.api.request_timeout_ms = 500).await;
+    let (status, body) = api
+        .deposit(
+            r#"{"user_id":"u1","amount":"5.00","currency":"USD"}"#,
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let path = format!(
+        "{}/v1/transactions/{}",
+        api.url,
+        body["id"].as_str().unwrap()
+    );
+    let get = || api.http.get(&path).bearer_auth(&api.key).send();
+
+    // Someone holds the transaction table: every read of it waits.
+    let mut blocker = api.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE transaction IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = get().await.unwrap();
+    let waited = started.elapsed();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+    assert!(
+        waited < std::time::Duration::from_secs(3),
+        "answered at the deadline, not when the database let go ({waited:?})"
+    );
+    blocker.rollback().await.unwrap();
+
+    let response = get().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the abandoned request left nothing behind"
+    );
+}
