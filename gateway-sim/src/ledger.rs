@@ -2,8 +2,12 @@
 //! gave (so repeats and status queries get the same one), whether it charged, and the
 //! stalled payments waiting for a release. `GET /charges/{reference}` reads it, so tests
 //! can prove no payment was charged twice.
+//!
+//! Memory is bounded for long runs: the ledger keeps the last [`KEPT`] payments (a
+//! reference older than that is forgotten, as a real gateway's idempotency window
+//! ends), never forgetting a stalled payment before its release.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -15,9 +19,21 @@ use crate::callback::Scheduled;
 use crate::outcome::Answer;
 use crate::state::{Gateway, Sim};
 
-#[derive(Default)]
+/// Payments the ledger remembers, across gateways: far more than any test or benchmark
+/// run sends (a benchmark hour at 100/s), and a few hundred bytes each.
+pub(crate) const KEPT: usize = 500_000;
+
 pub(crate) struct Ledger {
     payments: HashMap<(Gateway, String), Payment>,
+    /// Keys in the order they were first recorded, oldest first.
+    order: VecDeque<(Gateway, String)>,
+    kept: usize,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::keeping(KEPT)
+    }
 }
 
 /// A payment as one gateway remembers it.
@@ -72,6 +88,36 @@ pub(crate) struct Entry {
 }
 
 impl Ledger {
+    pub(crate) fn keeping(kept: usize) -> Self {
+        Ledger {
+            payments: HashMap::new(),
+            order: VecDeque::new(),
+            kept: kept.max(1),
+        }
+    }
+
+    /// Forgets the oldest payments beyond `kept`; a stalled one not yet released goes
+    /// to the back instead (its held requests still need it).
+    fn forget_beyond_capacity(&mut self) {
+        let mut skipped = 0;
+        while self.order.len() > self.kept && skipped < self.order.len() {
+            let Some(key) = self.order.pop_front() else {
+                return;
+            };
+            let held = self
+                .payments
+                .get(&key)
+                .and_then(|p| p.stall.as_ref())
+                .is_some_and(|stall| !*stall.released.borrow());
+            if held {
+                self.order.push_back(key);
+                skipped += 1;
+            } else {
+                self.payments.remove(&key);
+            }
+        }
+    }
+
     /// Remembers `payment` unless the gateway already has one for `reference`. Returns
     /// the remembered entry and whether `payment` was the first.
     pub(crate) fn record(
@@ -86,6 +132,8 @@ impl Ledger {
                 let entry = payment.entry();
                 self.payments
                     .insert((gateway, reference.to_owned()), payment);
+                self.order.push_back((gateway, reference.to_owned()));
+                self.forget_beyond_capacity();
                 (entry, true)
             }
         }
@@ -148,4 +196,44 @@ async fn charges(State(sim): State<Sim>, Path(reference): Path<String>) -> Json<
         reference,
         by_gateway,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Verdict;
+
+    fn taken() -> Payment {
+        Payment::new(Answer::new(Gateway::Json, Verdict::Approved))
+    }
+
+    #[test]
+    fn the_ledger_forgets_its_oldest_payments_beyond_capacity_but_never_a_held_stall() {
+        let mut ledger = Ledger::keeping(3);
+        let stall = Payment::stalled(Answer::new(Gateway::Json, Verdict::Approved), None);
+        ledger.record(Gateway::Json, "stalled", stall);
+        for reference in ["a", "b", "c", "d"] {
+            ledger.record(Gateway::Json, reference, taken());
+        }
+        assert_eq!(ledger.payments.len(), 3);
+        assert!(
+            ledger.find(Gateway::Json, "stalled").is_some(),
+            "held: kept"
+        );
+        assert!(
+            ledger.find(Gateway::Json, "a").is_none(),
+            "the oldest is forgotten"
+        );
+        assert!(ledger.find(Gateway::Json, "b").is_none());
+        assert!(ledger.find(Gateway::Json, "d").is_some());
+        assert_eq!(ledger.release("stalled").map(|due| due.len()), Some(0));
+        // The stall went to the back when it was held: two more payments reach it.
+        ledger.record(Gateway::Json, "e", taken());
+        assert!(ledger.find(Gateway::Json, "stalled").is_some());
+        ledger.record(Gateway::Json, "f", taken());
+        assert!(
+            ledger.find(Gateway::Json, "stalled").is_none(),
+            "released: forgotten like the rest"
+        );
+    }
 }

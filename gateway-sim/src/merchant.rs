@@ -18,6 +18,9 @@ pub struct ReceivedWebhook {
     pub body: String,
 }
 
+/// Webhooks the endpoint remembers; older ones are forgotten (bounded memory in long runs).
+pub(crate) const KEPT: usize = 10_000;
+
 pub(crate) fn routes() -> Router<Sim> {
     Router::new().route("/merchant/webhooks", post(receive).get(list))
 }
@@ -29,10 +32,15 @@ async fn receive(State(sim): State<Sim>, headers: HeaderMap, body: String) -> St
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect();
-    sim.remember(|m| m.webhooks.push(ReceivedWebhook { headers, body }));
+    sim.remember(|m| {
+        m.webhooks.push_back(ReceivedWebhook { headers, body });
+        if m.webhooks.len() > KEPT {
+            m.webhooks.pop_front();
+        }
+    });
     StatusCode::OK
 }
 
 async fn list(State(sim): State<Sim>) -> Json<Vec<ReceivedWebhook>> {
-    Json(sim.remember(|m| m.webhooks.clone()))
+    Json(sim.remember(|m| m.webhooks.iter().cloned().collect()))
 }

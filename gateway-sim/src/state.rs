@@ -41,7 +41,8 @@ impl Gateway {
 pub(crate) struct Memory {
     pub(crate) ledger: Ledger,
     pub(crate) control: Control,
-    pub(crate) webhooks: Vec<ReceivedWebhook>,
+    /// The last [`crate::merchant::KEPT`] webhooks received.
+    pub(crate) webhooks: std::collections::VecDeque<ReceivedWebhook>,
 }
 
 /// The handlers' state.
