@@ -28,8 +28,15 @@ use crate::trace::{self, TraceContext, TRACEPARENT};
 /// Clones share one librdkafka producer, and its replacement after a timeout.
 #[derive(Clone)]
 pub struct Producer {
-    inner: Arc<Mutex<FutureProducer>>,
+    inner: Arc<Mutex<Current>>,
     config: Arc<ClientConfig>,
+}
+
+/// The librdkafka producer in use, and how many times it was renewed: many sends that
+/// time out together (a consumer's in-flight messages in one outage) renew it once.
+struct Current {
+    generation: u64,
+    producer: FutureProducer,
 }
 
 /// Identifies one message for its headers.
@@ -54,25 +61,32 @@ impl Producer {
                 "message.timeout.ms",
                 settings.message_timeout_ms.to_string(),
             );
-        let inner = config.create().context("creating the Kafka producer")?;
+        let producer = config.create().context("creating the Kafka producer")?;
         Ok(Producer {
-            inner: Arc::new(Mutex::new(inner)),
+            inner: Arc::new(Mutex::new(Current {
+                generation: 0,
+                producer,
+            })),
             config: Arc::new(config),
         })
     }
 
-    /// The librdkafka producer messages go to now.
-    fn current(&self) -> FutureProducer {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The librdkafka producer messages go to now, and its generation.
+    fn current(&self) -> (u64, FutureProducer) {
+        let current = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (current.generation, current.producer.clone())
     }
 
-    /// Replaces the librdkafka producer after a delivery timed out (see the module). The
-    /// old one is dropped on a blocking thread: dropping purges its queue and joins its
-    /// thread.
+    /// Replaces the librdkafka producer after a delivery timed out (see the module).
     pub async fn renew(&self) {
+        let (generation, _) = self.current();
+        self.renew_generation(generation).await;
+    }
+
+    /// Replaces the producer if it is still `generation` (the one whose delivery timed
+    /// out). The old one is dropped on a blocking thread: dropping purges its queue and
+    /// joins its thread.
+    async fn renew_generation(&self, generation: u64) {
         let fresh = match self.config.create::<FutureProducer>() {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -80,19 +94,27 @@ impl Producer {
                 return;
             }
         };
-        let old = std::mem::replace(
-            &mut *self.inner.lock().unwrap_or_else(PoisonError::into_inner),
-            fresh,
-        );
+        let old = {
+            let mut current = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.generation != generation {
+                return; // another timed-out send renewed it already
+            }
+            current.generation += 1;
+            std::mem::replace(&mut current.producer, fresh)
+        };
         tracing::info!("a produce timed out: renewed the Kafka producer");
         let _ = tokio::task::spawn_blocking(move || drop(old)).await;
     }
 
-    /// Awaits a delivery of this producer's, renewing the producer if it timed out.
-    async fn delivered(&self, delivery: DeliveryFuture, topic: &str) -> anyhow::Result<()> {
+    /// Awaits a delivery, renewing its producer if it timed out.
+    async fn delivered(
+        &self,
+        (delivery, generation): (DeliveryFuture, u64),
+        topic: &str,
+    ) -> anyhow::Result<()> {
         let delivered = await_delivery(delivery, topic).await;
         if delivered.as_ref().is_err_and(is_timeout) {
-            self.renew().await;
+            self.renew_generation(generation).await;
         }
         delivered
     }
@@ -100,6 +122,11 @@ impl Producer {
     /// Hands a message to the producer and returns the future of its delivery report, so
     /// a batch can be enqueued at once and awaited together.
     pub fn enqueue(&self, envelope: &Envelope<'_>) -> anyhow::Result<DeliveryFuture> {
+        self.enqueue_standard(envelope)
+            .map(|(delivery, _)| delivery)
+    }
+
+    fn enqueue_standard(&self, envelope: &Envelope<'_>) -> anyhow::Result<(DeliveryFuture, u64)> {
         self.enqueue_with_headers(
             envelope.topic,
             envelope.key,
@@ -126,19 +153,21 @@ impl Producer {
         key: &str,
         payload: &[u8],
         headers: OwnedHeaders,
-    ) -> anyhow::Result<DeliveryFuture> {
+    ) -> anyhow::Result<(DeliveryFuture, u64)> {
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(headers);
-        self.current().send_result(record).map_err(|(error, _)| {
+        let (generation, producer) = self.current();
+        let delivery = producer.send_result(record).map_err(|(error, _)| {
             anyhow::Error::new(error).context(format!("enqueueing to {topic}"))
-        })
+        })?;
+        Ok((delivery, generation))
     }
 
     /// Sends one message and waits until the broker acknowledged it.
     pub async fn send(&self, envelope: &Envelope<'_>) -> anyhow::Result<()> {
-        let delivery = self.enqueue(envelope)?;
+        let delivery = self.enqueue_standard(envelope)?;
         self.delivered(delivery, envelope.topic).await
     }
 
@@ -170,7 +199,7 @@ impl Producer {
     /// Waits for in-flight messages before the process exits. librdkafka's flush
     /// blocks, so it runs on a blocking thread, never on the async workers.
     pub async fn flush(&self, timeout: Duration) {
-        let inner = self.current();
+        let (_, inner) = self.current();
         let flushed = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => {}
@@ -182,7 +211,7 @@ impl Producer {
     /// Whether a broker answers a metadata request for `topic` within `timeout` (on a
     /// blocking thread: librdkafka's call blocks).
     pub async fn reachable(&self, topic: &str, timeout: Duration) -> anyhow::Result<()> {
-        let inner = self.current();
+        let (_, inner) = self.current();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             inner
