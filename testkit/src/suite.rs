@@ -184,12 +184,15 @@ impl Suite {
 
     /// Sends a deposit of `amount` USD and returns its transaction id.
     pub async fn deposit(&self, amount: &str) -> String {
-        let response = self
-            .post("/v1/deposits")
-            .json(&serde_json::json!({"user_id": "user-1", "amount": amount, "currency": "USD"}))
-            .send()
-            .await
-            .unwrap();
+        self.deposit_with(
+            &serde_json::json!({"user_id": "user-1", "amount": amount, "currency": "USD"}),
+        )
+        .await
+    }
+
+    /// Sends the deposit `body`, asserts it is accepted and returns its transaction id.
+    pub async fn deposit_with(&self, body: &serde_json::Value) -> String {
+        let response = self.post("/v1/deposits").json(body).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let body: serde_json::Value = response.json().await.unwrap();
         body["id"].as_str().unwrap().to_owned()

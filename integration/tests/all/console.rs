@@ -462,15 +462,9 @@ async fn a_payments_page_shows_its_whole_life_and_replay_sends_its_webhook_again
 
 /// Sends a German deposit: routed to simsoap first, simjson as its fallback.
 async fn german_deposit(suite: &Suite, amount: &str) -> String {
-    let response = suite
-        .post("/v1/deposits")
-        .json(&serde_json::json!({"user_id": "u-de", "amount": amount, "currency": "EUR", "country": "DE"}))
-        .send()
+    suite
+        .deposit_with(&serde_json::json!({"user_id": "u-de", "amount": amount, "currency": "EUR", "country": "DE"}))
         .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let body: serde_json::Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

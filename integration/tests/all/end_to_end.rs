@@ -51,15 +51,11 @@ async fn webhooks_until(suite: &Suite, kind: &str) -> Vec<paygate_testkit::Recei
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deposit_completes_and_the_merchant_gets_each_status_once_signed_with_its_secret() {
     let suite = Suite::start().await;
-    let response = suite
-        .post("/v1/deposits")
-        .json(&json!({"user_id": "user-42", "amount": "25.00", "currency": "EUR", "country": "DE"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let created: Value = response.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = suite
+        .deposit_with(
+            &json!({"user_id": "user-42", "amount": "25.00", "currency": "EUR", "country": "DE"}),
+        )
+        .await;
 
     let done = settled(&suite, &id).await;
     assert_eq!(done["status"], "completed", "{done}");

@@ -519,16 +519,11 @@ async fn a_gateway_an_operator_disables_is_passed_over_for_the_next_payment() {
         .unwrap();
     assert_eq!(disable.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let response: Value = suite
-        .post("/v1/deposits")
-        .json(&json!({"user_id": "u", "amount": "8.00", "currency": "EUR", "country": "DE"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = response["id"].as_str().unwrap().to_owned();
+    let id = suite
+        .deposit_with(
+            &json!({"user_id": "u", "amount": "8.00", "currency": "EUR", "country": "DE"}),
+        )
+        .await;
     let done = eventually(
         "the payment to complete",
         Duration::from_secs(30),
