@@ -729,3 +729,80 @@ pub async fn announce_parked_callbacks(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(status: Status, gateway: Option<&str>) -> TransactionRecord {
+        TransactionRecord {
+            id: TransactionId::new(),
+            merchant_id: MerchantId::new(),
+            kind: Kind::Deposit,
+            status,
+            amount: Decimal::ONE_HUNDRED,
+            currency: "EUR".into(),
+            user_id: "u".into(),
+            country: None,
+            reference: None,
+            gateway: gateway.map(str::to_owned),
+            gateway_txn_id: None,
+            failure_reason: Some("declined".into()),
+            version: 3,
+            payment_method: "plain".into(),
+            card_masked: None,
+            unresolved_since: None,
+            unresolved_reason: None,
+            attempted_at: None,
+            attempted_gateways: gateway.into_iter().map(str::to_owned).collect(),
+            status_checks: 0,
+            review_reason: None,
+            review_since: None,
+            review_detail: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_charge_on_a_failed_payment_is_charged_but_failed_wherever_it_failed() {
+        for gateway in [Some("a"), None] {
+            let failed = at(Status::Failed, gateway);
+            let (reason, evidence) = contradiction(&failed, "a", true, "approved").unwrap();
+            assert_eq!(reason, review::CHARGED_BUT_FAILED);
+            assert!(evidence.contains("a says approved"), "{evidence}");
+        }
+    }
+
+    #[test]
+    fn a_charge_at_a_gateway_the_payment_has_left_contradicts_it() {
+        for status in [Status::Pending, Status::Processing, Status::Completed] {
+            let elsewhere = at(status, Some("b"));
+            assert_eq!(
+                contradiction(&elsewhere, "a", true, "completed").map(|(r, _)| r),
+                Some(review::CONTRADICTING_ANSWER),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_decline_of_a_completed_payment_contradicts_it_and_agreement_does_not() {
+        let completed = at(Status::Completed, Some("a"));
+        assert_eq!(
+            contradiction(&completed, "a", false, "declined").map(|(r, _)| r),
+            Some(review::CONTRADICTING_ANSWER)
+        );
+        assert_eq!(contradiction(&completed, "a", true, "completed"), None);
+        assert_eq!(
+            contradiction(&at(Status::Failed, Some("a")), "a", false, "declined"),
+            None
+        );
+        assert_eq!(
+            contradiction(&at(Status::Processing, Some("a")), "a", true, "accepted"),
+            None
+        );
+    }
+}

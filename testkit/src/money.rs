@@ -42,33 +42,39 @@ pub enum Moment {
     Settled,
 }
 
-/// Every violation of the money invariant between the simulator at `simulator_url`
-/// and the database behind `pool` (empty when it holds).
-pub async fn money_violations(pool: &PgPool, simulator_url: &str, moment: Moment) -> Vec<String> {
-    let books: Vec<Booked> = reqwest::get(format!("{simulator_url}/ledger"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    // Which Paygate gateway is which of the simulator's: by base URL.
+/// Every violation of the money invariant between the simulators at `simulators` (every
+/// gateway the payments could reach) and the database behind `pool` (empty when it
+/// holds).
+pub async fn money_violations(pool: &PgPool, simulators: &[&str], moment: Moment) -> Vec<String> {
+    // Which Paygate gateway is which of a simulator's: by base URL.
     let codes: Vec<(String, String)> = sqlx::query_as("SELECT code, base_url FROM gateway")
         .fetch_all(pool)
         .await
         .unwrap();
-    let base = simulator_url.trim_end_matches('/');
-    let code_of = |sim: &str| -> String {
-        codes
-            .iter()
-            .find(|(_, url)| url.trim_end_matches('/') == format!("{base}/{sim}"))
-            .map_or_else(|| format!("(simulator {sim})"), |(code, _)| code.clone())
-    };
+    let mut books: Vec<(String, Booked)> = Vec::new();
+    for simulator in simulators {
+        let base = simulator.trim_end_matches('/');
+        let booked: Vec<Booked> = reqwest::get(format!("{base}/ledger"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for entry in booked {
+            let url = format!("{base}/{}", entry.gateway);
+            let code = codes
+                .iter()
+                .find(|(_, at)| at.trim_end_matches('/') == url)
+                .map_or_else(|| format!("(unrouted {url})"), |(code, _)| code.clone());
+            books.push((code, entry));
+        }
+    }
     let mut charges: BTreeMap<&str, Vec<(String, &Booked)>> = BTreeMap::new();
-    for booked in books.iter().filter(|b| b.charged) {
+    for (code, booked) in books.iter().filter(|(_, b)| b.charged) {
         charges
             .entry(booked.reference.as_str())
             .or_default()
-            .push((code_of(&booked.gateway), booked));
+            .push((code.clone(), booked));
     }
     let paid: Vec<Paid> = sqlx::query_as(
         "SELECT id, status, gateway, amount, currency, review_reason,
@@ -146,8 +152,8 @@ pub async fn money_violations(pool: &PgPool, simulator_url: &str, moment: Moment
 }
 
 /// Panics with every violation of the money invariant (see [`money_violations`]).
-pub async fn assert_money_invariant(pool: &PgPool, simulator_url: &str, moment: Moment) {
-    let violations = money_violations(pool, simulator_url, moment).await;
+pub async fn assert_money_invariant(pool: &PgPool, simulators: &[&str], moment: Moment) {
+    let violations = money_violations(pool, simulators, moment).await;
     assert!(
         violations.is_empty(),
         "the money invariant does not hold:\n{}",
