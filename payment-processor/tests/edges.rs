@@ -36,7 +36,9 @@ async fn until(suite: &Suite, id: &str, what: &str, check: impl Fn(&Value) -> bo
 
 async fn deposit(suite: &Suite, amount: &str, country: &str) -> String {
     suite
-        .deposit_with(&json!({"user_id": "u-1", "amount": amount, "currency": "EUR", "country": country}))
+        .deposit_with(
+            &json!({"user_id": "u-1", "amount": amount, "currency": "EUR", "country": country}),
+        )
         .await
 }
 
@@ -169,7 +171,12 @@ async fn an_overloaded_gateway_keeps_the_payment_until_it_answers_and_the_next_g
         resubmits >= 2,
         "after its settle window the same gateway was sent it again ({resubmits} attempts)"
     );
-    let backup = json_of(suite.http.get(format!("{}/charges/{id}", suite.simulator_url))).await;
+    let backup = json_of(
+        suite
+            .http
+            .get(format!("{}/charges/{id}", suite.simulator_url)),
+    )
+    .await;
     assert_eq!(backup["charges"], 0, "the default route was never asked");
     assert_money_invariant(&suite.pool, &[&suite.simulator_url, &busy], Moment::Settled).await;
     suite.stop().await;
@@ -182,7 +189,11 @@ async fn a_payment_whose_callback_is_lost_completes_through_a_status_query() {
         .execute(&suite.pool)
         .await
         .unwrap();
-    misbehave(&suite.simulator_url, json!({"json": {"lost_callback": true}})).await;
+    misbehave(
+        &suite.simulator_url,
+        json!({"json": {"lost_callback": true}}),
+    )
+    .await;
     routes_reload().await;
 
     let id = deposit(&suite, "42.00", "FR").await;
@@ -194,7 +205,9 @@ async fn a_payment_whose_callback_is_lost_completes_through_a_status_query() {
     );
     let types = eventually("the completed webhook", LONG, || async {
         let types = webhook_types(&suite, &id);
-        types.contains(&"transaction.completed".to_owned()).then_some(types)
+        types
+            .contains(&"transaction.completed".to_owned())
+            .then_some(types)
     })
     .await;
     assert_eq!(
@@ -215,7 +228,11 @@ async fn a_payment_that_no_callback_or_status_query_settles_is_flagged_no_callba
     .execute(&suite.pool)
     .await
     .unwrap();
-    misbehave(&suite.simulator_url, json!({"json": {"lost_callback": true}})).await;
+    misbehave(
+        &suite.simulator_url,
+        json!({"json": {"lost_callback": true}}),
+    )
+    .await;
     routes_reload().await;
 
     let id = deposit(&suite, "43.00", "FR").await;
@@ -244,7 +261,11 @@ async fn a_payment_that_no_callback_or_status_query_settles_is_flagged_no_callba
     .await;
 
     // Once the gateway answers again, the next status query settles it.
-    misbehave(&suite.simulator_url, json!({"json": {"lost_callback": true}})).await;
+    misbehave(
+        &suite.simulator_url,
+        json!({"json": {"lost_callback": true}}),
+    )
+    .await;
     let done = until(&suite, &id, "completed", |v| v["status"] == "completed").await;
     assert_eq!(done["review"]["reason"], "no_callback", "the record stays");
     assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
@@ -283,8 +304,7 @@ async fn a_charge_reported_on_a_failed_payment_is_a_contradiction_for_a_human_no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_callback_from_a_gateway_never_offered_the_payment_is_rejected_even_when_it_names_none()
-{
+async fn a_callback_from_a_gateway_never_offered_the_payment_is_rejected_even_when_it_names_none() {
     let suite = Suite::start().await;
     // Every gateway down: the payment fails after its retries, naming no gateway.
     paygate_testkit::control_simulator(&suite.simulator_url, Some(503), None).await;
@@ -359,13 +379,12 @@ async fn a_late_callback_from_the_gateway_that_holds_an_unresolved_payment_settl
         callback_outcome(&suite, &id, "simjson").await.unwrap().0,
         "applied"
     );
-    let unresolved: bool = sqlx::query_scalar(
-        "SELECT unresolved_since IS NOT NULL FROM transaction WHERE id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&suite.pool)
-    .await
-    .unwrap();
+    let unresolved: bool =
+        sqlx::query_scalar("SELECT unresolved_since IS NOT NULL FROM transaction WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
     assert!(!unresolved, "settled, so no longer listed");
     assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
     suite.stop().await;

@@ -252,7 +252,8 @@ async fn an_overloaded_gateway_without_duplicate_detection_answers_a_resubmit_50
         sim.soap(soap_submit(&reference, "10.00", &receiver.url)),
         async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            sim.soap(soap_submit(&reference, "10.00", &receiver.url)).await
+            sim.soap(soap_submit(&reference, "10.00", &receiver.url))
+                .await
         }
     );
     assert_eq!(second, 503, "a re-submit while it is held");
