@@ -31,7 +31,10 @@ ALTER TABLE transaction
     -- "needs a human". Final statuses still never change.
     ADD COLUMN review_reason      text,
     ADD COLUMN review_since       timestamptz,
-    ADD COLUMN review_detail      text;
+    ADD COLUMN review_detail      text,
+    -- Whether the customer gave a CVV (kept apart, briefly, in Redis): once it expired,
+    -- such a card is never sent without it.
+    ADD COLUMN card_cvv_given     boolean NOT NULL DEFAULT false;
 
 -- The gateway an earlier attempt named is the one known to have been offered it.
 UPDATE transaction SET attempted_gateways = ARRAY[gateway] WHERE gateway IS NOT NULL;
@@ -39,6 +42,8 @@ UPDATE transaction SET attempted_gateways = ARRAY[gateway] WHERE gateway IS NOT 
 -- The processing payments whose callback is due to be chased.
 CREATE INDEX transaction_processing ON transaction (updated_at)
     WHERE status = 'processing';
+-- The sweeper: pending payments by their last change.
+CREATE INDEX transaction_pending ON transaction (updated_at) WHERE status = 'pending';
 -- "Needs a human": payments under review.
 CREATE INDEX transaction_review ON transaction (review_since DESC)
     WHERE review_reason IS NOT NULL;

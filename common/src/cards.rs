@@ -37,6 +37,9 @@ pub struct SealedCard {
     pub masked: String,
     pub key_id: String,
     pub ciphertext: Vec<u8>,
+    /// Whether the customer gave a CVV (kept apart, briefly, in Redis): once it is gone,
+    /// such a card is never sent without it.
+    pub cvv_given: bool,
 }
 
 /// What is sealed: everything the acquirer needs but the CVV, which is never stored.
@@ -89,6 +92,7 @@ impl KeyRing {
             masked: mask(card.number.expose_secret()),
             key_id,
             ciphertext,
+            cvv_given: card.cvv.is_some(),
         })
     }
 

@@ -228,8 +228,12 @@ pub struct PaymentProcessorSettings {
     /// Attempts in all (the first included) before a payment whose gateways are all
     /// down fails, or one whose gateway never answered is left unresolved.
     pub retry_attempts: u32,
-    /// How often payments left unresolved at a gateway are asked about again.
+    /// How often payments left unresolved at a gateway are asked about again (and
+    /// overdue callbacks and stale payments looked for).
     pub reconcile_interval_ms: u64,
+    /// A pending payment with no progress for this long, whatever its flags, is taken
+    /// up again by the sweeper, and listed for a human if that does not settle it.
+    pub stale_pending_ms: u64,
     /// Gateways and routes are cached; reloaded on change (NOTIFY) and at least this often.
     pub route_refresh_ms: u64,
     pub breaker: BreakerSettings,
@@ -242,6 +246,10 @@ impl PaymentProcessorSettings {
 
     pub fn retry_cap(&self) -> Duration {
         Duration::from_millis(self.retry_cap_ms)
+    }
+
+    pub fn stale_pending(&self) -> Duration {
+        Duration::from_millis(self.stale_pending_ms)
     }
 }
 

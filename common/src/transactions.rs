@@ -127,8 +127,9 @@ pub async fn create(
     let id = TransactionId::new();
     let record: TransactionRecord = sqlx::query_as(&format!(
         "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
-                                  reference, payment_method, card_masked, card_key_id, card_ciphertext)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                  reference, payment_method, card_masked, card_key_id, card_ciphertext,
+                                  card_cvv_given)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false))
          RETURNING {COLUMNS}"
     ))
     .bind(id.as_str())
@@ -143,6 +144,7 @@ pub async fn create(
     .bind(new.card.as_ref().map(|c| &c.masked))
     .bind(new.card.as_ref().map(|c| &c.key_id))
     .bind(new.card.as_ref().map(|c| &c.ciphertext))
+    .bind(new.card.as_ref().map(|c| c.cvv_given))
     .fetch_one(&mut *conn)
     .await?;
 
@@ -383,13 +385,13 @@ async fn fenced_pending_update(
     Ok(record)
 }
 
-/// The sealed card of a card payment: `(key id, ciphertext)`.
+/// The sealed card of a card payment: `(key id, ciphertext, whether a CVV was given)`.
 pub async fn sealed_card<'e>(
     executor: impl PgExecutor<'e>,
     id: &TransactionId,
-) -> sqlx::Result<Option<(String, Vec<u8>)>> {
+) -> sqlx::Result<Option<(String, Vec<u8>, bool)>> {
     sqlx::query_as(
-        "SELECT card_key_id, card_ciphertext FROM transaction
+        "SELECT card_key_id, card_ciphertext, card_cvv_given FROM transaction
           WHERE id = $1 AND card_key_id IS NOT NULL AND card_ciphertext IS NOT NULL",
     )
     .bind(id.as_str())
@@ -577,6 +579,27 @@ pub async fn processing_due<'e>(
           ORDER BY COALESCE(t.status_check_at, t.updated_at)
           LIMIT $1",
     )
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    parse_ids(ids)
+}
+
+/// Pending payments without progress for `stale`: no change and no check for that
+/// long, whatever their flags. Oldest first.
+pub async fn stale_pending<'e>(
+    executor: impl PgExecutor<'e>,
+    stale: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<TransactionId>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM transaction
+          WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+            AND (unresolved_checked_at IS NULL OR unresolved_checked_at < now() - make_interval(secs => $1))
+          ORDER BY updated_at
+          LIMIT $2",
+    )
+    .bind(stale.as_secs_f64())
     .bind(limit)
     .fetch_all(executor)
     .await?;

@@ -17,8 +17,8 @@ use crate::PaymentHandler;
 /// What can be sent to a gateway about a payment.
 pub(crate) enum Order {
     Ready(PaymentOrder),
-    /// A card payment whose CVV expired (its TTL in Redis passed): it is never sent
-    /// without one silently.
+    /// A card payment whose CVV was given but expired (its TTL in Redis passed): it is
+    /// never sent without one silently. A card given without a CVV is sent as it is.
     NoCvv,
 }
 
@@ -131,12 +131,16 @@ impl PaymentHandler {
         transaction: &TransactionRecord,
     ) -> Result<Order, HandlerError> {
         let card = if transaction.payment_method() == PaymentMethod::Card {
-            let (key_id, ciphertext) = transactions::sealed_card(&self.pool, &transaction.id)
-                .await
-                .map_err(HandlerError::transient)?
-                .ok_or_else(|| {
-                    HandlerError::permanent(anyhow!("card payment {} has no card", transaction.id))
-                })?;
+            let (key_id, ciphertext, cvv_given) =
+                transactions::sealed_card(&self.pool, &transaction.id)
+                    .await
+                    .map_err(HandlerError::transient)?
+                    .ok_or_else(|| {
+                        HandlerError::permanent(anyhow!(
+                            "card payment {} has no card",
+                            transaction.id
+                        ))
+                    })?;
             let mut card = self
                 .cards
                 .open(&key_id, &ciphertext)
@@ -146,7 +150,7 @@ impl PaymentHandler {
                 .get(&transaction.id)
                 .await
                 .map_err(HandlerError::transient)?;
-            if card.cvv.is_none() {
+            if cvv_given && card.cvv.is_none() {
                 return Ok(Order::NoCvv);
             }
             Some(card)

@@ -26,9 +26,10 @@
 //!   run out, a payment whose gateways were all down is `failed`; one still ambiguous is
 //!   never failed: it stays pending, marked unresolved with its reason, on the
 //!   dead-letter topic for operators, and [`reconcile`] keeps asking its gateway.
-//! - [`reconcile`]: unresolved payments are asked about again on a slow schedule, and
+//! - [`reconcile`]: unresolved payments are asked about again on a slow schedule,
 //!   `processing` payments whose callback is overdue are asked by status query, with
-//!   backoff, and flagged `no_callback` for a human when their gateway's limit passes.
+//!   backoff, and flagged `no_callback` for a human when their gateway's limit passes,
+//!   and pending payments without progress are swept up.
 //! - [`call`]: every call to a gateway, under its concurrency limit and circuit breaker.
 
 mod answer;
@@ -119,6 +120,12 @@ impl Application {
             every,
             shutdown.clone(),
         ));
+        let sweeper = tokio::spawn(reconcile::sweep(
+            self.handler.clone(),
+            every,
+            self.settings.stale_pending(),
+            shutdown.clone(),
+        ));
         let (changes, reported) = tokio::sync::mpsc::unbounded_channel();
         self.handler.breakers.report_to(changes);
         let recorder = tokio::spawn(breaker::record_changes(
@@ -141,6 +148,7 @@ impl Application {
                     ("route refresher", refresher),
                     ("reconciler", reconciler),
                     ("callback chaser", chaser),
+                    ("sweeper", sweeper),
                     ("circuit recorder", recorder),
                 ],
                 circuits,

@@ -8,6 +8,10 @@
 //!   deadline, doubled each time, at most an hour apart); a definite answer settles it
 //!   (one event, one webhook). Still unsettled after the gateway's `review_after`, it is
 //!   flagged `no_callback` for a human, and still asked about.
+//! - [`sweep`]: any payment `pending` without progress for `stale_pending_ms`, whatever
+//!   its flags (its message lost, its event set aside, a crash at the wrong moment), is
+//!   taken up again as if its message had just arrived; if that does not settle it, it
+//!   is marked unresolved with the reason, so it is listed for a human.
 
 use std::future::Future;
 use std::time::Duration;
@@ -53,6 +57,27 @@ pub async fn chase(handler: PaymentHandler, every: Duration, shutdown: Cancellat
         |id| {
             let handler = &handler;
             async move { handler.chase(&id).await }
+        },
+    )
+    .await;
+}
+
+/// Every `every`, takes up again the pending payments without progress for
+/// `stale`.
+pub async fn sweep(
+    handler: PaymentHandler,
+    every: Duration,
+    stale: Duration,
+    shutdown: CancellationToken,
+) {
+    rounds(
+        every,
+        &shutdown,
+        "sweep",
+        || async { transactions::stale_pending(&handler.pool, stale, BATCH).await },
+        |id| {
+            let handler = &handler;
+            async move { handler.sweep(&id, stale).await }
         },
     )
     .await;
@@ -111,6 +136,23 @@ async fn rounds<L, LF, W, WF>(
 const LONGEST_CHECK_INTERVAL: Duration = Duration::from_secs(3_600);
 
 impl PaymentHandler {
+    /// Takes up again one pending payment that made no progress for `stale`; when
+    /// that does not settle it, marks it unresolved with the reason.
+    pub async fn sweep(&self, id: &TransactionId, stale: Duration) -> anyhow::Result<()> {
+        let why = match self.settle_locked(id).await {
+            Ok(crate::Step::Done) => return Ok(()),
+            Ok(crate::Step::Retry { reason, .. }) => reason,
+            Err(HandlerError::Permanent(error)) => format!("a permanent error: {error:#}"),
+            Err(HandlerError::Transient(error)) => return Err(error),
+        };
+        let reason = format!("no progress for {} s: {why}", stale.as_secs());
+        self.mark_unresolved(id, &reason)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        tracing::warn!(transaction_id = %id, %reason, "a stale payment is listed for a human");
+        Ok(())
+    }
+
     /// Asks the gateway about one `processing` payment whose callback is overdue, under
     /// the payment's lock (skipped this round when someone else holds it).
     pub async fn chase(&self, id: &TransactionId) -> anyhow::Result<()> {

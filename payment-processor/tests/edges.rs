@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
+use paygate_common::domain::{Country, Currency, Kind, Money};
 use paygate_common::gateway::{self, GatewayConfig, Route, Timings};
 use paygate_common::signature::callback;
+use paygate_common::transactions::{self, NewTransaction};
 use paygate_testkit::{
     assert_money_invariant, eventually, json_of, misbehave, Moment, Process, Service, Suite,
     SuiteOptions, SIM_JSON_SECRET,
@@ -456,5 +458,44 @@ async fn a_card_payment_whose_cvv_expired_before_any_gateway_was_asked_fails_wit
     );
     assert_eq!(suite.charges(&id).await, 0, "never sent without its CVV");
     processor.kill().await;
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_whose_request_never_reached_the_processor_is_swept_up_and_settled() {
+    let suite = Suite::start_with(SuiteOptions {
+        tweak: Some(|settings| settings.payment_processor.stale_pending_ms = 1_500),
+        ..SuiteOptions::default()
+    })
+    .await;
+    // A payment whose `payments.requested` message was lost: its event is marked
+    // published, and nothing will ever deliver it.
+    let mut tx = suite.pool.begin().await.unwrap();
+    let record = transactions::create(
+        &mut tx,
+        NewTransaction {
+            merchant_id: suite.merchant.id.clone(),
+            kind: Kind::Deposit,
+            money: Money::parse("48.00", "EUR".parse::<Currency>().unwrap()).unwrap(),
+            user_id: "u-1".to_owned(),
+            country: Some("FR".parse::<Country>().unwrap()),
+            reference: None,
+            card: None,
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE transaction_event SET published_at = now() WHERE transaction_id = $1")
+        .bind(record.id.as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let id = record.id.to_string();
+
+    let done = until(&suite, &id, "completed", |v| v["status"] == "completed").await;
+    assert_eq!(done["gateway"], "simjson");
+    assert_eq!(suite.charges(&id).await, 1);
+    assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
     suite.stop().await;
 }

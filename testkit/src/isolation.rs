@@ -106,6 +106,8 @@ pub async fn settings_on(admin_url: &str) -> Settings {
     processor.retry_cap_ms = 400;
     processor.retry_attempts = 4;
     processor.reconcile_interval_ms = 500;
+    // Longer than any test keeps a payment waiting on purpose.
+    processor.stale_pending_ms = 30_000;
     processor.route_refresh_ms = 500;
     settings.validate().unwrap();
     settings

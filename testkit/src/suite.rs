@@ -338,6 +338,10 @@ pub fn service_env(s: &Settings) -> Vec<(String, String)> {
             s.payment_processor.reconcile_interval_ms.to_string(),
         ),
         (
+            "PAYMENT_PROCESSOR__STALE_PENDING_MS",
+            s.payment_processor.stale_pending_ms.to_string(),
+        ),
+        (
             "PAYMENT_PROCESSOR__ROUTE_REFRESH_MS",
             s.payment_processor.route_refresh_ms.to_string(),
         ),

@@ -128,7 +128,29 @@ async fn two_hundred_conflicting_callbacks_through_two_processors_settle_once_wi
         .iter()
         .filter(|(_, o)| o.as_deref() == Some("ignored"))
         .count();
-    assert_eq!((applied, ignored), (1, 99));
+    let contradictions = processed
+        .iter()
+        .filter(|(_, o)| o.as_deref() == Some("contradiction"))
+        .count();
+    // The first applied; its 49 twins are duplicates; the 50 that say the opposite
+    // contradict the final status and are kept for a human, never applied.
+    assert_eq!((applied, ignored, contradictions), (1, 49, 50));
+    let review: (Option<String>, String) =
+        sqlx::query_as("SELECT review_reason, status FROM transaction WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    let expected = if review.1 == "failed" {
+        "charged_but_failed"
+    } else {
+        "contradicting_answer"
+    };
+    assert_eq!(
+        review.0.as_deref(),
+        Some(expected),
+        "flagged once, for a human"
+    );
 
     let finals: Vec<String> = sqlx::query_scalar(
         "SELECT event_type FROM transaction_event

@@ -234,13 +234,19 @@ async fn a_completed_payment_stays_completed_whatever_later_callbacks_say_and_th
     assert_eq!(
         outcomes,
         [
-            ("late-decline".to_owned(), "ignored".to_owned()),
+            // The gateway now says it declined what Paygate told the merchant was
+            // paid: a contradiction for a human, never a status change.
+            ("late-decline".to_owned(), "contradiction".to_owned()),
             ("wrong-amount".to_owned(), "rejected".to_owned())
         ]
     );
     let after = transaction(&suite, &id).await;
     assert_eq!(after["status"], "completed");
-    assert_eq!(after["version"], 4, "no transition was recorded");
+    assert_eq!(after["review"]["reason"], "contradicting_answer", "{after}");
+    assert_eq!(
+        after["version"], 5,
+        "no transition was recorded, only the review"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         suite
