@@ -119,6 +119,12 @@ async fn a_german_deposit_goes_to_the_soap_gateway_first_and_completes_by_soap_c
     .await
     .unwrap();
     assert_eq!(outcome, "applied", "the SOAP callback was read and applied");
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -143,6 +149,12 @@ async fn a_gateway_answering_503_is_passed_over_for_the_next_by_priority_and_the
     );
     assert_eq!(charges_at(&down, &id).await["charges"], 0);
     assert_eq!(charges_at(&suite.simulator_url, &id).await["charges"], 1);
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url, &down],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -154,6 +166,12 @@ async fn a_decline_is_final_and_no_other_gateway_is_asked() {
     assert_eq!(gateway.as_deref(), Some("simsoap"));
     assert_eq!(reason.as_deref(), Some("insufficient_funds"));
     assert_eq!(attempted_gateways(&suite.pool, &id).await, ["simsoap"]);
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -173,6 +191,12 @@ async fn a_gateway_that_charges_then_answers_504_is_asked_for_the_status_and_the
     let charges = charges_at(&suite.simulator_url, &id).await;
     assert_eq!(charges["charges"], 1, "{charges}");
     assert_eq!(charges["by_gateway"]["soap"], 1, "{charges}");
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -185,6 +209,12 @@ async fn a_timeout_is_followed_by_a_status_query_and_ends_completed_with_one_cha
     assert_eq!(gateway.as_deref(), Some("simjson"));
     assert_eq!(attempted_gateways(&suite.pool, &id).await, ["simjson"]);
     assert_eq!(charges_at(&suite.simulator_url, &id).await["charges"], 1);
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -284,6 +314,12 @@ async fn a_payment_whose_gateways_stay_down_is_retried_then_failed_and_dead_lett
         "{:?}",
         dead.headers
     );
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url, &down],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -353,6 +389,12 @@ async fn each_test_card_ends_as_its_bank_code_says_and_cards_go_only_to_the_card
     let plain = deposit(&suite, "43.00", "EUR", Some("DE")).await;
     let (gateway, _) = reaches(&suite, &plain, "completed").await;
     assert_eq!(gateway.as_deref(), Some("simsoap"));
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -408,6 +450,12 @@ async fn one_payment_whose_gateway_never_answers_holds_up_none_of_fifty_others_a
     assert!(released.status().is_success());
     reaches(&suite, &stuck, "completed").await;
     assert_eq!(charges_at(&suite.simulator_url, &stuck).await["charges"], 1);
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url],
+        paygate_testkit::Moment::Settled,
+    )
+    .await;
     suite.stop().await;
 }
 
@@ -488,5 +536,11 @@ async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charge
         ["nl_first", "nl_second"],
         "each gateway was chosen once: the loser of each fenced write asked nobody"
     );
+    paygate_testkit::assert_money_invariant(
+        &suite.pool,
+        &[&suite.simulator_url, &slow_down, &healthy],
+        paygate_testkit::Moment::InFlight,
+    )
+    .await;
     suite.stop().await;
 }
