@@ -477,7 +477,8 @@ pub fn contradiction(
 
 /// Flags a payment for a human with `reason` and its evidence: a version bump and a
 /// `transaction.review_required` event, so the merchant is told by webhook in order with
-/// the rest. Its status never changes. `None` when it is already under review (the
+/// the rest. Its status never changes, nor `updated_at` (still when its status last
+/// changed: the console's chart and the callback chase read it so). `None` when it is already under review (the
 /// first reason stands; the detail of later ones goes to the log).
 pub async fn flag_review(
     conn: &mut PgConnection,
@@ -488,7 +489,7 @@ pub async fn flag_review(
     let flagged: Option<TransactionRecord> = sqlx::query_as(&format!(
         "UPDATE transaction
             SET review_reason = $2, review_since = now(), review_detail = $3,
-                version = version + 1, updated_at = now()
+                version = version + 1
           WHERE id = $1 AND review_reason IS NULL
       RETURNING {COLUMNS}"
     ))
