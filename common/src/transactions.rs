@@ -379,6 +379,29 @@ pub async fn mark_unresolved<'e>(
     Ok(())
 }
 
+/// Marks a pending payment as unresolved and says why (a permanent error after a gateway
+/// was chosen, a gateway that gave no definite answer, …), so operators see it in "needs
+/// a human" and the reconciler asks about it. Keeps the first `unresolved_since`; the
+/// reason is the latest. Not a status change, and nothing when the payment is no longer
+/// pending.
+pub async fn mark_unresolved_because<'e>(
+    executor: impl PgExecutor<'e>,
+    id: &TransactionId,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE transaction
+            SET unresolved_since = COALESCE(unresolved_since, now()), unresolved_checked_at = now(),
+                unresolved_reason = $2
+          WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id.as_str())
+    .bind(reason)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// Pending payments left unresolved at a gateway and not asked about for `every`, oldest
 /// check first.
 pub async fn unresolved_due<'e>(
