@@ -65,7 +65,11 @@ impl ApiError {
     }
 
     /// A refusal by the rule `code`, about `field` when one input is at fault.
-    pub fn refused(code: &'static str, field: Option<&str>, message: impl std::fmt::Display) -> Self {
+    pub fn refused(
+        code: &'static str,
+        field: Option<&str>,
+        message: impl std::fmt::Display,
+    ) -> Self {
         ApiError::Refused {
             code,
             message: message.to_string(),
@@ -76,9 +80,7 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Invalid { .. } | ApiError::Refused { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::Invalid { .. } | ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -145,8 +147,8 @@ pub struct ErrorBody {
     /// `unsupported_media_type`, `idempotency_in_flight`, `rate_limited`,
     /// `service_unavailable`, `internal_error`; and, with 422, the rule that refused a
     /// valid request: `limit_exceeded` (a withdrawal over the merchant's payout limits),
-    /// `not_pending` and `no_gateway` (an operator action the payment's state does not
-    /// allow).
+    /// `not_pending`, `no_gateway` and `gateway_changed` (an operator action the
+    /// payment's state does not allow).
     #[schema(example = "validation_failed")]
     pub code: &'static str,
     /// For people; never carries internals.
@@ -252,7 +254,7 @@ pub mod responses {
         Conflict => "A request with this `Idempotency-Key` is still in flight; retry later.";
         PayloadTooLarge => "The body is larger than the configured limit (1 MiB by default).";
         UnsupportedMediaType => "The `Content-Type` is not one this route takes.";
-        UnprocessableEntity => "Well-formed, but a value breaks a rule, and `field` names it: an unknown currency or country, an amount <= 0 or with too many decimals, a card failing Luhn or expired, an unknown field, an `Idempotency-Key` reused with another body. Or a rule refuses a valid request, and `code` names it: `limit_exceeded` (over the merchant's payout limits), `not_pending`, `no_gateway`.";
+        UnprocessableEntity => "Well-formed, but a value breaks a rule, and `field` names it: an unknown currency or country, an amount <= 0 or with too many decimals, a card failing Luhn or expired, an unknown field, an `Idempotency-Key` reused with another body. Or a rule refuses a valid request, and `code` names it: `limit_exceeded` (over the merchant's payout limits), `not_pending`, `no_gateway`, `gateway_changed`.";
         ServiceUnavailable => "A dependency is down; try again.";
     }
 

@@ -15,7 +15,7 @@
 //!   The bump is the fencing token: a payment-processor that read the payment before the
 //!   action can no longer write on what it saw.
 //! - **Refused, not bent.** A state that does not allow the action is a typed refusal
-//!   (`not_pending`, `no_gateway`) and changes nothing.
+//!   (`not_pending`, `no_gateway`, `gateway_changed`) and changes nothing.
 //! - **Idempotent.** A repeat of an action that already took effect — the payment's last
 //!   versioned event is that action and nothing has happened since that calls for it
 //!   again — changes nothing and says so (`changed: false`); so does resolving a review
@@ -286,15 +286,19 @@ pub async fn redrive(
     })
 }
 
-/// Releases a pending payment from the gateway it names, and re-drives it: it no longer
-/// names a gateway, so the payment-processor routes it from the top of its routes. The
-/// operator must first have confirmed with that gateway that it holds nothing for the
-/// payment: Paygate itself never moves an ambiguous payment on, because the gateway may
-/// hold the money. Refused when the payment is not pending (`not_pending`) or names no
-/// gateway (`no_gateway`); a repeat right after a release changes nothing.
+/// Releases a pending payment from `gateway`, the one it names, and re-drives it: it no
+/// longer names a gateway, so the payment-processor routes it from the top of its
+/// routes. The operator must first have confirmed with that gateway that it holds
+/// nothing for the payment — which is why they name it: Paygate itself never moves an
+/// ambiguous payment on, because the gateway may hold the money. Refused when the
+/// payment is not pending (`not_pending`), names no gateway (`no_gateway`), or names
+/// another one than the operator confirmed with (`gateway_changed`: it moved on since,
+/// and that one may hold the money now); a repeat right after a release changes
+/// nothing.
 pub async fn release(
     pool: &PgPool,
     id: &TransactionId,
+    gateway: &str,
     actor: &Actor,
     reason: &str,
 ) -> Result<Intervention, InterventionError> {
@@ -302,6 +306,19 @@ pub async fn release(
     let seen = lock(&mut tx, id).await?;
     if seen.record.status != Status::Pending {
         return Err(not_pending(&seen.record, "released"));
+    }
+    if let Some(named) = seen
+        .record
+        .gateway
+        .as_deref()
+        .filter(|named| *named != gateway)
+    {
+        return Err(InterventionError::Refused {
+            code: "gateway_changed",
+            message: format!(
+                "{id} names {named} now, not {gateway}: confirm with {named} before releasing it"
+            ),
+        });
     }
     let Some(gateway) = seen.record.gateway.clone() else {
         if seen.last_event.as_deref() == Some(event_type::GATEWAY_RELEASED) {
@@ -412,7 +429,8 @@ fn rfc3339<S: serde::Serializer>(
     s.serialize_str(&paygate_common::events::timestamp(*at))
 }
 
-const SET_ASIDE_COLUMNS: &str = "e.id AS event_id, e.transaction_id, t.status AS transaction_status,
+const SET_ASIDE_COLUMNS: &str =
+    "e.id AS event_id, e.transaction_id, t.status AS transaction_status,
      e.event_type, e.destination, e.version, e.set_aside_reason AS reason, e.publish_attempts,
      e.created_at, e.set_aside_at";
 

@@ -117,5 +117,7 @@ pub(super) async fn limits(
     if known.is_none() {
         return Err(ApiError::NotFound("merchant"));
     }
-    Ok(Json(Page::whole(payouts::of_merchant(&state.pool, &id).await?)))
+    Ok(Json(Page::whole(
+        payouts::of_merchant(&state.pool, &id).await?,
+    )))
 }

@@ -39,7 +39,9 @@ pub(super) async fn set_aside(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<Page<SetAsideEvent>>> {
-    Ok(Json(Page::whole(interventions::set_aside(&state.pool).await?)))
+    Ok(Json(Page::whole(
+        interventions::set_aside(&state.pool).await?,
+    )))
 }
 
 /// `POST /outbox/{event_id}/resend`'s body, optional.

@@ -27,10 +27,35 @@ use crate::AppState;
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     /// Why, kept in the payment's history: 1 to 1000 characters.
-    #[schema(example = "gateway confirmed by phone it holds nothing for this reference", min_length = 1, max_length = 1000)]
+    #[schema(
+        example = "gateway confirmed by phone it holds nothing for this reference",
+        min_length = 1,
+        max_length = 1000
+    )]
     pub reason: String,
     /// Who, kept in the payment's history: the operator's name (the admin token itself
     /// names nobody). Absent: "admin token holder".
+    #[schema(example = "Ada", min_length = 1, max_length = 100)]
+    pub operator: Option<String>,
+}
+
+/// `POST /transactions/{id}/release`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The gateway the payment names, which the operator confirmed holds nothing for it.
+    /// If the payment names another one by now, nothing is released (`422
+    /// gateway_changed`).
+    #[schema(example = "simjson")]
+    pub gateway: String,
+    /// Why, kept in the payment's history: 1 to 1000 characters.
+    #[schema(
+        example = "simjson support confirmed it holds nothing for this reference",
+        min_length = 1,
+        max_length = 1000
+    )]
+    pub reason: String,
+    /// Who; absent: "admin token holder".
     #[schema(example = "Ada", min_length = 1, max_length = 100)]
     pub operator: Option<String>,
 }
@@ -40,7 +65,11 @@ pub struct ActionRequest {
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     /// What was found and done, kept in the payment's history: 1 to 1000 characters.
-    #[schema(example = "refunded the customer at the gateway, ticket 4711", min_length = 1, max_length = 1000)]
+    #[schema(
+        example = "refunded the customer at the gateway, ticket 4711",
+        min_length = 1,
+        max_length = 1000
+    )]
     pub note: String,
     /// Who; absent: "admin token holder".
     #[schema(example = "Ada", min_length = 1, max_length = 100)]
@@ -114,7 +143,7 @@ pub(super) async fn redrive(
     ))
 }
 
-/// `POST /transactions/{id}/release {reason, operator?}`.
+/// `POST /transactions/{id}/release {gateway, reason, operator?}`.
 #[utoipa::path(
     post,
     path = "/transactions/{id}/release",
@@ -122,14 +151,15 @@ pub(super) async fn redrive(
     summary = "Release an ambiguous payment to other gateways",
     description = "**Only after confirming with the gateway the payment names that it holds nothing \
                    for this reference** (its status query, its support): the gateway may hold the \
-                   money, which is why Paygate never moves such a payment on by itself. Clears the \
-                   gateway (a fenced version bump), records `gateway.released` with who and why, and \
-                   re-drives the payment, which is then routed from the top of its routes. Only a \
-                   pending payment that names a gateway (`422 not_pending`, `422 no_gateway`); a \
-                   repeat right after a release changes nothing (`changed: false`).",
+                   money, which is why Paygate never moves such a payment on by itself; `gateway` \
+                   names the one confirmed with. Clears the gateway (a fenced version bump), records \
+                   `gateway.released` with who and why, and re-drives the payment, which is then \
+                   routed from the top of its routes. Only a pending payment that names that gateway \
+                   (`422 not_pending`, `422 no_gateway`, `422 gateway_changed` when it names another \
+                   by now); a repeat right after a release changes nothing (`changed: false`).",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The transaction, `txn_…`.")),
-    request_body(content((ActionRequest = "application/json"))),
+    request_body(content((ReleaseRequest = "application/json"))),
     responses(
         (status = 200, description = "Released and re-driven, or already (`changed: false`).", body = ActionResult),
         (status = 400, response = BadRequest),
@@ -147,12 +177,12 @@ pub(super) async fn release(
     PathParam(id): PathParam<String>,
     raw: RawBody,
 ) -> Result<Json<ActionResult>> {
-    let request: ActionRequest = body(&raw)?;
+    let request: ReleaseRequest = body(&raw)?;
     let id = transaction_id(&id)?;
     let actor = Actor::admin_api(request.operator.as_deref())?;
     let reason = interventions::note("reason", &request.reason)?;
     Ok(Json(
-        interventions::release(&state.pool, &id, &actor, reason)
+        interventions::release(&state.pool, &id, request.gateway.trim(), &actor, reason)
             .await?
             .into(),
     ))

@@ -20,17 +20,20 @@ use super::session::Operator;
 use crate::interventions::{self, Actor};
 use crate::AppState;
 
-/// An action's form: the CSRF token and why.
+/// An action's form: the CSRF token and why (and, to release, from which gateway).
 #[derive(Debug, Deserialize)]
 pub struct ActionForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    gateway: String,
 }
 
 fn transaction_id(id: &str) -> Result<TransactionId> {
-    id.parse().map_err(|_| ConsoleError::NotFound("transaction"))
+    id.parse()
+        .map_err(|_| ConsoleError::NotFound("transaction"))
 }
 
 fn back_to(id: &TransactionId) -> Response {
@@ -61,7 +64,14 @@ pub async fn release(
     operator.check_csrf(&form.csrf)?;
     let id = transaction_id(&id)?;
     let reason = interventions::note("reason", &form.reason)?;
-    interventions::release(&state.pool, &id, &Actor::console(&operator.name)?, reason).await?;
+    interventions::release(
+        &state.pool,
+        &id,
+        form.gateway.trim(),
+        &Actor::console(&operator.name)?,
+        reason,
+    )
+    .await?;
     Ok(back_to(&id))
 }
 
@@ -75,8 +85,7 @@ pub async fn resolve_review(
     operator.check_csrf(&form.csrf)?;
     let id = transaction_id(&id)?;
     let note = interventions::note("note", &form.reason)?;
-    interventions::resolve_review(&state.pool, &id, &Actor::console(&operator.name)?, note)
-        .await?;
+    interventions::resolve_review(&state.pool, &id, &Actor::console(&operator.name)?, note).await?;
     Ok(back_to(&id))
 }
 
@@ -122,6 +131,7 @@ pub fn forms(operator: &Operator, record: &TransactionRecord, under_review: bool
             @if let Some(gateway) = &record.gateway {
                 form.action method="post" action={ "/console/transactions/" (id) "/release" } {
                     input type="hidden" name="csrf" value=(operator.csrf);
+                    input type="hidden" name="gateway" value=(gateway);
                     label { "Reason " input type="text" name="reason" required maxlength="1000" size="40" placeholder={ "confirmed with " (gateway) " that it holds nothing" }; }
                     button.release type="submit" { "Release from " (gateway) }
                     span.warning { " Only once " (gateway) " has confirmed it holds nothing for this payment: it is then offered to other gateways." }

@@ -13,9 +13,9 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
+use super::actions::resend_form;
 use super::error::Result;
 use super::layout::{self, ago, at, status_tag, Section};
-use super::actions::resend_form;
 use super::session::Operator;
 use crate::admin::{dead_lettered_list, rejected_callback_list};
 use crate::AppState;

@@ -47,14 +47,8 @@ pub fn router(state: AppState) -> Router {
             "/console/deliveries/{id}/replay",
             post(transactions::replay),
         )
-        .route(
-            "/console/transactions/{id}/redrive",
-            post(actions::redrive),
-        )
-        .route(
-            "/console/transactions/{id}/release",
-            post(actions::release),
-        )
+        .route("/console/transactions/{id}/redrive", post(actions::redrive))
+        .route("/console/transactions/{id}/release", post(actions::release))
         .route(
             "/console/transactions/{id}/review/resolve",
             post(actions::resolve_review),

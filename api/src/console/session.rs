@@ -236,7 +236,7 @@ mod tests {
     fn a_session_verifies_only_unaltered_and_unexpired() {
         let key = [7u8; 32];
         let expiry = Utc::now().timestamp() + 60;
-        let payload = payload(expiry, "Ada L.");
+        let payload = super::payload(expiry, "Ada L.");
         let value = format!("{payload}.{}", mac(&key, &payload));
         let operator = verify(&key, &value).unwrap();
         assert_eq!(operator.csrf.len(), 64);
@@ -245,7 +245,7 @@ mod tests {
         let later = value.replacen(&expiry.to_string(), &(expiry + 1).to_string(), 1);
         assert!(verify(&key, &later).is_none(), "a changed expiry");
         let past = Utc::now().timestamp() - 1;
-        let payload = payload(past, "Ada");
+        let payload = super::payload(past, "Ada");
         let expired = format!("{payload}.{}", mac(&key, &payload));
         assert!(verify(&key, &expired).is_none(), "expired");
     }
