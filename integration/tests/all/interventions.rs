@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::api::Api;
+use crate::console::{hidden, Browser};
 
 /// A pending payment of the merchant's; naming `gateway` (an attempt there) when given.
 pub(crate) async fn pending(
@@ -557,5 +558,92 @@ async fn a_set_aside_event_is_listed_with_its_transaction_and_resent_once_then_p
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    api.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_operators_act_under_the_name_they_signed_in_with_and_see_what_needs_them() {
+    let api = Api::start().await;
+    let merchant = merchant_of(&api).await;
+    let record = pending(&api.pool, &merchant, Some("simjson")).await;
+    let id = record.id.to_string();
+    transactions::mark_unresolved_because(&api.pool, &record.id, "no definite answer from simjson")
+        .await
+        .unwrap();
+    let under_review = completed(&api.pool, &merchant).await;
+    sqlx::query(
+        "UPDATE transaction SET review_reason = 'charged_but_failed', review_since = now(),
+                review_detail = 'simjson says captured' WHERE id = $1",
+    )
+    .bind(&under_review)
+    .execute(&api.pool)
+    .await
+    .unwrap();
+    let mut browser = Browser::new(&api.url);
+    browser.sign_in_as("Ada").await;
+
+    let attention = browser.page("/console/attention").await;
+    for shown in [
+        id.as_str(),
+        "no definite answer from simjson",
+        under_review.as_str(),
+        "charged_but_failed",
+        "simjson says captured",
+    ] {
+        assert!(attention.contains(shown), "needs a human lacks {shown}");
+    }
+
+    let page = browser.page(&format!("/console/transactions/{id}")).await;
+    assert!(page.contains("Release from simjson"), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let forged = browser
+        .post(
+            &format!("/console/transactions/{id}/release"),
+            &[("csrf", "forged"), ("gateway", "simjson"), ("reason", "x")],
+        )
+        .await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let released = browser
+        .post(
+            &format!("/console/transactions/{id}/release"),
+            &[
+                ("csrf", &csrf),
+                ("gateway", "simjson"),
+                ("reason", "simjson confirmed it holds nothing"),
+            ],
+        )
+        .await;
+    assert_eq!(released.status(), StatusCode::SEE_OTHER);
+    let last = events(&api.pool, &id).await.pop().unwrap();
+    assert_eq!(last.1, "gateway.released");
+    assert_eq!(last.3.as_deref(), Some("console: Ada"));
+
+    let resolved = browser
+        .post(
+            &format!("/console/transactions/{under_review}/review/resolve"),
+            &[("csrf", &csrf), ("reason", "refund issued")],
+        )
+        .await;
+    assert_eq!(resolved.status(), StatusCode::SEE_OTHER);
+    let review: Option<String> =
+        sqlx::query_scalar("SELECT review_reason FROM transaction WHERE id = $1")
+            .bind(&under_review)
+            .fetch_one(&api.pool)
+            .await
+            .unwrap();
+    assert_eq!(review, None);
+
+    // A final payment: the page offers no action, and a forged one is refused.
+    let page = browser
+        .page(&format!("/console/transactions/{under_review}"))
+        .await;
+    assert!(!page.contains("Re-drive"));
+    let refused = browser
+        .post(
+            &format!("/console/transactions/{under_review}/redrive"),
+            &[("csrf", &csrf), ("reason", "again")],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     api.running.stop().await.unwrap();
 }
