@@ -258,6 +258,27 @@ pub mod responses {
         ServiceUnavailable => "A dependency is down; try again.";
     }
 
+    /// The errors an admin route that changes something can answer (400, 401, 404, 413,
+    /// 415, 422, 503), each the shared response above: named once for every such route.
+    pub struct AdminChangeErrors;
+
+    impl utoipa::IntoResponses for AdminChangeErrors {
+        fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+            [
+                ("400", "BadRequest"),
+                ("401", "Unauthorized"),
+                ("404", "NotFound"),
+                ("413", "PayloadTooLarge"),
+                ("415", "UnsupportedMediaType"),
+                ("422", "UnprocessableEntity"),
+                ("503", "ServiceUnavailable"),
+            ]
+            .into_iter()
+            .map(|(status, name)| (status.to_owned(), Ref::from_response_name(name).into()))
+            .collect()
+        }
+    }
+
     /// Over the merchant's request rate.
     pub struct TooManyRequests;
 

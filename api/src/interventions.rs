@@ -128,6 +128,35 @@ pub struct Intervention {
     pub changed: bool,
 }
 
+impl Intervention {
+    /// Nothing to do: `transaction` stays as it is.
+    fn unchanged(transaction: TransactionRecord) -> Result<Self, InterventionError> {
+        Ok(Intervention {
+            transaction,
+            changed: false,
+        })
+    }
+}
+
+/// Records `record`'s new version as the action `event_type` by `actor`, commits, and
+/// says so.
+async fn commit_action(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    record: TransactionRecord,
+    event_type: &str,
+    destination: Destination,
+    actor: &Actor,
+    note: &str,
+) -> Result<Intervention, InterventionError> {
+    record_action(&mut tx, &record, event_type, destination, actor, note).await?;
+    tx.commit().await?;
+    tracing::info!(transaction_id = %record.id, event_type, actor = actor.as_str(), note, "operator action");
+    Ok(Intervention {
+        transaction: record,
+        changed: true,
+    })
+}
+
 /// A payment as an action sees it, read under its row lock.
 struct Seen {
     record: TransactionRecord,
@@ -257,10 +286,7 @@ pub async fn redrive(
     if seen.last_event.as_deref() == Some(event_type::PAYMENT_REDRIVEN)
         && seen.record.unresolved_since.is_none()
     {
-        return Ok(Intervention {
-            transaction: seen.record,
-            changed: false,
-        });
+        return Intervention::unchanged(seen.record);
     }
     let record = bump(
         &mut tx,
@@ -269,21 +295,15 @@ pub async fn redrive(
          updated_at = now(),",
     )
     .await?;
-    record_action(
-        &mut tx,
-        &record,
+    commit_action(
+        tx,
+        record,
         event_type::PAYMENT_REDRIVEN,
         Destination::PaymentsRequested,
         actor,
         reason,
     )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(transaction_id = %id, actor = actor.as_str(), "payment re-driven by an operator");
-    Ok(Intervention {
-        transaction: record,
-        changed: true,
-    })
+    .await
 }
 
 /// Releases a pending payment from `gateway`, the one it names, and re-drives it: it no
@@ -322,10 +342,7 @@ pub async fn release(
     }
     let Some(gateway) = seen.record.gateway.clone() else {
         if seen.last_event.as_deref() == Some(event_type::GATEWAY_RELEASED) {
-            return Ok(Intervention {
-                transaction: seen.record,
-                changed: false,
-            });
+            return Intervention::unchanged(seen.record);
         }
         return Err(InterventionError::Refused {
             code: "no_gateway",
@@ -339,21 +356,15 @@ pub async fn release(
          unresolved_checked_at = NULL, unresolved_reason = NULL, updated_at = now(),",
     )
     .await?;
-    record_action(
-        &mut tx,
-        &record,
+    commit_action(
+        tx,
+        record,
         event_type::GATEWAY_RELEASED,
         Destination::PaymentsRequested,
         actor,
         &format!("released from {gateway}: {reason}"),
     )
-    .await?;
-    tx.commit().await?;
-    tracing::warn!(transaction_id = %id, %gateway, actor = actor.as_str(), "payment released from its gateway by an operator");
-    Ok(Intervention {
-        transaction: record,
-        changed: true,
-    })
+    .await
 }
 
 /// Closes a payment's review with the operator's note. The status never changes (nor
@@ -368,10 +379,7 @@ pub async fn resolve_review(
     let mut tx = pool.begin().await?;
     let seen = lock(&mut tx, id).await?;
     let Some(reason) = seen.review_reason else {
-        return Ok(Intervention {
-            transaction: seen.record,
-            changed: false,
-        });
+        return Intervention::unchanged(seen.record);
     };
     let record = bump(
         &mut tx,
@@ -379,21 +387,15 @@ pub async fn resolve_review(
         "review_reason = NULL, review_since = NULL, review_detail = NULL,",
     )
     .await?;
-    record_action(
-        &mut tx,
-        &record,
+    commit_action(
+        tx,
+        record,
         event_type::REVIEW_RESOLVED,
         Destination::History,
         actor,
         &format!("{reason}: {note}"),
     )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(transaction_id = %id, %reason, actor = actor.as_str(), "review resolved by an operator");
-    Ok(Intervention {
-        transaction: record,
-        changed: true,
-    })
+    .await
 }
 
 /// An outbox row set aside for good, with its transaction.
@@ -516,17 +518,15 @@ pub async fn resend(
             Some(note) => format!("{kind} {event_id} ({}): {note}", reason.unwrap_or_default()),
             None => format!("{kind} {event_id} ({})", reason.unwrap_or_default()),
         };
-        record_action(
-            &mut tx,
-            &record,
+        commit_action(
+            tx,
+            record,
             event_type::EVENT_RESENT,
             Destination::History,
             actor,
             &why,
         )
         .await?;
-        tx.commit().await?;
-        tracing::info!(transaction_id = %id, event_id, actor = actor.as_str(), "set-aside event re-sent by an operator");
     }
     Ok(Resent {
         event_id: event_id.to_owned(),

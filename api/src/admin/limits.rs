@@ -9,10 +9,7 @@ use utoipa::ToSchema;
 use paygate_common::domain::{Currency, Money};
 
 use super::{body, merchant_id, Admin};
-use crate::error::responses::{
-    BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnprocessableEntity,
-    UnsupportedMediaType,
-};
+use crate::error::responses::{AdminChangeErrors, NotFound, ServiceUnavailable, Unauthorized};
 use crate::error::{ApiError, Result};
 use crate::extract::PathParam;
 use crate::format::RawBody;
@@ -53,13 +50,7 @@ pub struct LimitsRequest {
     request_body(content((LimitsRequest = "application/json"))),
     responses(
         (status = 200, description = "Set; the currency's limits as they are now.", body = PayoutLimits),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = UnprocessableEntity),
-        (status = 503, response = ServiceUnavailable),
+        AdminChangeErrors,
     )
 )]
 pub(super) async fn set_limits(

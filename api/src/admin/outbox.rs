@@ -9,10 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{body, Admin};
-use crate::error::responses::{
-    BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnprocessableEntity,
-    UnsupportedMediaType,
-};
+use crate::error::responses::{AdminChangeErrors, ServiceUnavailable, Unauthorized};
 use crate::error::{ApiError, Result};
 use crate::extract::PathParam;
 use crate::format::RawBody;
@@ -71,13 +68,7 @@ pub struct ResendRequest {
     request_body(content((ResendRequest = "application/json")), description = "Optional."),
     responses(
         (status = 200, description = "Queued again, or already (`changed: false`).", body = Resent),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = UnprocessableEntity),
-        (status = 503, response = ServiceUnavailable),
+        AdminChangeErrors,
     )
 )]
 pub(super) async fn resend(

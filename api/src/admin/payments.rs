@@ -12,10 +12,7 @@ use paygate_common::domain::TransactionId;
 use paygate_common::events::TransactionView;
 
 use super::{body, Admin};
-use crate::error::responses::{
-    BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnprocessableEntity,
-    UnsupportedMediaType,
-};
+use crate::error::responses::AdminChangeErrors;
 use crate::error::{ApiError, Result};
 use crate::extract::PathParam;
 use crate::format::RawBody;
@@ -100,6 +97,18 @@ fn transaction_id(id: &str) -> Result<TransactionId> {
     id.parse().map_err(|_| ApiError::NotFound("transaction"))
 }
 
+/// Who acts (the `operator` a call names) and why (`text`, the input `field`), checked.
+fn who_and_why<'a>(
+    operator: Option<&str>,
+    field: &'static str,
+    text: &'a str,
+) -> Result<(Actor, &'a str)> {
+    Ok((
+        Actor::admin_api(operator)?,
+        interventions::note(field, text)?,
+    ))
+}
+
 /// `POST /transactions/{id}/redrive {reason, operator?}`.
 #[utoipa::path(
     post,
@@ -117,13 +126,7 @@ fn transaction_id(id: &str) -> Result<TransactionId> {
     request_body(content((ActionRequest = "application/json"))),
     responses(
         (status = 200, description = "Re-driven, or already (`changed: false`).", body = ActionResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = UnprocessableEntity),
-        (status = 503, response = ServiceUnavailable),
+        AdminChangeErrors,
     )
 )]
 pub(super) async fn redrive(
@@ -133,14 +136,9 @@ pub(super) async fn redrive(
     raw: RawBody,
 ) -> Result<Json<ActionResult>> {
     let request: ActionRequest = body(&raw)?;
-    let id = transaction_id(&id)?;
-    let actor = Actor::admin_api(request.operator.as_deref())?;
-    let reason = interventions::note("reason", &request.reason)?;
-    Ok(Json(
-        interventions::redrive(&state.pool, &id, &actor, reason)
-            .await?
-            .into(),
-    ))
+    let (actor, reason) = who_and_why(request.operator.as_deref(), "reason", &request.reason)?;
+    let done = interventions::redrive(&state.pool, &transaction_id(&id)?, &actor, reason).await?;
+    Ok(Json(done.into()))
 }
 
 /// `POST /transactions/{id}/release {gateway, reason, operator?}`.
@@ -162,13 +160,7 @@ pub(super) async fn redrive(
     request_body(content((ReleaseRequest = "application/json"))),
     responses(
         (status = 200, description = "Released and re-driven, or already (`changed: false`).", body = ActionResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = UnprocessableEntity),
-        (status = 503, response = ServiceUnavailable),
+        AdminChangeErrors,
     )
 )]
 pub(super) async fn release(
@@ -178,14 +170,11 @@ pub(super) async fn release(
     raw: RawBody,
 ) -> Result<Json<ActionResult>> {
     let request: ReleaseRequest = body(&raw)?;
+    let (actor, reason) = who_and_why(request.operator.as_deref(), "reason", &request.reason)?;
     let id = transaction_id(&id)?;
-    let actor = Actor::admin_api(request.operator.as_deref())?;
-    let reason = interventions::note("reason", &request.reason)?;
-    Ok(Json(
-        interventions::release(&state.pool, &id, request.gateway.trim(), &actor, reason)
-            .await?
-            .into(),
-    ))
+    let gateway = request.gateway.trim();
+    let done = interventions::release(&state.pool, &id, gateway, &actor, reason).await?;
+    Ok(Json(done.into()))
 }
 
 /// `POST /transactions/{id}/review/resolve {note, operator?}`.
@@ -202,13 +191,7 @@ pub(super) async fn release(
     request_body(content((ResolveRequest = "application/json"))),
     responses(
         (status = 200, description = "Resolved, or nothing under review (`changed: false`).", body = ActionResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = UnprocessableEntity),
-        (status = 503, response = ServiceUnavailable),
+        AdminChangeErrors,
     )
 )]
 pub(super) async fn resolve_review(
@@ -218,12 +201,8 @@ pub(super) async fn resolve_review(
     raw: RawBody,
 ) -> Result<Json<ActionResult>> {
     let request: ResolveRequest = body(&raw)?;
+    let (actor, note) = who_and_why(request.operator.as_deref(), "note", &request.note)?;
     let id = transaction_id(&id)?;
-    let actor = Actor::admin_api(request.operator.as_deref())?;
-    let note = interventions::note("note", &request.note)?;
-    Ok(Json(
-        interventions::resolve_review(&state.pool, &id, &actor, note)
-            .await?
-            .into(),
-    ))
+    let done = interventions::resolve_review(&state.pool, &id, &actor, note).await?;
+    Ok(Json(done.into()))
 }

@@ -31,9 +31,20 @@ pub struct ActionForm {
     gateway: String,
 }
 
-fn transaction_id(id: &str) -> Result<TransactionId> {
-    id.parse()
-        .map_err(|_| ConsoleError::NotFound("transaction"))
+/// A payment action's form, checked: the session's CSRF token, the payment, who (the
+/// signed-in operator) and why (the form's text, as `field`).
+fn checked<'a>(
+    operator: &Operator,
+    id: &str,
+    form: &'a ActionForm,
+    field: &'static str,
+) -> Result<(TransactionId, Actor, &'a str)> {
+    operator.check_csrf(&form.csrf)?;
+    let id = id
+        .parse()
+        .map_err(|_| ConsoleError::NotFound("transaction"))?;
+    let why = interventions::note(field, &form.reason)?;
+    Ok((id, Actor::console(&operator.name)?, why))
 }
 
 fn back_to(id: &TransactionId) -> Response {
@@ -47,10 +58,8 @@ pub async fn redrive(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response> {
-    operator.check_csrf(&form.csrf)?;
-    let id = transaction_id(&id)?;
-    let reason = interventions::note("reason", &form.reason)?;
-    interventions::redrive(&state.pool, &id, &Actor::console(&operator.name)?, reason).await?;
+    let (id, actor, reason) = checked(&operator, &id, &form, "reason")?;
+    interventions::redrive(&state.pool, &id, &actor, reason).await?;
     Ok(back_to(&id))
 }
 
@@ -61,17 +70,8 @@ pub async fn release(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response> {
-    operator.check_csrf(&form.csrf)?;
-    let id = transaction_id(&id)?;
-    let reason = interventions::note("reason", &form.reason)?;
-    interventions::release(
-        &state.pool,
-        &id,
-        form.gateway.trim(),
-        &Actor::console(&operator.name)?,
-        reason,
-    )
-    .await?;
+    let (id, actor, reason) = checked(&operator, &id, &form, "reason")?;
+    interventions::release(&state.pool, &id, form.gateway.trim(), &actor, reason).await?;
     Ok(back_to(&id))
 }
 
@@ -82,10 +82,8 @@ pub async fn resolve_review(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response> {
-    operator.check_csrf(&form.csrf)?;
-    let id = transaction_id(&id)?;
-    let note = interventions::note("note", &form.reason)?;
-    interventions::resolve_review(&state.pool, &id, &Actor::console(&operator.name)?, note).await?;
+    let (id, actor, note) = checked(&operator, &id, &form, "note")?;
+    interventions::resolve_review(&state.pool, &id, &actor, note).await?;
     Ok(back_to(&id))
 }
 
