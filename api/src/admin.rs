@@ -487,6 +487,19 @@ pub struct GatewayRequest {
     #[schema(minimum = 1, maximum = 10000, example = 32)]
     pub max_concurrency: Option<i32>,
     pub enabled: bool,
+    /// After an ambiguous attempt (a timeout, a 5xx), how long the gateway's "unknown
+    /// reference" is not yet taken as an answer: only then is the same request sent
+    /// again, never to another gateway. 600000 (10 min) when absent.
+    #[schema(minimum = 1000, maximum = 86400000, example = 600000)]
+    pub settle_window_ms: Option<i32>,
+    /// How long a `processing` payment waits for the gateway's callback before Paygate
+    /// asks for its status. 300000 (5 min) when absent.
+    #[schema(minimum = 1000, maximum = 86400000, example = 300000)]
+    pub callback_deadline_ms: Option<i32>,
+    /// How long a `processing` payment may stay unsettled before it is flagged
+    /// `no_callback` for a human. 86400000 (a day) when absent.
+    #[schema(minimum = 1000, maximum = 2147483647, example = 86400000)]
+    pub review_after_ms: Option<i32>,
 }
 
 /// `PUT /gateways/{code}`: creates or replaces a gateway.
@@ -538,6 +551,41 @@ async fn upsert_gateway(
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| ApiError::invalid("base_url", "must be an http(s) URL"))?;
+    let defaults = gateway::Timings::default();
+    let timing = |field: &'static str, given: Option<i32>, default: i32, max: i32| {
+        let value = given.unwrap_or(default);
+        if (1_000..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ApiError::invalid(field, format!("must be 1000 to {max}")))
+        }
+    };
+    let timings = gateway::Timings {
+        settle_window_ms: timing(
+            "settle_window_ms",
+            request.settle_window_ms,
+            defaults.settle_window_ms,
+            86_400_000,
+        )?,
+        callback_deadline_ms: timing(
+            "callback_deadline_ms",
+            request.callback_deadline_ms,
+            defaults.callback_deadline_ms,
+            86_400_000,
+        )?,
+        review_after_ms: timing(
+            "review_after_ms",
+            request.review_after_ms,
+            defaults.review_after_ms,
+            i32::MAX,
+        )?,
+    };
+    if timings.settle_window_ms <= request.timeout_ms {
+        return Err(ApiError::invalid(
+            "settle_window_ms",
+            "must be longer than timeout_ms: a gateway still working on a timed-out request may not have stored it yet",
+        ));
+    }
     let config = GatewayConfig {
         code,
         protocol: request.protocol,
@@ -546,6 +594,7 @@ async fn upsert_gateway(
         timeout_ms: request.timeout_ms,
         max_concurrency,
         enabled: request.enabled,
+        timings,
     };
     match gateway::upsert(&state.pool, &state.cards, &config).await {
         Ok(()) => Ok(StatusCode::OK),

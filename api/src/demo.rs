@@ -75,6 +75,7 @@ pub async fn register_simulator(
                 timeout_ms,
                 max_concurrency: 64,
                 enabled: true,
+                timings: paygate_common::gateway::Timings::default(),
             },
         )
         .await?;

@@ -160,7 +160,6 @@ async fn commit_action(
 /// A payment as an action sees it, read under its row lock.
 struct Seen {
     record: TransactionRecord,
-    review_reason: Option<String>,
     /// The type of its latest versioned event.
     last_event: Option<String>,
 }
@@ -169,21 +168,15 @@ async fn lock(conn: &mut PgConnection, id: &TransactionId) -> Result<Seen, Inter
     let record = transactions::find_for_update(&mut *conn, id)
         .await?
         .ok_or(InterventionError::NotFound("transaction"))?;
-    let (review_reason, last_event): (Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT review_reason,
-                (SELECT event_type FROM transaction_event
-                  WHERE transaction_id = $1 AND version IS NOT NULL
-                  ORDER BY version DESC LIMIT 1)
-           FROM transaction WHERE id = $1",
+    let last_event: Option<String> = sqlx::query_scalar(
+        "SELECT event_type FROM transaction_event
+          WHERE transaction_id = $1 AND version IS NOT NULL
+          ORDER BY version DESC LIMIT 1",
     )
     .bind(id.as_str())
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(Seen {
-        record,
-        review_reason,
-        last_event,
-    })
+    Ok(Seen { record, last_event })
 }
 
 fn not_pending(record: &TransactionRecord, action: &str) -> InterventionError {
@@ -378,7 +371,7 @@ pub async fn resolve_review(
 ) -> Result<Intervention, InterventionError> {
     let mut tx = pool.begin().await?;
     let seen = lock(&mut tx, id).await?;
-    let Some(reason) = seen.review_reason else {
+    let Some(reason) = seen.record.review_reason.clone() else {
         return Intervention::unchanged(seen.record);
     };
     let record = bump(

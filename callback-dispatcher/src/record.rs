@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use paygate_common::domain::{DeliveryId, Status};
 use paygate_common::events::{event_type, proto, TransactionView};
-use paygate_common::kafka::{Handler, HandlerError, Inbound};
+use paygate_common::kafka::{headers, Handler, HandlerError, Inbound};
 
 /// The body merchants receive.
 #[derive(Serialize)]
@@ -44,9 +44,12 @@ impl Handler for StatusHandler {
             .status
             .parse()
             .map_err(HandlerError::permanent)?;
-        if status == Status::Pending {
-            return Ok(());
-        }
+        // A review is news whatever the status; otherwise only a move out of `pending`.
+        let kind = match message.header(headers::EVENT_TYPE) {
+            Some(event_type::REVIEW_REQUIRED) => event_type::REVIEW_REQUIRED.to_owned(),
+            _ if status == Status::Pending => return Ok(()),
+            _ => event_type::for_status(status),
+        };
         let webhook_url: Option<Option<String>> =
             sqlx::query_scalar("SELECT webhook_url FROM merchant WHERE id = $1")
                 .bind(&transaction.merchant_id)
@@ -58,7 +61,6 @@ impl Handler for StatusHandler {
             return Ok(());
         };
 
-        let kind = event_type::for_status(status);
         let body = serde_json::to_string(&WebhookBody {
             id: &event.event_id,
             kind: &kind,

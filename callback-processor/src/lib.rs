@@ -4,10 +4,16 @@
 //! token, so a lock that expired mid-way can never corrupt state).
 //!
 //! - a result for a `processing` transaction moves it to `completed` or `failed`;
-//! - a callback for a transaction in a final state changes nothing and is kept as
-//!   `ignored` (a duplicate, or a late contradiction worth an operator's look);
-//! - one whose amount, currency or gateway disagrees with the transaction is `rejected`
-//!   and kept, and the transaction is left alone;
+//! - one from the gateway that holds an unresolved `pending` payment (its attempt there
+//!   never got a definite answer) is that gateway's definite word: it settles it;
+//! - a duplicate of a final state changes nothing and is kept as `ignored`;
+//! - one that contradicts where the payment stands — charged, but Paygate has it
+//!   `failed`; charged at a gateway the payment has left — changes no status and is kept
+//!   as a `contradiction`: the payment is flagged for a human (`review`), the merchant is
+//!   told by a `transaction.review_required` webhook;
+//! - one whose amount, currency or reference disagrees with the transaction, or from a
+//!   gateway the payment was never offered to (its history knows every attempt), is
+//!   `rejected` and kept, and the transaction is left alone;
 //! - one that overtook the processor (the transaction is still `pending`) is parked:
 //!   left unprocessed, and announced again by the payment-processor in the database
 //!   transaction that moves the transaction out of `pending`. The choice is made under
@@ -86,6 +92,8 @@ enum Verdict {
     Applied,
     Ignored(String),
     Rejected(String),
+    /// It contradicts where the payment stands: `(review reason, evidence)`.
+    Contradiction(&'static str, String),
 }
 
 impl Handler for CallbackHandler {
@@ -179,19 +187,27 @@ impl CallbackHandler {
                 Verdict::Rejected(error)
             }
             Ok(notice) => match judge(&transaction, &gateway.code, &notice) {
-                Judgement::Apply(to, change) => {
-                    match transactions::transition(&mut tx, &transaction, to, change).await {
-                        Ok(record) => {
-                            tracing::info!(%transaction_id, status = %record.status, version = record.version, "callback applied");
-                            Verdict::Applied
-                        }
-                        Err(TransitionError::Database(error)) => {
-                            return Err(HandlerError::transient(error))
-                        }
-                        // Changed between our read and our write despite the lock (it expired):
-                        // read again and judge afresh.
-                        Err(error) => return Err(HandlerError::transient(error)),
+                Judgement::Apply(steps) => {
+                    let mut seen = transaction;
+                    for (to, change) in steps {
+                        seen = match transactions::transition(&mut tx, &seen, to, change).await {
+                            Ok(record) => record,
+                            Err(TransitionError::Database(error)) => {
+                                return Err(HandlerError::transient(error))
+                            }
+                            // Changed between our read and our write despite the row
+                            // lock: read again and judge afresh.
+                            Err(error) => return Err(HandlerError::transient(error)),
+                        };
                     }
+                    tracing::info!(%transaction_id, status = %seen.status, version = seen.version, "callback applied");
+                    Verdict::Applied
+                }
+                Judgement::Keep(Verdict::Contradiction(reason, evidence)) => {
+                    transactions::flag_review(&mut tx, transaction_id, reason, &evidence)
+                        .await
+                        .map_err(HandlerError::transient)?;
+                    Verdict::Contradiction(reason, evidence)
                 }
                 Judgement::Keep(verdict) => verdict,
                 Judgement::Park => {
@@ -204,6 +220,7 @@ impl CallbackHandler {
             Verdict::Applied => ("applied", None),
             Verdict::Ignored(reason) => ("ignored", Some(reason.as_str())),
             Verdict::Rejected(reason) => ("rejected", Some(reason.as_str())),
+            Verdict::Contradiction(_, evidence) => ("contradiction", Some(evidence.as_str())),
         };
         if let Some(reason) = reason {
             tracing::warn!(%callback_id, %transaction_id, outcome, reason, "callback not applied");
@@ -223,11 +240,12 @@ impl CallbackHandler {
 }
 
 enum Judgement {
-    Apply(Status, Change),
+    /// The status changes it makes, in order.
+    Apply(Vec<(Status, Change)>),
     Keep(Verdict),
     /// The callback overtook the gateway's answer: the transaction is still `pending`.
     /// It stays unprocessed, and the payment-processor announces it again when the
-    /// transaction leaves `pending`.
+    /// transaction leaves `pending` (or is marked unresolved).
     Park,
 }
 
@@ -248,8 +266,8 @@ fn judge(transaction: &TransactionRecord, gateway: &str, notice: &CallbackNotice
             "currency {} is not {}",
             notice.currency, transaction.currency
         ))
-    } else if transaction.gateway.as_deref().is_some_and(|g| g != gateway) {
-        Some(format!("gateway {gateway} did not take this transaction"))
+    } else if !transaction.was_offered_to(gateway) {
+        Some(format!("gateway {gateway} was never offered this payment"))
     } else {
         None
     };
@@ -257,13 +275,14 @@ fn judge(transaction: &TransactionRecord, gateway: &str, notice: &CallbackNotice
         return Judgement::Keep(Verdict::Rejected(reason));
     }
 
-    let (to, change) = match &notice.result {
+    let (to, change, word) = match &notice.result {
         CallbackResult::Approved => (
             Status::Completed,
             Change {
                 gateway_txn_id: notice.gateway_txn_id.clone(),
                 ..Change::default()
             },
+            "approved",
         ),
         CallbackResult::Declined { reason } => (
             Status::Failed,
@@ -272,16 +291,33 @@ fn judge(transaction: &TransactionRecord, gateway: &str, notice: &CallbackNotice
                 failure_reason: Some(reason.clone()),
                 ..Change::default()
             },
+            "declined",
         ),
     };
+    let here = transaction.gateway.as_deref() == Some(gateway);
     match transaction.status {
-        Status::Processing => Judgement::Apply(to, change),
-        Status::Pending => Judgement::Park,
-        final_status if final_status == to => {
+        Status::Processing if here => Judgement::Apply(vec![(to, change)]),
+        Status::Pending if here && transaction.unresolved_since.is_none() => Judgement::Park,
+        // The gateway that holds an unresolved payment gives its definite word: the
+        // merchant sees the same history as when its answer had come in time.
+        Status::Pending if here => match to {
+            Status::Completed => Judgement::Apply(vec![
+                (Status::Processing, change.clone()),
+                (Status::Completed, change),
+            ]),
+            _ => Judgement::Apply(vec![(to, change)]),
+        },
+        status if status == to && here => {
             Judgement::Keep(Verdict::Ignored("duplicate: already in that state".into()))
         }
-        final_status => Judgement::Keep(Verdict::Ignored(format!(
-            "transaction is {final_status}, a final state; the callback says {to}"
-        ))),
+        _ => match transactions::contradiction(transaction, gateway, to == Status::Completed, word)
+        {
+            Some((reason, evidence)) => Judgement::Keep(Verdict::Contradiction(reason, evidence)),
+            None => Judgement::Keep(Verdict::Ignored(format!(
+                "the payment is {} at {}; {gateway} says {word}",
+                transaction.status,
+                transaction.gateway.as_deref().unwrap_or("no gateway")
+            ))),
+        },
     }
 }

@@ -42,3 +42,9 @@ CREATE INDEX transaction_processing ON transaction (updated_at)
 -- "Needs a human": payments under review.
 CREATE INDEX transaction_review ON transaction (review_since DESC)
     WHERE review_reason IS NOT NULL;
+
+-- A callback that contradicts a final status (charged, but the payment is `failed`) is
+-- no longer `ignored`: it is a contradiction, and its payment is flagged for review.
+ALTER TABLE gateway_callback DROP CONSTRAINT gateway_callback_outcome_check;
+ALTER TABLE gateway_callback ADD CONSTRAINT gateway_callback_outcome_known
+    CHECK (outcome IN ('applied', 'ignored', 'rejected', 'contradiction'));

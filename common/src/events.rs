@@ -69,6 +69,12 @@ pub mod event_type {
     /// Every gateway asked proved it did not take the payment; it waits for a retry
     /// (history only).
     pub const GATEWAYS_UNAVAILABLE: &str = "gateway.unavailable";
+    /// A gateway's definite answer that arrived after the payment had moved on (a
+    /// fenced-out worker's, or a late one): kept, never dropped (history only).
+    pub const GATEWAY_ANSWER_RECORDED: &str = "gateway.answer_recorded";
+    /// Paygate found a contradiction, or a payment it cannot settle alone: the merchant
+    /// is told and operators see it in "needs a human". The status is unchanged.
+    pub const REVIEW_REQUIRED: &str = "transaction.review_required";
 
     /// The webhook type of a status change: `transaction.<status>`.
     pub fn for_status(status: crate::domain::Status) -> String {
@@ -110,7 +116,7 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
         "id": "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "kind": "deposit", "status": "pending",
         "amount": "100.50", "currency": "EUR", "user_id": "u-1", "country": "DE",
         "reference": "order-7", "gateway": null, "gateway_txn_id": null,
-        "failure_reason": null, "version": 1,
+        "failure_reason": null, "version": 1, "review": null,
         "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z"
     })
 )]
@@ -139,10 +145,25 @@ pub struct TransactionView {
     pub payment_method: Option<PaymentMethodView>,
     /// Counts changes from 1, so a merchant can order webhooks.
     pub version: i32,
+    /// `null`, or why Paygate needs a human to look at this payment (a contradiction
+    /// such as `charged_but_failed`, or `no_callback`); its status never changes for it.
+    pub review: Option<ReviewView>,
     /// RFC 3339, UTC, milliseconds.
     pub created_at: String,
     /// RFC 3339, UTC, milliseconds.
     pub updated_at: String,
+}
+
+/// Why a payment needs a human.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReviewView {
+    /// `charged_but_failed`, `no_callback`, `unresolved_at_gateway`, `contradicting_answer`, …
+    #[schema(example = "charged_but_failed")]
+    pub reason: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub since: String,
+    /// The evidence, in words.
+    pub detail: String,
 }
 
 /// A payment method as merchants see it.
@@ -183,6 +204,11 @@ impl From<&proto::Transaction> for TransactionView {
                 },
             }),
             version: t.version,
+            review: t.review.as_ref().map(|r| ReviewView {
+                reason: r.reason.clone(),
+                since: r.since.clone(),
+                detail: r.detail.clone(),
+            }),
             created_at: t.created_at.clone(),
             updated_at: t.updated_at.clone(),
         }

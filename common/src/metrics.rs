@@ -175,6 +175,26 @@ pub fn outbox_set_aside() {
     counter!("paygate_outbox_set_aside_total").increment(1);
 }
 
+/// A payment flagged for a human (`charged_but_failed`, `no_callback`, …).
+pub fn review_required(reason: &str) {
+    counter!("paygate_review_required_total", "reason" => review_label(reason)).increment(1);
+}
+
+/// A review reason as a label: the known ones, anything else as `other` (labels stay
+/// bounded whatever a caller passes).
+fn review_label(reason: &str) -> &'static str {
+    crate::transactions::review::ALL
+        .iter()
+        .copied()
+        .find(|known| *known == reason)
+        .unwrap_or("other")
+}
+
+/// A definite gateway answer that arrived after the payment had moved on.
+pub fn late_answer(outcome: &'static str) {
+    counter!("paygate_gateway_late_answers_total", "outcome" => outcome).increment(1);
+}
+
 /// One webhook attempt, by what became of its delivery: `delivered`, `pending` (to be
 /// retried) or `failed` (no retry left).
 pub fn webhook_attempt(outcome: &str) {

@@ -39,13 +39,27 @@ pub struct TransactionRecord {
     pub card_masked: Option<String>,
     /// Set while the payment is pending at a gateway that never gave a definite answer.
     pub unresolved_since: Option<DateTime<Utc>>,
+    /// Why it is unresolved, for operators.
+    pub unresolved_reason: Option<String>,
+    /// When the gateway it names was first asked (kept across re-submits there): the
+    /// start of that gateway's settle window.
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// Every gateway ever offered the payment.
+    pub attempted_gateways: Vec<String>,
+    /// How often a `processing` payment's overdue callback was chased by status query.
+    pub status_checks: i32,
+    /// Set when Paygate found a contradiction or cannot settle the payment alone.
+    pub review_reason: Option<String>,
+    pub review_since: Option<DateTime<Utc>>,
+    pub review_detail: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
      reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
-     unresolved_since, created_at, updated_at";
+     unresolved_since, unresolved_reason, attempted_at, attempted_gateways, status_checks, review_reason, \
+     review_since, review_detail, created_at, updated_at";
 
 impl TransactionRecord {
     /// How it is paid, as routing sees it.
@@ -76,7 +90,18 @@ impl TransactionRecord {
             updated_at: timestamp(self.updated_at),
             version: self.version,
             card_masked: self.card_masked.clone(),
+            review: self.review_reason.as_ref().map(|reason| proto::Review {
+                reason: reason.clone(),
+                since: self.review_since.map(timestamp).unwrap_or_default(),
+                detail: self.review_detail.clone().unwrap_or_default(),
+            }),
         }
+    }
+
+    /// Whether `gateway` was ever offered this payment.
+    pub fn was_offered_to(&self, gateway: &str) -> bool {
+        self.attempted_gateways.iter().any(|g| g == gateway)
+            || self.gateway.as_deref() == Some(gateway)
     }
 }
 
@@ -325,9 +350,19 @@ async fn fenced_pending_update(
     gateway: Option<&str>,
     event_type: &str,
 ) -> Result<TransactionRecord, TransitionError> {
+    // Naming a gateway starts its settle window, unless it is the one already named (a
+    // re-submit there keeps the window of the first attempt); forgetting it ends it.
     let updated: Option<TransactionRecord> = sqlx::query_as(&format!(
         "UPDATE transaction
-            SET gateway = $3, version = version + 1, updated_at = now()
+            SET gateway = $3,
+                attempted_at = CASE
+                    WHEN $3::text IS NULL THEN NULL
+                    WHEN gateway IS NOT DISTINCT FROM $3 AND attempted_at IS NOT NULL THEN attempted_at
+                    ELSE now() END,
+                attempted_gateways = CASE
+                    WHEN $3::text IS NULL OR $3 = ANY(attempted_gateways) THEN attempted_gateways
+                    ELSE array_append(attempted_gateways, $3) END,
+                version = version + 1, updated_at = now()
           WHERE id = $1 AND version = $2 AND status = 'pending'
       RETURNING {COLUMNS}"
     ))
@@ -362,44 +397,148 @@ pub async fn sealed_card<'e>(
     .await
 }
 
-/// Marks a pending payment as unresolved at its gateway (its retries ran out with no
-/// definite answer), or notes that it was asked again and still is. Not a status change.
-pub async fn mark_unresolved<'e>(
-    executor: impl PgExecutor<'e>,
-    id: &TransactionId,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE transaction
-            SET unresolved_since = COALESCE(unresolved_since, now()), unresolved_checked_at = now()
-          WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(id.as_str())
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Marks a pending payment as unresolved and says why (a permanent error after a gateway
-/// was chosen, a gateway that gave no definite answer, …), so operators see it in "needs
-/// a human" and the reconciler asks about it. Keeps the first `unresolved_since`; the
-/// reason is the latest. Not a status change, and nothing when the payment is no longer
-/// pending.
-pub async fn mark_unresolved_because<'e>(
-    executor: impl PgExecutor<'e>,
+/// Marks a pending payment as unresolved (its gateway gave no definite answer before
+/// its retries ran out, or a permanent error stopped it after a gateway was chosen),
+/// with the reason, or notes that it was asked again and still is. Not a status change.
+/// When it newly becomes unresolved, callbacks parked while it was pending are
+/// announced again: the gateway's definite word now settles it (see the
+/// callback-processor).
+pub async fn mark_unresolved(
+    conn: &mut PgConnection,
     id: &TransactionId,
     reason: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    let newly: Option<bool> = sqlx::query_scalar(
         "UPDATE transaction
             SET unresolved_since = COALESCE(unresolved_since, now()), unresolved_checked_at = now(),
                 unresolved_reason = $2
-          WHERE id = $1 AND status = 'pending'",
+          WHERE id = $1 AND status = 'pending'
+      RETURNING unresolved_since = now()",
     )
     .bind(id.as_str())
     .bind(reason)
-    .execute(executor)
+    .fetch_optional(&mut *conn)
     .await?;
+    if newly == Some(true) {
+        announce_parked_callbacks(conn, id).await?;
+    }
     Ok(())
+}
+
+/// Review reasons, as stored in `review_reason` and shown to merchants and operators.
+pub mod review {
+    /// A gateway says it holds the money of a payment Paygate has `failed`.
+    pub const CHARGED_BUT_FAILED: &str = "charged_but_failed";
+    /// A gateway's definite answer disagrees with a final status in another way (it
+    /// declined a payment Paygate has `completed`, or took one now pending elsewhere).
+    pub const CONTRADICTING_ANSWER: &str = "contradicting_answer";
+    /// Accepted, but no callback came and status queries did not settle it in time.
+    pub const NO_CALLBACK: &str = "no_callback";
+    /// Every reason, for bounded metric labels.
+    pub const ALL: &[&str] = &[CHARGED_BUT_FAILED, CONTRADICTING_ANSWER, NO_CALLBACK];
+}
+
+/// Whether a gateway's definite word about a payment that did not wait for it
+/// contradicts where the payment stands: `took_payment` says the gateway holds the money
+/// (`word` is how it said so). `Some((review reason, evidence))` when it does.
+pub fn contradiction(
+    current: &TransactionRecord,
+    gateway: &str,
+    took_payment: bool,
+    word: &str,
+) -> Option<(&'static str, String)> {
+    let here = current.gateway.as_deref() == Some(gateway);
+    let standing = format!(
+        "Paygate has it {} at {}",
+        current.status,
+        current.gateway.as_deref().unwrap_or("no gateway")
+    );
+    match (took_payment, current.status) {
+        (true, Status::Failed) => Some((
+            review::CHARGED_BUT_FAILED,
+            format!(
+                "{gateway} says {word}: the customer was charged, but {standing} ({})",
+                current.failure_reason.as_deref().unwrap_or("no reason")
+            ),
+        )),
+        (true, _) if !here => Some((
+            review::CONTRADICTING_ANSWER,
+            format!("{gateway} says {word}: it holds the money, but {standing}"),
+        )),
+        (false, Status::Completed) if here => Some((
+            review::CONTRADICTING_ANSWER,
+            format!("{gateway} says {word}, but {standing}"),
+        )),
+        _ => None,
+    }
+}
+
+/// Flags a payment for a human with `reason` and its evidence: a version bump and a
+/// `transaction.review_required` event, so the merchant is told by webhook in order with
+/// the rest. Its status never changes. `None` when it is already under review (the
+/// first reason stands; the detail of later ones goes to the log).
+pub async fn flag_review(
+    conn: &mut PgConnection,
+    id: &TransactionId,
+    reason: &str,
+    detail: &str,
+) -> sqlx::Result<Option<TransactionRecord>> {
+    let flagged: Option<TransactionRecord> = sqlx::query_as(&format!(
+        "UPDATE transaction
+            SET review_reason = $2, review_since = now(), review_detail = $3,
+                version = version + 1, updated_at = now()
+          WHERE id = $1 AND review_reason IS NULL
+      RETURNING {COLUMNS}"
+    ))
+    .bind(id.as_str())
+    .bind(reason)
+    .bind(detail)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(record) = flagged else {
+        tracing::warn!(transaction_id = %id, reason, detail, "already under review");
+        return Ok(None);
+    };
+    record_version(
+        conn,
+        &record,
+        event_type::REVIEW_REQUIRED,
+        Destination::TransactionsStatus,
+        status_changed,
+    )
+    .await?;
+    crate::metrics::review_required(reason);
+    tracing::warn!(transaction_id = %id, reason, detail, "payment flagged for a human");
+    Ok(Some(record))
+}
+
+/// Records in a payment's history a gateway's definite answer that arrived after the
+/// payment had moved on, so it is never dropped: `detail` says what it was.
+pub async fn record_late_answer(
+    conn: &mut PgConnection,
+    record: &TransactionRecord,
+    detail: &str,
+) -> sqlx::Result<()> {
+    let event_id = EventId::new();
+    let payload = proto::GatewayAnswerRecorded {
+        event_id: event_id.to_string(),
+        transaction_id: record.id.to_string(),
+        detail: detail.to_owned(),
+    }
+    .encode_to_vec();
+    append_event(
+        conn,
+        &NewEvent {
+            id: &event_id,
+            transaction_id: &record.id,
+            version: None,
+            event_type: event_type::GATEWAY_ANSWER_RECORDED,
+            status: Some(record.status),
+            destination: Destination::History,
+            payload: &payload,
+        },
+    )
+    .await
 }
 
 /// Pending payments left unresolved at a gateway and not asked about for `every`, oldest
@@ -420,6 +559,51 @@ pub async fn unresolved_due<'e>(
     .bind(limit)
     .fetch_all(executor)
     .await?;
+    parse_ids(ids)
+}
+
+/// `processing` payments whose callback is overdue: past their gateway's callback
+/// deadline since they became `processing`, or past the next check their last status
+/// query set. Oldest first.
+pub async fn processing_due<'e>(
+    executor: impl PgExecutor<'e>,
+    limit: i64,
+) -> sqlx::Result<Vec<TransactionId>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT t.id FROM transaction t JOIN gateway g ON g.code = t.gateway
+          WHERE t.status = 'processing'
+            AND COALESCE(t.status_check_at,
+                         t.updated_at + g.callback_deadline_ms * interval '1 millisecond') <= now()
+          ORDER BY COALESCE(t.status_check_at, t.updated_at)
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    parse_ids(ids)
+}
+
+/// Notes that a `processing` payment was asked about and is still unsettled: the next
+/// status query is due `after` from now.
+pub async fn next_status_check<'e>(
+    executor: impl PgExecutor<'e>,
+    id: &TransactionId,
+    after: std::time::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE transaction
+            SET status_checks = status_checks + 1,
+                status_check_at = now() + make_interval(secs => $2)
+          WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id.as_str())
+    .bind(after.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn parse_ids(ids: Vec<String>) -> sqlx::Result<Vec<TransactionId>> {
     ids.into_iter()
         .map(|id| {
             id.parse()
@@ -544,4 +728,81 @@ pub async fn announce_parked_callbacks(
         announce_callback(conn, &id, gateway, transaction_id).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(status: Status, gateway: Option<&str>) -> TransactionRecord {
+        TransactionRecord {
+            id: TransactionId::new(),
+            merchant_id: MerchantId::new(),
+            kind: Kind::Deposit,
+            status,
+            amount: Decimal::ONE_HUNDRED,
+            currency: "EUR".into(),
+            user_id: "u".into(),
+            country: None,
+            reference: None,
+            gateway: gateway.map(str::to_owned),
+            gateway_txn_id: None,
+            failure_reason: Some("declined".into()),
+            version: 3,
+            payment_method: "plain".into(),
+            card_masked: None,
+            unresolved_since: None,
+            unresolved_reason: None,
+            attempted_at: None,
+            attempted_gateways: gateway.into_iter().map(str::to_owned).collect(),
+            status_checks: 0,
+            review_reason: None,
+            review_since: None,
+            review_detail: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_charge_on_a_failed_payment_is_charged_but_failed_wherever_it_failed() {
+        for gateway in [Some("a"), None] {
+            let failed = at(Status::Failed, gateway);
+            let (reason, evidence) = contradiction(&failed, "a", true, "approved").unwrap();
+            assert_eq!(reason, review::CHARGED_BUT_FAILED);
+            assert!(evidence.contains("a says approved"), "{evidence}");
+        }
+    }
+
+    #[test]
+    fn a_charge_at_a_gateway_the_payment_has_left_contradicts_it() {
+        for status in [Status::Pending, Status::Processing, Status::Completed] {
+            let elsewhere = at(status, Some("b"));
+            assert_eq!(
+                contradiction(&elsewhere, "a", true, "completed").map(|(r, _)| r),
+                Some(review::CONTRADICTING_ANSWER),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_decline_of_a_completed_payment_contradicts_it_and_agreement_does_not() {
+        let completed = at(Status::Completed, Some("a"));
+        assert_eq!(
+            contradiction(&completed, "a", false, "declined").map(|(r, _)| r),
+            Some(review::CONTRADICTING_ANSWER)
+        );
+        assert_eq!(contradiction(&completed, "a", true, "completed"), None);
+        assert_eq!(
+            contradiction(&at(Status::Failed, Some("a")), "a", false, "declined"),
+            None
+        );
+        assert_eq!(
+            contradiction(&at(Status::Processing, Some("a")), "a", true, "accepted"),
+            None
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The card acquirer, with a bank's semantics: `POST /card/charges` answers HTTP 200 with
 //! a result code, `0` succeeded, `100` refused (`insufficient_funds`, `card_declined`),
 //! `200` pending (confirmed later by the callback), and `GET /card/charges/{reference}`
-//! answers the stored result. The test card decides the verdict; the cents `.02`, `.03`,
+//! answers the stored result, or `10` (captured) once a taken charge settled. The test card decides the verdict; the cents `.02`, `.03`,
 //! `.06`, `.07` and the controls still decide the timing (see [`crate::flow`]).
 //!
 //! Card data is read once at the edge into the verdict it picks and its last four digits;
@@ -118,6 +118,8 @@ async fn charge(State(sim): State<Sim>, body: Result<Json<Value>, JsonRejection>
     let submission = Submission {
         gateway: Gateway::Card,
         reference: request.reference,
+        amount: request.amount,
+        currency: request.currency.clone(),
         scenario,
         answer,
         callback,
@@ -176,6 +178,9 @@ async fn status(State(sim): State<Sim>, Path(reference): Path<String>) -> Respon
     }
 }
 
+/// The code of a status answer for a charge that was captured (settled).
+const CAPTURED: &str = "10";
+
 /// The acquirer's answer to a charge.
 #[derive(Debug, Serialize)]
 struct ChargeAnswer<'a> {
@@ -186,6 +191,13 @@ struct ChargeAnswer<'a> {
 
 fn render(reply: Reply) -> Response {
     match reply {
+        Reply::InFlight => flow::in_flight(),
+        Reply::Settled(answer) => Json(ChargeAnswer {
+            code: CAPTURED,
+            message: "captured",
+            transaction_id: answer.txn_id.as_deref(),
+        })
+        .into_response(),
         Reply::Answer(answer) => {
             let (code, message) = match answer.verdict {
                 Verdict::Approved => ("0", "approved"),

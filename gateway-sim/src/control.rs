@@ -5,9 +5,20 @@
 //!   A forced 503 makes every submit and status query of every gateway answer 503 and
 //!   charge nothing; `answer_delay_ms` overrides the configured answer delay of every
 //!   submit, the forced 503s included. `null` restores the default.
+//! - `"gateways": {"json": {"overloaded_ms": 3000, "duplicate_in_flight": true,
+//!   "lost_callback": true}}` (any of `json`, `soap`, `card`; every mode off by default)
+//!   makes one gateway misbehave the way a real one does under load:
+//!   - `overloaded_ms`: the first submit for a reference is held that long before the
+//!     gateway stores it (the caller times out; a status query meanwhile answers "unknown
+//!     reference"), then the original request completes and charges;
+//!   - `duplicate_in_flight`: a re-submit of a reference it is still working on (held
+//!     by `overloaded_ms`, or stalled) answers `409`, not the stored answer; without it
+//!     an overloaded gateway answers such a re-submit `503`;
+//!   - `lost_callback`: the payment is taken and settles, but its callback never goes.
 //! - `POST /control/release/{reference}` releases a stalled (`.07`) payment: its held
 //!   requests answer, status queries answer normally, and its callback is sent.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -20,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::callback;
-use crate::state::Sim;
+use crate::state::{Gateway, Sim};
 
 /// The only status a control can force: an unavailable gateway, which charges nothing.
 const FORCEABLE: u16 = 503;
@@ -31,6 +42,28 @@ const FORCEABLE: u16 = 503;
 pub(crate) struct Control {
     force_status: Option<u16>,
     answer_delay_ms: Option<u64>,
+    /// Per-gateway misbehaviour; a gateway not named behaves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    gateways: BTreeMap<Gateway, Modes>,
+}
+
+/// How one gateway misbehaves (see the module's documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Modes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) overloaded_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) duplicate_in_flight: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) lost_callback: bool,
+}
+
+impl Modes {
+    /// How long a first submit is held before the gateway stores it, when overloaded.
+    pub(crate) fn overload(&self) -> Option<Duration> {
+        self.overloaded_ms.map(Duration::from_millis)
+    }
 }
 
 impl Control {
@@ -42,6 +75,11 @@ impl Control {
     /// The answer delay in force, when it overrides the configured one.
     pub(crate) fn answer_delay(&self) -> Option<Duration> {
         self.answer_delay_ms.map(Duration::from_millis)
+    }
+
+    /// How `gateway` misbehaves now.
+    pub(crate) fn modes(&self, gateway: Gateway) -> Modes {
+        self.gateways.get(&gateway).copied().unwrap_or_default()
     }
 }
 

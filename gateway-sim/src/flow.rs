@@ -4,9 +4,13 @@
 //! [`submit`] or [`query`], and renders the [`Reply`] its own way.
 //!
 //! Order of a submit: a forced 503 or a `.03` answers 503 after the answer delay and is
-//! not remembered; otherwise the first submit for a reference is recorded (charged unless
-//! declined) and its callback scheduled, a repeat finds the first answer; then the answer
-//! waits as the scenario says (slow, callback first, stalled until released) and goes.
+//! not remembered; a re-submit of a reference an overloaded gateway is still working on
+//! answers 409 (`duplicate_in_flight`) or 503; an overloaded gateway holds a first submit
+//! before it stores it (in a task of its own, so the payment completes even after the
+//! caller gave up); otherwise the first submit for a reference is recorded (charged
+//! unless declined) and its callback scheduled (unless the callback is to be lost), a
+//! repeat finds the first answer; then the answer waits as the scenario says (slow,
+//! callback first, stalled until released) and goes.
 
 use std::time::Duration;
 
@@ -15,7 +19,7 @@ use axum::response::{IntoResponse as _, Response};
 use tokio::sync::watch;
 
 use crate::callback::{self, Callback, Scheduled};
-use crate::ledger::Payment;
+use crate::ledger::{Charge, Payment};
 use crate::outcome::{Answer, Scenario, Verdict};
 use crate::state::{Gateway, Sim};
 
@@ -29,6 +33,8 @@ const PENDING_CALLBACK_DELAYS: u32 = 3;
 pub(crate) struct Submission {
     pub(crate) gateway: Gateway,
     pub(crate) reference: String,
+    pub(crate) amount: rust_decimal::Decimal,
+    pub(crate) currency: String,
     pub(crate) scenario: Scenario,
     /// The answer to give if this is the first submit for the reference.
     pub(crate) answer: Answer,
@@ -41,6 +47,11 @@ pub(crate) struct Submission {
 pub(crate) enum Reply {
     /// The gateway's own answer, the same for every repeat and status query.
     Answer(Answer),
+    /// A status query about a taken payment that has settled: "completed".
+    Settled(Answer),
+    /// A re-submit of a reference the gateway is still working on: `409`. Nothing is
+    /// known from it, either way.
+    InFlight,
     /// The gateway is down: nothing was taken.
     Unavailable,
     /// A proxy in front gave up waiting: the payment may well have been taken.
@@ -54,10 +65,47 @@ pub(crate) async fn submit(sim: &Sim, submission: Submission) -> Reply {
         sim.pause(answer_delay).await;
         return Reply::Unavailable;
     }
+    let modes = control.modes(submission.gateway);
+    let key = (submission.gateway, submission.reference.clone());
+    if sim.remember(|m| m.in_flight.contains(&key)) {
+        return if modes.duplicate_in_flight {
+            Reply::InFlight
+        } else {
+            Reply::Unavailable
+        };
+    }
+    match modes.overload() {
+        Some(hold) if sim.remember(|m| m.ledger.find(key.0, &key.1).is_none()) => {
+            // Overloaded: the request is worked on in a task of its own, so it completes
+            // (and charges) even after the caller stopped waiting.
+            sim.remember(|m| m.in_flight.insert(key.clone()));
+            let (done, reply) = tokio::sync::oneshot::channel();
+            let worker = sim.clone();
+            sim.tasks.spawn(async move {
+                worker.pause(hold).await;
+                let reply = take(&worker, submission, answer_delay, modes.lost_callback).await;
+                worker.remember(|m| m.in_flight.remove(&key));
+                let _ = done.send(reply);
+            });
+            reply.await.unwrap_or(Reply::ProxyTimeout)
+        }
+        _ => take(sim, submission, answer_delay, modes.lost_callback).await,
+    }
+}
 
+/// Records a submit (the first for its reference charges), schedules its callback and
+/// waits to answer as its scenario says.
+async fn take(
+    sim: &Sim,
+    submission: Submission,
+    answer_delay: Duration,
+    lose_callback: bool,
+) -> Reply {
     let Submission {
         gateway,
         reference,
+        amount,
+        currency,
         scenario,
         answer,
         callback,
@@ -66,11 +114,17 @@ pub(crate) async fn submit(sim: &Sim, submission: Submission) -> Reply {
         .verdict
         .takes_payment()
         .then(|| schedule(sim, scenario, answer.verdict, callback));
+    let charge = Charge {
+        amount,
+        currency,
+        settle_after: scheduled.as_ref().map_or(Duration::ZERO, |s| s.delay),
+    };
+    let scheduled = scheduled.filter(|_| !lose_callback);
     let (payment, send_now) = if scenario == Scenario::Stall {
         // The callback waits for the release too.
-        (Payment::stalled(answer, scheduled), None)
+        (Payment::stalled(answer, charge, scheduled), None)
     } else {
-        (Payment::new(answer), scheduled)
+        (Payment::new(answer, charge), scheduled)
     };
     let (entry, first) = sim.remember(|m| m.ledger.record(gateway, &reference, payment));
     if first {
@@ -84,6 +138,10 @@ pub(crate) async fn submit(sim: &Sim, submission: Submission) -> Reply {
     }
 
     if let Some(hold) = entry.hold {
+        let in_flight = sim.remember(|m| m.control.modes(gateway).duplicate_in_flight);
+        if !first && in_flight {
+            return Reply::InFlight;
+        }
         if !released(sim, hold).await {
             return Reply::ProxyTimeout;
         }
@@ -111,7 +169,11 @@ pub(crate) async fn query(sim: &Sim, gateway: Gateway, reference: &str) -> Optio
             return Some(Reply::ProxyTimeout);
         }
     }
-    Some(Reply::Answer(entry.answer))
+    Some(if entry.settled {
+        Reply::Settled(entry.answer)
+    } else {
+        Reply::Answer(entry.answer)
+    })
 }
 
 /// When and how often the callback of a taken payment goes.
@@ -140,6 +202,16 @@ async fn released(sim: &Sim, mut hold: watch::Receiver<bool>) -> bool {
         released = async { hold.wait_for(|released| *released).await.is_ok() } => released,
         () = sim.shutdown.cancelled() => false,
     }
+}
+
+/// What a gateway answers a re-submit of a payment it is still working on.
+pub(crate) fn in_flight() -> Response {
+    (
+        StatusCode::CONFLICT,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "a request with this reference is in progress",
+    )
+        .into_response()
 }
 
 /// What a proxy in front of any of the gateways answers when it gives up waiting: not

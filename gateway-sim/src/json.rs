@@ -2,7 +2,8 @@
 //! - `POST /json/payments` `{"reference","amount","currency","callback_url",…}` answers
 //!   200 `{"status":"accepted","gateway_txn_id":"sim_…","reason":null}` or 402
 //!   `{"status":"declined","gateway_txn_id":null,"reason":"insufficient_funds"}`;
-//! - `GET /json/payments/{reference}` answers the same, or 404 for an unknown reference;
+//! - `GET /json/payments/{reference}` answers the same (`"status":"completed"` once a
+//!   taken payment settled), or 404 for an unknown reference;
 //! - the callback is a signed JSON `{"event_id","reference","gateway_txn_id","status",
 //!   "amount","currency","reason"}`.
 
@@ -47,6 +48,8 @@ async fn pay(State(sim): State<Sim>, Json(request): Json<PayRequest>) -> Respons
     let submission = Submission {
         gateway: Gateway::Json,
         reference: request.reference,
+        amount: request.amount,
+        currency: request.currency,
         scenario,
         answer,
         callback,
@@ -67,6 +70,12 @@ async fn status(State(sim): State<Sim>, Path(reference): Path<String>) -> Respon
 
 fn render(reply: Reply) -> Response {
     match reply {
+        Reply::Settled(answer) => {
+            let body =
+                json!({"status": "completed", "gateway_txn_id": answer.txn_id, "reason": null});
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Reply::InFlight => flow::in_flight(),
         Reply::Answer(answer) => {
             let (status, code) = if answer.verdict.takes_payment() {
                 ("accepted", StatusCode::OK)

@@ -1,17 +1,22 @@
 //! What the gateways remember about payments, per gateway and reference: the answer each
 //! gave (so repeats and status queries get the same one), whether it charged, and the
-//! stalled payments waiting for a release. `GET /charges/{reference}` reads it, so tests
-//! can prove no payment was charged twice.
+//! stalled payments waiting for a release, and when a taken payment settles (its status
+//! then reads "completed", whether or not its callback arrived). `GET
+//! /charges/{reference}` reads it, so tests can prove no payment was charged twice, and
+//! `GET /ledger` lists every payment it remembers with its amount, so a test can compare
+//! the gateways' books with Paygate's.
 //!
 //! Memory is bounded for long runs: the ledger keeps the last [`KEPT`] payments (a
 //! reference older than that is forgotten, as a real gateway's idempotency window
 //! ends), never forgetting a stalled payment before its release.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -39,6 +44,13 @@ impl Default for Ledger {
 /// A payment as one gateway remembers it.
 pub(crate) struct Payment {
     answer: Answer,
+    amount: Decimal,
+    currency: String,
+    /// When a taken payment settles: its status then reads "completed". `None` for a
+    /// decline, and for a stalled payment until it is released.
+    settles_at: Option<Instant>,
+    /// How long after its release a stalled payment settles.
+    settle_after: Duration,
     /// Present for a stalled (`.07`) payment, whose requests wait until it is released.
     stall: Option<Stall>,
 }
@@ -50,27 +62,45 @@ struct Stall {
     callback: Option<Scheduled>,
 }
 
+/// What was asked of the gateway: how much, and when a taken payment settles.
+pub(crate) struct Charge {
+    pub(crate) amount: Decimal,
+    pub(crate) currency: String,
+    /// How long after it is taken the payment settles (its callback's delay).
+    pub(crate) settle_after: Duration,
+}
+
 impl Payment {
-    pub(crate) fn new(answer: Answer) -> Self {
+    pub(crate) fn new(answer: Answer, charge: Charge) -> Self {
+        let settles_at = answer
+            .verdict
+            .takes_payment()
+            .then(|| Instant::now() + charge.settle_after);
         Payment {
             answer,
+            amount: charge.amount,
+            currency: charge.currency,
+            settles_at,
+            settle_after: charge.settle_after,
             stall: None,
         }
     }
 
     /// A payment whose submit and status queries hang until released, with the
     /// callback to send then.
-    pub(crate) fn stalled(answer: Answer, callback: Option<Scheduled>) -> Self {
+    pub(crate) fn stalled(answer: Answer, charge: Charge, callback: Option<Scheduled>) -> Self {
         let (released, _) = watch::channel(false);
         Payment {
-            answer,
+            settles_at: None,
             stall: Some(Stall { released, callback }),
+            ..Payment::new(answer, charge)
         }
     }
 
     fn entry(&self) -> Entry {
         Entry {
             answer: self.answer.clone(),
+            settled: self.settles_at.is_some_and(|at| Instant::now() >= at),
             hold: self
                 .stall
                 .as_ref()
@@ -83,6 +113,8 @@ impl Payment {
 /// A remembered answer, and what to wait on before giving it if the payment is stalled.
 pub(crate) struct Entry {
     pub(crate) answer: Answer,
+    /// Taken and settled: a status query reads "completed".
+    pub(crate) settled: bool,
     /// Becomes `true` when the stall is released; `None` when nothing holds the answer.
     pub(crate) hold: Option<watch::Receiver<bool>>,
 }
@@ -153,9 +185,14 @@ impl Ledger {
         let mut due = Vec::new();
         for gateway in Gateway::ALL {
             let key = (gateway, reference.to_owned());
-            if let Some(stall) = self.payments.get_mut(&key).and_then(|p| p.stall.as_mut()) {
+            let Some(payment) = self.payments.get_mut(&key) else {
+                continue;
+            };
+            if let Some(stall) = payment.stall.as_mut() {
                 stalled = true;
-                stall.released.send_replace(true);
+                if !stall.released.send_replace(true) && payment.answer.verdict.takes_payment() {
+                    payment.settles_at = Some(Instant::now() + payment.settle_after);
+                }
                 due.extend(stall.callback.take());
             }
         }
@@ -175,10 +212,44 @@ impl Ledger {
             })
             .collect()
     }
+
+    /// Every payment remembered, oldest first.
+    fn books(&self) -> Vec<Booked> {
+        self.order
+            .iter()
+            .filter_map(|key| {
+                let payment = self.payments.get(key)?;
+                Some(Booked {
+                    gateway: key.0,
+                    reference: key.1.clone(),
+                    charged: payment.answer.verdict.takes_payment(),
+                    amount: payment.amount.to_string(),
+                    currency: payment.currency.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 pub(crate) fn routes() -> Router<Sim> {
-    Router::new().route("/charges/{reference}", get(charges))
+    Router::new()
+        .route("/charges/{reference}", get(charges))
+        .route("/ledger", get(ledger))
+}
+
+/// One payment in the gateways' books.
+#[derive(Serialize)]
+struct Booked {
+    gateway: Gateway,
+    reference: String,
+    /// Taken (charged), as opposed to declined.
+    charged: bool,
+    amount: String,
+    currency: String,
+}
+
+async fn ledger(State(sim): State<Sim>) -> Json<Vec<Booked>> {
+    Json(sim.remember(|m| m.ledger.books()))
 }
 
 #[derive(Serialize)]
@@ -203,14 +274,26 @@ mod tests {
     use super::*;
     use crate::outcome::Verdict;
 
+    fn charge() -> Charge {
+        Charge {
+            amount: Decimal::ONE,
+            currency: "USD".into(),
+            settle_after: Duration::ZERO,
+        }
+    }
+
     fn taken() -> Payment {
-        Payment::new(Answer::new(Gateway::Json, Verdict::Approved))
+        Payment::new(Answer::new(Gateway::Json, Verdict::Approved), charge())
     }
 
     #[test]
     fn the_ledger_forgets_its_oldest_payments_beyond_capacity_but_never_a_held_stall() {
         let mut ledger = Ledger::keeping(3);
-        let stall = Payment::stalled(Answer::new(Gateway::Json, Verdict::Approved), None);
+        let stall = Payment::stalled(
+            Answer::new(Gateway::Json, Verdict::Approved),
+            charge(),
+            None,
+        );
         ledger.record(Gateway::Json, "stalled", stall);
         for reference in ["a", "b", "c", "d"] {
             ledger.record(Gateway::Json, reference, taken());

@@ -64,6 +64,8 @@ async fn submit(sim: &Sim, request: SubmitPayment) -> Response {
     let submission = Submission {
         gateway: Gateway::Soap,
         reference: request.reference,
+        amount: request.amount,
+        currency: request.currency.clone(),
         scenario,
         answer,
         callback: Callback {
@@ -98,13 +100,15 @@ enum Answering {
 }
 
 fn render(reply: Reply, answering: Answering) -> Response {
+    let settled = matches!(reply, Reply::Settled(_));
     match reply {
-        Reply::Answer(answer) => {
+        Reply::InFlight => flow::in_flight(),
+        Reply::Answer(answer) | Reply::Settled(answer) => {
             let status = PaymentStatus {
-                status: if answer.verdict.takes_payment() {
-                    "accepted"
-                } else {
-                    "declined"
+                status: match (settled, answer.verdict.takes_payment()) {
+                    (true, _) => "completed",
+                    (false, true) => "accepted",
+                    (false, false) => "declined",
                 },
                 gateway_txn_id: answer.txn_id.as_deref(),
                 reason: answer.reason(),

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -14,7 +14,7 @@ use crate::ledger::Ledger;
 use crate::merchant::ReceivedWebhook;
 
 /// One of the simulated gateways; payments are remembered per gateway and reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Gateway {
     Json,
@@ -41,6 +41,8 @@ impl Gateway {
 pub(crate) struct Memory {
     pub(crate) ledger: Ledger,
     pub(crate) control: Control,
+    /// First submits an overloaded gateway is still working on (not yet stored).
+    pub(crate) in_flight: std::collections::HashSet<(Gateway, String)>,
     /// The last [`crate::merchant::KEPT`] webhooks received.
     pub(crate) webhooks: std::collections::VecDeque<ReceivedWebhook>,
 }

@@ -28,6 +28,7 @@ async fn after_a_timeout_the_payment_is_settled_by_status_query_at_its_gateway_a
         timeout_ms: 2_000,
         max_concurrency: 4,
         enabled: true,
+        timings: paygate_common::gateway::Timings::default(),
     };
     gateway::upsert(&suite.pool, &paygate_testkit::keys(), &config)
         .await

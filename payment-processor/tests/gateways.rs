@@ -78,6 +78,7 @@ async fn json_gateway(suite: &Suite, code: &str, url: &str, country: Option<&str
             timeout_ms: 2_000,
             max_concurrency: 16,
             enabled: true,
+            timings: paygate_common::gateway::Timings::default(),
         },
     )
     .await

@@ -14,6 +14,7 @@
 mod broker;
 mod isolation;
 mod merchant;
+mod money;
 mod postgres;
 mod process;
 mod relay;
@@ -27,11 +28,12 @@ pub use isolation::{
     unique, ADMIN_TOKEN,
 };
 pub use merchant::{Received, Reply, TlsReceiver, WebhookReceiver};
+pub use money::{assert_money_invariant, money_violations, Moment};
 pub use postgres::PrivatePostgres;
 pub use process::{binary, Process, Supervised};
 pub use relay::TcpRelay;
 pub use simulator::{
-    control_simulator, route_everything_to_simulator, start_simulator, SIM_CARD_SECRET,
+    control_simulator, misbehave, route_everything_to_simulator, start_simulator, SIM_CARD_SECRET,
     SIM_JSON_SECRET, SIM_SOAP_SECRET,
 };
 pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};

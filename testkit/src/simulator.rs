@@ -59,3 +59,16 @@ pub async fn control_simulator(url: &str, force_status: Option<u16>, answer_dela
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
 }
+
+/// Makes gateways of the simulator at `url` misbehave, e.g.
+/// `json!({"json": {"overloaded_ms": 3000, "duplicate_in_flight": true}})` (see the
+/// simulator's `PUT /control`); every other control is reset.
+pub async fn misbehave(url: &str, gateways: serde_json::Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{url}/control"))
+        .json(&serde_json::json!({"force_status": null, "answer_delay_ms": null, "gateways": gateways}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}

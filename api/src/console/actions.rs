@@ -115,8 +115,9 @@ pub async fn resend(
 /// The action buttons a payment's page shows, for what its state allows: re-drive and
 /// release while pending (release only when it names a gateway), resolve while under
 /// review. Set-aside events get their button in the timeline ([`resend_form`]).
-pub fn forms(operator: &Operator, record: &TransactionRecord, under_review: bool) -> Markup {
+pub fn forms(operator: &Operator, record: &TransactionRecord) -> Markup {
     let id = &record.id;
+    let under_review = record.review_reason.is_some();
     let pending = record.status == Status::Pending;
     html! {
         @if pending {

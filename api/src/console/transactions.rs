@@ -281,15 +281,6 @@ struct EventRow {
     note: Option<String>,
 }
 
-/// What the record does not carry: a review, and why the payment is unresolved.
-#[derive(Debug, Default, sqlx::FromRow)]
-struct Flags {
-    review_reason: Option<String>,
-    review_since: Option<DateTime<Utc>>,
-    review_detail: Option<String>,
-    unresolved_reason: Option<String>,
-}
-
 impl EventRow {
     /// The transaction snapshot a status or history event carries.
     fn snapshot(&self) -> Option<proto::Transaction> {
@@ -374,14 +365,6 @@ pub async fn detail(
     .bind(id.as_str())
     .fetch_all(&state.pool)
     .await?;
-    let flags: Flags = sqlx::query_as(
-        "SELECT review_reason, review_since, review_detail, unresolved_reason
-           FROM transaction WHERE id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_optional(&state.pool)
-    .await?
-    .unwrap_or_default();
     let set_aside = events.iter().filter(|e| e.set_aside_at.is_some()).count();
     let callbacks: Vec<CallbackRow> = sqlx::query_as(
         "SELECT id, gateway, content_type, received_at, processed_at, outcome, outcome_reason
@@ -398,7 +381,7 @@ pub async fn detail(
         p.crumbs { a href="/console/transactions" { "Transactions" } " / " code { (record.id) } }
         h1 { (record.kind) " of " (record.amount) " " (record.currency) " " (status_tag(record.status.as_str()))
             @if record.unresolved_since.is_some() { " " span.tag.unresolved { "unresolved" } }
-            @if flags.review_reason.is_some() { " " span.tag.review { "under review" } }
+            @if record.review_reason.is_some() { " " span.tag.review { "under review" } }
             @if set_aside > 0 { " " a.tag.set_aside href="#timeline" { (set_aside) " set-aside event" @if set_aside > 1 { "s" } } } }
         dl.facts {
             dt { "id" } dd { code { (record.id) } }
@@ -410,13 +393,13 @@ pub async fn detail(
             dt { "gateway" } dd { (record.gateway.as_deref().unwrap_or("—")) @if let Some(g) = &record.gateway_txn_id { " " code { (g) } } }
             @if let Some(reason) = &record.failure_reason { dt { "failure reason" } dd { (reason) } }
             @if let Some(since) = record.unresolved_since { dt { "unresolved since" } dd { (at(since)) } }
-            @if let Some(reason) = &flags.unresolved_reason { dt { "unresolved because" } dd { (reason) } }
-            @if let Some(reason) = &flags.review_reason {
+            @if let Some(reason) = &record.unresolved_reason { dt { "unresolved because" } dd { (reason) } }
+            @if let Some(reason) = &record.review_reason {
                 dt { "under review" }
                 dd {
                     code { (reason) }
-                    @if let Some(since) = flags.review_since { " since " (at(since)) }
-                    @if let Some(detail) = &flags.review_detail { br; (detail) }
+                    @if let Some(since) = record.review_since { " since " (at(since)) }
+                    @if let Some(detail) = &record.review_detail { br; (detail) }
                 }
             }
             dt { "version" } dd { (record.version) }
@@ -425,7 +408,7 @@ pub async fn detail(
         }
 
         h2 id="actions" { "Operator actions" }
-        (actions::forms(&operator, &record, flags.review_reason.is_some()))
+        (actions::forms(&operator, &record))
 
         h2 id="timeline" { "Timeline" }
         table.timeline {

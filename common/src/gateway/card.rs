@@ -152,7 +152,8 @@ fn payment_required(body: &[u8]) -> Outcome {
 }
 
 /// Bank codes: `"0"` succeeded and `"200"` pending are both taken (the callback
-/// settles them); `"100"` failed is a decline.
+/// settles them); `"10"` captured (a status answer) is taken and settled; `"100"`
+/// failed is a decline.
 fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
     let answer: BankAnswer = match serde_json::from_slice(body) {
         Ok(answer) => answer,
@@ -160,6 +161,7 @@ fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
     };
     match (answer.code.as_str(), answer.transaction_id) {
         ("0" | "200", Some(gateway_txn_id)) => Outcome::Accepted { gateway_txn_id },
+        ("10", Some(gateway_txn_id)) => Outcome::Completed { gateway_txn_id },
         ("100", _) => Outcome::Declined {
             reason: answer.message.unwrap_or_else(|| "declined".to_owned()),
         },

@@ -127,7 +127,8 @@ fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
         ("accepted" | "approved" | "pending", Some(gateway_txn_id)) => {
             Outcome::Accepted { gateway_txn_id }
         }
-        ("declined", _) => Outcome::Declined {
+        ("completed", Some(gateway_txn_id)) => Outcome::Completed { gateway_txn_id },
+        ("declined" | "failed", _) => Outcome::Declined {
             reason: answer.reason.unwrap_or_else(|| "declined".to_owned()),
         },
         (other, _) => Outcome::Ambiguous {

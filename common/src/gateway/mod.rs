@@ -34,7 +34,7 @@ pub use json::JsonGateway;
 pub use soap::SoapGateway;
 pub use store::{
     all, all_routes, find, set_enabled, upsert, upsert_route, GatewayConfig, GatewayError,
-    GatewayRecord, Route,
+    GatewayRecord, Route, Timings,
 };
 
 /// Every adapter this build speaks, by [`Gateway::protocol`].
@@ -135,6 +135,9 @@ pub struct PaymentOrder {
 pub enum Outcome {
     /// Taken (charged, or pending at the gateway); the result follows by callback.
     Accepted { gateway_txn_id: String },
+    /// Taken and settled: what the callback says (a status query's answer, once the
+    /// gateway settled the payment).
+    Completed { gateway_txn_id: String },
     /// Refused for a business reason (funds, risk): final, no other gateway is tried.
     Declined { reason: String },
     /// Proven not taken (connection refused, `503`, a fault saying so): the next
@@ -145,6 +148,34 @@ pub enum Outcome {
     Ambiguous { reason: String },
     /// A status query's answer: the gateway has no payment under our reference.
     Unknown,
+}
+
+impl Outcome {
+    /// Whether it is the gateway's definite word about our reference: taken, settled or
+    /// declined. Nothing else (not even "unknown reference") proves where the money is.
+    pub fn is_definite(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Accepted { .. } | Outcome::Completed { .. } | Outcome::Declined { .. }
+        )
+    }
+
+    /// Whether it says the gateway holds the money.
+    pub fn took_payment(&self) -> bool {
+        matches!(self, Outcome::Accepted { .. } | Outcome::Completed { .. })
+    }
+
+    /// Its class, as metrics and history label it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Completed { .. } => "completed",
+            Outcome::Declined { .. } => "declined",
+            Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Ambiguous { .. } => "ambiguous",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 /// The gateway's result, as its callback tells it.

@@ -312,7 +312,8 @@ fn classify(code: &str, answer: Answer) -> Outcome {
                 ("accepted" | "approved" | "pending", Some(gateway_txn_id)) => {
                     Outcome::Accepted { gateway_txn_id }
                 }
-                ("declined", _) => Outcome::Declined {
+                ("completed", Some(gateway_txn_id)) => Outcome::Completed { gateway_txn_id },
+                ("declined" | "failed", _) => Outcome::Declined {
                     reason: a.reason.unwrap_or_else(|| "declined".to_owned()),
                 },
                 ("unknown", _) => Outcome::Unknown,

@@ -24,11 +24,30 @@ pub struct GatewayRecord {
     /// Calls in flight to it at once, at most, from one payment-processor.
     pub max_concurrency: i32,
     pub enabled: bool,
+    /// After an ambiguous attempt, how long "unknown reference" is not yet an answer
+    /// (an overloaded gateway may not have stored the payment yet).
+    pub settle_window_ms: i32,
+    /// How long a `processing` payment waits for its callback before it is asked about.
+    pub callback_deadline_ms: i32,
+    /// How long a `processing` payment may stay unsettled before a human looks.
+    pub review_after_ms: i32,
 }
 
 impl GatewayRecord {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(u64::try_from(self.timeout_ms).unwrap_or(10_000))
+    }
+
+    pub fn settle_window(&self) -> Duration {
+        millis(self.settle_window_ms)
+    }
+
+    pub fn callback_deadline(&self) -> Duration {
+        millis(self.callback_deadline_ms)
+    }
+
+    pub fn review_after(&self) -> Duration {
+        millis(self.review_after_ms)
     }
 
     /// The adapter for its protocol; `None` for a protocol this build does not speak
@@ -38,8 +57,12 @@ impl GatewayRecord {
     }
 }
 
-pub(crate) const COLUMNS: &str =
-    "code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled";
+fn millis(ms: i32) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+pub(crate) const COLUMNS: &str = "code, protocol, base_url, callback_secret, timeout_ms, \
+     max_concurrency, enabled, settle_window_ms, callback_deadline_ms, review_after_ms";
 
 /// Reads one gateway by code.
 pub async fn find<'e>(
@@ -70,6 +93,32 @@ pub struct GatewayConfig {
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: i32,
     pub enabled: bool,
+    #[serde(flatten, default)]
+    pub timings: Timings,
+}
+
+/// How long a gateway's answers are waited for (see [`GatewayRecord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Timings {
+    /// See [`GatewayRecord::settle_window_ms`]; 10 minutes by default.
+    pub settle_window_ms: i32,
+    /// See [`GatewayRecord::callback_deadline_ms`]; 5 minutes by default.
+    pub callback_deadline_ms: i32,
+    /// See [`GatewayRecord::review_after_ms`]; a day by default.
+    pub review_after_ms: i32,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            // Well above any gateway's processing time: an unknown reference is only an
+            // answer once the gateway has certainly stored every request it received.
+            settle_window_ms: 600_000,
+            callback_deadline_ms: 300_000,
+            review_after_ms: 86_400_000,
+        }
+    }
 }
 
 fn default_max_concurrency() -> i32 {
@@ -100,12 +149,16 @@ pub async fn upsert<'e>(
         .seal_secret(gateway.callback_secret.expose_secret())
         .map_err(GatewayError::Seal)?;
     sqlx::query(
-        "INSERT INTO gateway (code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO gateway (code, protocol, base_url, callback_secret, timeout_ms, max_concurrency, enabled,
+                              settle_window_ms, callback_deadline_ms, review_after_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (code) DO UPDATE
             SET protocol = EXCLUDED.protocol, base_url = EXCLUDED.base_url,
                 callback_secret = EXCLUDED.callback_secret, timeout_ms = EXCLUDED.timeout_ms,
                 max_concurrency = EXCLUDED.max_concurrency, enabled = EXCLUDED.enabled,
+                settle_window_ms = EXCLUDED.settle_window_ms,
+                callback_deadline_ms = EXCLUDED.callback_deadline_ms,
+                review_after_ms = EXCLUDED.review_after_ms,
                 updated_at = now()",
     )
     .bind(&gateway.code)
@@ -115,6 +168,9 @@ pub async fn upsert<'e>(
     .bind(gateway.timeout_ms)
     .bind(gateway.max_concurrency)
     .bind(gateway.enabled)
+    .bind(gateway.timings.settle_window_ms)
+    .bind(gateway.timings.callback_deadline_ms)
+    .bind(gateway.timings.review_after_ms)
     .execute(executor)
     .await?;
     Ok(())

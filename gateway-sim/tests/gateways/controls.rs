@@ -2,7 +2,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{elements, ok_json, reference, soap_query, soap_submit, text, Receiver, Sim};
+use crate::support::{
+    elements, ok_json, reference, soap_query, soap_submit, text, Receiver, Sim, CALLBACK_DELAY,
+};
 
 /// Short enough to keep the tests fast, long enough to tell a hang from a slow answer.
 const HANG: Duration = Duration::from_millis(300);
@@ -195,4 +197,128 @@ async fn charges_are_counted_per_reference_across_gateways() {
         sim.charges(&reference).await,
         json!({"reference": reference, "charges": 3, "by_gateway": {"json": 1, "soap": 1, "card": 1}})
     );
+}
+
+#[tokio::test]
+async fn an_overloaded_gateway_stores_a_payment_only_after_its_hold_then_charges_it_once() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let control = json!({"force_status": null, "answer_delay_ms": null,
+        "gateways": {"json": {"overloaded_ms": 600, "duplicate_in_flight": true}}});
+    assert_eq!(put_control(&sim, control.clone()).await.status(), 200);
+    assert_eq!(sim.get_json("/control").await, control);
+    let reference = reference();
+
+    let timed_out = sim
+        .json_pay(&reference, "10.00", &receiver.url)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(timed_out.unwrap_err().is_timeout(), "the submit is held");
+    let queried = sim.get(&format!("/json/payments/{reference}")).await;
+    assert_eq!(queried.status(), 404, "not stored yet: unknown");
+    let again = sim
+        .json_pay(&reference, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "a re-submit in flight proves nothing");
+    assert_eq!(sim.charges(&reference).await["charges"], 0);
+
+    // The abandoned request completes after its hold, and calls back.
+    let callbacks = receiver.wait_for(1).await;
+    assert_eq!(callbacks[0].json()["status"], "approved");
+    assert_eq!(sim.charges(&reference).await["charges"], 1);
+    let settled = sim.get_json(&format!("/json/payments/{reference}")).await;
+    assert_eq!(settled["status"], "completed");
+    let repeated = sim
+        .json_pay(&reference, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(repeated.status(), 200, "stored: a repeat finds the answer");
+    assert_eq!(sim.charges(&reference).await["charges"], 1, "charged once");
+}
+
+#[tokio::test]
+async fn an_overloaded_gateway_without_duplicate_detection_answers_a_resubmit_503() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let control = json!({"force_status": null, "answer_delay_ms": null,
+        "gateways": {"soap": {"overloaded_ms": 500}}});
+    assert_eq!(put_control(&sim, control).await.status(), 200);
+    let reference = reference();
+    let ((first, _), (second, _)) = tokio::join!(
+        sim.soap(soap_submit(&reference, "10.00", &receiver.url)),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sim.soap(soap_submit(&reference, "10.00", &receiver.url))
+                .await
+        }
+    );
+    assert_eq!(second, 503, "a re-submit while it is held");
+    assert_eq!(first, 200, "the first request completes after the hold");
+    assert_eq!(sim.charges(&reference).await["charges"], 1);
+}
+
+#[tokio::test]
+async fn a_lost_callback_is_never_sent_but_the_payment_settles_and_says_so_when_asked() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let control = json!({"force_status": null, "answer_delay_ms": null,
+        "gateways": {"card": {"lost_callback": true}}});
+    assert_eq!(put_control(&sim, control).await.status(), 200);
+    let reference = reference();
+    let charged = sim
+        .card_charge(&reference, "10.00", "4242424242424242", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(charged.json::<Value>().await.unwrap()["code"], "0");
+    tokio::time::sleep(CALLBACK_DELAY * 6).await;
+    assert!(receiver.received().is_empty(), "no callback");
+    let status = sim.get_json(&format!("/card/charges/{reference}")).await;
+    assert_eq!(status["code"], "10", "captured: {status}");
+    assert_eq!(sim.charges(&reference).await["charges"], 1);
+}
+
+#[tokio::test]
+async fn the_ledger_lists_every_payment_with_its_gateway_amount_and_whether_it_was_charged() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let (taken, declined) = (reference(), reference());
+    ok_json(sim.json_pay(&taken, "12.30", &receiver.url)).await;
+    let refused = sim
+        .json_pay(&declined, "12.01", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 402);
+    let ledger = sim.get_json("/ledger").await;
+    let find = |reference: &str| {
+        ledger
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["reference"] == reference)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        find(&taken),
+        json!({"gateway": "json", "reference": taken, "charged": true, "amount": "12.30", "currency": "EUR"})
+    );
+    assert_eq!(find(&declined)["charged"], false);
+}
+
+#[tokio::test]
+async fn a_control_naming_an_unknown_gateway_or_mode_is_refused() {
+    let sim = Sim::start().await;
+    for refused in [
+        json!({"gateways": {"paypal": {"lost_callback": true}}}),
+        json!({"gateways": {"json": {"lost_callbacks": true}}}),
+    ] {
+        let response = put_control(&sim, refused.clone()).await;
+        assert!(response.status().is_client_error(), "{refused}");
+    }
 }

@@ -69,7 +69,11 @@ async fn a_soap_submit_is_accepted_in_the_payments_namespace_and_calls_back_sign
     assert_eq!(status, 200);
     let queried = elements(&body);
     element(&queried, "QueryPaymentResponse");
-    assert_eq!(text(&queried, "Status").as_deref(), Some("accepted"));
+    assert_eq!(
+        text(&queried, "Status").as_deref(),
+        Some("completed"),
+        "settled once its callback went"
+    );
     assert_eq!(text(&queried, "GatewayTxnId"), Some(txn_id));
 
     let charges = sim.charges(&reference).await;
@@ -187,6 +191,7 @@ async fn a_soap_submit_ending_in_06_is_charged_then_a_proxy_answers_504() {
     );
     assert_eq!(
         sim.soap_status(&reference).await.as_deref(),
-        Some("accepted")
+        Some("completed"),
+        "taken and, its callback sent, settled"
     );
 }

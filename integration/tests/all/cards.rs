@@ -23,6 +23,7 @@ async fn a_card_the_acquirer_answers_402_fails_with_its_reason_and_the_next_acqu
             timeout_ms: 2_000,
             max_concurrency: 16,
             enabled: true,
+            timings: paygate_common::gateway::Timings::default(),
         },
     )
     .await

@@ -45,6 +45,14 @@ pub(crate) async fn pending(
     record
 }
 
+/// Marks a pending payment unresolved with `reason`, as the payment-processor does.
+async fn unresolved(pool: &PgPool, id: &paygate_common::domain::TransactionId, reason: &str) {
+    let mut conn = pool.acquire().await.unwrap();
+    transactions::mark_unresolved(&mut conn, id, reason)
+        .await
+        .unwrap();
+}
+
 /// A payment taken at simjson and completed there.
 async fn completed(pool: &PgPool, merchant: &paygate_common::domain::MerchantId) -> String {
     let record = pending(pool, merchant, Some("simjson")).await;
@@ -107,9 +115,7 @@ async fn a_redrive_asks_for_an_unresolved_payment_again_clears_its_mark_records_
     let merchant = merchant_of(&api).await;
     let record = pending(&api.pool, &merchant, Some("simjson")).await;
     let id = record.id.to_string();
-    transactions::mark_unresolved_because(&api.pool, &record.id, "the card's key left the ring")
-        .await
-        .unwrap();
+    unresolved(&api.pool, &record.id, "the card's key left the ring").await;
     let reason: Option<String> =
         sqlx::query_scalar("SELECT unresolved_reason FROM transaction WHERE id = $1")
             .bind(&id)
@@ -334,9 +340,7 @@ async fn a_payment_released_from_a_gateway_that_never_got_it_completes_at_the_ne
     // The payment names simsoap, which never saw it; the default route is simjson.
     let record = pending(&suite.pool, &suite.merchant.id, Some("simsoap")).await;
     let id = record.id.to_string();
-    transactions::mark_unresolved_because(&suite.pool, &record.id, "no definite answer")
-        .await
-        .unwrap();
+    unresolved(&suite.pool, &record.id, "no definite answer").await;
     let (status, _) = admin(
         &suite.api_url,
         Method::POST,
@@ -567,9 +571,7 @@ async fn console_operators_act_under_the_name_they_signed_in_with_and_see_what_n
     let merchant = merchant_of(&api).await;
     let record = pending(&api.pool, &merchant, Some("simjson")).await;
     let id = record.id.to_string();
-    transactions::mark_unresolved_because(&api.pool, &record.id, "no definite answer from simjson")
-        .await
-        .unwrap();
+    unresolved(&api.pool, &record.id, "no definite answer from simjson").await;
     let under_review = completed(&api.pool, &merchant).await;
     sqlx::query(
         "UPDATE transaction SET review_reason = 'charged_but_failed', review_since = now(),

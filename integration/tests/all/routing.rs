@@ -15,6 +15,7 @@ async fn gateway(pool: &PgPool, code: &str, enabled: bool) {
         timeout_ms: 1_000,
         max_concurrency: 4,
         enabled,
+        timings: paygate_common::gateway::Timings::default(),
     };
     gateway::upsert(pool, &paygate_testkit::keys(), &config)
         .await

@@ -1,0 +1,215 @@
+//! A gateway's answer, applied. A definite one (accepted, completed, declined) moves
+//! the payment through the version fence. When the fence refuses it — another worker,
+//! a callback or an operator moved the payment meanwhile — the payment is read again:
+//! if it still waits on that gateway the answer is applied to what it is now; if not,
+//! the answer is recorded in the payment's history (never dropped), and one that
+//! contradicts where the payment stands (charged, but `failed`) flags it for a human.
+
+use paygate_common::domain::Status;
+use paygate_common::gateway::{GatewayRecord, Outcome, PaymentMethod};
+use paygate_common::kafka::HandlerError;
+use paygate_common::metrics;
+use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
+
+use crate::{PaymentHandler, Step};
+
+/// How often a definite answer is applied again to a payment that changed under it.
+const REAPPLY: usize = 3;
+
+impl PaymentHandler {
+    /// Acts on a gateway's answer about `transaction`, which names `gateway`.
+    pub(crate) async fn apply(
+        &self,
+        transaction: &TransactionRecord,
+        gateway: &GatewayRecord,
+        outcome: Outcome,
+    ) -> Result<Step, HandlerError> {
+        match outcome {
+            Outcome::Unavailable { reason } | Outcome::Ambiguous { reason } => Ok(Step::Retry {
+                reason,
+                ambiguous: true,
+            }),
+            Outcome::Unknown => Ok(Step::Retry {
+                reason: format!("{} does not know the payment yet", gateway.code),
+                ambiguous: true,
+            }),
+            definite => {
+                self.settle_with(transaction, gateway, &definite).await?;
+                Ok(Step::Done)
+            }
+        }
+    }
+
+    /// Applies `gateway`'s definite `outcome` to the payment last seen as `seen`.
+    pub(crate) async fn settle_with(
+        &self,
+        seen: &TransactionRecord,
+        gateway: &GatewayRecord,
+        outcome: &Outcome,
+    ) -> Result<(), HandlerError> {
+        let mut current = seen.clone();
+        for _ in 0..REAPPLY {
+            if !waits_on(&current, gateway, outcome) {
+                break;
+            }
+            let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+            match moves(&mut tx, &current, gateway, outcome).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(record)) => {
+                    // Callbacks that overtook the gateway's answer waited for this moment.
+                    transactions::announce_parked_callbacks(&mut tx, &record.id)
+                        .await
+                        .map_err(HandlerError::transient)?;
+                    tx.commit().await.map_err(HandlerError::transient)?;
+                    tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
+                    self.forget_cvv(&record).await;
+                    return Ok(());
+                }
+                Err(TransitionError::Database(error)) => {
+                    return Err(HandlerError::transient(error))
+                }
+                Err(error) => {
+                    drop(tx);
+                    tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; reading it again");
+                    current = transactions::find(&self.pool, &seen.id)
+                        .await
+                        .map_err(HandlerError::transient)?
+                        .unwrap_or(current);
+                }
+            }
+        }
+        self.record_late(&current, gateway, outcome).await
+    }
+
+    /// Keeps a definite answer about a payment that moved on without it: in its
+    /// history, and for a human when it contradicts where the payment stands.
+    async fn record_late(
+        &self,
+        current: &TransactionRecord,
+        gateway: &GatewayRecord,
+        outcome: &Outcome,
+    ) -> Result<(), HandlerError> {
+        let word = outcome.label();
+        let detail = format!(
+            "{} answered {word} after the payment had moved on: it is {} at {}",
+            gateway.code,
+            current.status,
+            current.gateway.as_deref().unwrap_or("no gateway")
+        );
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        transactions::record_late_answer(&mut tx, current, &detail)
+            .await
+            .map_err(HandlerError::transient)?;
+        if let Some((reason, evidence)) =
+            transactions::contradiction(current, &gateway.code, outcome.took_payment(), word)
+        {
+            transactions::flag_review(&mut tx, &current.id, reason, &evidence)
+                .await
+                .map_err(HandlerError::transient)?;
+        }
+        tx.commit().await.map_err(HandlerError::transient)?;
+        metrics::late_answer(word);
+        tracing::warn!(transaction_id = %current.id, %detail, "late gateway answer recorded");
+        Ok(())
+    }
+
+    /// Moves the transaction out of `pending` for a reason of Paygate's own (no route,
+    /// retries spent); a concurrent change (another worker got there first) is not an
+    /// error.
+    pub(crate) async fn finish(
+        &self,
+        seen: &TransactionRecord,
+        to: Status,
+        change: Change,
+    ) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        match transactions::transition(&mut tx, seen, to, change).await {
+            Ok(record) => {
+                transactions::announce_parked_callbacks(&mut tx, &record.id)
+                    .await
+                    .map_err(HandlerError::transient)?;
+                tx.commit().await.map_err(HandlerError::transient)?;
+                tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
+                self.forget_cvv(&record).await;
+                Ok(())
+            }
+            Err(error @ (TransitionError::Stale(_) | TransitionError::NotAllowed { .. })) => {
+                tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; leaving it");
+                Ok(())
+            }
+            Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
+        }
+    }
+
+    /// Authorised or refused: a card's CVV is not kept a moment longer.
+    async fn forget_cvv(&self, record: &TransactionRecord) {
+        if record.payment_method() == PaymentMethod::Card && record.status != Status::Pending {
+            if let Err(error) = self.cvvs.forget(&record.id).await {
+                tracing::warn!(transaction_id = %record.id, error = %format!("{error:#}"), "could not delete a CVV; it expires");
+            }
+        }
+    }
+}
+
+/// Whether `record` still waits on `gateway` for an answer like `outcome`: it names the
+/// gateway and is pending there, or `processing` there and the answer settles it.
+fn waits_on(record: &TransactionRecord, gateway: &GatewayRecord, outcome: &Outcome) -> bool {
+    record.gateway.as_deref() == Some(gateway.code.as_str())
+        && match record.status {
+            Status::Pending => true,
+            Status::Processing => outcome.is_definite(),
+            Status::Completed | Status::Failed => false,
+        }
+}
+
+/// The status changes `outcome` makes from `seen`, in the caller's database
+/// transaction: `None` when it changes nothing (accepted again while `processing`).
+async fn moves(
+    conn: &mut sqlx::PgConnection,
+    seen: &TransactionRecord,
+    gateway: &GatewayRecord,
+    outcome: &Outcome,
+) -> Result<Option<TransactionRecord>, TransitionError> {
+    let named = Some(gateway.code.clone());
+    let record = match (seen.status, outcome) {
+        (Status::Processing, Outcome::Accepted { .. }) => return Ok(None),
+        (Status::Pending, Outcome::Accepted { gateway_txn_id }) => {
+            let change = Change {
+                gateway: named,
+                gateway_txn_id: Some(gateway_txn_id.clone()),
+                ..Change::default()
+            };
+            transactions::transition(conn, seen, Status::Processing, change).await?
+        }
+        (Status::Pending | Status::Processing, Outcome::Completed { gateway_txn_id }) => {
+            let change = Change {
+                gateway: named,
+                gateway_txn_id: Some(gateway_txn_id.clone()),
+                ..Change::default()
+            };
+            // Settled before it was ever `processing` here: both steps, in order, so the
+            // merchant sees the same history as when the callback settles it.
+            let processing = if seen.status == Status::Pending {
+                transactions::transition(conn, seen, Status::Processing, change.clone()).await?
+            } else {
+                seen.clone()
+            };
+            transactions::transition(conn, &processing, Status::Completed, change).await?
+        }
+        (_, Outcome::Declined { reason }) => {
+            let change = Change {
+                gateway: named,
+                failure_reason: Some(reason.clone()),
+                ..Change::default()
+            };
+            transactions::transition(conn, seen, Status::Failed, change).await?
+        }
+        (from, _) => {
+            return Err(TransitionError::NotAllowed {
+                from,
+                to: Status::Completed,
+            })
+        }
+    };
+    Ok(Some(record))
+}

@@ -1,0 +1,137 @@
+//! A pending payment that names no gateway is offered to its routed gateways, best
+//! first, skipping those whose circuit is open or that cannot take its payment method.
+//! Before each call the gateway is written on the transaction with a version bump (the
+//! fencing token of that choice): a worker whose write is refused asks nobody. Only a
+//! gateway that proves it took nothing (connection refused, `503`, a refusal of the
+//! request itself) is passed over for the next; any other answer settles the payment or
+//! leaves it with that gateway (see [`crate::resolve`]).
+
+use paygate_common::domain::Status;
+use paygate_common::gateway::{GatewayRecord, Outcome, PaymentMethod};
+use paygate_common::kafka::HandlerError;
+use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
+
+use crate::call::Order;
+use crate::{PaymentHandler, Step};
+
+/// Why a card payment is failed before any gateway is asked when its CVV is gone.
+pub(crate) const CVV_EXPIRED: &str = "cvv_expired: the card's security code expired before a gateway could be asked; ask the customer to pay again";
+
+impl PaymentHandler {
+    /// A pending payment that names no gateway: offered to its routes in order.
+    pub(crate) async fn route(&self, transaction: TransactionRecord) -> Result<Step, HandlerError> {
+        let method = transaction.payment_method();
+        let routed = self.routes.snapshot().candidates(&transaction);
+        let takers: Vec<GatewayRecord> = routed
+            .into_iter()
+            .filter(|g| g.adapter().is_some_and(|a| a.takes(method)))
+            .collect();
+        if takers.is_empty() {
+            let reason = format!(
+                "no gateway routes a {} {} {} for country {}",
+                if method == PaymentMethod::Card {
+                    "card"
+                } else {
+                    "plain"
+                },
+                transaction.kind,
+                transaction.currency,
+                transaction.country.as_deref().unwrap_or("(none)")
+            );
+            self.fail(&transaction, reason).await?;
+            return Ok(Step::Done);
+        }
+        let order = match self.order(&transaction).await? {
+            Order::Ready(order) => order,
+            // No gateway has been asked since it was released (or ever): nothing can
+            // be held anywhere, so failing it is safe, and says why.
+            Order::NoCvv => {
+                self.fail(&transaction, CVV_EXPIRED.to_owned()).await?;
+                return Ok(Step::Done);
+            }
+        };
+
+        let mut current = transaction;
+        let mut reasons = Vec::new();
+        for gateway in &takers {
+            if !self.breakers.permit(&gateway.code) {
+                reasons.push(format!("{}: circuit open", gateway.code));
+                continue;
+            }
+            let Some(attempt) = self.record_attempt(&current, gateway).await? else {
+                return Ok(Step::Done);
+            };
+            match self.submit_permitted(&attempt, gateway, &order).await? {
+                Outcome::Unavailable { reason } => {
+                    reasons.push(reason);
+                    current = attempt;
+                }
+                outcome => return self.apply(&attempt, gateway, outcome).await,
+            }
+        }
+        // Every gateway proved it took nothing (or was skipped): forget the last one, so
+        // the retry starts from the top.
+        if current.gateway.is_some() && self.release(&current).await?.is_none() {
+            return Ok(Step::Done);
+        }
+        Ok(Step::Retry {
+            reason: format!("every gateway is unavailable: {}", reasons.join("; ")),
+            ambiguous: false,
+        })
+    }
+
+    /// Writes down that `gateway` is about to be asked (a version bump: the fencing
+    /// token of this call). `None` when fenced out: another worker moved the payment,
+    /// so nobody may be asked.
+    pub(crate) async fn record_attempt(
+        &self,
+        seen: &TransactionRecord,
+        gateway: &GatewayRecord,
+    ) -> Result<Option<TransactionRecord>, HandlerError> {
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        match transactions::record_attempt(&mut tx, seen, &gateway.code).await {
+            Ok(record) => {
+                tx.commit().await.map_err(HandlerError::transient)?;
+                Ok(Some(record))
+            }
+            Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
+            Err(error) => {
+                tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; asking nobody");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forgets the gateway `transaction` names (it proved it took nothing); `None` when
+    /// fenced out by a concurrent change.
+    pub(crate) async fn release(
+        &self,
+        transaction: &TransactionRecord,
+    ) -> Result<Option<TransactionRecord>, HandlerError> {
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        match transactions::release_attempt(&mut tx, transaction).await {
+            Ok(record) => {
+                tx.commit().await.map_err(HandlerError::transient)?;
+                Ok(Some(record))
+            }
+            Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
+            Err(error) => {
+                tracing::info!(transaction_id = %transaction.id, %error, "changed concurrently; leaving it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Fails a pending payment that no gateway holds, with `reason`.
+    pub(crate) async fn fail(
+        &self,
+        transaction: &TransactionRecord,
+        reason: String,
+    ) -> Result<(), HandlerError> {
+        let change = Change {
+            failure_reason: Some(reason),
+            ..Change::default()
+        };
+        self.finish(transaction, Status::Failed, change).await
+    }
+}
