@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use paygate_common::domain::{Currency, Kind, Money, Status};
 use paygate_common::transactions::{self, Change, NewTransaction, TransactionRecord};
-use paygate_testkit::{eventually, json_of, Running, Service, Suite, SuiteOptions, ADMIN_TOKEN};
+use paygate_testkit::{
+    eventually, json_of, route_everything_to_simulator, Running, Service, Suite, SuiteOptions,
+    ADMIN_TOKEN,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -111,7 +114,7 @@ async fn version_of(pool: &PgPool, id: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_asks_for_an_unresolved_payment_again_clears_its_mark_records_who_and_why_and_a_repeat_changes_nothing(
 ) {
-    let api = Api::start().await;
+    let api = with_gateways().await;
     let merchant = merchant_of(&api).await;
     let record = pending(&api.pool, &merchant, Some("simjson")).await;
     let id = record.id.to_string();
@@ -196,6 +199,14 @@ async fn a_redrive_asks_for_an_unresolved_payment_again_clears_its_mark_records_
     api.running.stop().await.unwrap();
 }
 
+/// The api alone, with the simulator's gateways registered (at an address nobody
+/// answers: nothing here calls a gateway).
+async fn with_gateways() -> Api {
+    let api = Api::start().await;
+    route_everything_to_simulator(&api.pool, "http://127.0.0.1:9").await;
+    api
+}
+
 /// The test merchant's id (the only merchant of an [`Api`]'s database).
 async fn merchant_of(api: &Api) -> paygate_common::domain::MerchantId {
     let id: String = sqlx::query_scalar("SELECT id FROM merchant LIMIT 1")
@@ -208,7 +219,7 @@ async fn merchant_of(api: &Api) -> paygate_common::domain::MerchantId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_and_release_of_a_final_payment_are_refused_with_a_typed_error_and_change_nothing()
 {
-    let api = Api::start().await;
+    let api = with_gateways().await;
     let merchant = merchant_of(&api).await;
     let id = completed(&api.pool, &merchant).await;
     let before = (
@@ -268,7 +279,7 @@ async fn redrive_and_release_of_a_final_payment_are_refused_with_a_typed_error_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_names_the_gateway_confirmed_with_clears_it_records_who_and_why_and_a_repeat_changes_nothing(
 ) {
-    let api = Api::start().await;
+    let api = with_gateways().await;
     let merchant = merchant_of(&api).await;
     let record = pending(&api.pool, &merchant, Some("simsoap")).await;
     let id = record.id.to_string();
@@ -388,7 +399,7 @@ async fn a_payment_released_from_a_gateway_that_never_got_it_completes_at_the_ne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolving_a_review_clears_it_keeps_the_status_and_when_it_became_final_and_a_repeat_changes_nothing(
 ) {
-    let api = Api::start().await;
+    let api = with_gateways().await;
     let merchant = merchant_of(&api).await;
     let id = completed(&api.pool, &merchant).await;
     sqlx::query(
@@ -457,7 +468,7 @@ async fn resolving_a_review_clears_it_keeps_the_status_and_when_it_became_final_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_aside_event_is_listed_with_its_transaction_and_resent_once_then_published() {
-    let api = Api::start().await;
+    let api = with_gateways().await;
     let merchant = merchant_of(&api).await;
     let record = pending(&api.pool, &merchant, None).await;
     let id = record.id.to_string();
@@ -567,7 +578,7 @@ async fn a_set_aside_event_is_listed_with_its_transaction_and_resent_once_then_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_operators_act_under_the_name_they_signed_in_with_and_see_what_needs_them() {
-    let api = Api::start().await;
+    let api = with_gateways().await;
     let merchant = merchant_of(&api).await;
     let record = pending(&api.pool, &merchant, Some("simjson")).await;
     let id = record.id.to_string();
