@@ -56,6 +56,7 @@ pub async fn register_simulator(
     simulator_url: &str,
     secrets: &SimulatorSecrets,
     timeout_ms: i32,
+    timings: paygate_common::gateway::Timings,
 ) -> anyhow::Result<()> {
     let base = simulator_url.trim_end_matches('/');
     let gateways = [
@@ -75,7 +76,7 @@ pub async fn register_simulator(
                 timeout_ms,
                 max_concurrency: 64,
                 enabled: true,
-                timings: paygate_common::gateway::Timings::default(),
+                timings,
             },
         )
         .await?;
@@ -101,9 +102,27 @@ pub async fn register_simulator(
     Ok(())
 }
 
+/// The demo's gateways wait less than production's defaults, so what happens to an
+/// ambiguous payment or a lost callback shows within a minute: "unknown reference" is
+/// an answer 30 s after an ambiguous attempt (six times the 5 s timeout), a callback is
+/// chased after a minute, and a payment nothing settles is flagged after ten.
+pub const DEMO_TIMINGS: paygate_common::gateway::Timings = paygate_common::gateway::Timings {
+    settle_window_ms: 30_000,
+    callback_deadline_ms: 60_000,
+    review_after_ms: 600_000,
+};
+
 /// Creates (or finds) the demo merchant and (re)configures the simulated gateways.
 pub async fn seed(pool: &PgPool, keys: &KeyRing, demo: &DemoConfig) -> anyhow::Result<NewMerchant> {
-    register_simulator(pool, keys, &demo.simulator_url, &demo.secrets, 5_000).await?;
+    register_simulator(
+        pool,
+        keys,
+        &demo.simulator_url,
+        &demo.secrets,
+        5_000,
+        DEMO_TIMINGS,
+    )
+    .await?;
     match merchants::find_by_api_key(pool, keys, &demo.api_key).await? {
         Some((id, webhook_secret)) => {
             merchants::set_webhook_url(pool, &id, Some(&demo.webhook_url)).await?;

@@ -34,6 +34,6 @@ pub use process::{binary, Process, Supervised};
 pub use relay::TcpRelay;
 pub use simulator::{
     control_simulator, misbehave, route_everything_to_simulator, start_simulator, SIM_CARD_SECRET,
-    SIM_JSON_SECRET, SIM_SOAP_SECRET,
+    SIM_JSON_SECRET, SIM_SOAP_SECRET, TEST_TIMINGS,
 };
 pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};

@@ -33,6 +33,14 @@ pub async fn start_simulator(shutdown: CancellationToken, answer_delay: Duration
     url
 }
 
+/// How long the tests' gateways wait: an unknown reference is an answer 5 s after an
+/// ambiguous attempt (the timeout is 2 s), a callback is chased after 20 s.
+pub const TEST_TIMINGS: paygate_common::gateway::Timings = paygate_common::gateway::Timings {
+    settle_window_ms: 5_000,
+    callback_deadline_ms: 20_000,
+    review_after_ms: 600_000,
+};
+
 /// Registers the simulator's gateways and routes as the demo does (`simjson` for
 /// everything, `simsoap` first for `DE`, `simcard` for cards), with a 2 s timeout.
 pub async fn route_everything_to_simulator(pool: &PgPool, simulator_url: &str) {
@@ -41,9 +49,16 @@ pub async fn route_everything_to_simulator(pool: &PgPool, simulator_url: &str) {
         soap: SIM_SOAP_SECRET.to_owned(),
         card: SIM_CARD_SECRET.to_owned(),
     };
-    paygate_api::demo::register_simulator(pool, &crate::keys(), simulator_url, &secrets, 2_000)
-        .await
-        .unwrap();
+    paygate_api::demo::register_simulator(
+        pool,
+        &crate::keys(),
+        simulator_url,
+        &secrets,
+        2_000,
+        TEST_TIMINGS,
+    )
+    .await
+    .unwrap();
 }
 
 /// Makes every gateway of the simulator at `url` answer `force_status` (or behave

@@ -6,7 +6,7 @@
 //! the chart reads the last hour of `transaction_final_recent` (only payments that
 //! reached a final state, by when they did), the backlog reads the outbox's
 //! `transaction_event_unpublished` and the dispatcher's `webhook_delivery_due`, and the
-//! counts read their partial indexes (`transaction_unresolved`,
+//! counts read their partial indexes (`transaction_unresolved`, `transaction_review`,
 //! `webhook_delivery_failed`, `gateway_callback_rejected`). The backlog is the
 //! outbox's (events committed, not yet on their topic) and the webhook queue's, read
 //! from PostgreSQL: it needs no broker connection, and it is where a stalled relay or
@@ -136,6 +136,8 @@ struct Backlog {
 /// The counts on the overview.
 struct Counts {
     unresolved: i64,
+    /// Payments under review: a contradiction, or nothing settles them (`no_callback`).
+    under_review: i64,
     failed_deliveries: i64,
     rejected_callbacks_24h: i64,
     webhooks_pending: i64,
@@ -143,15 +145,17 @@ struct Counts {
 }
 
 async fn counts(pool: &sqlx::PgPool) -> sqlx::Result<Counts> {
-    let (unresolved, failed_deliveries, rejected_callbacks_24h, webhooks_pending, webhooks_due): (
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = sqlx::query_as(
+    let (
+        unresolved,
+        under_review,
+        failed_deliveries,
+        rejected_callbacks_24h,
+        webhooks_pending,
+        webhooks_due,
+    ): (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT
            (SELECT count(*) FROM transaction WHERE status = 'pending' AND unresolved_since IS NOT NULL),
+           (SELECT count(*) FROM transaction WHERE review_reason IS NOT NULL),
            (SELECT count(*) FROM webhook_delivery WHERE status = 'failed'),
            (SELECT count(*) FROM gateway_callback
              WHERE outcome = 'rejected' AND received_at > now() - interval '24 hours'),
@@ -162,6 +166,7 @@ async fn counts(pool: &sqlx::PgPool) -> sqlx::Result<Counts> {
     .await?;
     Ok(Counts {
         unresolved,
+        under_review,
         failed_deliveries,
         rejected_callbacks_24h,
         webhooks_pending,
@@ -223,6 +228,9 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
             section.cards {
                 a.card.alert[counts.unresolved > 0] href="/console/attention#unresolved" {
                     span.number { (counts.unresolved) } span.label { "unresolved payments" }
+                }
+                a.card.alert[counts.under_review > 0] href="/console/attention#review" {
+                    span.number { (counts.under_review) } span.label { "payments under review" }
                 }
                 a.card.alert[counts.failed_deliveries > 0] href="/console/attention#webhooks" {
                     span.number { (counts.failed_deliveries) } span.label { "failed webhook deliveries" }

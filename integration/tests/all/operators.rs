@@ -402,6 +402,7 @@ async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
         "http://127.0.0.1:8090",
         &secrets,
         5_000,
+        paygate_api::demo::DEMO_TIMINGS,
     )
     .await
     .unwrap();
@@ -414,7 +415,8 @@ async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
     ] {
         let put = admin(&operated, reqwest::Method::PUT, &format!("/gateways/{code}"))
             .json(&json!({"protocol": protocol, "base_url": format!("http://127.0.0.1:8090/{protocol}"),
-                          "callback_secret": secret, "timeout_ms": 5000, "max_concurrency": 64, "enabled": true}))
+                          "callback_secret": secret, "timeout_ms": 5000, "max_concurrency": 64, "enabled": true,
+                          "settle_window_ms": 30000, "callback_deadline_ms": 60000, "review_after_ms": 600000}))
             .send()
             .await
             .unwrap();
