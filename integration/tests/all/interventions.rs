@@ -511,6 +511,16 @@ async fn a_set_aside_event_is_listed_with_its_transaction_and_resent_once_then_p
     assert_eq!(row["transaction_id"], id.as_str());
     assert_eq!(row["transaction_status"], "pending");
     assert_eq!(row["reason"], "the broker does not know its topic");
+    // The console shows it on the payment's page and in "needs a human", with a button.
+    let mut browser = Browser::new(&api.url);
+    browser.sign_in_as("Ada").await;
+    let page = browser.page(&format!("/console/transactions/{id}")).await;
+    assert!(page.contains("1 set-aside event"), "{page}");
+    assert!(page.contains(&format!("/console/events/{event_id}/resend")));
+    let attention = browser.page("/console/attention").await;
+    assert!(
+        attention.contains(&event_id) && attention.contains("the broker does not know its topic")
+    );
 
     let resend = |body: Option<Value>| {
         let request = api
