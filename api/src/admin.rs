@@ -4,6 +4,14 @@
 //! keys, points their webhooks, sets customers' countries, steers gateways and routes,
 //! and lists what needs a human: rejected callbacks and payments left unresolved or
 //! failed by their retries. The demo seed calls the same functions.
+//!
+//! Its newer routes live in a module each under `admin/`: operators' actions on
+//! payments ([`payments`]), the outbox's set-aside events ([`outbox`]) and merchants'
+//! payout limits ([`limits`]).
+
+mod limits;
+mod outbox;
+mod payments;
 
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -50,6 +58,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(delete_route))
         .routes(routes!(rejected_callbacks))
         .routes(routes!(dead_lettered_payments))
+        .routes(routes!(payments::redrive))
+        .routes(routes!(payments::release))
+        .routes(routes!(payments::resolve_review))
+        .routes(routes!(outbox::set_aside))
+        .routes(routes!(outbox::resend))
+        .routes(routes!(limits::set_limits, limits::limits))
 }
 
 /// A request that carried the admin token.
@@ -836,7 +850,8 @@ async fn dead_lettered_payments(
 /// gateway stayed down (newest first), at most 100 of each.
 pub async fn dead_lettered_list(pool: &sqlx::PgPool) -> sqlx::Result<Vec<DeadLettered>> {
     sqlx::query_as(
-        "(SELECT id, merchant_id, status, gateway, failure_reason AS reason, unresolved_since
+        "(SELECT id, merchant_id, status, gateway,
+                 COALESCE(unresolved_reason, failure_reason) AS reason, unresolved_since
             FROM transaction WHERE status = 'pending' AND unresolved_since IS NOT NULL
            ORDER BY unresolved_since LIMIT 100)
          UNION ALL

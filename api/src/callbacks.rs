@@ -73,7 +73,7 @@ pub async fn receive(
         .unwrap_or("application/octet-stream")
         .to_owned();
     let (gateway, adapter, body) =
-        verified(&state, &code, request, "any content type", |_| true).await?;
+        verified(&state, &code, request, "any content type", |_| true, None).await?;
 
     let identity = adapter
         .callback_identity(&body)
@@ -108,13 +108,16 @@ fn refused() -> ApiError {
 }
 
 /// Finds gateway `code` (cached), reads the body (if `accepts` its content type) and
-/// checks its signature with that gateway's adapter, before anything reads the body.
+/// checks its signature, before anything reads the body: with that gateway's adapter,
+/// or, for a legacy callback `bound_to` the transaction in its URL, over
+/// `"<t>.<transaction id>.<body>"` (see [`gateway::legacy`]).
 async fn verified(
     state: &AppState,
     code: &str,
     request: Request,
     wanted: &'static str,
     accepts: fn(&str) -> bool,
+    bound_to: Option<&TransactionId>,
 ) -> Result<(gateway::GatewayRecord, &'static dyn gateway::Gateway, Bytes)> {
     let gateway = state
         .gateways
@@ -133,9 +136,16 @@ async fn verified(
         .cards
         .open_secret(&gateway.callback_secret)
         .map_err(ApiError::Internal)?;
-    if let Err(error) =
-        adapter.verify_callback(secret.expose_secret(), signature.as_deref(), &body, now)
-    {
+    let checked = match bound_to {
+        Some(id) => callback::verify(
+            secret.expose_secret(),
+            signature.as_deref(),
+            &gateway::legacy::signed_payload(id.as_str(), &body),
+            now,
+        ),
+        None => adapter.verify_callback(secret.expose_secret(), signature.as_deref(), &body, now),
+    };
+    if let Err(error) = checked {
         tracing::warn!(gateway = code, %error, "callback refused");
         return Err(refused());
     }
@@ -186,23 +196,27 @@ async fn store(
     Ok(())
 }
 
-/// The first take-home's callback: `{"gateway_txn_id", "status"}` posted to the
-/// transaction's own URL, signed like every callback with the secret of the gateway the
-/// transaction names. Anything unknown (transaction, gateway) is refused like a bad
-/// signature.
+/// The first take-home's callback: `{"gateway_txn_id", "status", "amount",
+/// "currency"?}` posted to the transaction's own URL, signed with the secret of the
+/// gateway the transaction names over the transaction id and the body together, and
+/// deduplicated per transaction (see [`gateway::legacy`]). Anything unknown
+/// (transaction, gateway) is refused like a bad signature.
 #[utoipa::path(
     post,
     path = "/callback/{id}",
     operation_id = "receive_legacy_callback",
     tag = "gateways",
     summary = "Receive a callback in the original shape",
-    description = "For gateways: `{\"gateway_txn_id\": \"…\", \"status\": \"completed\" | \"failed\"}` \
-                   about transaction `id`, signed in `X-Paygate-Signature` with the secret of the \
-                   gateway the transaction names. The same body twice is one callback.",
+    description = "For gateways: `{\"gateway_txn_id\": \"…\", \"status\": \"completed\" | \"failed\", \
+                   \"amount\": \"33.00\", \"currency\"?: \"USD\"}` about transaction `id`, signed in \
+                   `X-Paygate-Signature` with the secret of the gateway the transaction names, over the \
+                   transaction id and the body together. `amount` is required and checked against the \
+                   transaction (a mismatch is kept, rejected); `currency` left out is the transaction's. \
+                   The same body twice to one transaction is one callback; to two transactions, two.",
     params(
         ("id" = String, Path, description = "The transaction id, `txn_…`."),
         ("X-Paygate-Signature" = String, Header,
-            description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>`, within 300 s."),
+            description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<id>.<body>\")>` with `<id>` the transaction id in the path, within 300 s."),
     ),
     request_body(description = "The original callback.", content(("application/json"))),
     responses(
@@ -230,13 +244,14 @@ pub async fn receive_legacy(
         request,
         "Content-Type: application/json",
         is_json,
+        Some(&transaction_id),
     )
     .await?;
     store(
         &state,
         &gateway.code,
         &transaction_id,
-        &gateway::legacy::dedup_key(&body),
+        &gateway::legacy::dedup_key(transaction_id.as_str(), &body),
         gateway::legacy::CONTENT_TYPE,
         &body,
     )

@@ -23,6 +23,15 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
+    /// 422: well-formed and valid, but a rule about the state of things refuses it;
+    /// `code` names the rule (`limit_exceeded`, `not_pending`, …) for clients to branch
+    /// on, and nothing was changed.
+    #[error("{message}")]
+    Refused {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
     #[error("missing or invalid credentials")]
     Unauthorized,
     #[error("{0}")]
@@ -55,10 +64,23 @@ impl ApiError {
         }
     }
 
+    /// A refusal by the rule `code`, about `field` when one input is at fault.
+    pub fn refused(
+        code: &'static str,
+        field: Option<&str>,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        ApiError::Refused {
+            code,
+            message: message.to_string(),
+            field: field.map(str::to_owned),
+        }
+    }
+
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid { .. } | ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,6 +98,7 @@ impl ApiError {
         match self {
             ApiError::Malformed { .. } => "malformed_body",
             ApiError::Invalid { .. } => "validation_failed",
+            ApiError::Refused { code, .. } => code,
             ApiError::Unauthorized | ApiError::Unauthenticated(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -91,7 +114,9 @@ impl ApiError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            ApiError::Malformed { field, .. } | ApiError::Invalid { field, .. } => field.as_deref(),
+            ApiError::Malformed { field, .. }
+            | ApiError::Invalid { field, .. }
+            | ApiError::Refused { field, .. } => field.as_deref(),
             _ => None,
         }
     }
@@ -120,7 +145,10 @@ pub struct ErrorBody {
     /// What went wrong, for clients to branch on: `malformed_body`, `validation_failed`,
     /// `unauthorized`, `not_found`, `method_not_allowed`, `payload_too_large`,
     /// `unsupported_media_type`, `idempotency_in_flight`, `rate_limited`,
-    /// `service_unavailable`, `internal_error`.
+    /// `service_unavailable`, `internal_error`; and, with 422, the rule that refused a
+    /// valid request: `limit_exceeded` (a withdrawal over the merchant's payout limits),
+    /// `not_pending`, `no_gateway` and `gateway_changed` (an operator action the
+    /// payment's state does not allow).
     #[schema(example = "validation_failed")]
     pub code: &'static str,
     /// For people; never carries internals.
@@ -226,8 +254,29 @@ pub mod responses {
         Conflict => "A request with this `Idempotency-Key` is still in flight; retry later.";
         PayloadTooLarge => "The body is larger than the configured limit (1 MiB by default).";
         UnsupportedMediaType => "The `Content-Type` is not one this route takes.";
-        UnprocessableEntity => "Well-formed, but a value breaks a rule, and `field` names it: an unknown currency or country, an amount <= 0 or with too many decimals, a card failing Luhn or expired, an unknown field, an `Idempotency-Key` reused with another body.";
+        UnprocessableEntity => "Well-formed, but a value breaks a rule, and `field` names it: an unknown currency or country, an amount <= 0 or with too many decimals, a card failing Luhn or expired, an unknown field, an `Idempotency-Key` reused with another body. Or a rule refuses a valid request, and `code` names it: `limit_exceeded` (over the merchant's payout limits), `not_pending`, `no_gateway`, `gateway_changed`.";
         ServiceUnavailable => "A dependency is down; try again.";
+    }
+
+    /// The errors an admin route that changes something can answer (400, 401, 404, 413,
+    /// 415, 422, 503), each the shared response above: named once for every such route.
+    pub struct AdminChangeErrors;
+
+    impl utoipa::IntoResponses for AdminChangeErrors {
+        fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+            [
+                ("400", "BadRequest"),
+                ("401", "Unauthorized"),
+                ("404", "NotFound"),
+                ("413", "PayloadTooLarge"),
+                ("415", "UnsupportedMediaType"),
+                ("422", "UnprocessableEntity"),
+                ("503", "ServiceUnavailable"),
+            ]
+            .into_iter()
+            .map(|(status, name)| (status.to_owned(), Ref::from_response_name(name).into()))
+            .collect()
+        }
     }
 
     /// Over the merchant's request rate.

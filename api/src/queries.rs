@@ -155,7 +155,9 @@ pub struct EventView {
     #[schema(minimum = 1)]
     pub version: i32,
     /// `transaction.created`, `transaction.processing`, `transaction.completed`,
-    /// `transaction.failed`, `callback.received`, …
+    /// `transaction.failed`, `callback.received`, history-only events about gateways
+    /// (`gateway.attempted`, …) and operators' actions (`payment.redriven`,
+    /// `gateway.released`, `review.resolved`, `event.resent`), …
     #[serde(rename = "type")]
     #[sqlx(rename = "event_type")]
     #[schema(example = "transaction.created")]
@@ -165,6 +167,16 @@ pub struct EventView {
     pub status: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    /// Who took the action, on an operator's event (`payment.redriven`,
+    /// `gateway.released`, `review.resolved`, `event.resent`): `console: Ada`, `admin
+    /// API: Ada`. Absent on the events Paygate writes by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "admin API: Ada")]
+    pub actor: Option<String>,
+    /// Why, on an operator's event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "gateway confirmed it holds nothing for this reference")]
+    pub note: Option<String>,
 }
 
 fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -198,7 +210,7 @@ pub async fn transaction_events(
 ) -> Result<Response> {
     let record = owned(&state, &merchant, &id).await?;
     let data: Vec<EventView> = sqlx::query_as(
-        "SELECT id, version, event_type, status, created_at FROM transaction_event
+        "SELECT id, version, event_type, status, created_at, actor, note FROM transaction_event
           WHERE transaction_id = $1 AND version IS NOT NULL
           ORDER BY version",
     )

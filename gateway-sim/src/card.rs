@@ -26,6 +26,9 @@ use crate::state::{Gateway, Sim};
 const SUCCEEDS: &str = "4242424242424242";
 const INSUFFICIENT_FUNDS: &str = "4000000000000002";
 const PENDING: &str = "4000000000009995";
+/// Refused with HTTP `402 Payment Required` and nothing charged, as many acquirers
+/// answer a decline.
+const PAYMENT_REQUIRED: &str = "4000000000000408";
 
 pub(crate) fn routes() -> Router<Sim> {
     Router::new()
@@ -58,6 +61,8 @@ struct RawCard {
 struct Card {
     verdict: Verdict,
     last4: String,
+    /// Declined with a `402` instead of a bank code.
+    payment_required: bool,
 }
 
 impl Card {
@@ -84,7 +89,12 @@ impl Card {
             _ => Verdict::Declined(DeclineReason::CardDeclined),
         };
         let last4 = card.number[card.number.len() - 4..].to_owned();
-        Ok(Card { verdict, last4 })
+        let payment_required = card.number == PAYMENT_REQUIRED;
+        Ok(Card {
+            verdict,
+            last4,
+            payment_required,
+        })
     }
 }
 
@@ -93,6 +103,9 @@ async fn charge(State(sim): State<Sim>, body: Result<Json<Value>, JsonRejection>
         Ok(read) => read,
         Err(refusal) => return refusal.into_response(),
     };
+    if card.payment_required {
+        return refusal(StatusCode::PAYMENT_REQUIRED, "insufficient_funds");
+    }
     let scenario = Scenario::of(request.amount).for_card();
     let answer = Answer::new(Gateway::Card, card.verdict);
     tracing::debug!(reference = %request.reference, last4 = %card.last4, "card charge");

@@ -18,6 +18,7 @@
 //! `callback_delay`. The card acquirer decides by test card instead of `.01`/`.04`/`.05`:
 //! `4242424242424242` succeeds, `4000000000000002` is refused for insufficient funds,
 //! `4000000000009995` is pending (approved by a callback after three callback delays),
+//! `4000000000000408` is refused with HTTP `402` (insufficient funds, nothing charged),
 //! any other card is declined.
 //!
 //! Submits are idempotent per gateway and reference: a repeat is answered as the first

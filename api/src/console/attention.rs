@@ -1,7 +1,9 @@
-//! Needs a human: payments unresolved at a gateway (it may hold the money; nobody may
-//! fail them), payments dead-lettered because every gateway stayed down, callbacks
-//! kept but rejected, and webhooks that ran out of attempts — each with its reason and
-//! a link to the transaction's whole life.
+//! Needs a human: payments under review (a contradiction, a payment with no callback),
+//! payments unresolved at a gateway (it may hold the money; nobody may fail them) with
+//! why, payments dead-lettered because every gateway stayed down, events the outbox set
+//! aside for good, callbacks kept but rejected, and webhooks that ran out of attempts —
+//! each with its reason and a link to the transaction's whole life, where the
+//! operator's actions are.
 //!
 //! These are the rows the services record when they give up (the same ones the admin
 //! API lists); the dead-letter topics carry copies of the payments and unreadable
@@ -11,11 +13,22 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
+use super::actions::resend_form;
 use super::error::Result;
 use super::layout::{self, ago, at, status_tag, Section};
 use super::session::Operator;
 use crate::admin::{dead_lettered_list, rejected_callback_list};
 use crate::AppState;
+
+/// A payment under review.
+#[derive(Debug, sqlx::FromRow)]
+struct UnderReview {
+    id: String,
+    status: String,
+    review_reason: String,
+    review_since: Option<DateTime<Utc>>,
+    review_detail: Option<String>,
+}
 
 /// A webhook delivery that ran out of attempts.
 #[derive(Debug, sqlx::FromRow)]
@@ -46,11 +59,34 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
     )
     .fetch_all(&state.pool)
     .await?;
+    // Through `transaction_review (review_since DESC) WHERE review_reason IS NOT NULL`.
+    let reviews: Vec<UnderReview> = sqlx::query_as(
+        "SELECT id, status, review_reason, review_since, review_detail
+           FROM transaction WHERE review_reason IS NOT NULL
+          ORDER BY review_since DESC LIMIT 100",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let set_aside = crate::interventions::set_aside(&state.pool).await?;
     let body = html! {
         h1 { "Needs a human" }
 
-        h2 id="unresolved" { "Unresolved at a gateway (" (unresolved.len()) ")" }
-        p.muted { "No definite answer before the retries ran out: the gateway may hold the money, so the payment stays pending and is asked about again on a slow schedule until a status answer or a callback settles it." }
+        h2 id="review" { "Under review (" (reviews.len()) ")" }
+        p.muted { "A contradiction (charged, yet failed) or a payment Paygate cannot settle alone. The status never changes; resolve it on the payment's page once handled." }
+        @if reviews.is_empty() { p.ok { "None." } } @else {
+            table { thead { tr { th { "transaction" } th { "status" } th { "reason" } th { "since" } th { "detail" } } }
+                tbody { @for r in &reviews { tr {
+                    td { (txn_link(&r.id)) }
+                    td { (status_tag(&r.status)) }
+                    td { code { (r.review_reason) } }
+                    td { @if let Some(since) = r.review_since { (at(since)) " (" (ago(since)) ")" } }
+                    td { (r.review_detail.as_deref().unwrap_or("")) }
+                } } }
+            }
+        }
+
+        h2 id="unresolved" { "Unresolved (" (unresolved.len()) ")" }
+        p.muted { "Pending with no definite answer (the gateway may hold the money, so it stays pending and is asked about again on a slow schedule until a status answer or a callback settles it), or stopped by a permanent error after a gateway was chosen; the reason says which. Re-drive it, or release it, on its page." }
         @if unresolved.is_empty() { p.ok { "None." } } @else {
             table { thead { tr { th { "transaction" } th { "gateway" } th { "unresolved since" } th { "reason" } } }
                 tbody { @for d in &unresolved { tr {
@@ -69,6 +105,20 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
                     td { (txn_link(&d.id)) }
                     td { (status_tag(&d.status)) }
                     td { (d.reason.as_deref().unwrap_or("")) }
+                } } }
+            }
+        }
+
+        h2 id="set-aside" { "Events the outbox set aside (" (set_aside.len()) ")" }
+        p.muted { "The broker refused them for good (an unknown topic, an authorization failure, too large): never published until re-sent, once the cause is fixed." }
+        @if set_aside.is_empty() { p.ok { "None." } } @else {
+            table { thead { tr { th { "transaction" } th { "event" } th { "set aside" } th { "reason" } th { "" } } }
+                tbody { @for e in &set_aside { tr {
+                    td { (txn_link(&e.transaction_id)) " " (status_tag(&e.transaction_status)) }
+                    td { code { (e.event_type) } " " code.muted { (e.event_id) } }
+                    td { (at(e.set_aside_at)) }
+                    td { (e.reason.as_deref().unwrap_or("")) }
+                    td { (resend_form(&operator, &e.event_id)) }
                 } } }
             }
         }

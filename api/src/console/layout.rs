@@ -138,6 +138,8 @@ pub fn sign_in(nonce: &str, error: Option<&str>) -> Markup {
                         input type="hidden" name="csrf" value=(nonce);
                         label for="token" { "Admin token" }
                         input id="token" type="password" name="token" autocomplete="current-password" required autofocus;
+                        label for="name" { "Your name " span.muted { "(recorded with what you do to payments)" } }
+                        input id="name" type="text" name="name" autocomplete="name" maxlength="100";
                         button type="submit" { "Sign in" }
                     }
                 }

@@ -3,7 +3,7 @@
 //! life, the gateways with their circuits and routes, and what needs a human.
 //!
 //! It reads the same tables as the admin API and steers through the same functions
-//! (gateway enable/disable, webhook replay). Pages are HTML from [`maud`], made better
+//! (gateway enable/disable, webhook replay, operators' actions on payments). Pages are HTML from [`maud`], made better
 //! by htmx when it loads and complete without it; every answer carries a strict
 //! Content-Security-Policy ([`layout::CSP`]); every page but sign-in needs a session
 //! ([`session`]); every state-changing form carries the session's CSRF token.
@@ -11,6 +11,7 @@
 //! The console is not part of the OpenAPI document (it is pages, not an API), and sits
 //! outside the api's JSON/XML negotiation: its errors are pages too.
 
+pub mod actions;
 pub mod assets;
 pub mod attention;
 pub mod error;
@@ -46,6 +47,13 @@ pub fn router(state: AppState) -> Router {
             "/console/deliveries/{id}/replay",
             post(transactions::replay),
         )
+        .route("/console/transactions/{id}/redrive", post(actions::redrive))
+        .route("/console/transactions/{id}/release", post(actions::release))
+        .route(
+            "/console/transactions/{id}/review/resolve",
+            post(actions::resolve_review),
+        )
+        .route("/console/events/{id}/resend", post(actions::resend))
         .route("/console/gateways", get(gateways::show))
         .route("/console/gateways/{code}/switch", post(gateways::switch))
         .route("/console/attention", get(attention::show))
@@ -73,6 +81,9 @@ async fn sign_in_form(State(state): State<AppState>, headers: HeaderMap) -> Resp
 struct SignIn {
     #[serde(default)]
     token: String,
+    /// Who the operator's actions are recorded under.
+    #[serde(default)]
+    name: String,
     #[serde(default)]
     csrf: String,
 }
@@ -82,7 +93,7 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignIn>,
 ) -> Response {
-    match session::sign_in(&state, &headers, form.token.trim(), &form.csrf) {
+    match session::sign_in(&state, &headers, form.token.trim(), &form.name, &form.csrf) {
         Ok(cookie) => {
             tracing::info!("operator signed in to the console");
             let mut response = redirect("/console");

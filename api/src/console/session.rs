@@ -1,7 +1,8 @@
 //! Who may use the console: an operator who typed the admin token into the sign-in
-//! form. The session is a cookie the server signed, not a row: it carries its expiry
-//! and a random nonce, MACed with a key derived from `admin.token`, so any api replica
-//! can check it, and changing the token signs every operator out. Each session's CSRF
+//! form, with the name their actions are recorded under. The session is a cookie the
+//! server signed, not a row: it carries its expiry, a random nonce and the operator's
+//! name, MACed with a key derived from `admin.token`, so any api replica can check it,
+//! and changing the token signs every operator out. Each session's CSRF
 //! token is a MAC of its nonce under the same key, so a form is accepted only from a
 //! page this session was served.
 //!
@@ -71,11 +72,16 @@ fn random_hex() -> String {
     hex::encode(bytes)
 }
 
+/// The name recorded for an operator who gave none at sign-in.
+pub const UNNAMED: &str = "unnamed operator";
+
 /// A signed-in operator.
 #[derive(Debug, Clone)]
 pub struct Operator {
     /// The token this session's forms must carry.
     pub csrf: String,
+    /// Who, as their actions on payments are recorded (given at sign-in).
+    pub name: String,
 }
 
 impl Operator {
@@ -101,10 +107,11 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Reads and checks a session cookie's value: `v1.<expiry>.<nonce>.<mac>`.
+/// Reads and checks a session cookie's value: `v2.<expiry>.<nonce>.<hex name>.<mac>`.
 fn verify(key: &[u8; 32], value: &str) -> Option<Operator> {
     let mut parts = value.split('.');
-    let (Some("v1"), Some(expiry), Some(nonce), Some(tag), None) = (
+    let (Some("v2"), Some(expiry), Some(nonce), Some(name), Some(tag), None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -113,15 +120,22 @@ fn verify(key: &[u8; 32], value: &str) -> Option<Operator> {
     ) else {
         return None;
     };
-    if !same(tag, &mac(key, &format!("v1.{expiry}.{nonce}"))) {
+    if !same(tag, &mac(key, &format!("v2.{expiry}.{nonce}.{name}"))) {
         return None;
     }
     if expiry.parse::<i64>().ok()? <= Utc::now().timestamp() {
         return None;
     }
+    let name = String::from_utf8(hex::decode(name).ok()?).ok()?;
     Some(Operator {
         csrf: mac(key, &format!("csrf.{nonce}")),
+        name,
     })
+}
+
+/// The session payload (what the MAC covers) for an operator named `name`.
+fn payload(expiry: i64, name: &str) -> String {
+    format!("v2.{expiry}.{}.{}", random_hex(), hex::encode(name))
 }
 
 impl<S> FromRequestParts<S> for Operator
@@ -171,11 +185,13 @@ pub fn login_nonce(state: &AppState, headers: &HeaderMap) -> (String, Option<Hea
 }
 
 /// Signs in when `token` is the admin token and the form came from our sign-in page:
-/// the session cookie to set, or why not.
+/// the session cookie to set, or why not. `name` (blank: [`UNNAMED`]) is who the
+/// operator's actions are recorded under.
 pub fn sign_in(
     state: &AppState,
     headers: &HeaderMap,
     token: &str,
+    name: &str,
     form_nonce: &str,
 ) -> Result<HeaderValue, ConsoleError> {
     let held = cookie(headers, LOGIN_COOKIE_NAME).unwrap_or_default();
@@ -187,8 +203,13 @@ pub fn sign_in(
     if !crate::admin::same_secret(token, expected) {
         return Err(ConsoleError::WrongToken);
     }
+    let name = match name.trim() {
+        "" => UNNAMED.to_owned(),
+        given => crate::interventions::operator_name(given)
+            .map_err(|e| ConsoleError::Invalid(format!("name: {e}")))?,
+    };
     let expiry = Utc::now().timestamp() + SESSION_TTL.as_secs() as i64;
-    let payload = format!("v1.{expiry}.{}", random_hex());
+    let payload = payload(expiry, &name);
     let value = format!("{payload}.{}", mac(&key, &payload));
     set_cookie(
         COOKIE_NAME,
@@ -215,15 +236,16 @@ mod tests {
     fn a_session_verifies_only_unaltered_and_unexpired() {
         let key = [7u8; 32];
         let expiry = Utc::now().timestamp() + 60;
-        let payload = format!("v1.{expiry}.{}", random_hex());
+        let payload = super::payload(expiry, "Ada L.");
         let value = format!("{payload}.{}", mac(&key, &payload));
         let operator = verify(&key, &value).unwrap();
         assert_eq!(operator.csrf.len(), 64);
+        assert_eq!(operator.name, "Ada L.", "the name survives its dots");
         assert!(verify(&[8u8; 32], &value).is_none(), "another key");
         let later = value.replacen(&expiry.to_string(), &(expiry + 1).to_string(), 1);
         assert!(verify(&key, &later).is_none(), "a changed expiry");
         let past = Utc::now().timestamp() - 1;
-        let payload = format!("v1.{past}.{}", random_hex());
+        let payload = super::payload(past, "Ada");
         let expired = format!("{payload}.{}", mac(&key, &payload));
         assert!(verify(&key, &expired).is_none(), "expired");
     }

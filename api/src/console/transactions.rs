@@ -1,7 +1,9 @@
 //! Transactions: the list with the merchant API's filters and cursor (across
-//! merchants, or one), and one transaction's whole life: its event timeline, the
-//! gateways it was offered to, the callbacks received about it and what became of
-//! them, and every webhook attempt, with a button that sends a webhook again.
+//! merchants, or one), and one transaction's whole life: its event timeline (with who
+//! did what and why, and any event the outbox set aside), the gateways it was offered
+//! to, the callbacks received about it and what became of them, and every webhook
+//! attempt, with a button that sends a webhook again and the operators' actions its
+//! state allows (see [`super::actions`]).
 //!
 //! The list is one range scan of an index that starts with its order: across
 //! merchants `transaction_newest (created_at DESC, id DESC)`, for one merchant the
@@ -21,6 +23,7 @@ use paygate_common::domain::{Kind, MerchantId, Status, TransactionId};
 use paygate_common::events::proto;
 use paygate_common::transactions;
 
+use super::actions;
 use super::error::{ConsoleError, Result};
 use super::gateways::Outcome;
 use super::layout::{self, at, status_tag, Section};
@@ -270,6 +273,12 @@ struct EventRow {
     created_at: DateTime<Utc>,
     published_at: Option<DateTime<Utc>>,
     payload: Vec<u8>,
+    /// Set when the outbox gave up on it (never published until re-sent).
+    set_aside_at: Option<DateTime<Utc>>,
+    set_aside_reason: Option<String>,
+    /// Who and why, on an operator's action.
+    actor: Option<String>,
+    note: Option<String>,
 }
 
 impl EventRow {
@@ -349,12 +358,14 @@ pub async fn detail(
     let events: Vec<EventRow> = sqlx::query_as(
         "SELECT id, version, event_type, status, destination, created_at, published_at,
                 CASE WHEN event_type IN ('gateway.attempted', 'transaction.failed')
-                     THEN payload ELSE ''::bytea END AS payload
+                     THEN payload ELSE ''::bytea END AS payload,
+                set_aside_at, set_aside_reason, actor, note
            FROM transaction_event WHERE transaction_id = $1 ORDER BY seq",
     )
     .bind(id.as_str())
     .fetch_all(&state.pool)
     .await?;
+    let set_aside = events.iter().filter(|e| e.set_aside_at.is_some()).count();
     let callbacks: Vec<CallbackRow> = sqlx::query_as(
         "SELECT id, gateway, content_type, received_at, processed_at, outcome, outcome_reason
            FROM gateway_callback WHERE transaction_id = $1 ORDER BY received_at, id",
@@ -369,7 +380,9 @@ pub async fn detail(
     let body = html! {
         p.crumbs { a href="/console/transactions" { "Transactions" } " / " code { (record.id) } }
         h1 { (record.kind) " of " (record.amount) " " (record.currency) " " (status_tag(record.status.as_str()))
-            @if record.unresolved_since.is_some() { " " span.tag.unresolved { "unresolved" } } }
+            @if record.unresolved_since.is_some() { " " span.tag.unresolved { "unresolved" } }
+            @if record.review_reason.is_some() { " " span.tag.review { "under review" } }
+            @if set_aside > 0 { " " a.tag.set_aside href="#timeline" { (set_aside) " set-aside event" @if set_aside > 1 { "s" } } } }
         dl.facts {
             dt { "id" } dd { code { (record.id) } }
             dt { "merchant" } dd { (merchant.as_deref().unwrap_or("?")) " " code.muted { (record.merchant_id) } }
@@ -380,14 +393,26 @@ pub async fn detail(
             dt { "gateway" } dd { (record.gateway.as_deref().unwrap_or("—")) @if let Some(g) = &record.gateway_txn_id { " " code { (g) } } }
             @if let Some(reason) = &record.failure_reason { dt { "failure reason" } dd { (reason) } }
             @if let Some(since) = record.unresolved_since { dt { "unresolved since" } dd { (at(since)) } }
+            @if let Some(reason) = &record.unresolved_reason { dt { "unresolved because" } dd { (reason) } }
+            @if let Some(reason) = &record.review_reason {
+                dt { "under review" }
+                dd {
+                    code { (reason) }
+                    @if let Some(since) = record.review_since { " since " (at(since)) }
+                    @if let Some(detail) = &record.review_detail { br; (detail) }
+                }
+            }
             dt { "version" } dd { (record.version) }
             dt { "created" } dd { (at(record.created_at)) }
             dt { "updated" } dd { (at(record.updated_at)) }
         }
 
+        h2 id="actions" { "Operator actions" }
+        (actions::forms(&operator, &record))
+
         h2 id="timeline" { "Timeline" }
         table.timeline {
-            thead { tr { th.num { "version" } th { "event" } th { "status" } th { "at (UTC)" } th.num { "+ms" } th { "published" } } }
+            thead { tr { th.num { "version" } th { "event" } th { "status" } th { "at (UTC)" } th.num { "+ms" } th { "published" } th { "by, why" } } }
             tbody {
                 @for e in &events {
                     tr {
@@ -399,7 +424,16 @@ pub async fn detail(
                         td {
                             @if e.destination == "history" { span.muted { "history only" } }
                             @else if let Some(p) = e.published_at { "+" ((p - e.created_at).num_milliseconds()) " ms" }
+                            @else if e.set_aside_at.is_some() {
+                                span.tag.set_aside { "set aside" } " "
+                                span.muted { (e.set_aside_reason.as_deref().unwrap_or("")) }
+                                (actions::resend_form(&operator, &e.id))
+                            }
                             @else { span.tag.pending { "in the outbox" } }
+                        }
+                        td {
+                            @if let Some(actor) = &e.actor { (actor) }
+                            @if let Some(note) = &e.note { br; span.muted { (note) } }
                         }
                     }
                 }

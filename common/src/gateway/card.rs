@@ -75,6 +75,7 @@ impl Gateway for CardAcquirer {
                 .json(&body);
             match exchange(request, call.gateway).await {
                 Err(outcome) => outcome,
+                Ok((StatusCode::PAYMENT_REQUIRED, body)) => payment_required(&body),
                 Ok((status, _)) if status.is_server_error() => server_error(code, status),
                 Ok((status, _)) if status.is_client_error() => refused(code, status),
                 Ok((status, body)) => read_answer(code, status, &body),
@@ -130,6 +131,26 @@ impl Gateway for CardAcquirer {
     }
 }
 
+/// `402 Payment Required` to a charge: the acquirer refused the card (insufficient
+/// funds, a blocked card), which is how many acquirers answer a decline. It is the
+/// customer's card saying no, not an acquirer that took nothing and may be passed over:
+/// a decline, with the reason the body gives (`decline_code`, `reason` or `message`).
+fn payment_required(body: &[u8]) -> Outcome {
+    #[derive(Deserialize)]
+    struct Refusal {
+        decline_code: Option<String>,
+        reason: Option<String>,
+        message: Option<String>,
+    }
+    let reason = serde_json::from_slice::<Refusal>(body)
+        .ok()
+        .and_then(|r| r.decline_code.or(r.reason).or(r.message))
+        .map(|r| r.trim().chars().take(200).collect::<String>())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "payment_required".to_owned());
+    Outcome::Declined { reason }
+}
+
 /// Bank codes: `"0"` succeeded and `"200"` pending are both taken (the callback
 /// settles them); `"10"` captured (a status answer) is taken and settled; `"100"`
 /// failed is a decline.
@@ -153,6 +174,29 @@ fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_402_is_a_decline_with_the_reason_the_body_gives() {
+        assert_eq!(
+            payment_required(br#"{"code":"402","message":"insufficient_funds"}"#),
+            Outcome::Declined {
+                reason: "insufficient_funds".into()
+            }
+        );
+        assert_eq!(
+            payment_required(br#"{"error":"x","decline_code":"card_blocked","message":"no"}"#),
+            Outcome::Declined {
+                reason: "card_blocked".into()
+            }
+        );
+        assert_eq!(
+            payment_required(b"<html>Payment Required</html>"),
+            Outcome::Declined {
+                reason: "payment_required".into()
+            },
+            "no readable reason: still a decline"
+        );
+    }
 
     #[test]
     fn bank_codes_map_to_outcomes() {

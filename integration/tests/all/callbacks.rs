@@ -254,51 +254,62 @@ async fn stored_callbacks(suite: &Suite, id: &str) -> i64 {
         .unwrap()
 }
 
+/// Posts a legacy callback `body` to `/callback/{id}`, signed (when `secret` is given)
+/// for the transaction `signed_for`.
+async fn legacy_callback(
+    suite: &Suite,
+    id: &str,
+    body: &str,
+    secret: Option<&str>,
+    signed_for: &str,
+) -> reqwest::StatusCode {
+    let mut request = suite
+        .http
+        .post(format!("{}/callback/{id}", suite.api_url))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(secret) = secret {
+        let now = chrono::Utc::now().timestamp();
+        let payload = paygate_common::gateway::legacy::signed_payload(signed_for, body.as_bytes());
+        request = request.header(callback::HEADER, callback::sign(secret, now, &payload));
+    }
+    request.send().await.unwrap().status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_original_callback_route_signed_with_the_gateways_secret_settles_the_payment_and_an_unsigned_one_is_401(
+async fn the_original_callback_route_signed_with_the_gateways_secret_over_its_transaction_settles_the_payment_and_an_unsigned_one_is_401(
 ) {
     let suite = Suite::start().await;
     let id = processing(&suite, "33.00").await;
-    let body = r#"{"gateway_txn_id":"sim_race","status":"completed"}"#;
-    let post = |path: String, signature: Option<String>| {
-        let mut request = suite
-            .http
-            .post(format!("{}{path}", suite.api_url))
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(signature) = signature {
-            request = request.header(callback::HEADER, signature);
-        }
-        request.send()
-    };
+    let body = r#"{"gateway_txn_id":"sim_race","status":"completed","amount":"33.00"}"#;
+    let unsigned = legacy_callback(&suite, &id, body, None, &id).await;
+    assert_eq!(unsigned, reqwest::StatusCode::UNAUTHORIZED);
+    let wrong = legacy_callback(&suite, &id, body, Some("not-the-secret"), &id).await;
+    assert_eq!(wrong, reqwest::StatusCode::UNAUTHORIZED);
+    let unknown = "txn_01a00000000070008000000000000000";
+    let status = legacy_callback(&suite, unknown, body, Some(SIM_JSON_SECRET), unknown).await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    // Signed over the body alone, as before the id was bound in: refused.
     let now = chrono::Utc::now().timestamp();
-    let unsigned = post(format!("/callback/{id}"), None).await.unwrap();
-    assert_eq!(unsigned.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let wrong = post(
-        format!("/callback/{id}"),
-        Some(callback::sign("not-the-secret", now, body.as_bytes())),
-    )
-    .await
-    .unwrap();
-    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let unknown = post(
-        "/callback/txn_01a00000000070008000000000000000".to_owned(),
-        Some(callback::sign(SIM_JSON_SECRET, now, body.as_bytes())),
-    )
-    .await
-    .unwrap();
-    assert_eq!(unknown.status(), reqwest::StatusCode::UNAUTHORIZED);
-    assert_eq!(stored_callbacks(&suite, &id).await, 0, "nothing stored");
-
-    // The seed's line, signed: curl -X POST /callback/{id} -d '{"gateway_txn_id", "status"}'.
-    for _ in 0..2 {
-        let signed = post(
-            format!("/callback/{id}"),
-            Some(callback::sign(SIM_JSON_SECRET, now, body.as_bytes())),
+    let body_only = suite
+        .http
+        .post(format!("{}/callback/{id}", suite.api_url))
+        .header("content-type", "application/json")
+        .header(
+            callback::HEADER,
+            callback::sign(SIM_JSON_SECRET, now, body.as_bytes()),
         )
+        .body(body)
+        .send()
         .await
         .unwrap();
-        assert_eq!(signed.status(), reqwest::StatusCode::OK);
+    assert_eq!(body_only.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(stored_callbacks(&suite, &id).await, 0, "nothing stored");
+
+    // The README's line: HMAC over "<t>.<transaction id>.<body>".
+    for _ in 0..2 {
+        let signed = legacy_callback(&suite, &id, body, Some(SIM_JSON_SECRET), &id).await;
+        assert_eq!(signed, reqwest::StatusCode::OK);
     }
     eventually(
         "the payment to complete",
@@ -311,6 +322,101 @@ async fn the_original_callback_route_signed_with_the_gateways_secret_settles_the
         1,
         "the same body twice is one callback"
     );
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_original_callbacks_to_two_transactions_are_both_applied() {
+    let suite = Suite::start().await;
+    let first = processing(&suite, "36.00").await;
+    let second = processing(&suite, "36.00").await;
+    let body =
+        r#"{"gateway_txn_id":"sim_race","status":"completed","amount":"36.00","currency":"USD"}"#;
+    for id in [&first, &second] {
+        let status = legacy_callback(&suite, id, body, Some(SIM_JSON_SECRET), id).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{id}");
+    }
+    eventually(
+        "both payments to complete",
+        Duration::from_secs(30),
+        || async {
+            (status_of(&suite, &first).await == "completed"
+                && status_of(&suite, &second).await == "completed")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stored_callbacks(&suite, &first).await, 1);
+    assert_eq!(stored_callbacks(&suite, &second).await, 1);
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_original_callback_signed_for_one_transaction_is_401_on_anothers_path_and_stores_nothing(
+) {
+    let suite = Suite::start().await;
+    let a = processing(&suite, "37.00").await;
+    let b = processing(&suite, "37.00").await;
+    let body = r#"{"gateway_txn_id":"sim_race","status":"completed","amount":"37.00"}"#;
+    let replayed = legacy_callback(&suite, &b, body, Some(SIM_JSON_SECRET), &a).await;
+    assert_eq!(replayed, reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(stored_callbacks(&suite, &b).await, 0, "nothing stored");
+    assert_eq!(stored_callbacks(&suite, &a).await, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_of(&suite, &b).await, "processing");
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_original_callback_whose_amount_disagrees_with_its_transaction_is_rejected_and_kept() {
+    let suite = Suite::start().await;
+    let id = processing(&suite, "38.00").await;
+    let body = r#"{"gateway_txn_id":"sim_race","status":"completed","amount":"3800.00"}"#;
+    let status = legacy_callback(&suite, &id, body, Some(SIM_JSON_SECRET), &id).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "stored, then judged");
+    let (outcome, reason) = eventually(
+        "the callback to be judged",
+        Duration::from_secs(30),
+        || async {
+            let judged: (Option<String>, Option<String>) = sqlx::query_as(
+                "SELECT outcome, outcome_reason FROM gateway_callback WHERE transaction_id = $1",
+            )
+            .bind(&id)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+            judged.0.is_some().then_some(judged)
+        },
+    )
+    .await;
+    assert_eq!(outcome.as_deref(), Some("rejected"));
+    assert!(
+        reason.as_deref().unwrap_or_default().contains("amount"),
+        "{reason:?}"
+    );
+    assert_eq!(status_of(&suite, &id).await, "processing", "not applied");
+
+    // No amount at all is unreadable: kept, rejected, never applied.
+    let second = processing(&suite, "39.00").await;
+    let bare = r#"{"gateway_txn_id":"sim_race","status":"completed"}"#;
+    let status = legacy_callback(&suite, &second, bare, Some(SIM_JSON_SECRET), &second).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    eventually(
+        "the bare callback to be rejected",
+        Duration::from_secs(30),
+        || async {
+            let outcome: Option<String> = sqlx::query_scalar(
+                "SELECT outcome FROM gateway_callback WHERE transaction_id = $1",
+            )
+            .bind(&second)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+            (outcome.as_deref() == Some("rejected")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(status_of(&suite, &second).await, "processing");
     suite.stop().await;
 }
 

@@ -16,14 +16,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
      connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// A browser's view of the console: cookies kept by hand, redirects not followed.
-struct Browser {
+pub(crate) struct Browser {
     url: String,
     http: reqwest::Client,
     cookies: Vec<(String, String)>,
 }
 
 impl Browser {
-    fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         Browser {
             url: url.to_owned(),
             http: reqwest::Client::builder()
@@ -66,7 +66,7 @@ impl Browser {
         response
     }
 
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let response = self
             .http
             .post(format!("{}{path}", self.url))
@@ -79,7 +79,7 @@ impl Browser {
         response
     }
 
-    async fn page(&mut self, path: &str) -> String {
+    pub(crate) async fn page(&mut self, path: &str) -> String {
         let response = self.get(path).await;
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         response.text().await.unwrap()
@@ -87,12 +87,17 @@ impl Browser {
 
     /// Signs in through the form, as a person would.
     async fn sign_in(&mut self) {
+        self.sign_in_as("").await;
+    }
+
+    /// Signs in through the form under `name` (blank: none given).
+    pub(crate) async fn sign_in_as(&mut self, name: &str) {
         let form = self.page("/console/login").await;
         let nonce = hidden(&form, "csrf");
         let response = self
             .post(
                 "/console/login",
-                &[("token", ADMIN_TOKEN), ("csrf", &nonce)],
+                &[("token", ADMIN_TOKEN), ("name", name), ("csrf", &nonce)],
             )
             .await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -101,7 +106,7 @@ impl Browser {
 }
 
 /// The value of the first hidden input named `name`.
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let at = html
         .find(&marker)

@@ -47,6 +47,13 @@ const CONTRACT: &[(&str, &str)] = &[
     ("DELETE", "/admin/v1/routes/{id}"),
     ("GET", "/admin/v1/callbacks/rejected"),
     ("GET", "/admin/v1/payments/dead-lettered"),
+    ("POST", "/admin/v1/transactions/{id}/redrive"),
+    ("POST", "/admin/v1/transactions/{id}/release"),
+    ("POST", "/admin/v1/transactions/{id}/review/resolve"),
+    ("GET", "/admin/v1/outbox/set-aside"),
+    ("POST", "/admin/v1/outbox/{event_id}/resend"),
+    ("PUT", "/admin/v1/merchants/{id}/limits"),
+    ("GET", "/admin/v1/merchants/{id}/limits"),
 ];
 
 const METHODS: &[&str] = &[

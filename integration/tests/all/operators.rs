@@ -268,6 +268,13 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token() {
         (Method::GET, "/merchants/mer_x/webhook"),
         (Method::POST, "/merchants/mer_x/webhook-secret"),
         (Method::POST, "/merchants/mer_x/webhook-signing-key"),
+        (Method::POST, "/transactions/txn_x/redrive"),
+        (Method::POST, "/transactions/txn_x/release"),
+        (Method::POST, "/transactions/txn_x/review/resolve"),
+        (Method::GET, "/outbox/set-aside"),
+        (Method::POST, "/outbox/evt_x/resend"),
+        (Method::PUT, "/merchants/mer_x/limits"),
+        (Method::GET, "/merchants/mer_x/limits"),
     ];
     for (method, path) in routes {
         for token in [None, Some("wrong"), Some(api.key.as_str())] {
