@@ -278,6 +278,19 @@ async fn a_charge_reported_on_a_failed_payment_is_a_contradiction_for_a_human_no
     let (outcome, evidence) = callback_outcome(&suite, &id, "simjson").await.unwrap();
     assert_eq!(outcome, "contradiction");
     assert!(evidence.contains("charged"), "{evidence}");
+    let listed = json_of(
+        suite
+            .http
+            .get(format!("{}/admin/v1/payments/under-review", suite.api_url))
+            .bearer_auth(paygate_testkit::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(
+        listed["data"][0]["id"],
+        id.as_str(),
+        "listed for operators: {listed}"
+    );
+    assert_eq!(listed["data"][0]["review_reason"], "charged_but_failed");
     eventually("the review webhook", LONG, || async {
         webhook_types(&suite, &id)
             .contains(&"transaction.review_required".to_owned())
