@@ -486,3 +486,52 @@ async fn a_payment_whose_request_never_reached_the_processor_is_swept_up_and_set
     assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_definite_answer_that_reaches_a_fenced_out_worker_is_recorded_never_dropped() {
+    let suite = Suite::start().await;
+    // The gateway takes 2 s to answer (within its 5 s timeout).
+    sqlx::query("UPDATE gateway SET timeout_ms = 5000 WHERE code = 'simjson'")
+        .execute(&suite.pool)
+        .await
+        .unwrap();
+    paygate_testkit::control_simulator(&suite.simulator_url, None, Some(2_000)).await;
+    routes_reload().await;
+
+    let id = deposit(&suite, "49.00", "FR").await;
+    eventually("the gateway to be asked", LONG, || async {
+        let attempts: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM transaction_event WHERE transaction_id = $1 AND event_type = 'gateway.attempted'",
+        )
+        .bind(&id)
+        .fetch_one(&suite.pool)
+        .await
+        .unwrap();
+        (attempts > 0).then_some(())
+    })
+    .await;
+    // While the call is out, someone else moves the payment: the worker's write will be
+    // refused by the version fence when the gateway's "accepted" arrives.
+    sqlx::query(
+        "UPDATE transaction SET status = 'failed', failure_reason = 'failed elsewhere',
+                version = version + 1 WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(&id)
+    .execute(&suite.pool)
+    .await
+    .unwrap();
+
+    let flagged = until(&suite, &id, "under review", |v| !v["review"].is_null()).await;
+    assert_eq!(flagged["status"], "failed", "the fence held");
+    assert_eq!(flagged["review"]["reason"], "charged_but_failed");
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM transaction_event WHERE transaction_id = $1 AND event_type = 'gateway.answer_recorded'",
+    )
+    .bind(&id)
+    .fetch_all(&suite.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 1, "the gateway's answer is in the history");
+    assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
+    suite.stop().await;
+}
