@@ -1,8 +1,8 @@
 //! Liveness, readiness and metrics for every service: `/healthz` answers while the
 //! process runs; `/readyz` only while what the service needs answers too (PostgreSQL,
 //! Redis where it takes locks, a Kafka broker, and for a consumer, partitions to read),
-//! so an orchestrator stops sending work to a replica that cannot do it; `/metrics` is
-//! the process's Prometheus page (see [`crate::metrics`]).
+//! so an orchestrator stops sending work to a replica that cannot do it. (`/metrics` has
+//! a port of its own: see [`crate::metrics`].)
 //!
 //! Each check is bounded by [`CHECK_TIMEOUT`], so a dependency that hangs makes the
 //! replica unready quickly instead of making the probe time out.
@@ -17,7 +17,6 @@ use redis::aio::ConnectionManager;
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{Assignment, Producer};
 
@@ -126,14 +125,13 @@ async fn bounded(
         .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
 }
 
-/// The health and metrics routes, for services that serve nothing else. (Time them
-/// with [`crate::metrics::track_http`] once every route is merged in.)
+/// The health routes, for services that serve nothing else. (Time them with
+/// [`crate::metrics::track_http`] once every route is merged in.)
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(readiness)
-        .merge(crate::metrics::router())
 }
 
 pub async fn healthz() -> Json<Value> {
@@ -181,15 +179,4 @@ pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
 /// The port `listener` is bound to (the real one when bound to port 0).
 pub fn port(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or_default()
-}
-
-/// Serves `router` on `listener` until `shutdown`, then lets requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
