@@ -5,6 +5,12 @@ use std::time::Duration;
 use paygate_testkit::{eventually, Running};
 use reqwest::StatusCode;
 
+/// Lets the notification of a key's creation (which empties every replica's cache)
+/// arrive before a test fills the caches: after it, only a later change can.
+async fn settle_creation() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_key_is_refused_as_soon_as_it_is_revoked() {
     let mut settings = paygate_testkit::settings().await;
@@ -28,6 +34,7 @@ async fn a_cached_key_is_refused_as_soon_as_it_is_revoked() {
         || async { cache.is_listening().then_some(()) },
     )
     .await;
+    settle_creation().await;
     assert_eq!(status().await, StatusCode::OK);
 
     // Revoked behind the notification's back: the cached key still works, so requests
@@ -98,6 +105,7 @@ async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once
             .bearer_auth(&merchant.api_key);
         async move { request.send().await.unwrap().status() }
     };
+    settle_creation().await;
     // Both replicas now hold the key in their caches.
     assert_eq!(status(&one).await, StatusCode::OK);
     assert_eq!(status(&two).await, StatusCode::OK);
@@ -189,6 +197,7 @@ async fn the_console_revoke_button_stops_a_key_on_another_replica() {
             .bearer_auth(&merchant.api_key);
         async move { request.send().await.unwrap().status() }
     };
+    settle_creation().await;
     assert_eq!(status().await, StatusCode::OK);
 
     let mut browser = crate::console::Browser::new(&console);
