@@ -561,6 +561,16 @@ impl Settings {
                 .contains(&self.kafka.security_protocol.as_str()),
             "kafka.security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl"
         );
+        if self.kafka.security_protocol.starts_with("sasl") {
+            ensure!(
+                ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                    .contains(&self.kafka.sasl_mechanism.as_str())
+                    && !self.kafka.sasl_username.is_empty(),
+                "kafka.security_protocol = {} needs kafka.sasl_mechanism (PLAIN, SCRAM-SHA-256 \
+                 or SCRAM-SHA-512) and kafka.sasl_username",
+                self.kafka.security_protocol
+            );
+        }
         self.database.tls.files().validate("database.tls")?;
         self.redis.tls.validate("redis.tls")?;
         self.kafka.tls.validate("kafka.tls")?;
