@@ -174,6 +174,47 @@ impl PrivateRedis {
     }
 }
 
+/// A Redis of the test's own that speaks only TLS (`--port 0`), with `pki`'s server
+/// certificate, and demands a client certificate from `pki`'s CA.
+pub struct TlsRedis {
+    /// `rediss://127.0.0.1:<port>`.
+    pub url: String,
+    _child: tokio::process::Child,
+}
+
+impl TlsRedis {
+    pub async fn start(pki: &crate::TestPki) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", &path(&pki.server_cert)])
+            .args(["--tls-key-file", &path(&pki.server_key)])
+            .args(["--tls-ca-cert-file", &path(&pki.ca)])
+            .args(["--tls-auth-clients", "yes"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting redis-server with TLS");
+        eventually("Redis to listen", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        TlsRedis {
+            url: format!("rediss://127.0.0.1:{port}"),
+            _child: child,
+        }
+    }
+}
+
 /// A message as a test reads it.
 #[derive(Debug, Clone)]
 pub struct TopicMessage {

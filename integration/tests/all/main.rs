@@ -25,6 +25,7 @@ mod outbox;
 mod payouts;
 mod routing;
 mod shutdown;
+mod tls_hops;
 mod trace_context;
 mod unauthenticated;
 mod webhooks;
