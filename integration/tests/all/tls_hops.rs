@@ -88,6 +88,7 @@ async fn redis_is_reached_over_verified_tls_with_the_configured_client_certifica
 
     // Without the client certificate, or trusting another CA, no connection.
     let mut anonymous = settings.redis.clone();
+    anonymous.command_timeout_ms = 500;
     anonymous.tls.client_cert_file = String::new();
     anonymous.tls.client_key_file = String::new();
     let refused = tokio::time::timeout(Duration::from_secs(10), async {
@@ -104,6 +105,7 @@ async fn redis_is_reached_over_verified_tls_with_the_configured_client_certifica
     assert!(refused, "Redis took a client without a certificate");
     let mut stranger = settings.redis.clone();
     stranger.tls.ca_file = path(&pki.stranger_ca());
+    stranger.command_timeout_ms = 500;
     assert!(redis_connection::connect(&stranger).await.is_err());
 
     // A whole service runs on it: the api's rate limits, CVV vault and readiness.
