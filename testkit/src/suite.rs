@@ -328,6 +328,20 @@ pub fn service_env(s: &Settings) -> Vec<(String, String)> {
         ),
         ("API__PUBLIC_URL", s.api.public_url.clone()),
         ("API__LISTEN", s.api.listen.clone()),
+        // Metrics ports on 0: several stacks (and several runs) share this machine.
+        ("API__METRICS_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "PAYMENT_PROCESSOR__METRICS_LISTEN",
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "CALLBACK_PROCESSOR__METRICS_LISTEN",
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "CALLBACK_DISPATCHER__METRICS_LISTEN",
+            "127.0.0.1:0".to_owned(),
+        ),
         ("ADMIN__TOKEN", s.admin.token.expose_secret().to_owned()),
         (
             "KAFKA__STATISTICS_INTERVAL_MS",
