@@ -171,16 +171,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let address = paygate_common::http_server::peer(&parts.extensions);
         let id = state
             .api_keys
-            .merchant(&state.pool, key, || {
-                state
-                    .clients
-                    .unauthenticated
-                    .spend(address)
-                    .map_err(ApiError::RateLimited)
-            })
+            .merchant(&state.pool, key, || spend_lookup(&state, parts))
             .await?
             .ok_or(ApiError::Unauthorized)?;
         state.limiter.check(&id).await?;
@@ -201,15 +194,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let address = paygate_common::http_server::peer(&parts.extensions);
-        state
-            .clients
-            .unauthenticated
-            .spend(address)
-            .map_err(ApiError::RateLimited)?;
+        spend_lookup(&AppState::from_ref(state), parts)?;
         Ok(UnauthenticatedLookup)
     }
+}
+
+/// Spends one of the unauthenticated look-ups of the request's client address: 429
+/// past the limit.
+fn spend_lookup(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    let address = paygate_common::http_server::peer(&parts.extensions);
+    state
+        .clients
+        .unauthenticated
+        .spend(address)
+        .map_err(ApiError::RateLimited)
 }
 
 /// The client's address (the TCP peer), when the request came through a socket.

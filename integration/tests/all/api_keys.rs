@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use paygate_testkit::{eventually, Running};
+use paygate_testkit::{eventually, json_of, Running};
 use reqwest::StatusCode;
 
 /// Lets the notification of a key's creation (which empties every replica's cache)
@@ -87,17 +87,30 @@ async fn replica(
     (url, running, cache)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once() {
+/// Two api replicas on one database, both caching keys for a minute (so only the
+/// notification can explain a refusal within seconds), and a merchant named `name`.
+async fn two_replicas(
+    name: &str,
+) -> (
+    sqlx::PgPool,
+    [(String, Running); 2],
+    paygate_api::merchants::NewMerchant,
+) {
     let mut settings = paygate_testkit::settings().await;
-    // A minute-long cache: only the notification can explain a refusal within seconds.
     settings.api.key_cache_ttl_ms = 60_000;
     let pool = paygate_testkit::pool(&settings).await;
     let (one, one_running, _) = replica(&settings).await;
     let (two, two_running, _) = replica(&settings).await;
-    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
-        .await
-        .unwrap();
+    let merchant =
+        paygate_api::merchants::create(&pool, &paygate_testkit::keys(), name, None, None)
+            .await
+            .unwrap();
+    (pool, [(one, one_running), (two, two_running)], merchant)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once() {
+    let (pool, [(one, one_running), (two, two_running)], merchant) = two_replicas("m").await;
     let http = reqwest::Client::new();
     let status = |url: &str| {
         let request = http
@@ -112,14 +125,10 @@ async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once
 
     let admin =
         |request: reqwest::RequestBuilder| request.bearer_auth(paygate_testkit::ADMIN_TOKEN);
-    let keys: serde_json::Value =
-        admin(http.get(format!("{one}/admin/v1/merchants/{}/api-keys", merchant.id)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let keys = json_of(admin(
+        http.get(format!("{one}/admin/v1/merchants/{}/api-keys", merchant.id)),
+    ))
+    .await;
     let keys = keys["data"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["state"], "live");
@@ -131,14 +140,14 @@ async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once
         "the key itself is never shown"
     );
     let key_id = keys[0]["id"].as_str().unwrap();
+    let revoke = |url: &str, merchant: &str| {
+        admin(http.post(format!(
+            "{url}/admin/v1/merchants/{merchant}/api-keys/{key_id}/revoke"
+        )))
+        .send()
+    };
 
-    let revoked = admin(http.post(format!(
-        "{one}/admin/v1/merchants/{}/api-keys/{key_id}/revoke",
-        merchant.id
-    )))
-    .send()
-    .await
-    .unwrap();
+    let revoked = revoke(&one, merchant.id.as_str()).await.unwrap();
     assert_eq!(revoked.status(), StatusCode::OK);
     let revoked_at = revoked.json::<serde_json::Value>().await.unwrap()["revoked_at"].clone();
     assert!(revoked_at.is_string());
@@ -151,27 +160,17 @@ async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once
         .await;
     }
     // Revoking again changes nothing; another merchant's key id is not found.
-    let again: serde_json::Value = admin(http.post(format!(
-        "{two}/admin/v1/merchants/{}/api-keys/{key_id}/revoke",
-        merchant.id
-    )))
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let again: serde_json::Value = revoke(&two, merchant.id.as_str())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(again["revoked_at"], revoked_at);
     let other = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "o", None, None)
         .await
         .unwrap();
-    let elsewhere = admin(http.post(format!(
-        "{one}/admin/v1/merchants/{}/api-keys/{key_id}/revoke",
-        other.id
-    )))
-    .send()
-    .await
-    .unwrap();
+    let elsewhere = revoke(&one, other.id.as_str()).await.unwrap();
     assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
 
     one_running.stop().await.unwrap();
@@ -181,15 +180,8 @@ async fn a_key_revoked_through_the_admin_api_is_refused_by_every_replica_at_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_revoke_button_stops_a_key_on_another_replica() {
-    let mut settings = paygate_testkit::settings().await;
-    settings.api.key_cache_ttl_ms = 60_000;
-    let pool = paygate_testkit::pool(&settings).await;
-    let (console, console_running, _) = replica(&settings).await;
-    let (serving, serving_running, _) = replica(&settings).await;
-    let merchant =
-        paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "Leaky Ltd", None, None)
-            .await
-            .unwrap();
+    let (pool, [(console, console_running), (serving, serving_running)], merchant) =
+        two_replicas("Leaky Ltd").await;
     let http = reqwest::Client::new();
     let status = || {
         let request = http
