@@ -304,10 +304,12 @@ pub struct CallbackAck {
     pub received: bool,
 }
 
-/// The gateway table as callbacks read it: loaded whole (a handful of rows) at most
-/// once per [`GATEWAY_CACHE_TTL`], by one request while the others wait for it, so no
-/// callback, however made-up its gateway code, costs a query of its own. A changed
-/// secret or a new gateway is seen within [`GATEWAY_CACHE_TTL`].
+/// The gateway table as callbacks read it: loaded whole (a handful of rows) by one
+/// request while the others wait for it, and reused for [`GATEWAY_CACHE_TTL`]; a code
+/// it does not name reloads it, at most once per [`GATEWAY_MISS_RELOAD`]. So no
+/// callback, however made-up its gateway code, costs a query of its own, a changed
+/// secret is seen within [`GATEWAY_CACHE_TTL`] and a new gateway within
+/// [`GATEWAY_MISS_RELOAD`].
 #[derive(Clone, Default)]
 pub struct GatewayCache {
     table: Arc<tokio::sync::Mutex<Option<Loaded>>>,
@@ -318,13 +320,24 @@ type Loaded = (Instant, Arc<Vec<gateway::GatewayRecord>>);
 
 /// How long a read of the gateway table is reused.
 pub const GATEWAY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// A read of the gateway table younger than this is not repeated for a code it lacks.
+pub const GATEWAY_MISS_RELOAD: Duration = Duration::from_millis(500);
 
 impl GatewayCache {
     /// Every gateway.
     pub async fn all(&self, pool: &sqlx::PgPool) -> sqlx::Result<Arc<Vec<gateway::GatewayRecord>>> {
+        self.read(pool, GATEWAY_CACHE_TTL).await
+    }
+
+    /// The table, read again when the last read is `max_age` old.
+    async fn read(
+        &self,
+        pool: &sqlx::PgPool,
+        max_age: Duration,
+    ) -> sqlx::Result<Arc<Vec<gateway::GatewayRecord>>> {
         let mut table = self.table.lock().await;
         if let Some((at, gateways)) = table.as_ref() {
-            if at.elapsed() < GATEWAY_CACHE_TTL {
+            if at.elapsed() < max_age {
                 return Ok(gateways.clone());
             }
         }
@@ -339,11 +352,15 @@ impl GatewayCache {
         pool: &sqlx::PgPool,
         code: &str,
     ) -> sqlx::Result<Option<gateway::GatewayRecord>> {
-        Ok(self
-            .all(pool)
-            .await?
-            .iter()
-            .find(|gateway| gateway.code == code)
-            .cloned())
+        let named = |gateways: &[gateway::GatewayRecord]| {
+            gateways
+                .iter()
+                .find(|gateway| gateway.code == code)
+                .cloned()
+        };
+        if let Some(found) = named(&self.all(pool).await?) {
+            return Ok(Some(found));
+        }
+        Ok(named(&self.read(pool, GATEWAY_MISS_RELOAD).await?))
     }
 }
