@@ -10,6 +10,9 @@ use paygate_common::Settings;
 /// The binary is `PAYGATE_TEST_TANSU`, by default where `scripts/test` installs it.
 pub struct Broker {
     pub address: String,
+    /// What it tells clients to connect to (its own address unless a front is put
+    /// before it, see [`Broker::start_advertising`]).
+    advertised: String,
     port: u16,
     dir: std::path::PathBuf,
     child: Option<tokio::process::Child>,
@@ -17,6 +20,12 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start() -> Self {
+        Self::start_advertising(None).await
+    }
+
+    /// A broker that tells clients to reach it at `127.0.0.1:<advertised>` (a
+    /// [`crate::TlsFront`] before it), listening in clear on a port of its own.
+    pub async fn start_advertising(advertised: Option<u16>) -> Self {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -25,6 +34,7 @@ impl Broker {
         std::fs::create_dir_all(&dir).unwrap();
         let mut broker = Broker {
             address: format!("127.0.0.1:{port}"),
+            advertised: format!("127.0.0.1:{}", advertised.unwrap_or(port)),
             port,
             dir,
             child: None,
@@ -63,13 +73,14 @@ impl Broker {
         assert!(self.child.is_none(), "the broker is already running");
         let binary = Self::binary();
         let url = format!("tcp://{}", self.address);
+        let advertised = format!("tcp://{}", self.advertised);
         let child = tokio::process::Command::new(&binary)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.dir)

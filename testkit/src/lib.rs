@@ -39,4 +39,4 @@ pub use simulator::{
     SIM_JSON_SECRET, SIM_SOAP_SECRET, TEST_TIMINGS,
 };
 pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};
-pub use tls::TestPki;
+pub use tls::{TestPki, TlsFront};

@@ -86,6 +86,8 @@ pub struct TestPki {
     pub server_key: std::path::PathBuf,
     pub client_cert: std::path::PathBuf,
     pub client_key: std::path::PathBuf,
+    /// The server certificate and key as a TLS acceptor takes them.
+    server_der: (Vec<u8>, Vec<u8>),
 }
 
 fn test_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
@@ -127,6 +129,7 @@ impl TestPki {
             path
         };
         TestPki {
+            server_der: (server_cert.der().to_vec(), server_key.serialize_der()),
             ca: write("ca.pem", ca_cert.pem()),
             server_cert: write("server.pem", server_cert.pem()),
             server_key: write("server.key", server_key.serialize_pem()),
@@ -134,6 +137,21 @@ impl TestPki {
             client_key: write("client.key", client_key.serialize_pem()),
             dir,
         }
+    }
+
+    /// A TLS acceptor presenting the server certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(self.server_der.0.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_der.1.clone())),
+            )
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
     }
 
     /// Another CA's certificate, which issued none of these: trusting it must fail.
@@ -153,5 +171,53 @@ impl Default for TestPki {
 impl Drop for TestPki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// TLS in front of a plain TCP server (a broker that speaks none): connections to
+/// `127.0.0.1:<port>` are TLS with `pki`'s server certificate, then relayed in clear
+/// to the target, on loopback.
+pub struct TlsFront {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsFront {
+    /// Binds a free port now (so a broker can be told to advertise it); relays to
+    /// `target` once [`TlsFront::relay_to`] is called.
+    pub async fn bind() -> (Self, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let idle = tokio::spawn(async {});
+        (TlsFront { port, task: idle }, listener)
+    }
+
+    /// Serves `listener`: each TLS connection relayed to `target` (`host:port`).
+    pub fn relay_to(&mut self, listener: TcpListener, pki: &TestPki, target: &str) {
+        let acceptor = pki.acceptor();
+        let target = target.to_owned();
+        self.task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, target) = (acceptor.clone(), target.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(inbound).await else {
+                        return;
+                    };
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+                });
+            }
+        });
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

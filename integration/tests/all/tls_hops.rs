@@ -2,13 +2,15 @@
 //! servers of the test's own that take TLS only, with certificates made in the test,
 //! `verify-full` connects (and the connection is TLS, as the server reports it), a
 //! server whose certificate another CA issued is refused, and Redis demanding a client
-//! certificate gets the configured one. (Kafka's SSL/SASL settings are compiled and
-//! passed to librdkafka; tansu, the local broker, speaks no TLS to test them against.)
+//! certificate gets the configured one. Kafka likewise, through a TLS front put before
+//! a broker of the test's own (tansu speaks no TLS itself) that advertises the front.
+//! (SASL is passed to librdkafka as configured; no local broker speaks it.)
 
 use std::time::Duration;
 
+use paygate_common::kafka::Producer;
 use paygate_common::{db, redis_connection};
-use paygate_testkit::{PrivatePostgres, Running, TestPki, TlsRedis};
+use paygate_testkit::{eventually, Broker, PrivatePostgres, Running, TestPki, TlsFront, TlsRedis};
 use reqwest::StatusCode;
 
 fn path(p: &std::path::Path) -> String {
@@ -115,4 +117,72 @@ async fn redis_is_reached_over_verified_tls_with_the_configured_client_certifica
     let ready: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
     running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_is_reached_over_verified_tls_and_a_broker_from_another_ca_is_refused() {
+    let pki = TestPki::new();
+    let (mut front, listener) = TlsFront::bind().await;
+    let broker = Broker::start_advertising(Some(front.port)).await;
+    front.relay_to(listener, &pki, &broker.address);
+    let mut settings = paygate_testkit::settings().await;
+    settings.kafka.brokers = format!("127.0.0.1:{}", front.port);
+    settings.kafka.security_protocol = "ssl".to_owned();
+    settings.kafka.tls.ca_file = path(&pki.ca);
+
+    // The api over TLS: it creates the topics and publishes a deposit's event.
+    let pool = paygate_testkit::pool(&settings).await;
+    let app = paygate_api::Application::build(settings.clone())
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let running = Running::spawn(|s| app.run(s));
+    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
+        .await
+        .unwrap();
+    let accepted = reqwest::Client::new()
+        .post(format!("{url}/v1/deposits"))
+        .bearer_auth(&merchant.api_key)
+        .json(&serde_json::json!({"user_id": "u", "amount": "5.00", "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    eventually(
+        "the deposit's event to be published over TLS",
+        Duration::from_secs(30),
+        || async {
+            let unpublished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM transaction_event WHERE published_at IS NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (unpublished == 0).then_some(())
+        },
+    )
+    .await;
+    running.stop().await.unwrap();
+
+    // The same broker behind a certificate from a CA not trusted: nothing gets through.
+    let topic = settings.kafka.topics.payments_requested.clone();
+    let trusted = Producer::new(&settings.kafka).unwrap();
+    trusted
+        .reachable(&topic, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut stranger = settings.kafka.clone();
+    stranger.tls.ca_file = path(&pki.stranger_ca());
+    let refused = Producer::new(&stranger).unwrap();
+    assert!(refused
+        .reachable(&topic, Duration::from_secs(3))
+        .await
+        .is_err());
+    let mut clear = settings.kafka.clone();
+    clear.security_protocol = "plaintext".to_owned();
+    let clear = Producer::new(&clear).unwrap();
+    assert!(clear
+        .reachable(&topic, Duration::from_secs(3))
+        .await
+        .is_err());
 }
