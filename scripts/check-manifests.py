@@ -11,8 +11,9 @@ KUBERNETES_VERSIONS; a kind with no schema is an error too (a typo in `kind` or
 `apiVersion` is not let through as a warning). Then Paygate's own rules, which no schema
 knows: every PAYGATE__ variable names a real setting of common/config/default.toml
 (the config crate silently ignores a misspelt one), every pod is non-root with a
-read-only root filesystem and no capabilities, probes and metrics point at the served
-paths and port, every Deployment has its Service selector, HPA and PodDisruptionBudget,
+read-only root filesystem and no capabilities, probes point at the served paths and
+port, the scrape annotations at the metrics port (which no Service exposes), every
+Deployment has its Service selector, HPA and PodDisruptionBudget,
 every file a PAYGATE__…_FILE variable names is inside a mounted volume whose Secret
 has that key, every service that opens sealed data gets the card key ring, and no
 consumer's HPA can scale past the topics' partition count.
@@ -198,10 +199,14 @@ def check_k8s(rendered: list[dict], external: list[dict]) -> None:
             problem(where, "opens sealed data but is given no card key ring (PAYGATE__CARDS__KEYS_FILE)")
         port = check_http(f"{where} container {containers[0].get('name')}", containers[0]) if containers else None
         annotations = template.get("metadata", {}).get("annotations", {})
+        ports = {p.get("name"): p.get("containerPort") for p in (containers[0].get("ports", []) if containers else [])}
+        metrics = ports.get("metrics")
+        if metrics is None or metrics == port:
+            problem(where, "needs a container port named metrics, apart from the http port")
         if (annotations.get("prometheus.io/scrape") != "true"
                 or annotations.get("prometheus.io/path") != "/metrics"
-                or annotations.get("prometheus.io/port") != str(port)):
-            problem(where, "needs prometheus.io/scrape, /metrics and its http port as scrape annotations")
+                or annotations.get("prometheus.io/port") != str(metrics)):
+            problem(where, "needs prometheus.io/scrape, /metrics and its metrics port as scrape annotations")
         if not any(selects(s["spec"].get("selector", {}), labels) for s in by_kind.get("Service", [])):
             problem(where, "no Service selects its pods")
         if not any(selects(p["spec"].get("selector", {}), labels) for p in by_kind.get("PodDisruptionBudget", [])):
@@ -217,6 +222,8 @@ def check_k8s(rendered: list[dict], external: list[dict]) -> None:
                         f"{partitions} partitions a consumer group can share")
 
     for service in by_kind.get("Service", []):
+        if any(p.get("targetPort") == "metrics" for p in service["spec"].get("ports", [])):
+            problem(name_of(service), "exposes the metrics port: /metrics is scraped from the pods only")
         selector = service["spec"].get("selector", {})
         if not any(selects(selector, d["spec"]["template"]["metadata"].get("labels", {}))
                    for d in by_kind.get("Deployment", [])):

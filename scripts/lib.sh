@@ -40,6 +40,8 @@ ensure_build_tools() {
     command -v protoc >/dev/null || missing+=(protobuf-compiler)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+    # librdkafka's TLS and SASL to the brokers (rdkafka's `ssl` feature) link OpenSSL.
+    [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi

@@ -45,7 +45,8 @@ use crate::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_merchant))
-        .routes(routes!(rotate_api_key))
+        .routes(routes!(rotate_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
         .routes(routes!(set_webhook, webhook_endpoint))
         .routes(routes!(rotate_webhook_secret))
         .routes(routes!(crate::webhook_keys::rotate_signing_key))
@@ -227,6 +228,80 @@ async fn rotate_api_key(
             previous_keys_expire_at: timestamp(expires_at),
         }),
     ))
+}
+
+/// `GET /merchants/{id}/api-keys`: the merchant's keys (ids and prefixes, never the
+/// keys), newest first, with their state.
+#[utoipa::path(
+    get,
+    path = "/merchants/{id}/api-keys",
+    tag = "admin",
+    summary = "A merchant's API keys",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The merchant, `mer_…`.")),
+    responses(
+        (status = 200, description = "`{\"data\": [key, …], \"has_more\": false}`, newest first.", body = Page<merchants::ApiKeyView>),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn list_api_keys(
+    _: Admin,
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<Page<merchants::ApiKeyView>>> {
+    let id = merchant_id(&id)?;
+    let keys = merchants::api_keys(&state.pool, &id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    Ok(Json(Page {
+        data: keys,
+        has_more: false,
+    }))
+}
+
+/// A revoked key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedKey {
+    pub id: String,
+    /// When it stopped working (RFC 3339); the first revocation's time when repeated.
+    pub revoked_at: String,
+}
+
+/// `POST /merchants/{id}/api-keys/{key_id}/revoke`: the key stops working now, on
+/// every api replica (a leaked key is not left its rotation overlap).
+#[utoipa::path(
+    post,
+    path = "/merchants/{id}/api-keys/{key_id}/revoke",
+    tag = "admin",
+    summary = "Revoke a merchant's API key at once",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The merchant, `mer_…`."),
+        ("key_id" = String, Path, description = "The key, `key_…` (from `GET /merchants/{id}/api-keys`)."),
+    ),
+    responses(
+        (status = 200, description = "Revoked (or already revoked).", body = RevokedKey),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn revoke_api_key(
+    _: Admin,
+    State(state): State<AppState>,
+    PathParam((id, key_id)): PathParam<(String, String)>,
+) -> Result<Json<RevokedKey>> {
+    let id = merchant_id(&id)?;
+    let revoked_at = merchants::revoke_api_key(&state.pool, &id, &key_id)
+        .await?
+        .ok_or(ApiError::NotFound("API key"))?;
+    tracing::info!(merchant_id = %id, key_id, "API key revoked");
+    Ok(Json(RevokedKey {
+        id: key_id,
+        revoked_at: timestamp(revoked_at),
+    }))
 }
 
 /// `PUT /merchants/{id}/webhook`'s body.

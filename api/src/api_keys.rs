@@ -3,8 +3,16 @@
 //! any change to `api_key` fires `NOTIFY paygate_api_keys` (see the migrations) and
 //! every replica empties its cache. While a replica is not listening (its connection
 //! broke), it trusts nothing it cached: every request asks PostgreSQL. A key's own
-//! expiry (a rotated key's overlap) is checked on every hit. Unknown keys are never
-//! cached, so guessing keys cannot fill memory.
+//! expiry (a rotated key's overlap) is checked on every hit.
+//!
+//! A key PostgreSQL did not know is remembered as unknown for
+//! `api.unknown_key_cache_ttl_ms` (while listening: a new key notifies too, so it is
+//! never refused for having been tried before it existed), so repeating a wrong key
+//! costs no query. A key never confirmed before is looked up only within the client
+//! address's budget (see [`crate::client_limit`]), so a flood of made-up keys costs
+//! PostgreSQL a bounded number of queries, not one each; keys once confirmed are
+//! always looked up, so a merchant is not locked out by a flood from its own address.
+//! Both memories are bounded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use paygate_common::domain::{DomainError, MerchantId};
 use paygate_common::retry;
 
+use crate::error::ApiError;
 use crate::extract::hash_api_key;
 
 /// The NOTIFY channel fired when API keys change.
@@ -33,6 +42,11 @@ const MAX_ENTRIES: usize = 10_000;
 pub struct ApiKeyCache {
     entries: Arc<RwLock<HashMap<Vec<u8>, Entry>>>,
     ttl: Duration,
+    /// Keys PostgreSQL did not know, and when it said so.
+    unknown: Arc<RwLock<HashMap<Vec<u8>, Instant>>>,
+    unknown_ttl: Duration,
+    /// Keys PostgreSQL once confirmed: they may be looked up whatever the budget.
+    confirmed: Arc<RwLock<std::collections::HashSet<Vec<u8>>>>,
     /// True while the invalidation listener is connected; only then are entries used.
     listening: Arc<AtomicBool>,
     /// Bumped whenever the cache is emptied: a look-up that read PostgreSQL before a
@@ -48,20 +62,40 @@ struct Entry {
 }
 
 impl ApiKeyCache {
-    pub fn new(ttl: Duration) -> Self {
+    /// Trusts a found key for `ttl` and refuses an unknown one for `unknown_ttl`.
+    pub fn new(ttl: Duration, unknown_ttl: Duration) -> Self {
         ApiKeyCache {
             entries: Arc::default(),
             ttl,
+            unknown: Arc::default(),
+            unknown_ttl,
+            confirmed: Arc::default(),
             listening: Arc::default(),
             generation: Arc::default(),
         }
     }
 
-    /// The merchant `key` belongs to, if it is a live key.
-    pub async fn merchant(&self, pool: &PgPool, key: &str) -> sqlx::Result<Option<MerchantId>> {
+    /// The merchant `key` belongs to, if it is a live key. A key neither cached nor
+    /// ever confirmed is looked up only if `admit` lets it (the client's budget).
+    pub async fn merchant(
+        &self,
+        pool: &PgPool,
+        key: &str,
+        admit: impl FnOnce() -> Result<(), ApiError>,
+    ) -> Result<Option<MerchantId>, ApiError> {
         let hash = hash_api_key(key);
         if let Some(merchant) = self.cached(&hash) {
             return Ok(Some(merchant));
+        }
+        if self.known_unknown(&hash) {
+            return Ok(None);
+        }
+        let confirmed = self
+            .confirmed
+            .read()
+            .is_ok_and(|confirmed| confirmed.contains(&hash));
+        if !confirmed {
+            admit()?;
         }
         let generation = self.generation.load(Ordering::Acquire);
         let found: Option<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
@@ -73,11 +107,18 @@ impl ApiKeyCache {
         .fetch_optional(pool)
         .await?;
         let Some((merchant, expires_at)) = found else {
+            self.remember_unknown(hash, generation);
             return Ok(None);
         };
         let merchant: MerchantId = merchant
             .parse()
             .map_err(|e: DomainError| sqlx::Error::Decode(e.into()))?;
+        if let Ok(mut confirmed) = self.confirmed.write() {
+            if confirmed.len() >= MAX_ENTRIES {
+                confirmed.clear();
+            }
+            confirmed.insert(hash.clone());
+        }
         if self.listening.load(Ordering::Acquire) {
             if let Ok(mut entries) = self.entries.write() {
                 if self.generation.load(Ordering::Acquire) != generation {
@@ -115,10 +156,40 @@ impl ApiKeyCache {
         fresh.then(|| entry.merchant.clone())
     }
 
+    /// Whether `hash` was recently found unknown (trusted only while listening, like
+    /// every entry: a key created meanwhile would otherwise be refused).
+    fn known_unknown(&self, hash: &[u8]) -> bool {
+        self.listening.load(Ordering::Acquire)
+            && self.unknown.read().is_ok_and(|unknown| {
+                unknown
+                    .get(hash)
+                    .is_some_and(|at| at.elapsed() < self.unknown_ttl)
+            })
+    }
+
+    fn remember_unknown(&self, hash: Vec<u8>, generation: u64) {
+        if !self.listening.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut unknown) = self.unknown.write() {
+            if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            if unknown.len() >= MAX_ENTRIES {
+                unknown.retain(|_, at| at.elapsed() < self.unknown_ttl);
+                if unknown.len() >= MAX_ENTRIES {
+                    unknown.clear();
+                }
+            }
+            unknown.insert(hash, Instant::now());
+        }
+    }
+
     fn forget_all(&self) {
-        if let Ok(mut entries) = self.entries.write() {
+        if let (Ok(mut entries), Ok(mut unknown)) = (self.entries.write(), self.unknown.write()) {
             self.generation.fetch_add(1, Ordering::AcqRel);
             entries.clear();
+            unknown.clear();
         }
     }
 

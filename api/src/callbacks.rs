@@ -8,8 +8,7 @@
 //! processed once.
 
 use secrecy::ExposeSecret as _;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -73,7 +72,7 @@ pub async fn receive(
         .unwrap_or("application/octet-stream")
         .to_owned();
     let (gateway, adapter, body) =
-        verified(&state, &code, request, "any content type", |_| true, None).await?;
+        verified(&state, &code, request, "any content type", |_| true).await?;
 
     let identity = adapter
         .callback_identity(&body)
@@ -107,17 +106,15 @@ fn refused() -> ApiError {
     ApiError::Unauthenticated("the callback signature is missing, stale or wrong")
 }
 
-/// Finds gateway `code` (cached), reads the body (if `accepts` its content type) and
-/// checks its signature, before anything reads the body: with that gateway's adapter,
-/// or, for a legacy callback `bound_to` the transaction in its URL, over
-/// `"<t>.<transaction id>.<body>"` (see [`gateway::legacy`]).
+/// Finds gateway `code` (from the cached table), reads the body (if `accepts` its
+/// content type) and checks its signature with that gateway's adapter, before anything
+/// reads the body. No query is made for a made-up code.
 async fn verified(
     state: &AppState,
     code: &str,
     request: Request,
     wanted: &'static str,
     accepts: fn(&str) -> bool,
-    bound_to: Option<&TransactionId>,
 ) -> Result<(gateway::GatewayRecord, &'static dyn gateway::Gateway, Bytes)> {
     let gateway = state
         .gateways
@@ -125,31 +122,62 @@ async fn verified(
         .await?
         .ok_or_else(refused)?;
     let adapter = gateway.adapter().ok_or_else(refused)?;
+    let (signature, body) = signed_body(state, request, wanted, accepts).await?;
+    let secret = state
+        .cards
+        .open_secret(&gateway.callback_secret)
+        .map_err(ApiError::Internal)?;
+    let now = chrono::Utc::now().timestamp();
+    if let Err(error) =
+        adapter.verify_callback(secret.expose_secret(), signature.as_deref(), &body, now)
+    {
+        tracing::warn!(gateway = code, %error, "callback refused");
+        return Err(refused());
+    }
+    Ok((gateway, adapter, body))
+}
+
+/// The signature header and the body (if `accepts` its content type).
+async fn signed_body(
+    state: &AppState,
+    request: Request,
+    wanted: &'static str,
+    accepts: fn(&str) -> bool,
+) -> Result<(Option<String>, Bytes)> {
     let signature = request
         .headers()
         .get(callback::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = read_body(request, state, wanted, accepts).await?;
+    Ok((signature, body))
+}
+
+/// The gateways (from the cached table) whose secret signed a legacy callback about
+/// `transaction_id`, over `"<t>.<transaction id>.<body>"` (see [`gateway::legacy`]):
+/// checked before the transaction is looked up, so an unsigned flood costs no query.
+async fn legacy_signers(
+    state: &AppState,
+    transaction_id: &TransactionId,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<gateway::GatewayRecord>> {
+    let payload = gateway::legacy::signed_payload(transaction_id.as_str(), body);
     let now = chrono::Utc::now().timestamp();
-    let secret = state
-        .cards
-        .open_secret(&gateway.callback_secret)
-        .map_err(ApiError::Internal)?;
-    let checked = match bound_to {
-        Some(id) => callback::verify(
-            secret.expose_secret(),
-            signature.as_deref(),
-            &gateway::legacy::signed_payload(id.as_str(), &body),
-            now,
-        ),
-        None => adapter.verify_callback(secret.expose_secret(), signature.as_deref(), &body, now),
-    };
-    if let Err(error) = checked {
-        tracing::warn!(gateway = code, %error, "callback refused");
-        return Err(refused());
+    let mut signers = Vec::new();
+    for gateway in state.gateways.all(&state.pool).await?.iter() {
+        if gateway.adapter().is_none() {
+            continue;
+        }
+        let secret = state
+            .cards
+            .open_secret(&gateway.callback_secret)
+            .map_err(ApiError::Internal)?;
+        if callback::verify(secret.expose_secret(), signature, &payload, now).is_ok() {
+            signers.push(gateway.clone());
+        }
     }
-    Ok((gateway, adapter, body))
+    Ok(signers)
 }
 
 /// Stores a verified callback once per (gateway, `dedup_key`) with its announcement to
@@ -199,7 +227,9 @@ async fn store(
 /// The first take-home's callback: `{"gateway_txn_id", "status", "amount",
 /// "currency"?}` posted to the transaction's own URL, signed with the secret of the
 /// gateway the transaction names over the transaction id and the body together, and
-/// deduplicated per transaction (see [`gateway::legacy`]). Anything unknown
+/// deduplicated per transaction (see [`gateway::legacy`]). The signature is checked
+/// against the gateways' secrets before the transaction is looked up; then the
+/// transaction must exist and name a gateway that signed. Anything unknown
 /// (transaction, gateway) is refused like a bad signature.
 #[utoipa::path(
     post,
@@ -234,19 +264,21 @@ pub async fn receive_legacy(
 ) -> Result<Response> {
     let transaction_id: TransactionId = id.parse().map_err(|_| refused())?;
     paygate_common::trace::record_transaction(transaction_id.as_str());
+    let (signature, body) =
+        signed_body(&state, request, "Content-Type: application/json", is_json).await?;
+    let signers = legacy_signers(&state, &transaction_id, signature.as_deref(), &body).await?;
+    if signers.is_empty() {
+        tracing::warn!(%transaction_id, "legacy callback refused: no gateway signed it");
+        return Err(refused());
+    }
     let transaction = transactions::find(&state.pool, &transaction_id)
         .await?
         .ok_or_else(refused)?;
-    let code = transaction.gateway.as_deref().ok_or_else(refused)?;
-    let (gateway, _, body) = verified(
-        &state,
-        code,
-        request,
-        "Content-Type: application/json",
-        is_json,
-        Some(&transaction_id),
-    )
-    .await?;
+    let named = transaction.gateway.as_deref().ok_or_else(refused)?;
+    let gateway = signers
+        .into_iter()
+        .find(|signer| signer.code == named)
+        .ok_or_else(refused)?;
     store(
         &state,
         &gateway.code,
@@ -272,40 +304,63 @@ pub struct CallbackAck {
     pub received: bool,
 }
 
-/// Gateway look-ups for callbacks, cached for a few seconds (unknown codes too, so a
-/// flood of made-up codes costs no database round trips). A changed secret or a new
-/// gateway is seen within [`GATEWAY_CACHE_TTL`].
+/// The gateway table as callbacks read it: loaded whole (a handful of rows) by one
+/// request while the others wait for it, and reused for [`GATEWAY_CACHE_TTL`]; a code
+/// it does not name reloads it, at most once per [`GATEWAY_MISS_RELOAD`]. So no
+/// callback, however made-up its gateway code, costs a query of its own, a changed
+/// secret is seen within [`GATEWAY_CACHE_TTL`] and a new gateway within
+/// [`GATEWAY_MISS_RELOAD`].
 #[derive(Clone, Default)]
 pub struct GatewayCache {
-    entries: Arc<Mutex<HashMap<String, Cached>>>,
+    table: Arc<tokio::sync::Mutex<Option<Loaded>>>,
 }
 
-/// A look-up and when it was made.
-type Cached = (Instant, Option<gateway::GatewayRecord>);
+/// The table and when it was read.
+type Loaded = (Instant, Arc<Vec<gateway::GatewayRecord>>);
 
-/// How long a gateway look-up is reused.
+/// How long a read of the gateway table is reused.
 pub const GATEWAY_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Codes remembered at most; past it the cache starts afresh.
-const GATEWAY_CACHE_MAX: usize = 10_000;
+/// A read of the gateway table younger than this is not repeated for a code it lacks.
+pub const GATEWAY_MISS_RELOAD: Duration = Duration::from_millis(500);
 
 impl GatewayCache {
+    /// Every gateway.
+    pub async fn all(&self, pool: &sqlx::PgPool) -> sqlx::Result<Arc<Vec<gateway::GatewayRecord>>> {
+        self.read(pool, GATEWAY_CACHE_TTL).await
+    }
+
+    /// The table, read again when the last read is `max_age` old.
+    async fn read(
+        &self,
+        pool: &sqlx::PgPool,
+        max_age: Duration,
+    ) -> sqlx::Result<Arc<Vec<gateway::GatewayRecord>>> {
+        let mut table = self.table.lock().await;
+        if let Some((at, gateways)) = table.as_ref() {
+            if at.elapsed() < max_age {
+                return Ok(gateways.clone());
+            }
+        }
+        let gateways = Arc::new(gateway::all(pool).await?);
+        *table = Some((Instant::now(), gateways.clone()));
+        Ok(gateways)
+    }
+
+    /// Gateway `code`, if there is one.
     pub async fn find(
         &self,
         pool: &sqlx::PgPool,
         code: &str,
     ) -> sqlx::Result<Option<gateway::GatewayRecord>> {
-        let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, found)) = lock().get(code) {
-            if at.elapsed() < GATEWAY_CACHE_TTL {
-                return Ok(found.clone());
-            }
+        let named = |gateways: &[gateway::GatewayRecord]| {
+            gateways
+                .iter()
+                .find(|gateway| gateway.code == code)
+                .cloned()
+        };
+        if let Some(found) = named(&self.all(pool).await?) {
+            return Ok(Some(found));
         }
-        let found = gateway::find(pool, code).await?;
-        let mut entries = lock();
-        if entries.len() >= GATEWAY_CACHE_MAX {
-            entries.clear();
-        }
-        entries.insert(code.to_owned(), (Instant::now(), found.clone()));
-        Ok(found)
+        Ok(named(&self.read(pool, GATEWAY_MISS_RELOAD).await?))
     }
 }

@@ -52,6 +52,9 @@ pub enum ApiError {
     Unavailable(#[source] anyhow::Error),
     #[error("the request took longer than {0} ms and was abandoned; retry it (with the same Idempotency-Key)")]
     TimedOut(u64),
+    /// 408: the body did not arrive whole within `api.body_read_timeout_ms`.
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimedOut(u64),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::IdempotencyInFlight => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::TimedOut(_) => "request_timeout",
+            ApiError::BodyTimedOut(_) => "body_timeout",
             ApiError::Internal(_) => "internal_error",
         }
     }

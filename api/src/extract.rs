@@ -173,10 +173,52 @@ where
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let id = state
             .api_keys
-            .merchant(&state.pool, key)
+            .merchant(&state.pool, key, || spend_lookup(&state, parts))
             .await?
             .ok_or(ApiError::Unauthorized)?;
         state.limiter.check(&id).await?;
         Ok(Merchant { id })
+    }
+}
+
+/// A request that needs PostgreSQL before anyone is authenticated (the public JWKS):
+/// extracting it spends one of the client address's look-ups (see
+/// [`crate::client_limit`]), 429 past the limit, before any query.
+pub struct UnauthenticatedLookup;
+
+impl<S> FromRequestParts<S> for UnauthenticatedLookup
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        spend_lookup(&AppState::from_ref(state), parts)?;
+        Ok(UnauthenticatedLookup)
+    }
+}
+
+/// Spends one of the unauthenticated look-ups of the request's client address: 429
+/// past the limit.
+fn spend_lookup(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    let address = paygate_common::http_server::peer(&parts.extensions);
+    state
+        .clients
+        .unauthenticated
+        .spend(address)
+        .map_err(ApiError::RateLimited)
+}
+
+/// The client's address (the TCP peer), when the request came through a socket.
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(paygate_common::http_server::peer(
+            &parts.extensions,
+        )))
     }
 }

@@ -6,6 +6,8 @@
 //! in XML: [`negotiate`] re-renders any [`ApiError`] response for it, whatever produced
 //! it (a handler, an extractor, the router's fallbacks).
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, Request, State};
 use axum::http::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -188,8 +190,15 @@ where
 /// usable; a client sending more is answered and the connection closed.
 const DRAIN_CAP: usize = 8 * 1024 * 1024;
 
-/// Middleware, around every route: reads the body whole (up to the configured limit)
-/// before the route runs, and answers errors in the format the client wants.
+/// When a request arrived (its head read): its deadline counts from here, so reading
+/// the body is part of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub tokio::time::Instant);
+
+/// Middleware, around every route: reads the body whole (up to the configured limit,
+/// within `api.body_read_timeout_ms`) before the route runs, and answers errors in the
+/// format the client wants. A body that does not arrive in time is answered 408 and
+/// its connection closed, so a client trickling bytes holds nothing for long.
 ///
 /// Reading first is what keeps keep-alive connections usable: an answer sent before the
 /// body was read (a 401, a 415, a 413 for a declared length over the limit, as
@@ -198,13 +207,26 @@ const DRAIN_CAP: usize = 8 * 1024 * 1024;
 /// connection, losing the answer. So an over-limit body is drained (up to
 /// [`DRAIN_CAP`]) and refused with 413; only past that is the connection closed.
 pub async fn negotiate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let arrived = tokio::time::Instant::now();
     let wanted = Format::wanted(request.headers());
     let limit = state.settings.api.max_body_bytes;
-    let (parts, body) = request.into_parts();
-    let response = match read_whole(body, limit).await {
+    let body_timeout = state.settings.api.body_read_timeout_ms;
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(Arrived(arrived));
+    let read = tokio::time::timeout(Duration::from_millis(body_timeout), read_whole(body, limit))
+        .await
+        .unwrap_or(Read::TimedOut);
+    let response = match read {
         Read::Whole(bytes) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
+        }
+        Read::TimedOut => {
+            let mut response = ApiError::BodyTimedOut(body_timeout).into_response();
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            response
         }
         Read::TooLarge { drained } => {
             let mut response = ApiError::PayloadTooLarge(limit).into_response();
@@ -226,6 +248,7 @@ pub async fn negotiate(State(state): State<AppState>, request: Request, next: Ne
 
 enum Read {
     Whole(Bytes),
+    TimedOut,
     TooLarge { drained: bool },
     Broken,
 }

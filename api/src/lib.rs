@@ -6,11 +6,18 @@
 //!
 //! [`routes`] lists every route once, and from it come both the router and the OpenAPI
 //! document served at `/openapi.json` (see [`openapi`]).
+//!
+//! Its listeners: `api.listen` (merchants, gateways, probes), `api.metrics_listen`
+//! (the scraper's `/metrics`), and, when `admin.listen` is set, an internal one that
+//! alone serves the admin API and the console. Every one is bounded as
+//! `paygate_common::http_server` says; a request body must arrive within
+//! `api.body_read_timeout_ms`, inside the request's deadline.
 
 pub mod admin;
 pub mod api_keys;
 pub mod callbacks;
 pub mod cards;
+pub mod client_limit;
 pub mod console;
 pub mod demo;
 pub mod error;
@@ -45,6 +52,7 @@ use tower_http::trace::TraceLayer;
 
 use paygate_common::cards::{CvvVault, KeyRing};
 use paygate_common::health::Readiness;
+use paygate_common::http_server::{self, Limits};
 use paygate_common::kafka::Producer;
 use paygate_common::outbox::Relay;
 use paygate_common::supervisor::Supervisor;
@@ -66,6 +74,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Merchants' API keys as requests check them.
     pub api_keys: api_keys::ApiKeyCache,
+    /// What a client may cost per address before it has authenticated.
+    pub clients: client_limit::ClientLimits,
 }
 
 /// Every route the api documents, and the document they make. Each handler's
@@ -74,6 +84,11 @@ pub struct AppState {
 /// documented, and the document names no route that is not served. (The router's
 /// `.route()` would add a route without documenting it: none is added that way.)
 pub fn routes() -> OpenApiRouter<AppState> {
+    public_routes().nest("/admin/v1", admin::router())
+}
+
+/// The routes of [`routes`] for merchants, gateways and probes: all but the admin API.
+fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(payments::create_deposit))
         .routes(routes!(payments::create_withdrawal))
@@ -85,7 +100,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(queries::list_deliveries))
         .routes(routes!(queries::replay_delivery))
         .routes(routes!(webhook_keys::jwks))
-        .nest("/admin/v1", admin::router())
         .routes(routes!(callbacks::receive))
         .routes(routes!(callbacks::receive_legacy))
         .routes(routes!(healthz))
@@ -98,7 +112,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// Answers 503 `request_timeout` when a request is not done within
-/// `api.request_timeout_ms`, dropping its work (inside the JSON/XML negotiation, so the
+/// `api.request_timeout_ms` of its arrival (reading its body included, see
+/// [`format::negotiate`]), dropping its work (inside the JSON/XML negotiation, so the
 /// error comes in the client's format).
 async fn request_deadline(
     State(state): State<AppState>,
@@ -106,21 +121,48 @@ async fn request_deadline(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let limit = state.settings.api.request_timeout_ms;
-    match tokio::time::timeout(Duration::from_millis(limit), next.run(request)).await {
+    let arrived = request
+        .extensions()
+        .get::<format::Arrived>()
+        .map_or_else(tokio::time::Instant::now, |arrived| arrived.0);
+    let deadline = arrived + Duration::from_millis(limit);
+    match tokio::time::timeout_at(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => error::ApiError::TimedOut(limit).into_response(),
     }
 }
 
-/// The api's router: [`routes`], plus `/openapi.json` and `/docs`, one error contract
-/// for unknown routes and methods, and JSON/XML negotiation around everything.
+/// Everything on one listener: [`routes`] (the admin API included), `/openapi.json`,
+/// `/docs` and the console. What `scripts/up` and the tests serve.
 pub fn router(state: AppState) -> Router {
     let (routes, document) = routes().split_for_parts();
+    with_api_layers(routes.merge(openapi::serve(document)), state.clone())
+        // The operator console: HTML pages with their own errors, outside the JSON/XML
+        // negotiation.
+        .merge(console::router(state))
+}
+
+/// The public listener when operators have one of their own: [`routes`] without the
+/// admin API, `/openapi.json` (the whole document) and `/docs`; no console.
+pub fn public_router(state: AppState) -> Router {
+    let (routes, _) = public_routes().split_for_parts();
+    with_api_layers(routes.merge(openapi::serve(openapi_document())), state)
+}
+
+/// The operators' listener: the admin API under `/admin/v1` and the console.
+pub fn operator_router(state: AppState) -> Router {
+    let (routes, _) = OpenApiRouter::<AppState>::new()
+        .nest("/admin/v1", admin::router())
+        .split_for_parts();
+    with_api_layers(routes, state.clone()).merge(console::router(state))
+}
+
+/// One error contract for unknown routes and methods, the request deadline, JSON/XML
+/// negotiation (with the body read within its timeout), metrics and the request span.
+fn with_api_layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .merge(openapi::serve(document))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
-        .merge(metrics::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_deadline,
@@ -131,10 +173,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state.clone())
-        // The operator console: HTML pages with their own errors, outside the JSON/XML
-        // negotiation above.
-        .merge(console::router(state))
+        .with_state(state)
 }
 
 /// The span of one request. `transaction_id` and `trace_id` are filled in by the
@@ -207,6 +246,9 @@ async fn ready(State(state): State<AppState>) -> axum::response::Response {
 /// The api, connected and bound, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: TcpListener,
+    /// The operators' own listener, when `admin.listen` is set.
+    admin_listener: Option<TcpListener>,
     state: AppState,
     relay: Relay,
 }
@@ -217,6 +259,11 @@ impl Application {
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), &settings).await?;
         let listener = health::bind(&settings.api.listen).await?;
+        let metrics_listener = health::bind(&settings.api.metrics_listen).await?;
+        let admin_listener = match settings.admin.listen.as_str() {
+            "" => None,
+            address => Some(health::bind(address).await?),
+        };
         let cards = KeyRing::from_config(&settings.cards.keys)?;
         // Secrets stored before they were sealed are sealed now (idempotent).
         paygate_common::secrets::seal_stored(&pool, &cards).await?;
@@ -229,11 +276,23 @@ impl Application {
                 Producer::new(&settings.kafka)?,
                 &settings.kafka.topics.payments_requested,
             );
-        let api_keys = api_keys::ApiKeyCache::new(std::time::Duration::from_millis(
-            settings.api.key_cache_ttl_ms,
-        ));
+        let api_keys = api_keys::ApiKeyCache::new(
+            Duration::from_millis(settings.api.key_cache_ttl_ms),
+            Duration::from_millis(settings.api.unknown_key_cache_ttl_ms),
+        );
+        let clients = client_limit::ClientLimits {
+            unauthenticated: client_limit::AddressLimit::from_settings(
+                &settings.api.unauthenticated,
+            ),
+            sign_in: client_limit::AddressLimit::new(
+                settings.admin.sign_in_attempts,
+                Duration::from_millis(settings.admin.sign_in_window_ms),
+            ),
+        };
         Ok(Application {
             listener,
+            metrics_listener,
+            admin_listener,
             state: AppState {
                 pool,
                 settings: Arc::new(settings),
@@ -243,6 +302,7 @@ impl Application {
                 gateways: callbacks::GatewayCache::default(),
                 readiness,
                 api_keys,
+                clients,
             },
             relay,
         })
@@ -251,6 +311,16 @@ impl Application {
     /// The port it listens on (the real one when configured with port 0).
     pub fn port(&self) -> u16 {
         health::port(&self.listener)
+    }
+
+    /// The port of its `/metrics`.
+    pub fn metrics_port(&self) -> u16 {
+        health::port(&self.metrics_listener)
+    }
+
+    /// The port of the operators' listener, when `admin.listen` gives it one.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_listener.as_ref().map(health::port)
     }
 
     /// Its API key cache (tests watch it start listening for key changes).
@@ -284,9 +354,29 @@ impl Application {
             keys.invalidate_on_change(pool, token).await;
             Ok(())
         });
-        let served = health::serve(self.listener, router(self.state.clone()), shutdown.clone());
+        let limits = Limits::from(&self.state.settings.http);
+        let public = match self.admin_listener {
+            None => router(self.state.clone()),
+            Some(admin_listener) => {
+                let served = http_server::serve(
+                    admin_listener,
+                    operator_router(self.state.clone()),
+                    limits,
+                    shutdown.clone(),
+                );
+                tasks.spawn("admin http server", async move {
+                    served.await.context("serving the admin listener")
+                });
+                public_router(self.state.clone())
+            }
+        };
+        let served = http_server::serve(self.listener, public, limits, shutdown.clone());
         tasks.spawn("http server", async move {
             served.await.context("serving HTTP")
+        });
+        let scraped = metrics::serve(self.metrics_listener, limits, shutdown.clone());
+        tasks.spawn("metrics endpoint", async move {
+            scraped.await.context("serving metrics")
         });
         let result = tasks.run().await;
         self.state.pool.close().await;

@@ -251,6 +251,91 @@ pub async fn rotate_api_key(
     Ok(Some((api_key, expires_at)))
 }
 
+/// One of a merchant's API keys as operators see it: never the key, only its id and
+/// first characters.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ApiKeyView {
+    /// `key_…`: what a revocation names.
+    pub id: String,
+    /// The key's first characters, to tell keys apart (`pgk_…`).
+    pub prefix: String,
+    /// `live`, `expiring` (a rotated key in its overlap), `expired` or `revoked`.
+    pub state: &'static str,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+type ApiKeyRow = (
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// A merchant's API keys, newest first; `None` when there is no such merchant.
+pub async fn api_keys(
+    pool: &PgPool,
+    merchant: &MerchantId,
+) -> sqlx::Result<Option<Vec<ApiKeyView>>> {
+    let known: Option<String> = sqlx::query_scalar("SELECT id FROM merchant WHERE id = $1")
+        .bind(merchant.as_str())
+        .fetch_optional(pool)
+        .await?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    let rows: Vec<ApiKeyRow> = sqlx::query_as(
+        "SELECT id, prefix, created_at, expires_at, revoked_at FROM api_key
+          WHERE merchant_id = $1 ORDER BY created_at DESC, id DESC",
+    )
+    .bind(merchant.as_str())
+    .fetch_all(pool)
+    .await?;
+    let now = chrono::Utc::now();
+    Ok(Some(
+        rows.into_iter()
+            .map(
+                |(id, prefix, created_at, expires_at, revoked_at)| ApiKeyView {
+                    id,
+                    prefix,
+                    state: match (revoked_at, expires_at) {
+                        (Some(_), _) => "revoked",
+                        (None, Some(at)) if at <= now => "expired",
+                        (None, Some(_)) => "expiring",
+                        (None, None) => "live",
+                    },
+                    created_at: paygate_common::events::timestamp(created_at),
+                    expires_at: expires_at.map(paygate_common::events::timestamp),
+                    revoked_at: revoked_at.map(paygate_common::events::timestamp),
+                },
+            )
+            .collect(),
+    ))
+}
+
+/// Revokes one of a merchant's API keys now: every api replica stops taking it as soon
+/// as the change's notification reaches it (see [`crate::api_keys`]). When it was
+/// revoked, the first time (revoking again changes nothing); `None` when the merchant
+/// has no such key.
+pub async fn revoke_api_key(
+    pool: &PgPool,
+    merchant: &MerchantId,
+    key: &str,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+        "UPDATE api_key SET revoked_at = coalesce(revoked_at, now())
+          WHERE id = $1 AND merchant_id = $2
+      RETURNING revoked_at",
+    )
+    .bind(key)
+    .bind(merchant.as_str())
+    .fetch_optional(pool)
+    .await
+    .map(Option::flatten)
+}
+
 /// Records the country of a merchant's user; `false` when there is no such merchant.
 pub async fn put_customer(
     pool: &PgPool,

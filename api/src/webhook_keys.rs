@@ -19,9 +19,9 @@ use paygate_common::secrets::Sealed;
 use paygate_common::signature::ed25519;
 
 use crate::admin::{merchant_id, Admin};
-use crate::error::responses::{NotFound, ServiceUnavailable, Unauthorized};
+use crate::error::responses::{NotFound, ServiceUnavailable, TooManyRequests, Unauthorized};
 use crate::error::{ApiError, Result};
-use crate::extract::PathParam;
+use crate::extract::{PathParam, UnauthenticatedLookup};
 use crate::AppState;
 
 /// Where a merchant's webhook public keys are published.
@@ -116,10 +116,12 @@ pub async fn rotate_signing_key(
     responses(
         (status = 200, description = "`{\"keys\": [JWK, …]}`, newest first; empty when the merchant signs with HMAC only."),
         (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = ServiceUnavailable),
     )
 )]
 pub async fn jwks(
+    _: UnauthenticatedLookup,
     State(state): State<AppState>,
     PathParam(merchant): PathParam<String>,
 ) -> Result<Json<Value>> {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use paygate_common::cards::KeyRing;
 use paygate_common::egress::{self, GuardedResolver};
-use paygate_common::service::Worker;
+use paygate_common::service::{Listen, Worker};
 use paygate_common::Settings;
 
 pub use record::StatusHandler;
@@ -53,7 +53,10 @@ impl Application {
         let worker = Worker::build_without_relay(
             &settings,
             "callback-dispatcher",
-            &settings.callback_dispatcher.listen,
+            Listen {
+                health: &settings.callback_dispatcher.listen,
+                metrics: &settings.callback_dispatcher.metrics_listen,
+            },
             &topics,
         )
         .await?;
@@ -80,6 +83,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.worker.port()
+    }
+
+    /// The port of its `/metrics`.
+    pub fn metrics_port(&self) -> u16 {
+        self.worker.metrics_port()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

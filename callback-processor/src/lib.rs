@@ -33,7 +33,7 @@ use paygate_common::events::proto;
 use paygate_common::gateway::{self, CallbackNotice, CallbackResult};
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
-use paygate_common::service::Worker;
+use paygate_common::service::{Listen, Worker};
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
 use paygate_common::Settings;
 
@@ -48,7 +48,10 @@ impl Application {
         let worker = Worker::build(
             &settings,
             "callback-processor",
-            &settings.callback_processor.listen,
+            Listen {
+                health: &settings.callback_processor.listen,
+                metrics: &settings.callback_processor.metrics_listen,
+            },
             &topics,
         )
         .await?;
@@ -63,6 +66,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.worker.port()
+    }
+
+    /// The port of its `/metrics`.
+    pub fn metrics_port(&self) -> u16 {
+        self.worker.metrics_port()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -26,7 +26,58 @@ pub struct Settings {
     pub callback_processor: ServiceSettings,
     pub callback_dispatcher: DispatcherSettings,
     pub tls: TlsSettings,
+    pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
+}
+
+/// The bounds of every listener (see [`crate::http_server`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// A request's head must arrive within this; an idle keep-alive connection closes after it.
+    pub header_read_timeout_ms: u64,
+    /// Connections each listener holds open at once.
+    pub max_connections: usize,
+}
+
+/// PEM files for a TLS client: whom to trust, and who we are when asked.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TlsFiles {
+    /// The CA that issued the server's certificate; empty: the usual roots.
+    pub ca_file: String,
+    /// A client certificate and its key, for servers that ask for one; empty: none.
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
+impl TlsFiles {
+    fn validate(&self, section: &str) -> anyhow::Result<()> {
+        ensure!(
+            self.client_cert_file.is_empty() == self.client_key_file.is_empty(),
+            "{section}.client_cert_file and client_key_file go together"
+        );
+        Ok(())
+    }
+}
+
+/// TLS to PostgreSQL: the mode (libpq's `sslmode` names) and the files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseTls {
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; empty: the URL's.
+    pub mode: String,
+    pub ca_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
+impl DatabaseTls {
+    /// Its files, as every TLS client takes them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
 }
 
 /// How a service stops.
@@ -76,6 +127,7 @@ pub struct DatabaseSettings {
     /// A session idle inside a transaction longer than this is ended by PostgreSQL, so a
     /// stuck holder never keeps its row locks.
     pub idle_in_transaction_timeout_ms: u64,
+    pub tls: DatabaseTls,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +138,8 @@ pub struct RedisSettings {
     pub lock_ttl_ms: u64,
     /// Connecting and every command give up after this long.
     pub command_timeout_ms: u64,
+    /// With a `rediss://` URL: whom to trust and the client certificate.
+    pub tls: TlsFiles,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +155,14 @@ pub struct KafkaSettings {
     pub handler_attempts: u32,
     pub max_in_flight: usize,
     pub partition_assignment: PartitionAssignment,
+    /// librdkafka's `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    pub security_protocol: String,
+    /// With SASL: the mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and credentials.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    pub sasl_password: SecretString,
+    /// With SSL: whom to trust and the client certificate.
+    pub tls: TlsFiles,
     pub topics: Topics,
 }
 
@@ -169,6 +231,8 @@ impl OutboxSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub listen: String,
+    /// Where the api's `/metrics` is served (a port of its own, for the scraper only).
+    pub metrics_listen: String,
     pub public_url: String,
     pub max_body_bytes: usize,
     pub rate_limit: RateLimitSettings,
@@ -179,6 +243,12 @@ pub struct ApiSettings {
     /// A request not answered within this is answered 503 `request_timeout` (its work is
     /// dropped: an open database transaction rolls back).
     pub request_timeout_ms: u64,
+    /// A request body must arrive whole within this (and within the request's deadline).
+    pub body_read_timeout_ms: u64,
+    /// How long an API key PostgreSQL did not know is refused without asking again.
+    pub unknown_key_cache_ttl_ms: u64,
+    /// Requests that need PostgreSQL before they are authenticated, per client address.
+    pub unauthenticated: RateLimitSettings,
 }
 
 /// Requests per merchant per window, shared by every api replica.
@@ -190,8 +260,10 @@ pub struct RateLimitSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceSettings {
-    /// Address of the health and metrics endpoint.
+    /// Address of the health endpoint.
     pub listen: String,
+    /// Address of `/metrics`.
+    pub metrics_listen: String,
 }
 
 /// The admin API.
@@ -201,6 +273,11 @@ pub struct AdminSettings {
     pub token: SecretString,
     /// How long a merchant's old API keys keep working after a rotation.
     pub key_rotation_overlap_ms: u64,
+    /// A separate listener for the admin API and the console; empty: the api's own.
+    pub listen: String,
+    /// Console sign-in attempts per client address per window.
+    pub sign_in_attempts: u64,
+    pub sign_in_window_ms: u64,
 }
 
 /// Card numbers are sealed with these keys (see [`crate::cards`]).
@@ -220,8 +297,10 @@ impl CardSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentProcessorSettings {
-    /// Address of the health and metrics endpoint.
+    /// Address of the health endpoint.
     pub listen: String,
+    /// Address of `/metrics`.
+    pub metrics_listen: String,
     /// Retries through the retry topic: exponential backoff with full jitter.
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
@@ -269,6 +348,7 @@ pub struct BreakerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DispatcherSettings {
     pub listen: String,
+    pub metrics_listen: String,
     pub request_timeout_ms: u64,
     pub retry_delays_ms: Vec<u64>,
     pub poll_interval_ms: u64,
@@ -361,13 +441,29 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         for (name, addr) in [
             ("api.listen", &self.api.listen),
+            ("api.metrics_listen", &self.api.metrics_listen),
             ("payment_processor.listen", &self.payment_processor.listen),
+            (
+                "payment_processor.metrics_listen",
+                &self.payment_processor.metrics_listen,
+            ),
             ("callback_processor.listen", &self.callback_processor.listen),
+            (
+                "callback_processor.metrics_listen",
+                &self.callback_processor.metrics_listen,
+            ),
             (
                 "callback_dispatcher.listen",
                 &self.callback_dispatcher.listen,
             ),
-        ] {
+            (
+                "callback_dispatcher.metrics_listen",
+                &self.callback_dispatcher.metrics_listen,
+            ),
+        ]
+        .into_iter()
+        .chain((!self.admin.listen.is_empty()).then_some(("admin.listen", &self.admin.listen)))
+        {
             addr.parse::<SocketAddr>().with_context(|| {
                 format!("{name} = {addr:?} is not an address such as 127.0.0.1:8080")
             })?;
@@ -435,6 +531,49 @@ impl Settings {
             dispatcher.probe_interval_ms > 0,
             "callback_dispatcher.probe_interval_ms must be positive"
         );
+        ensure!(
+            self.http.header_read_timeout_ms > 0 && self.http.max_connections > 0,
+            "http.header_read_timeout_ms and http.max_connections must be positive"
+        );
+        ensure!(
+            self.api.body_read_timeout_ms > 0
+                && self.api.body_read_timeout_ms <= self.api.request_timeout_ms,
+            "api.body_read_timeout_ms must be positive and at most api.request_timeout_ms"
+        );
+        ensure!(
+            self.api.unauthenticated.requests > 0 && self.admin.sign_in_attempts > 0,
+            "api.unauthenticated.requests and admin.sign_in_attempts must be positive"
+        );
+        ensure!(
+            [
+                "",
+                "disable",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full"
+            ]
+            .contains(&self.database.tls.mode.as_str()),
+            "database.tls.mode must be disable, prefer, require, verify-ca or verify-full"
+        );
+        ensure!(
+            ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+                .contains(&self.kafka.security_protocol.as_str()),
+            "kafka.security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl"
+        );
+        if self.kafka.security_protocol.starts_with("sasl") {
+            ensure!(
+                ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                    .contains(&self.kafka.sasl_mechanism.as_str())
+                    && !self.kafka.sasl_username.is_empty(),
+                "kafka.security_protocol = {} needs kafka.sasl_mechanism (PLAIN, SCRAM-SHA-256 \
+                 or SCRAM-SHA-512) and kafka.sasl_username",
+                self.kafka.security_protocol
+            );
+        }
+        self.database.tls.files().validate("database.tls")?;
+        self.redis.tls.validate("redis.tls")?;
+        self.kafka.tls.validate("kafka.tls")?;
         crate::cards::KeyRing::from_config(&self.cards.keys)?;
         Ok(())
     }

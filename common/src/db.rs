@@ -1,4 +1,9 @@
 //! The PostgreSQL pool and the one schema, embedded from `common/migrations`.
+//!
+//! The connection is TLS (rustls) as `database.tls` says: its `mode` takes libpq's
+//! `sslmode` names, so `verify-full` refuses a server whose certificate does not come
+//! from `ca_file` (or Mozilla's roots) or does not name the host; a client
+//! certificate is offered when one is configured.
 
 use std::time::Duration;
 
@@ -6,9 +11,9 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use std::str::FromStr as _;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, DatabaseTls};
 
 /// The embedded migrations; `sqlx::migrate!` takes an advisory lock, so services that
 /// start together apply them once.
@@ -28,6 +33,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
                 format!("{}ms", settings.idle_in_transaction_timeout_ms),
             ),
         ]);
+    let options = with_tls(options, &settings.tls)?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -38,6 +44,25 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         migrate(&pool).await?;
     }
     Ok(pool)
+}
+
+/// `options` with the TLS that `tls` asks for (the URL's own `sslmode` and
+/// `sslrootcert` stay when `tls` leaves them empty).
+fn with_tls(mut options: PgConnectOptions, tls: &DatabaseTls) -> anyhow::Result<PgConnectOptions> {
+    if !tls.mode.is_empty() {
+        let mode = PgSslMode::from_str(&tls.mode)
+            .with_context(|| format!("database.tls.mode = {:?}", tls.mode))?;
+        options = options.ssl_mode(mode);
+    }
+    if !tls.ca_file.is_empty() {
+        options = options.ssl_root_cert(&tls.ca_file);
+    }
+    if !tls.client_cert_file.is_empty() {
+        options = options
+            .ssl_client_cert(&tls.client_cert_file)
+            .ssl_client_key(&tls.client_key_file);
+    }
+    Ok(options)
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -1,11 +1,13 @@
 //! Liveness, readiness and metrics for every service: `/healthz` answers while the
 //! process runs; `/readyz` only while what the service needs answers too (PostgreSQL,
 //! Redis where it takes locks, a Kafka broker, and for a consumer, partitions to read),
-//! so an orchestrator stops sending work to a replica that cannot do it; `/metrics` is
-//! the process's Prometheus page (see [`crate::metrics`]).
+//! so an orchestrator stops sending work to a replica that cannot do it. (`/metrics` has
+//! a port of its own: see [`crate::metrics`].)
 //!
 //! Each check is bounded by [`CHECK_TIMEOUT`], so a dependency that hangs makes the
-//! replica unready quickly instead of making the probe time out.
+//! replica unready quickly instead of making the probe time out. A result is reused
+//! for [`CHECK_REUSE`] by the callers that share it: `/readyz` needs no credentials,
+//! and a flood of it costs PostgreSQL, Redis and the broker one check each per second.
 
 use std::time::Duration;
 
@@ -17,16 +19,24 @@ use redis::aio::ConnectionManager;
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{Assignment, Producer};
 
 /// How long one readiness check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a readiness result answers later probes.
+pub const CHECK_REUSE: Duration = Duration::from_secs(1);
+
+/// A readiness result: each check's name, and what failed (`None`: passed).
+type Checked = Vec<(&'static str, Option<String>)>;
+
 /// What `/readyz` checks. Cheap to clone.
 #[derive(Clone)]
 pub struct Readiness {
+    /// The last result and when it was taken; probes in between wait on the lock and
+    /// take it, rather than checking again.
+    recent: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Checked)>>>,
     pool: PgPool,
     redis: Option<ConnectionManager>,
     /// A client whose metadata request proves a broker answers, and the topic asked about.
@@ -38,6 +48,7 @@ impl Readiness {
     /// Checks PostgreSQL only; add the rest with the `with_` methods.
     pub fn new(pool: PgPool) -> Self {
         Readiness {
+            recent: Default::default(),
             pool,
             redis: None,
             broker: None,
@@ -63,8 +74,22 @@ impl Readiness {
         self
     }
 
-    /// Runs every check at once; each name with `None` when it passed, or what failed.
-    pub async fn check(&self) -> Vec<(&'static str, Option<String>)> {
+    /// Every check's result, at most [`CHECK_REUSE`] old; each name with `None` when it
+    /// passed, or what failed.
+    pub async fn check(&self) -> Checked {
+        let mut recent = self.recent.lock().await;
+        if let Some((at, checked)) = recent.as_ref() {
+            if at.elapsed() < CHECK_REUSE {
+                return checked.clone();
+            }
+        }
+        let checked = self.check_now().await;
+        *recent = Some((std::time::Instant::now(), checked.clone()));
+        checked
+    }
+
+    /// Runs every check at once.
+    async fn check_now(&self) -> Checked {
         let postgres = bounded(async {
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
@@ -126,14 +151,13 @@ async fn bounded(
         .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
 }
 
-/// The health and metrics routes, for services that serve nothing else. (Time them
-/// with [`crate::metrics::track_http`] once every route is merged in.)
+/// The health routes, for services that serve nothing else. (Time them with
+/// [`crate::metrics::track_http`] once every route is merged in.)
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(readiness)
-        .merge(crate::metrics::router())
 }
 
 pub async fn healthz() -> Json<Value> {
@@ -181,15 +205,4 @@ pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
 /// The port `listener` is bound to (the real one when bound to port 0).
 pub fn port(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or_default()
-}
-
-/// Serves `router` on `listener` until `shutdown`, then lets requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod events;
 pub mod gateway;
 pub mod health;
+pub mod http_server;
 pub mod init;
 pub mod kafka;
 pub mod lock;

@@ -1,6 +1,10 @@
-//! Prometheus metrics: one global recorder per process, rendered by each service on its
-//! own `GET /metrics` (the api's port, a consumer's health port) rather than by a
-//! listener of the exporter's own, so there is one port to probe and scrape.
+//! Prometheus metrics: one global recorder per process, rendered by each service on
+//! `GET /metrics` of a port of its own (`<service>.metrics_listen`), apart from what
+//! clients and probes reach, so the scraper's view of the process stays internal.
+//!
+//! Every label takes known values only: routes are the router's patterns, methods the
+//! standard ones (anything else is `other`), statuses the ones the server sends, review
+//! reasons and webhook outcomes from fixed lists; a caller cannot mint a series.
 //!
 //! Every metric Paygate records is named here, with the function that records it, so
 //! the README's "Metrics" list and the code cannot drift apart. The recorder is
@@ -60,10 +64,19 @@ pub fn render() -> String {
 
 /// `GET /metrics`.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/metrics", get(serve))
+    Router::new().route("/metrics", get(page))
 }
 
-async fn serve() -> impl IntoResponse {
+/// Serves [`router`] on `listener`, its own port, until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    limits: crate::http_server::Limits,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    crate::http_server::serve(listener, router(), limits, shutdown).await
+}
+
+async fn page() -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         render(),
@@ -75,7 +88,7 @@ async fn serve() -> impl IntoResponse {
 /// matched route is known; unmatched requests count under `route="unmatched"`.
 pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -89,6 +102,24 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     )
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A request method as a label: the standard ones by name, any other token (hyper
+/// accepts any) as `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .iter()
+    .find(|known| *known == method)
+    .map_or("other", |known| known.as_str())
 }
 
 /// How a consumed message ended.
@@ -198,7 +229,11 @@ pub fn late_answer(outcome: &'static str) {
 /// One webhook attempt, by what became of its delivery: `delivered`, `pending` (to be
 /// retried) or `failed` (no retry left).
 pub fn webhook_attempt(outcome: &str) {
-    counter!("paygate_webhook_attempts_total", "outcome" => outcome.to_owned()).increment(1);
+    let outcome = ["delivered", "pending", "failed"]
+        .into_iter()
+        .find(|known| *known == outcome)
+        .unwrap_or("other");
+    counter!("paygate_webhook_attempts_total", "outcome" => outcome).increment(1);
 }
 
 /// How long a worker waited for a transaction's lock, and whether it got it.
@@ -230,6 +265,16 @@ pub mod scrape {
 #[cfg(test)]
 mod tests {
     use super::scrape::sample;
+
+    #[test]
+    fn a_method_outside_the_standard_ones_is_labelled_other() {
+        use axum::http::Method;
+        assert_eq!(super::method_label(&Method::POST), "POST");
+        assert_eq!(super::method_label(&Method::HEAD), "HEAD");
+        let made_up = Method::from_bytes(b"XYZZY-1234").unwrap();
+        assert_eq!(super::method_label(&made_up), "other");
+        assert_eq!(super::method_label(&Method::CONNECT), "other");
+    }
 
     #[test]
     fn a_sample_is_found_by_name_and_some_of_its_labels() {

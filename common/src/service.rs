@@ -1,6 +1,6 @@
 //! The shape every Kafka-driven service shares: a consumer group member, an outbox
-//! relay for the events its handler writes, and a health endpoint (`/healthz`,
-//! `/readyz`, `/metrics`), all stopped by one shutdown token and watched by one
+//! relay for the events its handler writes, a health endpoint (`/healthz`, `/readyz`)
+//! and a metrics endpoint on a port of its own (`/metrics`), all stopped by one shutdown token and watched by one
 //! [`Supervisor`]: if any of them (or a companion of the service's own) ends or
 //! panics, the whole service stops with the error, so its supervisor restarts it; on
 //! SIGTERM everything drains within `shutdown.grace_period_ms`.
@@ -16,15 +16,27 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Readiness;
+use crate::http_server::{self, Limits};
 use crate::kafka::{ConsumerLoop, Handler};
 use crate::outbox::Relay;
 use crate::supervisor::Supervisor;
 use crate::{backlog, db, health, metrics, Settings};
 
+/// Where a worker listens: its health port (probes, and what the service reports
+/// about itself) and its metrics port (the scraper's).
+#[derive(Debug, Clone, Copy)]
+pub struct Listen<'a> {
+    pub health: &'a str,
+    pub metrics: &'a str,
+}
+
 /// A consuming service, connected, subscribed and bound, not yet running.
 pub struct Worker {
     pub pool: PgPool,
     listener: TcpListener,
+    metrics_listener: TcpListener,
+    /// The bounds of both listeners.
+    limits: Limits,
     consumer: ConsumerLoop,
     /// `None` for a service that writes no events (it has nothing to relay).
     relay: Option<Relay>,
@@ -40,12 +52,12 @@ pub type Companion = (&'static str, JoinHandle<()>);
 impl Worker {
     /// Connects to PostgreSQL (migrating if configured), creates the suite's topics if
     /// missing, joins the consumer group `<group_prefix>.<name>` on `topics`, and binds
-    /// the health endpoint on `listen`. Readiness checks PostgreSQL, the broker and the
+    /// the health and metrics endpoints on `listen`. Readiness checks PostgreSQL, the broker and the
     /// consumer's assignment; a service that takes locks adds Redis ([`Worker::needs_redis`]).
     pub async fn build(
         settings: &Settings,
         name: &str,
-        listen: &str,
+        listen: Listen<'_>,
         topics: &[&str],
     ) -> anyhow::Result<Self> {
         Self::assemble(settings, name, listen, topics, true).await
@@ -56,7 +68,7 @@ impl Worker {
     pub async fn build_without_relay(
         settings: &Settings,
         name: &str,
-        listen: &str,
+        listen: Listen<'_>,
         topics: &[&str],
     ) -> anyhow::Result<Self> {
         Self::assemble(settings, name, listen, topics, false).await
@@ -65,7 +77,7 @@ impl Worker {
     async fn assemble(
         settings: &Settings,
         name: &str,
-        listen: &str,
+        listen: Listen<'_>,
         topics: &[&str],
         with_relay: bool,
     ) -> anyhow::Result<Self> {
@@ -81,7 +93,8 @@ impl Worker {
             None
         };
         let consumer = ConsumerLoop::subscribe(&settings.kafka, &settings.group_id(name), topics)?;
-        let listener = health::bind(listen).await?;
+        let listener = health::bind(listen.health).await?;
+        let metrics_listener = health::bind(listen.metrics).await?;
         let readiness = Readiness::new(pool.clone())
             .with_broker(
                 consumer.producer(),
@@ -91,6 +104,8 @@ impl Worker {
         Ok(Worker {
             pool,
             listener,
+            metrics_listener,
+            limits: Limits::from(&settings.http),
             consumer,
             relay,
             readiness,
@@ -107,6 +122,11 @@ impl Worker {
     /// The port of the health endpoint.
     pub fn port(&self) -> u16 {
         health::port(&self.listener)
+    }
+
+    /// The port of the metrics endpoint.
+    pub fn metrics_port(&self) -> u16 {
+        health::port(&self.metrics_listener)
     }
 
     /// Runs until `shutdown` is cancelled or a task of the service ends (which cancels
@@ -146,8 +166,10 @@ impl Worker {
         let router = health::router(self.readiness)
             .merge(routes)
             .layer(axum::middleware::from_fn(metrics::track_http));
-        let served = health::serve(self.listener, router, shutdown.clone());
+        let served = http_server::serve(self.listener, router, self.limits, shutdown.clone());
         tasks.spawn("health endpoint", async move { Ok(served.await?) });
+        let scraped = metrics::serve(self.metrics_listener, self.limits, shutdown.clone());
+        tasks.spawn("metrics endpoint", async move { Ok(scraped.await?) });
         let consumer = self.consumer;
         let token = shutdown.clone();
         tasks.spawn("consumer", async move {

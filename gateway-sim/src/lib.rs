@@ -84,7 +84,13 @@ impl Simulator {
             .merge(merchant::routes())
             .route("/healthz", get(health::healthz))
             .with_state(sim.clone());
-        let served = health::serve(self.listener, router, shutdown).await;
+        let served = paygate_common::http_server::serve(
+            self.listener,
+            router,
+            paygate_common::http_server::Limits::SIMULATOR,
+            shutdown,
+        )
+        .await;
         sim.tasks.close();
         sim.tasks.wait().await;
         Ok(served?)

@@ -59,7 +59,7 @@ use paygate_common::domain::{Status, TransactionId};
 use paygate_common::events::proto;
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
-use paygate_common::service::Worker;
+use paygate_common::service::{Listen, Worker};
 use paygate_common::transactions;
 use paygate_common::Settings;
 
@@ -86,7 +86,10 @@ impl Application {
         let worker = Worker::build(
             &settings,
             "payment-processor",
-            &settings.payment_processor.listen,
+            Listen {
+                health: &settings.payment_processor.listen,
+                metrics: &settings.payment_processor.metrics_listen,
+            },
             &topics,
         )
         .await?;
@@ -101,6 +104,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.worker.port()
+    }
+
+    /// The port of its `/metrics`.
+    pub fn metrics_port(&self) -> u16 {
+        self.worker.metrics_port()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

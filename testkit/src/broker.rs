@@ -10,6 +10,9 @@ use paygate_common::Settings;
 /// The binary is `PAYGATE_TEST_TANSU`, by default where `scripts/test` installs it.
 pub struct Broker {
     pub address: String,
+    /// What it tells clients to connect to (its own address unless a front is put
+    /// before it, see [`Broker::start_advertising`]).
+    advertised: String,
     port: u16,
     dir: std::path::PathBuf,
     child: Option<tokio::process::Child>,
@@ -17,6 +20,12 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start() -> Self {
+        Self::start_advertising(None).await
+    }
+
+    /// A broker that tells clients to reach it at `127.0.0.1:<advertised>` (a
+    /// [`crate::TlsFront`] before it), listening in clear on a port of its own.
+    pub async fn start_advertising(advertised: Option<u16>) -> Self {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -25,6 +34,7 @@ impl Broker {
         std::fs::create_dir_all(&dir).unwrap();
         let mut broker = Broker {
             address: format!("127.0.0.1:{port}"),
+            advertised: format!("127.0.0.1:{}", advertised.unwrap_or(port)),
             port,
             dir,
             child: None,
@@ -63,13 +73,14 @@ impl Broker {
         assert!(self.child.is_none(), "the broker is already running");
         let binary = Self::binary();
         let url = format!("tcp://{}", self.address);
+        let advertised = format!("tcp://{}", self.advertised);
         let child = tokio::process::Command::new(&binary)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.dir)
@@ -171,6 +182,47 @@ impl PrivateRedis {
                 .map(|_| ())
         })
         .await;
+    }
+}
+
+/// A Redis of the test's own that speaks only TLS (`--port 0`), with `pki`'s server
+/// certificate, and demands a client certificate from `pki`'s CA.
+pub struct TlsRedis {
+    /// `rediss://127.0.0.1:<port>`.
+    pub url: String,
+    _child: tokio::process::Child,
+}
+
+impl TlsRedis {
+    pub async fn start(pki: &crate::TestPki) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", &path(&pki.server_cert)])
+            .args(["--tls-key-file", &path(&pki.server_key)])
+            .args(["--tls-ca-cert-file", &path(&pki.ca)])
+            .args(["--tls-auth-clients", "yes"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting redis-server with TLS");
+        eventually("Redis to listen", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        TlsRedis {
+            url: format!("rediss://127.0.0.1:{port}"),
+            _child: child,
+        }
     }
 }
 

@@ -96,6 +96,14 @@ pub async fn settings_on(admin_url: &str) -> Settings {
     settings.payment_processor.listen = "127.0.0.1:0".to_owned();
     settings.callback_processor.listen = "127.0.0.1:0".to_owned();
     settings.callback_dispatcher.listen = "127.0.0.1:0".to_owned();
+    for metrics in [
+        &mut settings.api.metrics_listen,
+        &mut settings.payment_processor.metrics_listen,
+        &mut settings.callback_processor.metrics_listen,
+        &mut settings.callback_dispatcher.metrics_listen,
+    ] {
+        *metrics = "127.0.0.1:0".to_owned();
+    }
     settings.callback_dispatcher.retry_delays_ms = vec![200, 500, 1000];
     settings.callback_dispatcher.poll_interval_ms = 100;
     settings.callback_dispatcher.request_timeout_ms = 2_000;

@@ -22,7 +22,9 @@ mod simulator;
 mod suite;
 mod tls;
 
-pub use broker::{index_broker, read_topic, Broker, PrivateRedis, TopicMessage, TANSU_INDEX};
+pub use broker::{
+    index_broker, read_topic, Broker, PrivateRedis, TlsRedis, TopicMessage, TANSU_INDEX,
+};
 pub use isolation::{
     empty_database, empty_database_on, eventually, json_of, keys, pool, settings, settings_on,
     unique, ADMIN_TOKEN,
@@ -37,3 +39,4 @@ pub use simulator::{
     start_simulator, SIM_CARD_SECRET, SIM_JSON_SECRET, SIM_SOAP_SECRET, TEST_TIMINGS,
 };
 pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};
+pub use tls::{TestPki, TlsFront};

@@ -70,6 +70,18 @@ impl PrivatePostgres {
     /// [`PrivatePostgres::start`] with server settings of the test's choosing, e.g.
     /// `shared_preload_libraries=pg_stat_statements`.
     pub async fn start_with(settings: &[&str]) -> Self {
+        Self::start_configured(settings, None).await
+    }
+
+    /// A server that takes TLS connections only (`hostnossl` is rejected), with `pki`'s
+    /// server certificate. Its `admin_url` asks for TLS.
+    pub async fn start_with_tls(pki: &crate::TestPki) -> Self {
+        let mut postgres = Self::start_configured(&[], Some(pki)).await;
+        postgres.admin_url = format!("{}?sslmode=require", postgres.admin_url);
+        postgres
+    }
+
+    async fn start_configured(settings: &[&str], tls: Option<&crate::TestPki>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -109,12 +121,40 @@ impl PrivatePostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        let mut extra: Vec<String> = settings.iter().map(|s| format!(" -c {s}")).collect();
+        if let Some(pki) = tls {
+            // The server reads its key only when the server's user alone may.
+            let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+            std::fs::copy(&pki.server_cert, &cert).unwrap();
+            std::fs::copy(&pki.server_key, &key).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                let chown = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&cert)
+                    .arg(&key)
+                    .status()
+                    .unwrap();
+                assert!(chown.success());
+            }
+            std::fs::write(
+                dir.join("data").join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            extra.push(" -c ssl=on".to_owned());
+            extra.push(format!(" -c ssl_cert_file={}", cert.display()));
+            extra.push(format!(" -c ssl_key_file={}", key.display()));
+        }
         let postgres = PrivatePostgres {
             admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             port,
             dir,
             bin,
-            extra: settings.iter().map(|s| format!(" -c {s}")).collect(),
+            extra,
         };
         postgres.start_server().await;
         postgres

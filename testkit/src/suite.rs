@@ -77,6 +77,8 @@ pub struct Suite {
     /// `http://127.0.0.1:<port>` of each in-process service's HTTP endpoint (the api's,
     /// the consumers' health and metrics ports), by name.
     pub endpoints: Vec<(&'static str, String)>,
+    /// `http://127.0.0.1:<port>` of each in-process service's `/metrics` port, by name.
+    pub metrics_endpoints: Vec<(&'static str, String)>,
     services: Vec<(&'static str, Running)>,
     simulator: CancellationToken,
 }
@@ -104,11 +106,13 @@ impl Suite {
 
         let mut services = Vec::new();
         let mut endpoints = Vec::new();
+        let mut metrics_endpoints = Vec::new();
         let api_url = if wanted(Service::Api) {
             let api = paygate_api::Application::build(settings.clone())
                 .await
                 .unwrap();
             let api_url = url(api.port());
+            metrics_endpoints.push(("api", url(api.metrics_port())));
             services.push(("api", Running::spawn(|s| api.run(s))));
             api_url
         } else {
@@ -138,6 +142,7 @@ impl Suite {
                 .await
                 .unwrap();
             endpoints.push(("payment-processor", url(app.port())));
+            metrics_endpoints.push(("payment-processor", url(app.metrics_port())));
             services.push(("payment-processor", Running::spawn(|s| app.run(s))));
         }
         if wanted(Service::CallbackProcessor) {
@@ -145,6 +150,7 @@ impl Suite {
                 .await
                 .unwrap();
             endpoints.push(("callback-processor", url(app.port())));
+            metrics_endpoints.push(("callback-processor", url(app.metrics_port())));
             services.push(("callback-processor", Running::spawn(|s| app.run(s))));
         }
         if wanted(Service::CallbackDispatcher) {
@@ -152,6 +158,7 @@ impl Suite {
                 .await
                 .unwrap();
             endpoints.push(("callback-dispatcher", url(app.port())));
+            metrics_endpoints.push(("callback-dispatcher", url(app.metrics_port())));
             services.push(("callback-dispatcher", Running::spawn(|s| app.run(s))));
         }
 
@@ -164,6 +171,7 @@ impl Suite {
             webhooks,
             http: reqwest::Client::new(),
             endpoints,
+            metrics_endpoints,
             services,
             simulator,
         }
@@ -225,6 +233,15 @@ impl Suite {
     /// The URL of the in-process service `name`'s HTTP endpoint.
     pub fn endpoint(&self, name: &str) -> &str {
         self.endpoints
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, url)| url.as_str())
+            .unwrap_or_else(|| panic!("{name} does not run in this process"))
+    }
+
+    /// The URL of the in-process service `name`'s metrics port.
+    pub fn metrics_endpoint(&self, name: &str) -> &str {
+        self.metrics_endpoints
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, url)| url.as_str())
@@ -311,6 +328,20 @@ pub fn service_env(s: &Settings) -> Vec<(String, String)> {
         ),
         ("API__PUBLIC_URL", s.api.public_url.clone()),
         ("API__LISTEN", s.api.listen.clone()),
+        // Metrics ports on 0: several stacks (and several runs) share this machine.
+        ("API__METRICS_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "PAYMENT_PROCESSOR__METRICS_LISTEN",
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "CALLBACK_PROCESSOR__METRICS_LISTEN",
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "CALLBACK_DISPATCHER__METRICS_LISTEN",
+            "127.0.0.1:0".to_owned(),
+        ),
         ("ADMIN__TOKEN", s.admin.token.expose_secret().to_owned()),
         (
             "KAFKA__STATISTICS_INTERVAL_MS",

@@ -18,6 +18,9 @@ pub enum ConsoleError {
     /// The sign-in form's token is not the admin token.
     #[error("that is not the admin token")]
     WrongToken,
+    /// Too many sign-in attempts from this address; the seconds to wait.
+    #[error("too many sign-in attempts; try again in {0} s")]
+    TooManyAttempts(u64),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -42,6 +45,15 @@ impl IntoResponse for ConsoleError {
             }
             ConsoleError::BadCsrf => StatusCode::FORBIDDEN,
             ConsoleError::WrongToken => StatusCode::UNAUTHORIZED,
+            ConsoleError::TooManyAttempts(wait) => {
+                let page = layout::bare("Paygate console", &self.to_string());
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, wait.to_string())],
+                    page,
+                )
+                    .into_response();
+            }
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ConsoleError::Internal(source) => {

@@ -51,6 +51,7 @@ pub enum Section {
     Overview,
     Transactions,
     Gateways,
+    Merchants,
     Attention,
 }
 
@@ -82,6 +83,7 @@ pub fn page(operator: &Operator, section: Section, title: &str, body: Markup) ->
             "/console/gateways",
             "Gateways and routes",
         ),
+        (Section::Merchants, "/console/merchants", "Merchants"),
         (Section::Attention, "/console/attention", "Needs a human"),
     ];
     html! {

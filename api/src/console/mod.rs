@@ -17,6 +17,7 @@ pub mod attention;
 pub mod error;
 pub mod gateways;
 pub mod layout;
+pub mod merchants;
 pub mod overview;
 pub mod session;
 pub mod transactions;
@@ -30,6 +31,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use tower_http::trace::TraceLayer;
 
+use crate::extract::ClientAddress;
 use crate::AppState;
 use error::ConsoleError;
 use session::Operator;
@@ -57,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .route("/console/gateways", get(gateways::show))
         .route("/console/gateways/{code}/switch", post(gateways::switch))
         .route("/console/attention", get(attention::show))
+        .route("/console/merchants", get(merchants::show))
+        .route(
+            "/console/merchants/{id}/api-keys/{key_id}/revoke",
+            post(merchants::revoke),
+        )
         .merge(assets::router())
         .layer(axum::middleware::from_fn(layout::security_headers))
         .layer(TraceLayer::new_for_http())
@@ -88,11 +95,19 @@ struct SignIn {
     csrf: String,
 }
 
+/// Signs an operator in. Attempts are limited per client address
+/// (`admin.sign_in_attempts` per `admin.sign_in_window_ms`): past it the token is not
+/// even compared, so guessing it costs a guesser the window, every few tries.
 async fn sign_in(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<SignIn>,
 ) -> Response {
+    if let Err(wait) = state.clients.sign_in.spend(address) {
+        tracing::warn!(?address, "console sign-in attempts over the limit");
+        return ConsoleError::TooManyAttempts(wait).into_response();
+    }
     match session::sign_in(&state, &headers, form.token.trim(), &form.name, &form.csrf) {
         Ok(cookie) => {
             tracing::info!("operator signed in to the console");

@@ -29,10 +29,33 @@ pub mod headers {
     pub const NOT_BEFORE: &str = "not-before";
 }
 
+/// What every client of the brokers shares: where they are, and how to talk to them
+/// (`kafka.security_protocol`: TLS with the brokers' names verified, SASL credentials).
 pub(crate) fn base_config(settings: &KafkaSettings) -> ClientConfig {
+    use secrecy::ExposeSecret as _;
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
-        .set("log_level", "4");
+        .set("log_level", "4")
+        .set("security.protocol", &settings.security_protocol);
+    if settings.security_protocol.ends_with("ssl") {
+        config.set("ssl.endpoint.identification.algorithm", "https");
+        let tls = &settings.tls;
+        for (key, path) in [
+            ("ssl.ca.location", &tls.ca_file),
+            ("ssl.certificate.location", &tls.client_cert_file),
+            ("ssl.key.location", &tls.client_key_file),
+        ] {
+            if !path.is_empty() {
+                config.set(key, path);
+            }
+        }
+    }
+    if settings.security_protocol.starts_with("sasl") {
+        config
+            .set("sasl.mechanism", &settings.sasl_mechanism)
+            .set("sasl.username", &settings.sasl_username)
+            .set("sasl.password", settings.sasl_password.expose_secret());
+    }
     config
 }

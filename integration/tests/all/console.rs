@@ -24,10 +24,16 @@ pub(crate) struct Browser {
 
 impl Browser {
     pub(crate) fn new(url: &str) -> Self {
+        Self::from_address(url, "127.0.0.1")
+    }
+
+    /// A browser whose connections come from `address` (any of 127.0.0.0/8 on loopback).
+    pub(crate) fn from_address(url: &str, address: &str) -> Self {
         Browser {
             url: url.to_owned(),
             http: reqwest::Client::builder()
                 .redirect(Policy::none())
+                .local_address(Some(address.parse().unwrap()))
                 .build()
                 .unwrap(),
             cookies: Vec::new(),
@@ -513,4 +519,43 @@ async fn browser_an_operator_follows_a_payment_reroutes_around_a_gateway_and_rep
         "the browser's payment took the fallback"
     );
     suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_are_throttled_per_address_and_past_the_limit_even_the_token_is_refused() {
+    let api = Api::start_with(|s| s.admin.sign_in_attempts = 3).await;
+    let mut guesser = Browser::new(&api.url);
+    let form = guesser.page("/console/login").await;
+    let nonce = hidden(&form, "csrf");
+    for _ in 0..3 {
+        let wrong = guesser
+            .post("/console/login", &[("token", "guess"), ("csrf", &nonce)])
+            .await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+    // The fourth attempt is not even compared: the right token is refused too.
+    let throttled = guesser
+        .post(
+            "/console/login",
+            &[("token", ADMIN_TOKEN), ("csrf", &nonce)],
+        )
+        .await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        throttled.headers()["content-security-policy"],
+        CSP,
+        "the refusal is a console page"
+    );
+    assert!(!guesser.cookies.iter().any(|(n, _)| n == "paygate_console"));
+
+    // An operator at another address signs in as usual.
+    let mut operator = Browser::from_address(&api.url, "127.0.0.2");
+    operator.sign_in_as("Ada").await;
+    api.running.stop().await.unwrap();
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 async fn metrics_of(suite: &Suite, service: &str) -> String {
     let response = suite
         .http
-        .get(format!("{}/metrics", suite.endpoint(service)))
+        .get(format!("{}/metrics", suite.metrics_endpoint(service)))
         .send()
         .await
         .unwrap();

@@ -29,6 +29,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("POST", "/admin/v1/merchants"),
     ("POST", "/admin/v1/merchants/{id}/api-keys"),
+    ("GET", "/admin/v1/merchants/{id}/api-keys"),
+    ("POST", "/admin/v1/merchants/{id}/api-keys/{key_id}/revoke"),
     ("PUT", "/admin/v1/merchants/{id}/webhook"),
     ("GET", "/admin/v1/merchants/{id}/webhook"),
     ("POST", "/admin/v1/merchants/{id}/webhook-secret"),
