@@ -133,7 +133,7 @@ async fn verified(
     let body = read_body(request, state, wanted, accepts).await?;
     let now = chrono::Utc::now().timestamp();
     let secret = state
-        .cards
+        .secrets
         .open_secret(&gateway.callback_secret)
         .map_err(ApiError::Internal)?;
     let checked = match bound_to {

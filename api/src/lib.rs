@@ -22,6 +22,7 @@ pub mod merchants;
 pub mod openapi;
 pub mod payments;
 pub mod payouts;
+pub mod purge;
 pub mod queries;
 pub mod rate_limit;
 pub mod webhook_keys;
@@ -55,8 +56,12 @@ use paygate_common::{backlog, db, health, metrics, redis_connection, trace, Sett
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
-    /// Seals card numbers at intake.
+    /// The card ring: seals card numbers at intake.
     pub cards: KeyRing,
+    /// The secrets ring: seals and opens webhook and callback secrets and signing keys.
+    pub secrets: KeyRing,
+    /// Recognises `Idempotency-Key` requests.
+    pub fingerprints: idempotency::Fingerprints,
     /// Keeps card CVVs for the acquirer.
     pub cvvs: CvvVault,
     pub limiter: RateLimiter,
@@ -213,13 +218,25 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        use paygate_common::environment::Uses;
+        settings.refuse_development_secrets(&[
+            Uses::CardKeys,
+            Uses::SecretKeys,
+            Uses::FingerprintKeys,
+            Uses::AdminToken,
+            // The admin API checks webhook and gateway URLs with these policies.
+            Uses::WebhookEgress,
+            Uses::GatewayEgress,
+        ])?;
         metrics::install();
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), &settings).await?;
         let listener = health::bind(&settings.api.listen).await?;
-        let cards = KeyRing::from_config(&settings.cards.keys)?;
+        let cards = settings.cards.key_ring()?;
+        let secrets = settings.secrets.key_ring()?;
+        let fingerprints = idempotency::Fingerprints::from_settings(&settings.api.idempotency)?;
         // Secrets stored before they were sealed are sealed now (idempotent).
-        paygate_common::secrets::seal_stored(&pool, &cards).await?;
+        paygate_common::secrets::seal_stored(&pool, &secrets).await?;
         let cvvs =
             CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl()).await?;
         let limiter = RateLimiter::connect(&settings.redis, &settings.api.rate_limit).await?;
@@ -238,6 +255,8 @@ impl Application {
                 pool,
                 settings: Arc::new(settings),
                 cards,
+                secrets,
+                fingerprints,
                 cvvs,
                 limiter,
                 gateways: callbacks::GatewayCache::default(),
@@ -274,6 +293,14 @@ impl Application {
         tasks.spawn(
             "outbox backlog sampler",
             backlog::sample(self.state.pool.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "purge",
+            purge::run(
+                self.state.pool.clone(),
+                purge::Retention::of(&self.state.settings),
+                shutdown.clone(),
+            ),
         );
         let (keys, pool, token) = (
             self.state.api_keys.clone(),

@@ -459,7 +459,7 @@ async fn create(
     kind: Kind,
 ) -> Result<Response> {
     let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
-    let key = match idempotency::key_of(headers, &merchant.id, route, body)? {
+    let key = match idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)? {
         None => None,
         Some(key) => match key.claim(&state.pool).await? {
             Claim::Replay(response) => return Ok(response),

@@ -67,7 +67,7 @@ pub async fn rotate_signing_key(
 ) -> Result<(StatusCode, Json<SigningKey>)> {
     let id = merchant_id(&id)?;
     let key = ed25519::generate_key();
-    let sealed = state.cards.seal_secret(&key).map_err(ApiError::Internal)?;
+    let sealed = state.secrets.seal_secret(&key).map_err(ApiError::Internal)?;
     let overlap = state
         .settings
         .callback_dispatcher
@@ -136,7 +136,7 @@ pub async fn jwks(
     let mut keys = Vec::new();
     for sealed in current.iter().chain(previous.iter()) {
         let key = state
-            .cards
+            .secrets
             .open_secret(sealed)
             .map_err(ApiError::Internal)?;
         keys.extend(ed25519::jwk(key.expose_secret()));
