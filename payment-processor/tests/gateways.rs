@@ -544,3 +544,94 @@ async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charge
     .await;
     suite.stop().await;
 }
+
+/// Names resolved to chosen addresses, as a DNS answer would give them.
+struct FixedNames(std::collections::HashMap<String, Vec<std::net::SocketAddr>>);
+
+impl reqwest::dns::Resolve for FixedNames {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addresses = self.0.get(name.as_str()).cloned().unwrap_or_default();
+        Box::pin(async move {
+            let addrs: reqwest::dns::Addrs = Box::new(addresses.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_whose_host_resolves_to_a_forbidden_address_is_never_connected_to() {
+    use paygate_common::egress::GuardedResolver;
+    use paygate_common::events::proto;
+    use paygate_common::kafka::{Handler, Inbound};
+    use paygate_payment_processor::PaymentHandler;
+    use prost::Message as _;
+
+    let suite = Suite::start_with(SuiteOptions {
+        external: vec![paygate_testkit::Service::PaymentProcessor],
+        ..SuiteOptions::default()
+    })
+    .await;
+    // The witness: a simulator on loopback, where a guard that let the name through
+    // would charge. Loopback is the only address this test ever connects to.
+    let witness = paygate_testkit::start_simulator(CancellationToken::new(), Duration::ZERO).await;
+    let port: u16 = witness.rsplit(':').next().unwrap().parse().unwrap();
+    json_gateway(
+        &suite,
+        "by_name",
+        &format!("http://gateway.guarded.test:{port}"),
+        Some("NL"),
+        1,
+    )
+    .await;
+    json_gateway(&suite, "by_literal", &witness, Some("NL"), 2).await;
+    let id = deposit(&suite, "71.00", "EUR", Some("NL")).await;
+
+    let mut settings = suite.settings.clone();
+    settings.payment_processor.allow_loopback = false;
+    let names = FixedNames(
+        [(
+            "gateway.guarded.test".to_owned(),
+            vec![format!("127.0.0.1:{port}").parse().unwrap()],
+        )]
+        .into(),
+    );
+    let policy = settings.payment_processor.egress_policy();
+    let handler = PaymentHandler::build_with_resolver(
+        &settings,
+        suite.pool.clone(),
+        GuardedResolver::over(policy, std::sync::Arc::new(names)),
+    )
+    .await
+    .unwrap();
+    let record = transactions::find(&suite.pool, &id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let message = Inbound {
+        topic: settings.kafka.topics.payments_requested.clone(),
+        partition: 0,
+        offset: 0,
+        key: Some(id.clone()),
+        payload: proto::PaymentRequested {
+            event_id: "evt_test".to_owned(),
+            transaction: Some(record.to_proto()),
+        }
+        .encode_to_vec(),
+        headers: Vec::new(),
+    };
+    handler.handle(&message).await.unwrap();
+
+    assert_eq!(
+        charges_at(&witness, &id).await["charges"],
+        0,
+        "neither the name nor the literal reached the witness"
+    );
+    assert_eq!(charges_at(&suite.simulator_url, &id).await["charges"], 0);
+    let status: String = sqlx::query_scalar("SELECT status FROM transaction WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&suite.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending", "refused gateways took nothing: retried later");
+    suite.stop().await;
+}

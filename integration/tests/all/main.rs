@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod at_rest;
 mod api_keys;
 mod broker_index;
 mod broker_outage;
