@@ -235,7 +235,9 @@ impl IdempotencyKey {
                 continue; // expired and deleted meanwhile: claim again
             };
             let now = chrono::Utc::now();
-            if now - stored.created_at > chrono::Duration::from_std(self.retention).unwrap_or_default() {
+            if now - stored.created_at
+                > chrono::Duration::from_std(self.retention).unwrap_or_default()
+            {
                 sqlx::query(
                     "DELETE FROM idempotency_key WHERE merchant_id = $1 AND key = $2 AND created_at = $3",
                 )
@@ -364,7 +366,9 @@ mod tests {
     #[test]
     fn a_fingerprint_is_keyed_and_never_covers_the_cvv() {
         let body = |cvv: &str| {
-            format!(r#"{{"amount":"1.00","payment_method":{{"type":"card","card":{{"number":"4242424242424242","cvv":"{cvv}"}}}}}}"#)
+            format!(
+                r#"{{"amount":"1.00","payment_method":{{"type":"card","card":{{"number":"4242424242424242","cvv":"{cvv}"}}}}}}"#
+            )
         };
         let one = fingerprints(&[K1]);
         let [a] = &one.of("/v1/deposits", body("123").as_bytes())[..] else {
@@ -401,7 +405,10 @@ mod tests {
         };
         let stripped = without_cvv(xml("123", "1.00").as_bytes()).into_owned();
         let text = String::from_utf8(stripped).unwrap();
-        assert!(!text.contains("123") && text.contains("<cvv></cvv>"), "{text}");
+        assert!(
+            !text.contains("123") && text.contains("<cvv></cvv>"),
+            "{text}"
+        );
         let one = fingerprints(&[K1]);
         assert_eq!(
             one.of("/v1/deposits", xml("123", "1.00").as_bytes()),

@@ -67,7 +67,10 @@ pub async fn rotate_signing_key(
 ) -> Result<(StatusCode, Json<SigningKey>)> {
     let id = merchant_id(&id)?;
     let key = ed25519::generate_key();
-    let sealed = state.secrets.seal_secret(&key).map_err(ApiError::Internal)?;
+    let sealed = state
+        .secrets
+        .seal_secret(&key)
+        .map_err(ApiError::Internal)?;
     let overlap = state
         .settings
         .callback_dispatcher

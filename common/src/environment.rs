@@ -99,9 +99,7 @@ impl Settings {
                 Uses::AdminToken => {
                     let token = self.admin.token.expose_secret();
                     // Empty turns the admin API off: nothing to guess.
-                    if !token.is_empty()
-                        && (token.len() < MIN_ADMIN_TOKEN || is_published(token))
-                    {
+                    if !token.is_empty() && (token.len() < MIN_ADMIN_TOKEN || is_published(token)) {
                         wrong.push(format!("admin.token is shorter than {MIN_ADMIN_TOKEN} characters, a placeholder or published: set PAYGATE__ADMIN__TOKEN to a long random token (or empty, to turn the admin API off)"));
                     }
                 }
@@ -134,17 +132,21 @@ impl Settings {
 
 /// The `<section>.allow_*` settings that are on.
 fn permissive(section: &str, [http, loopback, private]: [bool; 3]) -> Vec<String> {
-    [("allow_http", http), ("allow_loopback", loopback), ("allow_private", private)]
-        .into_iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| {
-            format!(
-                "{section}.{name} is true: set PAYGATE__{}__{}=false",
-                section.to_uppercase(),
-                name.to_uppercase()
-            )
-        })
-        .collect()
+    [
+        ("allow_http", http),
+        ("allow_loopback", loopback),
+        ("allow_private", private),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| {
+        format!(
+            "{section}.{name} is true: set PAYGATE__{}__{}=false",
+            section.to_uppercase(),
+            name.to_uppercase()
+        )
+    })
+    .collect()
 }
 
 /// Whether `key` (base64) decodes to 32 bytes: what the published-keys test looks for.
@@ -297,7 +299,10 @@ mod tests {
         let found = committed_keys();
         assert!(found.len() >= 6, "{found:?}");
         for key in found {
-            assert!(is_published(&key), "{key} is committed but not in PUBLISHED");
+            assert!(
+                is_published(&key),
+                "{key} is committed but not in PUBLISHED"
+            );
         }
     }
 }

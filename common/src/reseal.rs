@@ -86,7 +86,9 @@ pub async fn secrets(pool: &PgPool, secrets: &KeyRing) -> anyhow::Result<u64> {
         for (id, stored) in stale {
             let secret = secrets
                 .open_secret(&Sealed::from_stored(stored.clone()))
-                .with_context(|| format!("{table}.{column} of {id} does not open with secrets.keys"))?;
+                .with_context(|| {
+                    format!("{table}.{column} of {id} does not open with secrets.keys")
+                })?;
             let sealed = secrets.seal_secret(secrecy::ExposeSecret::expose_secret(&secret))?;
             moved += sqlx::query(&format!(
                 "UPDATE {table} SET {column} = $2 WHERE {key} = $1 AND {column} = $3"
@@ -104,7 +106,11 @@ pub async fn secrets(pool: &PgPool, secrets: &KeyRing) -> anyhow::Result<u64> {
 }
 
 /// Both rings: [`cards`] and [`secrets`].
-pub async fn run(pool: &PgPool, card_ring: &KeyRing, secret_ring: &KeyRing) -> anyhow::Result<Resealed> {
+pub async fn run(
+    pool: &PgPool,
+    card_ring: &KeyRing,
+    secret_ring: &KeyRing,
+) -> anyhow::Result<Resealed> {
     Ok(Resealed {
         cards: cards(pool, card_ring).await?,
         secrets: secrets(pool, secret_ring).await?,

@@ -632,6 +632,9 @@ async fn a_gateway_whose_host_resolves_to_a_forbidden_address_is_never_connected
         .fetch_one(&suite.pool)
         .await
         .unwrap();
-    assert_eq!(status, "pending", "refused gateways took nothing: retried later");
+    assert_eq!(
+        status, "pending",
+        "refused gateways took nothing: retried later"
+    );
     suite.stop().await;
 }

@@ -67,8 +67,7 @@ async fn an_idempotency_fingerprint_is_keyed_and_a_repeat_with_the_same_card_rep
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_purge_removes_expired_idempotency_keys_and_the_cards_of_long_final_payments_only()
-{
+async fn the_purge_removes_expired_idempotency_keys_and_the_cards_of_long_final_payments_only() {
     let settings = paygate_testkit::settings().await;
     let pool = paygate_testkit::pool(&settings).await;
     let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
@@ -130,16 +129,19 @@ async fn the_purge_removes_expired_idempotency_keys_and_the_cards_of_long_final_
         .await
         .unwrap();
     assert_eq!(keys, ["fresh"]);
-    let cards: Vec<(String, Option<Vec<u8>>, Option<String>)> = sqlx::query_as(
-        "SELECT id, card_ciphertext, card_masked FROM transaction ORDER BY id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let cards: Vec<(String, Option<Vec<u8>>, Option<String>)> =
+        sqlx::query_as("SELECT id, card_ciphertext, card_masked FROM transaction ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     for (id, ciphertext, masked) in cards {
         let kept = matches!(id.as_str(), "txn_final_new" | "txn_pending_old");
         assert_eq!(ciphertext.is_some(), kept, "{id}");
-        assert_eq!(masked.as_deref(), Some("424242******4242"), "{id} stays masked");
+        assert_eq!(
+            masked.as_deref(),
+            Some("424242******4242"),
+            "{id} stays masked"
+        );
     }
 }
 
@@ -192,7 +194,11 @@ async fn re_sealing_moves_cards_and_secrets_to_the_newest_key_so_the_old_one_can
             .await
             .unwrap();
     assert_eq!(
-        cards.open(&key_id, &ciphertext).unwrap().number.expose_secret(),
+        cards
+            .open(&key_id, &ciphertext)
+            .unwrap()
+            .number
+            .expose_secret(),
         "4242424242424242"
     );
     let secret: Sealed = sqlx::query_scalar("SELECT webhook_secret FROM merchant")
@@ -222,8 +228,8 @@ async fn the_database_refuses_a_plain_secret_where_a_sealed_one_belongs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_refuses_a_gateway_url_the_egress_policy_forbids_and_a_short_callback_secret(
-) {
+async fn the_admin_api_refuses_a_gateway_url_the_egress_policy_forbids_and_a_short_callback_secret()
+{
     let api = Api::start_with(|s| {
         s.payment_processor.allow_http = false;
         s.payment_processor.allow_loopback = false;
@@ -234,8 +240,10 @@ async fn the_admin_api_refuses_a_gateway_url_the_egress_policy_forbids_and_a_sho
         api.http
             .put(format!("{}/admin/v1/gateways/acme", api.url))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"protocol": "card", "base_url": url, "callback_secret": secret,
-                          "timeout_ms": 1000, "enabled": true}))
+            .json(
+                &json!({"protocol": "card", "base_url": url, "callback_secret": secret,
+                          "timeout_ms": 1000, "enabled": true}),
+            )
             .send()
     };
     let long = "a-long-enough-callback-secret";

@@ -210,7 +210,11 @@ async fn a_card_number_or_cvv_sent_as_a_json_number_is_refused_without_quoting_i
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}"
+        );
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["field"], field, "{error}");
         let text = error.to_string();

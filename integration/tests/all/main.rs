@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
-mod at_rest;
 mod api_keys;
+mod at_rest;
 mod broker_index;
 mod broker_outage;
 mod callbacks;
