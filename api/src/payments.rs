@@ -472,10 +472,8 @@ async fn create(
         if new.country.is_none() {
             new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
         }
-        if kind == Kind::Withdrawal {
-            // Refused here, the transaction rolls back: nothing of it is written.
-            crate::payouts::reserve(&mut tx, &merchant.id, &new.money).await?;
-        }
+        // Refused here, the transaction rolls back: nothing of it is written.
+        crate::payouts::reserve(&mut tx, &merchant.id, &new.money, kind).await?;
         let record = transactions::create(&mut tx, new).await?;
         paygate_common::trace::record_transaction(record.id.as_str());
         if let Some(cvv) = &cvv {
