@@ -218,16 +218,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        use paygate_common::environment::Uses;
-        settings.refuse_development_secrets(&[
-            Uses::CardKeys,
-            Uses::SecretKeys,
-            Uses::FingerprintKeys,
-            Uses::AdminToken,
-            // The admin API checks webhook and gateway URLs with these policies.
-            Uses::WebhookEgress,
-            Uses::GatewayEgress,
-        ])?;
+        settings.refuse_development_secrets(paygate_common::environment::Uses::ALL)?;
         metrics::install();
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), &settings).await?;

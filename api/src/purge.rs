@@ -49,44 +49,46 @@ fn millis(duration: Duration) -> i64 {
 
 /// Purges once, everything that is due.
 pub async fn once(pool: &PgPool, retention: &Retention) -> sqlx::Result<Purged> {
-    let mut purged = Purged::default();
-    loop {
-        let deleted = sqlx::query(
+    Ok(Purged {
+        idempotency_keys: in_batches(
+            pool,
             "DELETE FROM idempotency_key WHERE (merchant_id, key) IN (
                  SELECT merchant_id, key FROM idempotency_key
                   WHERE created_at < now() - $1 * interval '1 millisecond'
                   LIMIT $2)",
+            retention.idempotency_keys,
         )
-        .bind(millis(retention.idempotency_keys))
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        purged.idempotency_keys += deleted;
-        if deleted < u64::try_from(BATCH).unwrap_or(u64::MAX) {
-            break;
-        }
-    }
-    loop {
-        let cleared = sqlx::query(
+        .await?,
+        cards: in_batches(
+            pool,
             "UPDATE transaction SET card_ciphertext = NULL, card_key_id = NULL
               WHERE id IN (
                   SELECT id FROM transaction
                    WHERE card_ciphertext IS NOT NULL AND status IN ('completed', 'failed')
                      AND updated_at < now() - $1 * interval '1 millisecond'
                    LIMIT $2)",
+            retention.cards_after_final,
         )
-        .bind(millis(retention.cards_after_final))
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        purged.cards += cleared;
-        if cleared < u64::try_from(BATCH).unwrap_or(u64::MAX) {
-            break;
+        .await?,
+    })
+}
+
+/// Runs `statement` (`$1`: the age in milliseconds, `$2`: the batch) until a batch
+/// finds less than a full one; how many rows it changed.
+async fn in_batches(pool: &PgPool, statement: &str, age: Duration) -> sqlx::Result<u64> {
+    let mut changed = 0;
+    loop {
+        let batch = sqlx::query(statement)
+            .bind(millis(age))
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        changed += batch;
+        if batch < u64::try_from(BATCH).unwrap_or(u64::MAX) {
+            return Ok(changed);
         }
     }
-    Ok(purged)
 }
 
 /// Purges every `retention.interval` until `shutdown`. A failed run is logged and

@@ -69,6 +69,19 @@ pub fn fingerprint_keys(entries: &[SecretString]) -> anyhow::Result<Vec<(String,
     crate::cards::parse_keys(entries)
 }
 
+impl Uses {
+    /// Everything: what the api uses (it seals both rings, fingerprints requests, takes
+    /// the admin token, and checks webhook and gateway URLs with both egress policies).
+    pub const ALL: &[Uses] = &[
+        Uses::CardKeys,
+        Uses::SecretKeys,
+        Uses::FingerprintKeys,
+        Uses::AdminToken,
+        Uses::WebhookEgress,
+        Uses::GatewayEgress,
+    ];
+}
+
 impl Settings {
     /// Refuses development secrets and permissive egress among what the service
     /// [`Uses`], unless this is a development environment.
@@ -165,14 +178,7 @@ mod tests {
     use super::*;
     use crate::config::tests::defaults;
 
-    const ALL: &[Uses] = &[
-        Uses::CardKeys,
-        Uses::SecretKeys,
-        Uses::FingerprintKeys,
-        Uses::AdminToken,
-        Uses::WebhookEgress,
-        Uses::GatewayEgress,
-    ];
+    const ALL: &[Uses] = Uses::ALL;
 
     fn own_key(id: &str, byte: u8) -> SecretString {
         format!(

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::cards::KeyRing;
-use crate::secrets::{seal_stored, Sealed, SECRET_COLUMNS};
+use crate::secrets::{rewrite_unless, seal_stored, Sealed};
 
 /// Rows read per page.
 const PAGE: i64 = 500;
@@ -72,37 +72,16 @@ pub async fn cards(pool: &PgPool, cards: &KeyRing) -> anyhow::Result<u64> {
 
 /// Seals what is still plain, then moves every secret to the newest key of `secrets`.
 pub async fn secrets(pool: &PgPool, secrets: &KeyRing) -> anyhow::Result<u64> {
-    let mut moved = seal_stored(pool, secrets).await?;
+    let sealed = seal_stored(pool, secrets).await?;
     let newest = format!("sealed:v1:{}:", secrets.newest());
-    for (table, key, column, _) in SECRET_COLUMNS {
-        let stale: Vec<(String, String)> = sqlx::query_as(&format!(
-            "SELECT {key}, {column} FROM {table}
-              WHERE {column} IS NOT NULL AND NOT starts_with({column}, $1)"
-        ))
-        .bind(&newest)
-        .fetch_all(pool)
-        .await
-        .with_context(|| format!("reading {table}.{column}"))?;
-        for (id, stored) in stale {
-            let secret = secrets
-                .open_secret(&Sealed::from_stored(stored.clone()))
-                .with_context(|| {
-                    format!("{table}.{column} of {id} does not open with secrets.keys")
-                })?;
-            let sealed = secrets.seal_secret(secrecy::ExposeSecret::expose_secret(&secret))?;
-            moved += sqlx::query(&format!(
-                "UPDATE {table} SET {column} = $2 WHERE {key} = $1 AND {column} = $3"
-            ))
-            .bind(&id)
-            .bind(sealed.as_stored())
-            .bind(&stored)
-            .execute(pool)
-            .await
-            .with_context(|| format!("re-sealing {table}.{column}"))?
-            .rows_affected();
-        }
-    }
-    Ok(moved)
+    let moved = rewrite_unless(pool, &newest, |stored| {
+        let secret = secrets
+            .open_secret(&Sealed::from_stored(stored.to_owned()))
+            .context("does not open with secrets.keys")?;
+        secrets.seal_secret(secrecy::ExposeSecret::expose_secret(&secret))
+    })
+    .await?;
+    Ok(sealed + moved)
 }
 
 /// Both rings: [`cards`] and [`secrets`].

@@ -84,7 +84,7 @@ impl KeyRing {
 
 /// The columns that hold secrets: `(table, key column, secret column, the constraint
 /// that refuses a plain value)`.
-pub(crate) const SECRET_COLUMNS: &[(&str, &str, &str, &str)] = &[
+const SECRET_COLUMNS: &[(&str, &str, &str, &str)] = &[
     (
         "merchant",
         "id",
@@ -122,29 +122,7 @@ pub(crate) const SECRET_COLUMNS: &[(&str, &str, &str, &str)] = &[
 /// value; returns how many it sealed. Safe to run by several processes at once: a row
 /// is only rewritten while it is still plain.
 pub async fn seal_stored(pool: &PgPool, keys: &KeyRing) -> anyhow::Result<u64> {
-    let mut sealed = 0;
-    for (table, key, column, _) in SECRET_COLUMNS {
-        let plain: Vec<(String, String)> = sqlx::query_as(&format!(
-            "SELECT {key}, {column} FROM {table}
-              WHERE {column} IS NOT NULL AND NOT starts_with({column}, '{PREFIX}')"
-        ))
-        .fetch_all(pool)
-        .await
-        .with_context(|| format!("finding plain secrets in {table}.{column}"))?;
-        for (id, secret) in plain {
-            let value = keys.seal_secret(&secret)?;
-            sealed += sqlx::query(&format!(
-                "UPDATE {table} SET {column} = $2 WHERE {key} = $1 AND {column} = $3"
-            ))
-            .bind(&id)
-            .bind(value.as_stored())
-            .bind(&secret)
-            .execute(pool)
-            .await
-            .with_context(|| format!("sealing {table}.{column}"))?
-            .rows_affected();
-        }
-    }
+    let sealed = rewrite_unless(pool, PREFIX, |plain| keys.seal_secret(plain)).await?;
     if sealed > 0 {
         tracing::info!(sealed, "sealed secrets stored in plain text");
     }
@@ -164,6 +142,41 @@ pub async fn seal_stored(pool: &PgPool, keys: &KeyRing) -> anyhow::Result<u64> {
         }
     }
     Ok(sealed)
+}
+
+/// Rewrites every stored secret that does not start with `keep` to what `rewrite`
+/// makes of it; returns how many rows it changed. A row is rewritten only while it
+/// still holds what was read, so processes running it at once never undo each other.
+pub(crate) async fn rewrite_unless(
+    pool: &PgPool,
+    keep: &str,
+    rewrite: impl Fn(&str) -> anyhow::Result<Sealed>,
+) -> anyhow::Result<u64> {
+    let mut rewritten = 0;
+    for (table, key, column, _) in SECRET_COLUMNS {
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT {key}, {column} FROM {table}
+              WHERE {column} IS NOT NULL AND NOT starts_with({column}, $1)"
+        ))
+        .bind(keep)
+        .fetch_all(pool)
+        .await
+        .with_context(|| format!("reading {table}.{column}"))?;
+        for (id, stored) in rows {
+            let value = rewrite(&stored).with_context(|| format!("{table}.{column} of {id}"))?;
+            rewritten += sqlx::query(&format!(
+                "UPDATE {table} SET {column} = $2 WHERE {key} = $1 AND {column} = $3"
+            ))
+            .bind(&id)
+            .bind(value.as_stored())
+            .bind(&stored)
+            .execute(pool)
+            .await
+            .with_context(|| format!("rewriting {table}.{column}"))?
+            .rows_affected();
+        }
+    }
+    Ok(rewritten)
 }
 
 #[cfg(test)]

@@ -459,13 +459,34 @@ async fn one_payment_whose_gateway_never_answers_holds_up_none_of_fifty_others_a
     suite.stop().await;
 }
 
+/// The message that asks the payment-processor to route payment `id`, as the relay
+/// produces it.
+async fn payment_requested(suite: &Suite, id: &str) -> paygate_common::kafka::Inbound {
+    use paygate_common::events::proto;
+    use prost::Message as _;
+    let record = transactions::find(&suite.pool, &id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    paygate_common::kafka::Inbound {
+        topic: suite.settings.kafka.topics.payments_requested.clone(),
+        partition: 0,
+        offset: 0,
+        key: Some(id.to_owned()),
+        payload: proto::PaymentRequested {
+            event_id: "evt_test".to_owned(),
+            transaction: Some(record.to_proto()),
+        }
+        .encode_to_vec(),
+        headers: Vec::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charges_once() {
-    use paygate_common::events::proto;
-    use paygate_common::kafka::{Handler, Inbound};
+    use paygate_common::kafka::Handler;
     use paygate_common::lock::Locks;
     use paygate_payment_processor::PaymentHandler;
-    use prost::Message as _;
 
     let suite = Suite::start_with(SuiteOptions {
         external: vec![paygate_testkit::Service::PaymentProcessor],
@@ -503,22 +524,7 @@ async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charge
                 .with_ttl(Duration::from_secs(1)),
         );
 
-    let record = transactions::find(&suite.pool, &id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let message = Inbound {
-        topic: suite.settings.kafka.topics.payments_requested.clone(),
-        partition: 0,
-        offset: 0,
-        key: Some(id.clone()),
-        payload: proto::PaymentRequested {
-            event_id: "evt_test".to_owned(),
-            transaction: Some(record.to_proto()),
-        }
-        .encode_to_vec(),
-        headers: Vec::new(),
-    };
+    let message = payment_requested(&suite, &id).await;
     let (a, b) = tokio::join!(first.handle(&message), second.handle(&message));
     a.unwrap();
     b.unwrap();
@@ -561,10 +567,8 @@ impl reqwest::dns::Resolve for FixedNames {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_whose_host_resolves_to_a_forbidden_address_is_never_connected_to() {
     use paygate_common::egress::GuardedResolver;
-    use paygate_common::events::proto;
-    use paygate_common::kafka::{Handler, Inbound};
+    use paygate_common::kafka::Handler;
     use paygate_payment_processor::PaymentHandler;
-    use prost::Message as _;
 
     let suite = Suite::start_with(SuiteOptions {
         external: vec![paygate_testkit::Service::PaymentProcessor],
@@ -603,23 +607,10 @@ async fn a_gateway_whose_host_resolves_to_a_forbidden_address_is_never_connected
     )
     .await
     .unwrap();
-    let record = transactions::find(&suite.pool, &id.parse().unwrap())
+    handler
+        .handle(&payment_requested(&suite, &id).await)
         .await
-        .unwrap()
         .unwrap();
-    let message = Inbound {
-        topic: settings.kafka.topics.payments_requested.clone(),
-        partition: 0,
-        offset: 0,
-        key: Some(id.clone()),
-        payload: proto::PaymentRequested {
-            event_id: "evt_test".to_owned(),
-            transaction: Some(record.to_proto()),
-        }
-        .encode_to_vec(),
-        headers: Vec::new(),
-    };
-    handler.handle(&message).await.unwrap();
 
     assert_eq!(
         charges_at(&witness, &id).await["charges"],

@@ -29,6 +29,18 @@ fn ring(entries: &[(&str, u8)]) -> KeyRing {
     KeyRing::from_config(&entries).unwrap()
 }
 
+/// A test card, sealed with `ring`.
+fn test_card(ring: &KeyRing) -> paygate_common::cards::SealedCard {
+    ring.seal(&CardDetails {
+        number: SecretString::from("4242424242424242".to_owned()),
+        expiry_month: 12,
+        expiry_year: 2031,
+        holder_name: None,
+        cvv: None,
+    })
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_fingerprint_is_keyed_and_a_repeat_with_the_same_card_replays() {
     let api = Api::start().await;
@@ -85,15 +97,7 @@ async fn the_purge_removes_expired_idempotency_keys_and_the_cards_of_long_final_
         .await
         .unwrap();
     }
-    let sealed = paygate_testkit::card_keys()
-        .seal(&CardDetails {
-            number: SecretString::from("4242424242424242".to_owned()),
-            expiry_month: 12,
-            expiry_year: 2031,
-            holder_name: None,
-            cvv: None,
-        })
-        .unwrap();
+    let sealed = test_card(&paygate_testkit::card_keys());
     for (id, status, age_days) in [
         ("txn_final_old", "completed", 8),
         ("txn_failed_old", "failed", 8),
@@ -153,15 +157,7 @@ async fn re_sealing_moves_cards_and_secrets_to_the_newest_key_so_the_old_one_can
     let merchant = paygate_api::merchants::create(&pool, &old_secrets, "m", None, None)
         .await
         .unwrap();
-    let sealed = old_cards
-        .seal(&CardDetails {
-            number: SecretString::from("4242424242424242".to_owned()),
-            expiry_month: 12,
-            expiry_year: 2031,
-            holder_name: None,
-            cvv: None,
-        })
-        .unwrap();
+    let sealed = test_card(&old_cards);
     sqlx::query(
         "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id,
                                   payment_method, card_masked, card_key_id, card_ciphertext)

@@ -202,20 +202,8 @@ async fn a_card_number_or_cvv_sent_as_a_json_number_is_refused_without_quoting_i
     for (card, field) in cases {
         let body = json!({"user_id": "u-1", "amount": "10.00", "currency": "EUR",
                           "payment_method": {"type": "card", "card": card}});
-        let response = api
-            .http
-            .post(format!("{}/v1/deposits", api.url))
-            .bearer_auth(&api.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{field}"
-        );
-        let error: Value = response.json().await.unwrap();
+        let (status, error) = api.deposit(&body.to_string(), "application/json").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
         assert_eq!(error["error"]["field"], field, "{error}");
         let text = error.to_string();
         assert!(
