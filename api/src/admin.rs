@@ -58,6 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(delete_route))
         .routes(routes!(rejected_callbacks))
         .routes(routes!(dead_lettered_payments))
+        .routes(routes!(payments_under_review))
         .routes(routes!(payments::redrive))
         .routes(routes!(payments::release))
         .routes(routes!(payments::resolve_review))
@@ -874,6 +875,56 @@ pub async fn dead_lettered_list(pool: &sqlx::PgPool) -> sqlx::Result<Vec<DeadLet
          (SELECT id, merchant_id, status, gateway, failure_reason AS reason, unresolved_since
             FROM transaction WHERE status = 'failed' AND failure_reason LIKE 'failed after %'
            ORDER BY updated_at DESC LIMIT 100)",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A payment under review: a contradiction, or one nothing settles.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct UnderReview {
+    pub id: String,
+    pub merchant_id: String,
+    pub status: String,
+    pub gateway: Option<String>,
+    /// `charged_but_failed`, `contradicting_answer`, `no_callback`, …
+    pub review_reason: String,
+    #[serde(serialize_with = "optional_rfc3339")]
+    pub review_since: Option<DateTime<Utc>>,
+    /// The evidence, in words.
+    pub review_detail: Option<String>,
+}
+
+/// `GET /payments/under-review`: payments flagged for a human, newest first.
+#[utoipa::path(
+    get,
+    path = "/payments/under-review",
+    tag = "admin",
+    summary = "Payments under review",
+    description = "Payments Paygate flagged for a human: a gateway's word contradicts their \
+                   status (`charged_but_failed`, `contradicting_answer`) or nothing settles them \
+                   (`no_callback`). Their status never changed for it; resolve a review with \
+                   `POST /transactions/{id}/review/resolve`.",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The latest 100 payments under review.", body = Page<UnderReview>),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn payments_under_review(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Page<UnderReview>>> {
+    Ok(Json(Page::whole(under_review_list(&state.pool).await?)))
+}
+
+/// The latest 100 payments under review, newest first (through `transaction_review`).
+pub async fn under_review_list(pool: &sqlx::PgPool) -> sqlx::Result<Vec<UnderReview>> {
+    sqlx::query_as(
+        "SELECT id, merchant_id, status, gateway, review_reason, review_since, review_detail
+           FROM transaction WHERE review_reason IS NOT NULL
+          ORDER BY review_since DESC LIMIT 100",
     )
     .fetch_all(pool)
     .await

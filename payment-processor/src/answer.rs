@@ -55,16 +55,7 @@ impl PaymentHandler {
             let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
             match moves(&mut tx, &current, gateway, outcome).await {
                 Ok(None) => return Ok(()),
-                Ok(Some(record)) => {
-                    // Callbacks that overtook the gateway's answer waited for this moment.
-                    transactions::announce_parked_callbacks(&mut tx, &record.id)
-                        .await
-                        .map_err(HandlerError::transient)?;
-                    tx.commit().await.map_err(HandlerError::transient)?;
-                    tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
-                    self.forget_cvv(&record).await;
-                    return Ok(());
-                }
+                Ok(Some(record)) => return self.moved(tx, &record).await,
                 Err(TransitionError::Database(error)) => {
                     return Err(HandlerError::transient(error))
                 }
@@ -124,21 +115,29 @@ impl PaymentHandler {
     ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         match transactions::transition(&mut tx, seen, to, change).await {
-            Ok(record) => {
-                transactions::announce_parked_callbacks(&mut tx, &record.id)
-                    .await
-                    .map_err(HandlerError::transient)?;
-                tx.commit().await.map_err(HandlerError::transient)?;
-                tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
-                self.forget_cvv(&record).await;
-                Ok(())
-            }
+            Ok(record) => self.moved(tx, &record).await,
             Err(error @ (TransitionError::Stale(_) | TransitionError::NotAllowed { .. })) => {
                 tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; leaving it");
                 Ok(())
             }
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
         }
+    }
+
+    /// Commits a move out of `pending` (or on to a final status) in `tx`, announcing
+    /// the callbacks that overtook the gateway's answer and waited for this moment.
+    async fn moved(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        record: &TransactionRecord,
+    ) -> Result<(), HandlerError> {
+        transactions::announce_parked_callbacks(&mut tx, &record.id)
+            .await
+            .map_err(HandlerError::transient)?;
+        tx.commit().await.map_err(HandlerError::transient)?;
+        tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
+        self.forget_cvv(record).await;
+        Ok(())
     }
 
     /// Authorised or refused: a card's CVV is not kept a moment longer.

@@ -9,12 +9,12 @@
 use std::time::Duration;
 
 use paygate_common::domain::{Country, Currency, Kind, Money};
-use paygate_common::gateway::{self, GatewayConfig, Route, Timings};
+use paygate_common::gateway::{GatewayConfig, Timings};
 use paygate_common::signature::callback;
 use paygate_common::transactions::{self, NewTransaction};
 use paygate_testkit::{
-    assert_money_invariant, eventually, json_of, misbehave, Moment, Process, Service, Suite,
-    SuiteOptions, SIM_JSON_SECRET,
+    assert_money_invariant, eventually, gateway_config, json_of, misbehave, register_gateway,
+    Moment, Process, Service, Suite, SuiteOptions, SIM_JSON_SECRET,
 };
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,20 @@ async fn deposit(suite: &Suite, amount: &str, country: &str) -> String {
 /// Lets the payment-processor's route cache see a change made after it started.
 async fn routes_reload() {
     tokio::time::sleep(Duration::from_millis(700)).await;
+}
+
+/// Makes the JSON gateway lose its callbacks, with `simjson`'s timings `set` (SQL).
+async fn lose_callbacks(suite: &Suite, set: &str) {
+    sqlx::query(&format!("UPDATE gateway SET {set} WHERE code = 'simjson'"))
+        .execute(&suite.pool)
+        .await
+        .unwrap();
+    misbehave(
+        &suite.simulator_url,
+        json!({"json": {"lost_callback": true}}),
+    )
+    .await;
+    routes_reload().await;
 }
 
 /// Replaces every control of the simulator at `url`.
@@ -125,38 +139,22 @@ async fn an_overloaded_gateway_keeps_the_payment_until_it_answers_and_the_next_g
         json!({"json": {"overloaded_ms": 4000, "duplicate_in_flight": true}}),
     )
     .await;
-    gateway::upsert(
-        &suite.pool,
-        &paygate_testkit::keys(),
-        &GatewayConfig {
-            code: "busy".to_owned(),
-            protocol: "json".to_owned(),
-            base_url: format!("{busy}/json"),
-            callback_secret: SIM_JSON_SECRET.to_owned().into(),
-            timeout_ms: 1_000,
-            max_concurrency: 8,
-            enabled: true,
-            // Shorter than the overload: the re-submit is answered 409 and proves nothing.
-            timings: Timings {
-                settle_window_ms: 1_500,
-                ..Timings::default()
-            },
+    // Its settle window is shorter than the overload: the re-submit is answered 409 and
+    // proves nothing.
+    let config = GatewayConfig {
+        timings: Timings {
+            settle_window_ms: 1_500,
+            ..Timings::default()
         },
-    )
-    .await
-    .unwrap();
-    gateway::upsert_route(
-        &suite.pool,
-        &Route {
-            country: Some("FR".to_owned()),
-            currency: None,
-            kind: None,
-            priority: 1,
-            gateway_code: "busy".to_owned(),
-        },
-    )
-    .await
-    .unwrap();
+        ..gateway_config(
+            "busy",
+            "json",
+            format!("{busy}/json"),
+            SIM_JSON_SECRET,
+            1_000,
+        )
+    };
+    register_gateway(&suite.pool, &config, Some((Some("FR"), 1))).await;
     routes_reload().await;
 
     let id = deposit(&suite, "41.00", "FR").await;
@@ -187,16 +185,7 @@ async fn an_overloaded_gateway_keeps_the_payment_until_it_answers_and_the_next_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payment_whose_callback_is_lost_completes_through_a_status_query() {
     let suite = Suite::start().await;
-    sqlx::query("UPDATE gateway SET callback_deadline_ms = 1000 WHERE code = 'simjson'")
-        .execute(&suite.pool)
-        .await
-        .unwrap();
-    misbehave(
-        &suite.simulator_url,
-        json!({"json": {"lost_callback": true}}),
-    )
-    .await;
-    routes_reload().await;
+    lose_callbacks(&suite, "callback_deadline_ms = 1000").await;
 
     let id = deposit(&suite, "42.00", "FR").await;
     until(&suite, &id, "completed", |v| v["status"] == "completed").await;
@@ -224,18 +213,11 @@ async fn a_payment_whose_callback_is_lost_completes_through_a_status_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payment_that_no_callback_or_status_query_settles_is_flagged_no_callback_for_a_human() {
     let suite = Suite::start().await;
-    sqlx::query(
-        "UPDATE gateway SET callback_deadline_ms = 1000, review_after_ms = 2500 WHERE code = 'simjson'",
-    )
-    .execute(&suite.pool)
-    .await
-    .unwrap();
-    misbehave(
-        &suite.simulator_url,
-        json!({"json": {"lost_callback": true}}),
+    lose_callbacks(
+        &suite,
+        "callback_deadline_ms = 1000, review_after_ms = 2500",
     )
     .await;
-    routes_reload().await;
 
     let id = deposit(&suite, "43.00", "FR").await;
     until(&suite, &id, "processing", |v| v["status"] == "processing").await;
@@ -296,6 +278,19 @@ async fn a_charge_reported_on_a_failed_payment_is_a_contradiction_for_a_human_no
     let (outcome, evidence) = callback_outcome(&suite, &id, "simjson").await.unwrap();
     assert_eq!(outcome, "contradiction");
     assert!(evidence.contains("charged"), "{evidence}");
+    let listed = json_of(
+        suite
+            .http
+            .get(format!("{}/admin/v1/payments/under-review", suite.api_url))
+            .bearer_auth(paygate_testkit::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(
+        listed["data"][0]["id"],
+        id.as_str(),
+        "listed for operators: {listed}"
+    );
+    assert_eq!(listed["data"][0]["review_reason"], "charged_but_failed");
     eventually("the review webhook", LONG, || async {
         webhook_types(&suite, &id)
             .contains(&"transaction.review_required".to_owned())
@@ -315,22 +310,14 @@ async fn a_callback_from_a_gateway_never_offered_the_payment_is_rejected_even_wh
     assert!(failed["gateway"].is_null(), "{failed}");
 
     // Another gateway, configured but never routed this payment, says it charged it.
-    gateway::upsert(
-        &suite.pool,
-        &paygate_testkit::keys(),
-        &GatewayConfig {
-            code: "stranger".to_owned(),
-            protocol: "json".to_owned(),
-            base_url: format!("{}/json", suite.simulator_url),
-            callback_secret: SIM_JSON_SECRET.to_owned().into(),
-            timeout_ms: 1_000,
-            max_concurrency: 8,
-            enabled: true,
-            timings: Timings::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let stranger = gateway_config(
+        "stranger",
+        "json",
+        format!("{}/json", suite.simulator_url),
+        SIM_JSON_SECRET,
+        1_000,
+    );
+    register_gateway(&suite.pool, &stranger, None).await;
     let status = send_callback(
         &suite,
         "stranger",
@@ -496,6 +483,55 @@ async fn a_payment_whose_request_never_reached_the_processor_is_swept_up_and_set
     let done = until(&suite, &id, "completed", |v| v["status"] == "completed").await;
     assert_eq!(done["gateway"], "simjson");
     assert_eq!(suite.charges(&id).await, 1);
+    assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_definite_answer_that_reaches_a_fenced_out_worker_is_recorded_never_dropped() {
+    let suite = Suite::start().await;
+    // The gateway takes 2 s to answer (within its 5 s timeout).
+    sqlx::query("UPDATE gateway SET timeout_ms = 5000 WHERE code = 'simjson'")
+        .execute(&suite.pool)
+        .await
+        .unwrap();
+    paygate_testkit::control_simulator(&suite.simulator_url, None, Some(2_000)).await;
+    routes_reload().await;
+
+    let id = deposit(&suite, "49.00", "FR").await;
+    eventually("the gateway to be asked", LONG, || async {
+        let attempts: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM transaction_event WHERE transaction_id = $1 AND event_type = 'gateway.attempted'",
+        )
+        .bind(&id)
+        .fetch_one(&suite.pool)
+        .await
+        .unwrap();
+        (attempts > 0).then_some(())
+    })
+    .await;
+    // While the call is out, someone else moves the payment: the worker's write will be
+    // refused by the version fence when the gateway's "accepted" arrives.
+    sqlx::query(
+        "UPDATE transaction SET status = 'failed', failure_reason = 'failed elsewhere',
+                version = version + 1 WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(&id)
+    .execute(&suite.pool)
+    .await
+    .unwrap();
+
+    let flagged = until(&suite, &id, "under review", |v| !v["review"].is_null()).await;
+    assert_eq!(flagged["status"], "failed", "the fence held");
+    assert_eq!(flagged["review"]["reason"], "charged_but_failed");
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM transaction_event WHERE transaction_id = $1 AND event_type = 'gateway.answer_recorded'",
+    )
+    .bind(&id)
+    .fetch_all(&suite.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 1, "the gateway's answer is in the history");
     assert_money_invariant(&suite.pool, &[&suite.simulator_url], Moment::Settled).await;
     suite.stop().await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use paygate_common::cards::KeyRing;
 use paygate_common::domain::{Country, Currency, Kind, Money};
-use paygate_common::gateway::{self, CardDetails, GatewayConfig, Route};
+use paygate_common::gateway::{self, CardDetails, Route};
 use paygate_common::transactions::{self, NewTransaction};
 use paygate_common::Settings;
 use paygate_testkit::{
@@ -67,34 +67,14 @@ async fn charges_at(simulator: &str, reference: &str) -> Value {
 
 /// Registers a JSON gateway `code` at `url` with a route for `country` (or the default).
 async fn json_gateway(suite: &Suite, code: &str, url: &str, country: Option<&str>, priority: i32) {
-    gateway::upsert(
-        &suite.pool,
-        &paygate_testkit::keys(),
-        &GatewayConfig {
-            code: code.to_owned(),
-            protocol: "json".to_owned(),
-            base_url: format!("{url}/json"),
-            callback_secret: SIM_JSON_SECRET.to_owned().into(),
-            timeout_ms: 2_000,
-            max_concurrency: 16,
-            enabled: true,
-            timings: paygate_common::gateway::Timings::default(),
-        },
-    )
-    .await
-    .unwrap();
-    gateway::upsert_route(
-        &suite.pool,
-        &Route {
-            country: country.map(str::to_owned),
-            currency: None,
-            kind: None,
-            priority,
-            gateway_code: code.to_owned(),
-        },
-    )
-    .await
-    .unwrap();
+    let config = paygate_testkit::gateway_config(
+        code,
+        "json",
+        format!("{url}/json"),
+        SIM_JSON_SECRET,
+        2_000,
+    );
+    paygate_testkit::register_gateway(&suite.pool, &config, Some((country, priority))).await;
 }
 
 /// Lets the payment-processor's route cache see a change made after it started.

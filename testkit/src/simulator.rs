@@ -87,3 +87,49 @@ pub async fn misbehave(url: &str, gateways: serde_json::Value) {
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
 }
+
+/// A gateway as tests register it: enabled, 16 calls at once, the production timings
+/// (override with struct update syntax).
+pub fn gateway_config(
+    code: &str,
+    protocol: &str,
+    base_url: String,
+    callback_secret: &str,
+    timeout_ms: i32,
+) -> paygate_common::gateway::GatewayConfig {
+    paygate_common::gateway::GatewayConfig {
+        code: code.to_owned(),
+        protocol: protocol.to_owned(),
+        base_url,
+        callback_secret: callback_secret.to_owned().into(),
+        timeout_ms,
+        max_concurrency: 16,
+        enabled: true,
+        timings: paygate_common::gateway::Timings::default(),
+    }
+}
+
+/// Stores `config` and, when `route` says so, routes `(country or every country,
+/// priority)` to it.
+pub async fn register_gateway(
+    pool: &PgPool,
+    config: &paygate_common::gateway::GatewayConfig,
+    route: Option<(Option<&str>, i32)>,
+) {
+    use paygate_common::gateway;
+    gateway::upsert(pool, &crate::keys(), config).await.unwrap();
+    if let Some((country, priority)) = route {
+        gateway::upsert_route(
+            pool,
+            &gateway::Route {
+                country: country.map(str::to_owned),
+                currency: None,
+                kind: None,
+                priority,
+                gateway_code: config.code.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+}

@@ -17,18 +17,8 @@ use super::actions::resend_form;
 use super::error::Result;
 use super::layout::{self, ago, at, status_tag, Section};
 use super::session::Operator;
-use crate::admin::{dead_lettered_list, rejected_callback_list};
+use crate::admin::{dead_lettered_list, rejected_callback_list, under_review_list};
 use crate::AppState;
-
-/// A payment under review.
-#[derive(Debug, sqlx::FromRow)]
-struct UnderReview {
-    id: String,
-    status: String,
-    review_reason: String,
-    review_since: Option<DateTime<Utc>>,
-    review_detail: Option<String>,
-}
 
 /// A webhook delivery that ran out of attempts.
 #[derive(Debug, sqlx::FromRow)]
@@ -59,14 +49,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
     )
     .fetch_all(&state.pool)
     .await?;
-    // Through `transaction_review (review_since DESC) WHERE review_reason IS NOT NULL`.
-    let reviews: Vec<UnderReview> = sqlx::query_as(
-        "SELECT id, status, review_reason, review_since, review_detail
-           FROM transaction WHERE review_reason IS NOT NULL
-          ORDER BY review_since DESC LIMIT 100",
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let reviews = under_review_list(&state.pool).await?;
     let set_aside = crate::interventions::set_aside(&state.pool).await?;
     let body = html! {
         h1 { "Needs a human" }

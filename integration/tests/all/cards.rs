@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use paygate_common::gateway::{self, GatewayConfig, Route};
 use paygate_testkit::{attempted_gateways, eventually, json_of, Suite, SIM_CARD_SECRET};
 use serde_json::json;
 
@@ -12,34 +11,14 @@ async fn a_card_the_acquirer_answers_402_fails_with_its_reason_and_the_next_acqu
 ) {
     let suite = Suite::start().await;
     // A second card acquirer behind the first, at the same simulator.
-    gateway::upsert(
-        &suite.pool,
-        &paygate_testkit::keys(),
-        &GatewayConfig {
-            code: "simcard2".to_owned(),
-            protocol: "card".to_owned(),
-            base_url: format!("{}/card", suite.simulator_url),
-            callback_secret: SIM_CARD_SECRET.to_owned().into(),
-            timeout_ms: 2_000,
-            max_concurrency: 16,
-            enabled: true,
-            timings: paygate_common::gateway::Timings::default(),
-        },
-    )
-    .await
-    .unwrap();
-    gateway::upsert_route(
-        &suite.pool,
-        &Route {
-            country: None,
-            currency: None,
-            kind: None,
-            priority: 1_000,
-            gateway_code: "simcard2".to_owned(),
-        },
-    )
-    .await
-    .unwrap();
+    let second = paygate_testkit::gateway_config(
+        "simcard2",
+        "card",
+        format!("{}/card", suite.simulator_url),
+        SIM_CARD_SECRET,
+        2_000,
+    );
+    paygate_testkit::register_gateway(&suite.pool, &second, Some((None, 1_000))).await;
     tokio::time::sleep(Duration::from_millis(700)).await; // the route cache reloads
 
     let id = suite

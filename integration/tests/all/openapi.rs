@@ -47,6 +47,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("DELETE", "/admin/v1/routes/{id}"),
     ("GET", "/admin/v1/callbacks/rejected"),
     ("GET", "/admin/v1/payments/dead-lettered"),
+    ("GET", "/admin/v1/payments/under-review"),
     ("POST", "/admin/v1/transactions/{id}/redrive"),
     ("POST", "/admin/v1/transactions/{id}/release"),
     ("POST", "/admin/v1/transactions/{id}/review/resolve"),

@@ -265,6 +265,7 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token() {
         (Method::DELETE, "/routes/1"),
         (Method::GET, "/callbacks/rejected"),
         (Method::GET, "/payments/dead-lettered"),
+        (Method::GET, "/payments/under-review"),
         (Method::GET, "/merchants/mer_x/webhook"),
         (Method::POST, "/merchants/mer_x/webhook-secret"),
         (Method::POST, "/merchants/mer_x/webhook-signing-key"),
