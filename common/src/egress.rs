@@ -385,4 +385,57 @@ mod tests {
         };
         assert!(http.check_url("http://merchant.example/").is_ok());
     }
+
+    #[test]
+    fn a_proxy_named_in_the_environment_is_never_used() {
+        // The environment is per process: the check runs in a child process of its own,
+        // given proxy variables that point at a listener that never answers.
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = format!("http://{}", proxy.local_addr().unwrap());
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "egress::tests::with_a_proxy_in_the_environment_a_client_still_connects_directly",
+                "--ignored",
+            ])
+            .env("HTTP_PROXY", &proxy)
+            .env("http_proxy", &proxy)
+            .env("HTTPS_PROXY", &proxy)
+            .env("ALL_PROXY", &proxy)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the client went through the proxy");
+    }
+
+    #[tokio::test]
+    #[ignore = "run by a_proxy_named_in_the_environment_is_never_used, in a process of its own"]
+    async fn with_a_proxy_in_the_environment_a_client_still_connects_directly() {
+        assert!(std::env::var("HTTP_PROXY").is_ok(), "run with a proxy set");
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = target.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (mut socket, _) = target.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
+        });
+        let tls = TlsSettings {
+            extra_root_certificates: String::new(),
+        };
+        let answer = client_builder(&tls)
+            .unwrap()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
+    }
 }
