@@ -281,3 +281,31 @@ async fn in_production_the_api_refuses_to_start_with_the_published_development_k
         assert!(error.contains(setting), "{setting}: {error}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_production_the_dispatcher_needs_no_card_ring_and_the_payment_processor_refuses_a_published_one(
+) {
+    let mut settings = paygate_testkit::settings().await;
+    settings.environment = Environment::Production;
+    let own = format!(
+        "s9:{}",
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+    );
+    settings.secrets.keys = vec![own.into()];
+    let dispatcher = &mut settings.callback_dispatcher;
+    (dispatcher.allow_http, dispatcher.allow_loopback) = (false, false);
+    let processor = &mut settings.payment_processor;
+    (processor.allow_http, processor.allow_loopback) = (false, false);
+    // cards.keys still holds the published development key: the dispatcher never
+    // loads the card ring, so it starts; the payment-processor opens cards, so it
+    // does not.
+    let dispatcher = paygate_callback_dispatcher::Application::build(settings.clone()).await;
+    assert!(dispatcher.is_ok(), "{:#}", dispatcher.err().unwrap());
+    drop(dispatcher);
+    let error = match paygate_payment_processor::Application::build(settings).await {
+        Ok(_) => panic!("the payment-processor started with a published card key"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("cards.keys"), "{error}");
+    assert!(!error.contains("secrets.keys"), "{error}");
+}
