@@ -15,8 +15,9 @@ read-only root filesystem and no capabilities, probes point at the served paths 
 port, the scrape annotations at the metrics port (which no Service exposes), every
 Deployment has its Service selector, HPA and PodDisruptionBudget,
 every file a PAYGATE__…_FILE variable names is inside a mounted volume whose Secret
-has that key, every service that opens sealed data gets the card key ring, and no
-consumer's HPA can scale past the topics' partition count.
+has that key, every service that opens sealed data gets its key ring (the card ring
+only where cards are opened: never the callback-dispatcher), and no consumer's HPA can
+scale past the topics' partition count.
 
 Prints one line per problem and exits 1 when there is any.
 """
@@ -36,10 +37,27 @@ DEFAULTS = ROOT / "common" / "config" / "default.toml"
 KUBERNETES_VERSIONS = ["1.30.0", "1.33.0"]
 # Deployments that consume Kafka: their replicas share a topic's partitions.
 CONSUMERS = {"paygate-payment-processor", "paygate-callback-processor", "paygate-callback-dispatcher"}
-# Services that open what is sealed with the card key ring (card numbers, gateways'
-# callback secrets, merchants' webhook secrets: `KeyRing::from_config` in their code).
-# Without the ring they would fall back to the development key and open nothing.
-KEY_RING_USERS = {"api", "payment-processor", "callback-dispatcher", "demo-seed"}
+# Services that open what is sealed with each key ring (`cards.key_ring()` and
+# `secrets.key_ring()` in their code): the card ring seals card numbers and CVVs, the
+# secrets ring gateways' callback secrets and merchants' webhook secrets and signing
+# keys. Without its ring a service would fall back to the development key and refuse
+# to start in production; a service not listed must not be given the ring.
+KEY_RINGS = {
+    "PAYGATE__CARDS__KEYS_FILE": {"api", "payment-processor"},
+    "PAYGATE__SECRETS__KEYS_FILE": {"api", "callback-dispatcher", "demo-seed"},
+    "PAYGATE__API__IDEMPOTENCY__FINGERPRINT_KEYS_FILE": {"api"},
+}
+
+
+def check_key_rings(where: str, service: str, env_names: set[str]) -> None:
+    """Each service gets exactly the key rings it opens."""
+    if service in ("init",):
+        return
+    for variable, users in KEY_RINGS.items():
+        if service in users and variable not in env_names:
+            problem(where, f"opens sealed data but is not given {variable}")
+        if service not in users and variable in env_names:
+            problem(where, f"is given {variable} but never opens what it seals")
 
 # The schemas are large and the same for every object: read each once.
 kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)
@@ -169,6 +187,12 @@ def check_k8s(rendered: list[dict], external: list[dict]) -> None:
     for name, data in configmaps.items():
         for key in data:
             check_env_name(f"ConfigMap/{name}", key)
+        # The manifests are for production: what production refuses must not be set.
+        if data.get("PAYGATE__ENVIRONMENT", "production") != "production":
+            problem(f"ConfigMap/{name}", "PAYGATE__ENVIRONMENT must be production on Kubernetes")
+        for key in [k for k in data if k.split("__")[-1].startswith("ALLOW_")]:
+            if data[key] != "false":
+                problem(f"ConfigMap/{name}", f"{key} must be false: production refuses permissive egress")
     partitions = None
     for data in configmaps.values():
         if "PAYGATE__KAFKA__PARTITIONS" in data:
@@ -194,9 +218,8 @@ def check_k8s(rendered: list[dict], external: list[dict]) -> None:
         labels = template.get("metadata", {}).get("labels", {})
         check_pod(where, template, secrets, configmaps)
         containers = template["spec"].get("containers", [])
-        if name.removeprefix("paygate-") in KEY_RING_USERS and not any(
-                e.get("name") == "PAYGATE__CARDS__KEYS_FILE" for c in containers for e in c.get("env", [])):
-            problem(where, "opens sealed data but is given no card key ring (PAYGATE__CARDS__KEYS_FILE)")
+        check_key_rings(where, name.removeprefix("paygate-"),
+                        {e.get("name") for c in containers for e in c.get("env", [])})
         port = check_http(f"{where} container {containers[0].get('name')}", containers[0]) if containers else None
         annotations = template.get("metadata", {}).get("annotations", {})
         ports = {p.get("name"): p.get("containerPort") for p in (containers[0].get("ports", []) if containers else [])}
@@ -235,8 +258,8 @@ def check_compose(config: dict) -> None:
         environment = service.get("environment") or {}
         for key in environment:
             check_env_name(f"compose service {name}", key)
-        if name in KEY_RING_USERS and "PAYGATE__CARDS__KEYS_FILE" not in environment:
-            problem(f"compose service {name}", "opens sealed data but is given no card key ring (PAYGATE__CARDS__KEYS_FILE)")
+        if service.get("image", "").startswith("paygate/") and name != "gateway-sim":
+            check_key_rings(f"compose service {name}", name, set(environment))
         for key, value in environment.items():
             if key.startswith("PAYGATE__") and key.endswith("_FILE"):
                 # Compose mounts a secret at /run/secrets/<target or source>.

@@ -60,6 +60,17 @@ ensure_webhook_verifier() {
     export PAYGATE_TEST_PYTHON="$venv/bin/python"
 }
 
+# cargo-deny (licenses, bans and sources of every dependency), built once from crates.io
+# into the tools directory.
+CARGO_DENY_VERSION="0.20.2"
+CARGO_DENY="$PAYGATE_TOOLS_DIR/cargo-deny-$CARGO_DENY_VERSION/bin/cargo-deny"
+ensure_cargo_deny() {
+    if [ -x "$CARGO_DENY" ]; then return; fi
+    log "building cargo-deny $CARGO_DENY_VERSION (once; about 8 minutes on 2 cores)"
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked \
+        --root "$PAYGATE_TOOLS_DIR/cargo-deny-$CARGO_DENY_VERSION" --quiet
+}
+
 # The Kafka-protocol broker, built once from crates.io into the tools directory.
 ensure_tansu() {
     if [ -x "$TANSU" ]; then return; fi

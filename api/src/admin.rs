@@ -174,7 +174,7 @@ async fn create_merchant(
     }
     let merchant = merchants::create(
         &state.pool,
-        &state.cards,
+        &state.secrets,
         name,
         request.webhook_url.as_deref(),
         None,
@@ -420,7 +420,7 @@ async fn rotate_webhook_secret(
             .secret_rotation_overlap_ms,
     );
     let (webhook_secret, until) =
-        merchants::rotate_webhook_secret(&state.pool, &state.cards, &id, overlap)
+        merchants::rotate_webhook_secret(&state.pool, &state.secrets, &id, overlap)
             .await
             .map_err(ApiError::Internal)?
             .ok_or(ApiError::NotFound("merchant"))?;
@@ -551,11 +551,13 @@ pub struct GatewayRequest {
     /// The adapter that speaks to it: `json`, `soap` or `card`.
     #[schema(example = "json")]
     pub protocol: String,
-    /// An http(s) URL.
-    #[schema(example = "http://127.0.0.1:8090/json", format = "uri")]
+    /// An https URL (http, loopback and private addresses only where
+    /// `payment_processor.allow_*` allow them), with no user name or password.
+    #[schema(example = "https://gateway.example/json", format = "uri")]
     pub base_url: String,
-    /// What its callbacks are signed with; stored sealed and never shown again.
-    #[schema(value_type = String)]
+    /// What its callbacks are signed with, at least 16 characters; stored sealed and
+    /// never shown again.
+    #[schema(value_type = String, min_length = 16)]
     pub callback_secret: secrecy::SecretString,
     #[schema(minimum = 1, maximum = 120000, example = 5000)]
     pub timeout_ms: i32,
@@ -623,10 +625,24 @@ async fn upsert_gateway(
     if !(1..=10_000).contains(&max_concurrency) {
         return Err(ApiError::invalid("max_concurrency", "must be 1 to 10000"));
     }
-    reqwest::Url::parse(&request.base_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| ApiError::invalid("base_url", "must be an http(s) URL"))?;
+    // Gateways are egress like webhooks: the payment-processor's policy, judged by what
+    // the host resolves to now (and again by the payment-processor at every connect).
+    state
+        .settings
+        .payment_processor
+        .egress_policy()
+        .check_url_resolved(&request.base_url)
+        .await
+        .map_err(|refusal| ApiError::invalid("base_url", refusal.to_string()))?;
+    if request.callback_secret.expose_secret().len() < crate::demo::MIN_CALLBACK_SECRET {
+        return Err(ApiError::invalid(
+            "callback_secret",
+            format!(
+                "must be at least {} characters",
+                crate::demo::MIN_CALLBACK_SECRET
+            ),
+        ));
+    }
     let defaults = gateway::Timings::default();
     let timing = |field: &'static str, given: Option<i32>, default: i32, max: i32| {
         let value = given.unwrap_or(default);
@@ -672,7 +688,7 @@ async fn upsert_gateway(
         enabled: request.enabled,
         timings,
     };
-    match gateway::upsert(&state.pool, &state.cards, &config).await {
+    match gateway::upsert(&state.pool, &state.secrets, &config).await {
         Ok(()) => Ok(StatusCode::OK),
         Err(GatewayError::UnknownProtocol(p)) => Err(ApiError::invalid(
             "protocol",

@@ -124,7 +124,7 @@ async fn verified(
     let adapter = gateway.adapter().ok_or_else(refused)?;
     let (signature, body) = signed_body(state, request, wanted, accepts).await?;
     let secret = state
-        .cards
+        .secrets
         .open_secret(&gateway.callback_secret)
         .map_err(ApiError::Internal)?;
     let now = chrono::Utc::now().timestamp();
@@ -170,7 +170,7 @@ async fn legacy_signers(
             continue;
         }
         let secret = state
-            .cards
+            .secrets
             .open_secret(&gateway.callback_secret)
             .map_err(ApiError::Internal)?;
         if callback::verify(secret.expose_secret(), signature, &payload, now).is_ok() {

@@ -40,6 +40,47 @@ impl std::fmt::Debug for DemoConfig {
     }
 }
 
+/// The defaults `paygate-api seed-demo` takes when no `PAYGATE_DEMO_*_GATEWAY_SECRET`
+/// is set: published, so refused outside development.
+pub const DEFAULT_SIMULATOR_SECRETS: [&str; 3] = [
+    "simjson-callback-secret",
+    "simsoap-callback-secret",
+    "simcard-callback-secret",
+];
+
+/// A gateway's callback secret shorter than this is refused (the admin API, the demo
+/// outside development): it is all that stands between the internet and a forged
+/// "payment completed".
+pub const MIN_CALLBACK_SECRET: usize = 16;
+
+impl SimulatorSecrets {
+    /// Outside development: refuses an empty, short or published secret, naming the
+    /// variable to set.
+    pub fn refuse_weak(
+        &self,
+        environment: paygate_common::config::Environment,
+    ) -> anyhow::Result<()> {
+        if environment == paygate_common::config::Environment::Development {
+            return Ok(());
+        }
+        for (variable, secret) in [
+            ("PAYGATE_DEMO_JSON_GATEWAY_SECRET", &self.json),
+            ("PAYGATE_DEMO_SOAP_GATEWAY_SECRET", &self.soap),
+            ("PAYGATE_DEMO_CARD_GATEWAY_SECRET", &self.card),
+        ] {
+            if secret.len() < MIN_CALLBACK_SECRET
+                || DEFAULT_SIMULATOR_SECRETS.contains(&secret.as_str())
+                || paygate_common::environment::is_published(secret)
+            {
+                anyhow::bail!(
+                    "environment is production (PAYGATE__ENVIRONMENT) and {variable} is empty, shorter than {MIN_CALLBACK_SECRET} characters or published: set it to a long random secret, or PAYGATE__ENVIRONMENT=development for a development stack"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for SimulatorSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SimulatorSecrets(..)")
@@ -142,5 +183,36 @@ pub async fn seed(pool: &PgPool, keys: &KeyRing, demo: &DemoConfig) -> anyhow::R
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paygate_common::config::Environment;
+
+    use super::*;
+
+    fn secrets(json: &str) -> SimulatorSecrets {
+        SimulatorSecrets {
+            json: json.to_owned(),
+            soap: "a-long-random-soap-secret".to_owned(),
+            card: "a-long-random-card-secret".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_demo_refuses_an_empty_short_or_default_callback_secret_outside_development() {
+        for weak in ["", "short", DEFAULT_SIMULATOR_SECRETS[0]] {
+            let error = secrets(weak)
+                .refuse_weak(Environment::Production)
+                .unwrap_err();
+            assert!(error
+                .to_string()
+                .contains("PAYGATE_DEMO_JSON_GATEWAY_SECRET"));
+            secrets(weak).refuse_weak(Environment::Development).unwrap();
+        }
+        secrets("a-long-random-json-secret")
+            .refuse_weak(Environment::Production)
+            .unwrap();
     }
 }

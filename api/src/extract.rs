@@ -89,6 +89,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = error.into_inner();
         let message = inner.to_string();
         let field = field_of(&path, &message);
+        let message = match &field {
+            Some(field) if field.starts_with("payment_method.card") => without_values(&message),
+            _ => message,
+        };
         match inner.classify() {
             serde_json::error::Category::Data => ApiError::Invalid {
                 message: strip_position(&message),
@@ -130,6 +134,23 @@ pub(crate) fn field_of(path: &str, message: &str) -> Option<String> {
         (Some(parent), _) => Some(parent),
         (None, named) => named,
     }
+}
+
+/// serde's message without the values it quotes (`` integer `4242…` ``, `string "123"`):
+/// a card number or CVV sent with the wrong type must not come back in the answer, nor
+/// reach a log line through it.
+fn without_values(message: &str) -> String {
+    let mut kept = String::with_capacity(message.len());
+    let mut quote = None;
+    for c in message.chars() {
+        match quote {
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if c == '`' || c == '"' => quote = Some(c),
+            None => kept.push(c),
+        }
+    }
+    kept.replace("  ", " ").replace(" ,", ",")
 }
 
 fn strip_position(message: &str) -> String {

@@ -8,15 +8,26 @@
 //! that creates the payment, so a payment and the answer that announced it are committed
 //! together or not at all. A claim whose request died before committing (a crash) is
 //! taken over once it is older than [`IN_FLIGHT_TIMEOUT`].
+//!
+//! A request is recognised by its fingerprint: an HMAC-SHA256, under a key of its own
+//! (`api.idempotency.fingerprint_keys`), of the route and the body with the card's CVV
+//! left out. Unkeyed, a hash of a body that holds a card number would give the number
+//! up to a search of ~10^10 guesses to whoever holds a copy of the database; keyed, it
+//! gives nothing without the key, and no CVV ever goes into it. Keys past
+//! `api.idempotency.retention_ms` are purged (see [`crate::purge`]).
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use sqlx::{PgConnection, PgPool};
 
+use paygate_common::config::IdempotencySettings;
 use paygate_common::domain::MerchantId;
 
 use crate::error::{ApiError, Result};
@@ -43,17 +54,112 @@ pub struct IdempotencyKeyHeader(
     pub Option<String>,
 );
 
-/// How long a key is remembered.
-const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// A claim older than this whose request never finished is taken over.
 const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How requests are fingerprinted and how long keys are remembered.
+#[derive(Clone)]
+pub struct Fingerprints {
+    /// HMAC keys, newest first: the first fingerprints, every one recognises.
+    keys: Arc<Vec<Vec<u8>>>,
+    retention: Duration,
+}
+
+impl std::fmt::Debug for Fingerprints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fingerprints")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl Fingerprints {
+    pub fn from_settings(settings: &IdempotencySettings) -> anyhow::Result<Self> {
+        let keys = paygate_common::environment::fingerprint_keys(&settings.fingerprint_keys)?
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect();
+        Ok(Fingerprints {
+            keys: Arc::new(keys),
+            retention: settings.retention(),
+        })
+    }
+
+    /// The fingerprint of `route` and `body` under each key, newest first.
+    fn of(&self, route: &str, body: &[u8]) -> Vec<Vec<u8>> {
+        let body = without_cvv(body);
+        self.keys
+            .iter()
+            .filter_map(|key| {
+                let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+                mac.update(route.as_bytes());
+                mac.update(b"\n");
+                mac.update(&body);
+                Some(mac.finalize().into_bytes().to_vec())
+            })
+            .collect()
+    }
+}
+
+/// `body` with the card's CVV left out (`payment_method.card.cvv` in JSON, the text of
+/// every `<cvv>` in XML), and otherwise as it came: a request differs from another in
+/// everything but its CVV. A body that does not parse is returned as it is (intake has
+/// refused it already).
+fn without_cvv(body: &[u8]) -> Cow<'_, [u8]> {
+    let xml = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'<');
+    let stripped = if xml {
+        xml_without_cvv(body)
+    } else {
+        json_without_cvv(body)
+    };
+    stripped.map_or(Cow::Borrowed(body), Cow::Owned)
+}
+
+fn json_without_cvv(body: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .pointer_mut("/payment_method/card")?
+        .as_object_mut()?
+        .remove("cvv")?;
+    serde_json::to_vec(&value).ok()
+}
+
+fn xml_without_cvv(body: &[u8]) -> Option<Vec<u8>> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut writer = quick_xml::Writer::new(Vec::with_capacity(body.len()));
+    let mut in_cvv = 0usize;
+    let mut removed = false;
+    loop {
+        let event = reader.read_event().ok()?;
+        match &event {
+            Event::Eof => break,
+            Event::Start(start) if start.local_name().as_ref() == b"cvv" => in_cvv += 1,
+            Event::End(end) if end.local_name().as_ref() == b"cvv" => {
+                in_cvv = in_cvv.saturating_sub(1)
+            }
+            Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) if in_cvv > 0 => {
+                removed = true;
+                continue;
+            }
+            _ => {}
+        }
+        writer.write_event(event).ok()?;
+    }
+    removed.then(|| writer.into_inner())
+}
 
 /// A request's key, checked.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
     merchant: MerchantId,
     key: String,
-    hash: Vec<u8>,
+    /// The request's fingerprint under each key, newest (the one stored) first.
+    hashes: Vec<Vec<u8>>,
+    retention: Duration,
 }
 
 /// What to do with a request that carries a key.
@@ -66,6 +172,7 @@ pub enum Claim {
 
 /// Reads the key from `headers`, if any; `route` and `body` identify the request.
 pub fn key_of(
+    fingerprints: &Fingerprints,
     headers: &HeaderMap,
     merchant: &MerchantId,
     route: &str,
@@ -80,14 +187,11 @@ pub fn key_of(
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
         .ok_or_else(|| ApiError::invalid(HEADER, "must be 1 to 255 visible ASCII characters"))?;
-    let mut hash = Sha256::new();
-    hash.update(route.as_bytes());
-    hash.update(b"\n");
-    hash.update(body);
     Ok(Some(IdempotencyKey {
         merchant: merchant.clone(),
         key: key.to_owned(),
-        hash: hash.finalize().to_vec(),
+        hashes: fingerprints.of(route, body),
+        retention: fingerprints.retention,
     }))
 }
 
@@ -113,7 +217,7 @@ impl IdempotencyKey {
             )
             .bind(self.merchant.as_str())
             .bind(&self.key)
-            .bind(&self.hash)
+            .bind(self.hashes.first())
             .fetch_optional(pool)
             .await?;
             if claimed.is_some() {
@@ -131,7 +235,9 @@ impl IdempotencyKey {
                 continue; // expired and deleted meanwhile: claim again
             };
             let now = chrono::Utc::now();
-            if now - stored.created_at > chrono::Duration::from_std(RETENTION).unwrap_or_default() {
+            if now - stored.created_at
+                > chrono::Duration::from_std(self.retention).unwrap_or_default()
+            {
                 sqlx::query(
                     "DELETE FROM idempotency_key WHERE merchant_id = $1 AND key = $2 AND created_at = $3",
                 )
@@ -142,7 +248,7 @@ impl IdempotencyKey {
                 .await?;
                 continue;
             }
-            if stored.request_hash != self.hash {
+            if !self.hashes.contains(&stored.request_hash) {
                 return Err(ApiError::invalid(
                     HEADER,
                     "this key was used with a different request",
@@ -240,4 +346,77 @@ fn replay(status: i32, headers: Option<serde_json::Value>, body: Option<Vec<u8>>
         .headers_mut()
         .insert(REPLAYED, HeaderValue::from_static("true"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprints(keys: &[&str]) -> Fingerprints {
+        Fingerprints::from_settings(&IdempotencySettings {
+            fingerprint_keys: keys.iter().map(|k| (*k).to_owned().into()).collect(),
+            retention_ms: 1000,
+        })
+        .unwrap()
+    }
+
+    const K1: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    const K2: &str = "k2:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+    #[test]
+    fn a_fingerprint_is_keyed_and_never_covers_the_cvv() {
+        let body = |cvv: &str| {
+            format!(
+                r#"{{"amount":"1.00","payment_method":{{"type":"card","card":{{"number":"4242424242424242","cvv":"{cvv}"}}}}}}"#
+            )
+        };
+        let one = fingerprints(&[K1]);
+        let [a] = &one.of("/v1/deposits", body("123").as_bytes())[..] else {
+            panic!("one key, one fingerprint")
+        };
+        assert_eq!(
+            &one.of("/v1/deposits", body("987").as_bytes())[0],
+            a,
+            "the CVV is not part of it"
+        );
+        assert_ne!(&one.of("/v1/deposits", b"{}")[0], a);
+        assert_ne!(&one.of("/v1/withdrawals", body("123").as_bytes())[0], a);
+        let unkeyed = {
+            use sha2::Digest as _;
+            let mut hash = Sha256::new();
+            hash.update(b"/v1/deposits\n");
+            hash.update(body("123").as_bytes());
+            hash.finalize().to_vec()
+        };
+        assert_ne!(*a, unkeyed);
+        assert_ne!(
+            &fingerprints(&[K2]).of("/v1/deposits", body("123").as_bytes())[0],
+            a,
+            "another key, another fingerprint"
+        );
+        let rotated = fingerprints(&[K2, K1]).of("/v1/deposits", body("123").as_bytes());
+        assert_eq!(&rotated[1], a, "an older key still recognises");
+    }
+
+    #[test]
+    fn an_xml_body_loses_only_the_text_of_its_cvv() {
+        let xml = |cvv: &str, amount: &str| {
+            format!("<deposit><amount>{amount}</amount><payment_method><card><cvv>{cvv}</cvv></card></payment_method></deposit>")
+        };
+        let stripped = without_cvv(xml("123", "1.00").as_bytes()).into_owned();
+        let text = String::from_utf8(stripped).unwrap();
+        assert!(
+            !text.contains("123") && text.contains("<cvv></cvv>"),
+            "{text}"
+        );
+        let one = fingerprints(&[K1]);
+        assert_eq!(
+            one.of("/v1/deposits", xml("123", "1.00").as_bytes()),
+            one.of("/v1/deposits", xml("987", "1.00").as_bytes())
+        );
+        assert_ne!(
+            one.of("/v1/deposits", xml("123", "1.00").as_bytes()),
+            one.of("/v1/deposits", xml("123", "2.00").as_bytes())
+        );
+    }
 }

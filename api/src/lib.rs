@@ -29,6 +29,7 @@ pub mod merchants;
 pub mod openapi;
 pub mod payments;
 pub mod payouts;
+pub mod purge;
 pub mod queries;
 pub mod rate_limit;
 pub mod webhook_keys;
@@ -63,8 +64,12 @@ use paygate_common::{backlog, db, health, metrics, redis_connection, trace, Sett
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
-    /// Seals card numbers at intake.
+    /// The card ring: seals card numbers at intake.
     pub cards: KeyRing,
+    /// The secrets ring: seals and opens webhook and callback secrets and signing keys.
+    pub secrets: KeyRing,
+    /// Recognises `Idempotency-Key` requests.
+    pub fingerprints: idempotency::Fingerprints,
     /// Keeps card CVVs for the acquirer.
     pub cvvs: CvvVault,
     pub limiter: RateLimiter,
@@ -255,6 +260,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.refuse_development_secrets(paygate_common::environment::Uses::ALL)?;
         metrics::install();
         let pool = db::connect(&settings.database).await?;
         let relay = Relay::for_service(pool.clone(), &settings).await?;
@@ -264,9 +270,11 @@ impl Application {
             "" => None,
             address => Some(health::bind(address).await?),
         };
-        let cards = KeyRing::from_config(&settings.cards.keys)?;
+        let cards = settings.cards.key_ring()?;
+        let secrets = settings.secrets.key_ring()?;
+        let fingerprints = idempotency::Fingerprints::from_settings(&settings.api.idempotency)?;
         // Secrets stored before they were sealed are sealed now (idempotent).
-        paygate_common::secrets::seal_stored(&pool, &cards).await?;
+        paygate_common::secrets::seal_stored(&pool, &secrets).await?;
         let cvvs =
             CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl()).await?;
         let limiter = RateLimiter::connect(&settings.redis, &settings.api.rate_limit).await?;
@@ -297,6 +305,8 @@ impl Application {
                 pool,
                 settings: Arc::new(settings),
                 cards,
+                secrets,
+                fingerprints,
                 cvvs,
                 limiter,
                 gateways: callbacks::GatewayCache::default(),
@@ -344,6 +354,14 @@ impl Application {
         tasks.spawn(
             "outbox backlog sampler",
             backlog::sample(self.state.pool.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "purge",
+            purge::run(
+                self.state.pool.clone(),
+                purge::Retention::of(&self.state.settings),
+                shutdown.clone(),
+            ),
         );
         let (keys, pool, token) = (
             self.state.api_keys.clone(),

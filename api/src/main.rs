@@ -1,7 +1,9 @@
 //! `paygate-api` serves; `paygate-api migrate` applies migrations; `paygate-api init`
 //! applies them and creates the topics, as a deployment's one-shot job (see
 //! `paygate_common::init`); `paygate-api seed-demo` creates the demo data and prints
-//! its credentials (see `demo`).
+//! its credentials (see `demo`); `paygate-api re-seal` moves every card number and
+//! secret to the newest key of its ring, so older keys can leave the rings (see
+//! `paygate_common::reseal`), and prints how many it moved.
 
 use anyhow::Context as _;
 use paygate_api::demo::{self, DemoConfig, SimulatorSecrets};
@@ -54,12 +56,22 @@ async fn main() -> anyhow::Result<()> {
                     ),
                 },
             };
-            let keys = paygate_common::cards::KeyRing::from_config(&settings.cards.keys)?;
+            config.secrets.refuse_weak(settings.environment)?;
+            let keys = settings.secrets.key_ring()?;
             let merchant = demo::seed(&pool, &keys, &config).await?;
             println!("{}", serde_json::to_string(&merchant)?);
         }
+        Some("re-seal") => {
+            let pool = db::connect(&settings.database).await?;
+            let cards = settings.cards.key_ring()?;
+            let secrets = settings.secrets.key_ring()?;
+            let resealed = paygate_common::reseal::run(&pool, &cards, &secrets).await?;
+            println!("{}", serde_json::to_string(&resealed)?);
+        }
         Some(other) => {
-            anyhow::bail!("unknown command {other:?}; use serve, migrate, init or seed-demo")
+            anyhow::bail!(
+                "unknown command {other:?}; use serve, migrate, init, seed-demo or re-seal"
+            )
         }
     }
     Ok(())

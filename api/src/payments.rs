@@ -459,7 +459,7 @@ async fn create(
     kind: Kind,
 ) -> Result<Response> {
     let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
-    let key = match idempotency::key_of(headers, &merchant.id, route, body)? {
+    let key = match idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)? {
         None => None,
         Some(key) => match key.claim(&state.pool).await? {
             Claim::Replay(response) => return Ok(response),
@@ -472,10 +472,8 @@ async fn create(
         if new.country.is_none() {
             new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
         }
-        if kind == Kind::Withdrawal {
-            // Refused here, the transaction rolls back: nothing of it is written.
-            crate::payouts::reserve(&mut tx, &merchant.id, &new.money).await?;
-        }
+        // Refused here, the transaction rolls back: nothing of it is written.
+        crate::payouts::reserve(&mut tx, &merchant.id, &new.money, kind).await?;
         let record = transactions::create(&mut tx, new).await?;
         paygate_common::trace::record_transaction(record.id.as_str());
         if let Some(cvv) = &cvv {

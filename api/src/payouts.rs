@@ -1,6 +1,8 @@
 //! Withdrawals pay money out, so each merchant's are held to limits an operator sets
 //! per currency: the most one withdrawal may pay out (`max_payout`), and the most a UTC
-//! day's withdrawals may (`max_daily`). No limits are set until an operator sets them.
+//! day's withdrawals may (`max_daily`). Every payment, deposit or withdrawal, is held to
+//! the most one payment may be (`max_payment`). No limits are set until an operator
+//! sets them.
 //!
 //! How "atomically, when payouts race" is kept: intake adds a withdrawal to the day's
 //! counter (`merchant_payout_day`) with ONE conditional statement, in the database
@@ -21,7 +23,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 
-use paygate_common::domain::{Currency, MerchantId, Money};
+use paygate_common::domain::{Currency, Kind, MerchantId, Money};
 
 use crate::error::ApiError;
 
@@ -31,6 +33,9 @@ pub struct PayoutLimits {
     /// ISO 4217.
     #[schema(example = "EUR")]
     pub currency: String,
+    /// The most one payment, deposit or withdrawal, may be; `null`: no limit.
+    #[schema(value_type = Option<String>, example = "10000.00")]
+    pub max_payment: Option<Decimal>,
     /// The most one withdrawal may pay out; `null`: no limit.
     #[schema(value_type = Option<String>, example = "1000.00")]
     pub max_payout: Option<Decimal>,
@@ -42,15 +47,27 @@ pub struct PayoutLimits {
     pub paid_out_today: Decimal,
 }
 
-/// Sets (or, both `None`, removes) a merchant's limits in `currency`; `None` when there
+/// A merchant's limits in one currency, as an operator sets them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub max_payment: Option<Decimal>,
+    pub max_payout: Option<Decimal>,
+    pub max_daily: Option<Decimal>,
+}
+
+/// Sets (or, all `None`, removes) a merchant's limits in `currency`; `None` when there
 /// is no such merchant.
 pub async fn set(
     pool: &PgPool,
     merchant: &MerchantId,
     currency: Currency,
-    max_payout: Option<Decimal>,
-    max_daily: Option<Decimal>,
+    limits: Limits,
 ) -> sqlx::Result<Option<PayoutLimits>> {
+    let Limits {
+        max_payment,
+        max_payout,
+        max_daily,
+    } = limits;
     let mut tx = pool.begin().await?;
     let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM merchant WHERE id = $1")
         .bind(merchant.as_str())
@@ -59,7 +76,7 @@ pub async fn set(
     if known.is_none() {
         return Ok(None);
     }
-    if max_payout.is_none() && max_daily.is_none() {
+    if max_payment.is_none() && max_payout.is_none() && max_daily.is_none() {
         sqlx::query("DELETE FROM merchant_payout_limit WHERE merchant_id = $1 AND currency = $2")
             .bind(merchant.as_str())
             .bind(currency.code())
@@ -67,16 +84,17 @@ pub async fn set(
             .await?;
     } else {
         sqlx::query(
-            "INSERT INTO merchant_payout_limit (merchant_id, currency, max_payout, max_daily)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO merchant_payout_limit (merchant_id, currency, max_payout, max_daily, max_payment)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (merchant_id, currency) DO UPDATE
                 SET max_payout = EXCLUDED.max_payout, max_daily = EXCLUDED.max_daily,
-                    updated_at = now()",
+                    max_payment = EXCLUDED.max_payment, updated_at = now()",
         )
         .bind(merchant.as_str())
         .bind(currency.code())
         .bind(max_payout)
         .bind(max_daily)
+        .bind(max_payment)
         .execute(&mut *tx)
         .await?;
     }
@@ -88,6 +106,7 @@ pub async fn set(
             .find(|l| l.currency == currency.code())
             .unwrap_or(PayoutLimits {
                 currency: currency.code().to_owned(),
+                max_payment: None,
                 max_payout: None,
                 max_daily_payouts: None,
                 paid_out_today: Decimal::ZERO,
@@ -98,7 +117,8 @@ pub async fn set(
 /// A merchant's limits, by currency, with today's totals.
 pub async fn of_merchant(pool: &PgPool, merchant: &MerchantId) -> sqlx::Result<Vec<PayoutLimits>> {
     sqlx::query_as(
-        "SELECT trim(l.currency) AS currency, l.max_payout, l.max_daily AS max_daily_payouts,
+        "SELECT trim(l.currency) AS currency, l.max_payment, l.max_payout,
+                l.max_daily AS max_daily_payouts,
                 COALESCE(d.total, 0) AS paid_out_today
            FROM merchant_payout_limit l
            LEFT JOIN merchant_payout_day d
@@ -112,27 +132,42 @@ pub async fn of_merchant(pool: &PgPool, merchant: &MerchantId) -> sqlx::Result<V
     .await
 }
 
-/// Holds a withdrawal of `money` to its merchant's limits, inside the intake's database
+/// Holds a payment of `money` to its merchant's limits, inside the intake's database
 /// transaction: refused with `422 limit_exceeded` (field `amount`) when it is over the
-/// most one payout may be, or does not fit in what is left of today's; otherwise added
-/// to today's total, committed with the withdrawal or not at all.
+/// most one payment may be, or (a withdrawal) over the most one payout may be, or does
+/// not fit in what is left of today's; a withdrawal is otherwise added to today's
+/// total, committed with it or not at all.
 pub async fn reserve(
     conn: &mut PgConnection,
     merchant: &MerchantId,
     money: &Money,
+    kind: Kind,
 ) -> Result<(), ApiError> {
     let currency = money.currency().code();
-    let limits: Option<(Option<Decimal>, Option<Decimal>)> = sqlx::query_as(
-        "SELECT max_payout, max_daily FROM merchant_payout_limit
+    let limits: Option<(Option<Decimal>, Option<Decimal>, Option<Decimal>)> = sqlx::query_as(
+        "SELECT max_payment, max_payout, max_daily FROM merchant_payout_limit
           WHERE merchant_id = $1 AND currency = $2",
     )
     .bind(merchant.as_str())
     .bind(currency)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((max_payout, max_daily)) = limits else {
+    let Some((max_payment, max_payout, max_daily)) = limits else {
         return Ok(());
     };
+    if let Some(max) = max_payment.filter(|max| money.amount() > *max) {
+        return Err(ApiError::refused(
+            "limit_exceeded",
+            Some("amount"),
+            format!(
+                "{} {currency} is over this merchant's limit of {max} {currency} per payment",
+                money.amount()
+            ),
+        ));
+    }
+    if kind != Kind::Withdrawal {
+        return Ok(());
+    }
     let amount = money.amount();
     let exceeded = |message: String| ApiError::refused("limit_exceeded", Some("amount"), message);
     if let Some(max) = max_payout.filter(|max| amount > *max) {

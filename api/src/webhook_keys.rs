@@ -67,7 +67,10 @@ pub async fn rotate_signing_key(
 ) -> Result<(StatusCode, Json<SigningKey>)> {
     let id = merchant_id(&id)?;
     let key = ed25519::generate_key();
-    let sealed = state.cards.seal_secret(&key).map_err(ApiError::Internal)?;
+    let sealed = state
+        .secrets
+        .seal_secret(&key)
+        .map_err(ApiError::Internal)?;
     let overlap = state
         .settings
         .callback_dispatcher
@@ -107,6 +110,8 @@ pub async fn rotate_signing_key(
 
 /// `GET /.well-known/paygate/webhooks/{merchant_id}/jwks.json`: the public keys that
 /// sign the merchant's webhooks (RFC 7517, Ed25519 as RFC 8037); public, like any JWKS.
+/// A merchant that does not exist answers exactly like one with no keys (`{"keys": []}`),
+/// so the route tells nobody which merchant ids exist.
 #[utoipa::path(
     get,
     path = "/.well-known/paygate/webhooks/{merchant_id}/jwks.json",
@@ -114,8 +119,7 @@ pub async fn rotate_signing_key(
     summary = "The public keys of a merchant's webhook signatures",
     params(("merchant_id" = String, Path, description = "The merchant, `mer_…`.")),
     responses(
-        (status = 200, description = "`{\"keys\": [JWK, …]}`, newest first; empty when the merchant signs with HMAC only."),
-        (status = 404, response = NotFound),
+        (status = 200, description = "`{\"keys\": [JWK, …]}`, newest first; empty when the merchant signs with HMAC only, and for a merchant that does not exist."),
         (status = 429, response = TooManyRequests),
         (status = 503, response = ServiceUnavailable),
     )
@@ -125,7 +129,9 @@ pub async fn jwks(
     State(state): State<AppState>,
     PathParam(merchant): PathParam<String>,
 ) -> Result<Json<Value>> {
-    let id = merchant_id(&merchant)?;
+    let Ok(id) = merchant_id(&merchant) else {
+        return Ok(Json(json!({ "keys": [] })));
+    };
     let row: Option<(Option<Sealed>, Option<Sealed>)> = sqlx::query_as(
         "SELECT webhook_signing_key,
                 CASE WHEN webhook_signing_key_previous_until > now() THEN webhook_signing_key_previous END
@@ -134,11 +140,11 @@ pub async fn jwks(
     .bind(id.as_str())
     .fetch_optional(&state.pool)
     .await?;
-    let (current, previous) = row.ok_or(ApiError::NotFound("merchant"))?;
+    let (current, previous) = row.unwrap_or_default();
     let mut keys = Vec::new();
     for sealed in current.iter().chain(previous.iter()) {
         let key = state
-            .cards
+            .secrets
             .open_secret(sealed)
             .map_err(ApiError::Internal)?;
         keys.extend(ed25519::jwk(key.expose_secret()));

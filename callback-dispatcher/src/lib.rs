@@ -22,7 +22,6 @@ use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use paygate_common::cards::KeyRing;
 use paygate_common::egress::{self, GuardedResolver};
 use paygate_common::service::{Listen, Worker};
 use paygate_common::Settings;
@@ -48,6 +47,10 @@ impl Application {
         settings: Settings,
         resolver: GuardedResolver,
     ) -> anyhow::Result<Self> {
+        use paygate_common::environment::Uses;
+        // Only the secrets ring: this service talks to merchants' URLs and never holds
+        // the card ring.
+        settings.refuse_development_secrets(&[Uses::SecretKeys, Uses::WebhookEgress])?;
         let topics = [settings.kafka.topics.transactions_status.as_str()];
         // It writes deliveries, never events: no outbox relay.
         let worker = Worker::build_without_relay(
@@ -66,7 +69,7 @@ impl Application {
             wake: wake.clone(),
         };
         let http = http_client(&settings, resolver)?;
-        let keys = KeyRing::from_config(&settings.cards.keys)?;
+        let keys = settings.secrets.key_ring()?;
         let sender = Sender::new(
             worker.pool.clone(),
             &settings.callback_dispatcher,

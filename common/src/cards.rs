@@ -1,8 +1,12 @@
-//! Card numbers at rest: encrypted with ChaCha20-Poly1305 under a key ring from
+//! Card numbers at rest: encrypted with ChaCha20-Poly1305 under the card key ring from
 //! configuration (`cards.keys`, newest first), each ciphertext stored beside the id of
-//! the key that sealed it, so keys rotate without re-encrypting old rows. Only the card
-//! acquirer's adapter in the payment-processor ever opens one; everything else sees the
-//! masked number (`424242******4242`).
+//! the key that sealed it, so keys rotate without re-encrypting old rows (and
+//! `paygate-api re-seal` moves old rows to the newest key, so old keys can leave). Only
+//! the card acquirer's adapter in the payment-processor ever opens one; everything else
+//! sees the masked number (`424242******4242`). The same [`KeyRing`] type serves the
+//! secrets ring (`secrets.keys`, see [`crate::secrets`]), but the two rings hold
+//! different keys and each service loads only the ring it opens: the
+//! callback-dispatcher, which talks to merchants' URLs, never holds the card ring.
 
 use std::time::Duration;
 
@@ -53,30 +57,42 @@ struct Plain {
 
 const NONCE_LEN: usize = 12;
 
+/// Reads `"<id>:<base64 of 32 bytes>"` entries, newest first (at least one): the form
+/// of every key list in configuration.
+pub fn parse_keys(entries: &[SecretString]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut keys = Vec::new();
+    for entry in entries {
+        let (id, key) = entry
+            .expose_secret()
+            .split_once(':')
+            .ok_or_else(|| anyhow!("a key entry is not \"<id>:<base64 key>\""))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .with_context(|| format!("key {id} is not base64"))?;
+        if bytes.len() != 32 {
+            bail!("key {id} must be 32 bytes, not {}", bytes.len());
+        }
+        keys.push((id.to_owned(), bytes));
+    }
+    if keys.is_empty() {
+        bail!("at least one key is needed");
+    }
+    Ok(keys)
+}
+
 impl KeyRing {
     /// Reads `"<id>:<base64 of 32 bytes>"` entries, newest first.
     pub fn from_config(entries: &[SecretString]) -> anyhow::Result<Self> {
-        let mut keys = Vec::new();
-        for entry in entries {
-            let (id, key) = entry
-                .expose_secret()
-                .split_once(':')
-                .ok_or_else(|| anyhow!("a cards.keys entry is not \"<id>:<base64 key>\""))?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(key.trim())
-                .with_context(|| format!("cards key {id} is not base64"))?;
-            if bytes.len() != 32 {
-                bail!("cards key {id} must be 32 bytes, not {}", bytes.len());
-            }
-            keys.push((
-                id.to_owned(),
-                ChaCha20Poly1305::new(Key::from_slice(&bytes)),
-            ));
-        }
-        if keys.is_empty() {
-            bail!("cards.keys needs at least one key");
-        }
+        let keys = parse_keys(entries)?
+            .into_iter()
+            .map(|(id, bytes)| (id, ChaCha20Poly1305::new(Key::from_slice(&bytes))))
+            .collect();
         Ok(KeyRing { keys })
+    }
+
+    /// The id of the key that seals (the newest).
+    pub fn newest(&self) -> &str {
+        &self.keys[0].0
     }
 
     /// Seals `card` with the newest key.
@@ -213,8 +229,15 @@ impl CvvVault {
             .split_once(':')
             .ok_or_else(|| anyhow!("a kept CVV is malformed"))?;
         let sealed = base64::engine::general_purpose::STANDARD.decode(sealed)?;
-        let plain = String::from_utf8(self.keys.open_bytes(key_id, &sealed)?)?;
-        Ok(Some(SecretString::from(plain)))
+        match self.keys.open_bytes(key_id, &sealed) {
+            Ok(plain) => Ok(Some(SecretString::from(String::from_utf8(plain)?))),
+            // Its key left the ring (rotated out sooner than cards.cvv_ttl_ms): as good
+            // as expired.
+            Err(error) => {
+                tracing::warn!(%error, "a kept CVV does not open; treated as expired");
+                Ok(None)
+            }
+        }
     }
 
     /// Deletes the CVV of `transaction` (it left `pending`).
@@ -227,19 +250,27 @@ impl CvvVault {
     }
 }
 
-/// The first six and last four digits, the rest starred: what PCI DSS allows to show.
+/// A card number as people may see it, every other digit starred. PCI DSS allows at
+/// most the first six and the last four digits, and only where they leave enough
+/// hidden, so:
+/// - 16 to 19 digits: the first 6 and the last 4 (`424242******4242`);
+/// - 12 to 15 digits: the last 4 only (`***********0005`);
+/// - fewer than 12 digits (never a valid card): nothing.
+///
+/// Anything that is not a digit is dropped.
 pub fn mask(number: &str) -> String {
     let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() < 12 {
-        return "*".repeat(digits.len());
-    }
-    let (head, rest) = digits.split_at(6);
-    let (middle, tail) = rest.split_at(rest.len() - 4);
+    let (head, tail) = match digits.len() {
+        16.. => (6, 4),
+        12..=15 => (0, 4),
+        _ => (0, 0),
+    };
+    let hidden = digits.len() - head - tail;
     format!(
         "{}{}{}",
-        head.iter().collect::<String>(),
-        "*".repeat(middle.len()),
-        tail.iter().collect::<String>()
+        digits[..head].iter().collect::<String>(),
+        "*".repeat(hidden),
+        digits[head + hidden..].iter().collect::<String>()
     )
 }
 
@@ -278,6 +309,17 @@ mod tests {
         let opened = rotated.open("k1", &sealed.ciphertext).unwrap();
         assert_eq!(opened.number.expose_secret(), "4242424242424242");
         assert!(!format!("{opened:?}").contains("4242424242424242"));
+    }
+
+    #[test]
+    fn a_mask_shows_the_first_six_only_on_numbers_of_sixteen_digits_or_more() {
+        assert_eq!(mask("4242424242424242"), "424242******4242");
+        assert_eq!(mask("4242 4242 4242 4242 123"), "424242*********2123");
+        assert_eq!(mask("378282246310005"), "***********0005");
+        assert_eq!(mask("4222222222222"), "*********2222");
+        assert_eq!(mask("123456789012"), "********9012");
+        assert_eq!(mask("12345678901"), "***********");
+        assert_eq!(mask(""), "");
     }
 
     #[test]

@@ -14,6 +14,8 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// Production unless set otherwise; see [`crate::environment`].
+    pub environment: Environment,
     pub log: LogSettings,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
@@ -22,6 +24,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub admin: AdminSettings,
     pub cards: CardSettings,
+    pub secrets: SecretSettings,
     pub payment_processor: PaymentProcessorSettings,
     pub callback_processor: ServiceSettings,
     pub callback_dispatcher: DispatcherSettings,
@@ -78,6 +81,15 @@ impl DatabaseTls {
             client_key_file: self.client_key_file.clone(),
         }
     }
+}
+
+/// Where a service runs: outside development it refuses development secrets and
+/// permissive egress (see [`crate::environment`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    Production,
+    Development,
 }
 
 /// How a service stops.
@@ -249,6 +261,30 @@ pub struct ApiSettings {
     pub unknown_key_cache_ttl_ms: u64,
     /// Requests that need PostgreSQL before they are authenticated, per client address.
     pub unauthenticated: RateLimitSettings,
+    pub idempotency: IdempotencySettings,
+    pub purge: PurgeSettings,
+}
+
+/// How `Idempotency-Key` requests are recognised and how long they are remembered.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    /// `"<id>:<base64 of 32 bytes>"`, newest first: HMAC keys of request fingerprints;
+    /// the first fingerprints, all recognise.
+    pub fingerprint_keys: Vec<SecretString>,
+    /// A key and its answer are kept this long.
+    pub retention_ms: u64,
+}
+
+impl IdempotencySettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_millis(self.retention_ms)
+    }
+}
+
+/// The api's background purge of what is no longer needed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PurgeSettings {
+    pub interval_ms: u64,
 }
 
 /// Requests per merchant per window, shared by every api replica.
@@ -280,18 +316,41 @@ pub struct AdminSettings {
     pub sign_in_window_ms: u64,
 }
 
-/// Card numbers are sealed with these keys (see [`crate::cards`]).
+/// The card key ring: card numbers and CVVs are sealed with these keys (see
+/// [`crate::cards`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CardSettings {
     /// `"<id>:<base64 of 32 bytes>"`, newest first: the first seals, all open.
     pub keys: Vec<SecretString>,
     /// How long a card's CVV waits, sealed in Redis, for the acquirer to be asked.
     pub cvv_ttl_ms: u64,
+    /// A final payment's sealed card is cleared this long after it became final.
+    pub clear_after_final_ms: u64,
 }
 
 impl CardSettings {
     pub fn cvv_ttl(&self) -> Duration {
         Duration::from_millis(self.cvv_ttl_ms)
+    }
+
+    /// The card key ring.
+    pub fn key_ring(&self) -> anyhow::Result<crate::cards::KeyRing> {
+        crate::cards::KeyRing::from_config(&self.keys).context("cards.keys")
+    }
+}
+
+/// The secrets key ring: webhook secrets, signing keys and gateways' callback secrets
+/// are sealed with these keys (see [`crate::secrets`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretSettings {
+    /// `"<id>:<base64 of 32 bytes>"`, newest first: the first seals, all open.
+    pub keys: Vec<SecretString>,
+}
+
+impl SecretSettings {
+    /// The secrets key ring.
+    pub fn key_ring(&self) -> anyhow::Result<crate::cards::KeyRing> {
+        crate::cards::KeyRing::from_config(&self.keys).context("secrets.keys")
     }
 }
 
@@ -316,9 +375,22 @@ pub struct PaymentProcessorSettings {
     /// Gateways and routes are cached; reloaded on change (NOTIFY) and at least this often.
     pub route_refresh_ms: u64,
     pub breaker: BreakerSettings,
+    /// Where gateways may be reached (as [`DispatcherSettings::egress_policy`]).
+    pub allow_http: bool,
+    pub allow_loopback: bool,
+    pub allow_private: bool,
 }
 
 impl PaymentProcessorSettings {
+    /// Where gateways may be reached.
+    pub fn egress_policy(&self) -> crate::egress::Policy {
+        crate::egress::Policy {
+            allow_http: self.allow_http,
+            allow_loopback: self.allow_loopback,
+            allow_private: self.allow_private,
+        }
+    }
+
     pub fn retry_base(&self) -> Duration {
         Duration::from_millis(self.retry_base_ms)
     }
@@ -382,7 +454,12 @@ impl DispatcherSettings {
 }
 
 /// Settings given as comma-separated lists.
-const LIST_KEYS: &[&str] = &["callback_dispatcher.retry_delays_ms", "cards.keys"];
+const LIST_KEYS: &[&str] = &[
+    "callback_dispatcher.retry_delays_ms",
+    "cards.keys",
+    "secrets.keys",
+    "api.idempotency.fingerprint_keys",
+];
 
 /// `PAYGATE__<PATH>_FILE=/path` among `vars`: the setting `<path>` read from that file,
 /// as Kubernetes Secrets and Vault Agent mount secrets (its content, the trailing
@@ -418,6 +495,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("callback_dispatcher.retry_delays_ms")
                 .with_list_parse_key("cards.keys")
+                .with_list_parse_key("secrets.keys")
+                .with_list_parse_key("api.idempotency.fingerprint_keys")
                 .try_parsing(true),
         );
         for (key, value) in secret_files(std::env::vars())? {
@@ -574,7 +653,14 @@ impl Settings {
         self.database.tls.files().validate("database.tls")?;
         self.redis.tls.validate("redis.tls")?;
         self.kafka.tls.validate("kafka.tls")?;
-        crate::cards::KeyRing::from_config(&self.cards.keys)?;
+        ensure!(
+            self.api.purge.interval_ms > 0,
+            "api.purge.interval_ms must be positive"
+        );
+        self.cards.key_ring()?;
+        self.secrets.key_ring()?;
+        crate::environment::fingerprint_keys(&self.api.idempotency.fingerprint_keys)
+            .context("api.idempotency.fingerprint_keys")?;
         Ok(())
     }
 
@@ -585,18 +671,24 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn the_embedded_defaults_are_valid() {
-        let settings: Settings = config::Config::builder()
+    /// The embedded defaults, as a service reads them with nothing set.
+    pub(crate) fn defaults() -> Settings {
+        config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .build()
             .unwrap()
             .try_deserialize()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_valid() {
+        let settings = defaults();
         settings.validate().unwrap();
+        assert_eq!(settings.environment, Environment::Production);
         assert_eq!(
             settings.kafka.topics.payments_requested,
             "paygate.payments.requested"

@@ -19,10 +19,13 @@ use reqwest::Url;
 use crate::config::TlsSettings;
 
 /// A client builder every outgoing call starts from: Mozilla's roots plus the
-/// configured extra ones, no redirects.
+/// configured extra ones, no redirects, and no proxy taken from the environment
+/// (`HTTPS_PROXY` and friends): a proxy would make the connection for us, after our
+/// address guard, to wherever the name resolves for it.
 pub fn client_builder(tls: &TlsSettings) -> anyhow::Result<reqwest::ClientBuilder> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none());
     if !tls.extra_root_certificates.is_empty() {
         let pem = std::fs::read(&tls.extra_root_certificates).with_context(|| {
@@ -60,7 +63,7 @@ pub enum Refusal {
     Scheme,
     #[error("must not carry user name or password")]
     Credentials,
-    #[error("{0} is a {1} address, which webhooks may not reach")]
+    #[error("{0} is a {1} address, which Paygate may not reach")]
     Address(IpAddr, &'static str),
 }
 
@@ -124,8 +127,8 @@ impl Policy {
     }
 }
 
-/// The special-purpose range `ip` falls in, if any (IPv4-mapped and NAT64 addresses are
-/// judged by the IPv4 address they carry).
+/// The special-purpose range `ip` falls in, if any (IPv4-mapped, IPv4-compatible, NAT64
+/// and 6to4 addresses are judged by the IPv4 address they carry).
 fn range_of(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => range_of_v4(v4),
@@ -140,6 +143,13 @@ fn range_of(ip: IpAddr) -> Option<&'static str> {
                 Some("unspecified")
             } else if first & 0xffc0 == 0xfe80 {
                 Some("link-local")
+            } else if first & 0xffc0 == 0xfec0 {
+                // fec0::/10, the deprecated site-local range: private in practice.
+                Some("unique-local")
+            } else if v6.segments()[..3] == [0x64, 0xff9b, 1] {
+                // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): translates into a
+                // network of the operator's choosing.
+                Some("reserved")
             } else if first & 0xfe00 == 0xfc00 {
                 Some("unique-local")
             } else if first & 0xff00 == 0xff00 {
@@ -152,7 +162,7 @@ fn range_of(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn range_of_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_private() {
@@ -165,6 +175,14 @@ fn range_of_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("unspecified")
     } else if ip.is_broadcast() || a >= 240 {
         Some("reserved")
+    } else if (a, b, c) == (192, 0, 0) {
+        // 192.0.0.0/24: IETF protocol assignments (DS-Lite, NAT64 discovery, …).
+        Some("reserved")
+    } else if a == 198 && (b & 0xfe) == 18 {
+        // 198.18.0.0/15: benchmarking networks, often routed inside a data centre.
+        Some("reserved")
+    } else if matches!((a, b, c), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+        Some("documentation")
     } else if ip.is_multicast() {
         Some("multicast")
     } else {
@@ -172,17 +190,24 @@ fn range_of_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`) or NAT64
-/// (`64:ff9b::a.b.c.d`) address.
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`, deprecated but still routed by some stacks), NAT64 (`64:ff9b::a.b.c.d`)
+/// or 6to4 (`2002:AABB:CCDD::/48`) address.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = ip.segments();
-    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| {
-        let [.., a, b, c, d] = ip.octets();
-        Ipv4Addr::new(a, b, c, d)
-    })
+    let o = ip.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(last);
+    }
+    // `::` and `::1` are the unspecified and loopback addresses, not IPv4-compatible.
+    if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
+        return Some(last);
+    }
+    (s[0] == 0x2002).then(|| Ipv4Addr::new(o[2], o[3], o[4], o[5]))
 }
 
 /// A reqwest resolver that refuses a name when any address it resolves to is
@@ -270,6 +295,18 @@ mod tests {
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:169.254.169.254", "link-local"),
             ("64:ff9b::10.0.0.1", "private"),
+            ("192.0.0.170", "reserved"),
+            ("198.18.0.1", "reserved"),
+            ("198.19.255.254", "reserved"),
+            ("192.0.2.1", "documentation"),
+            ("198.51.100.7", "documentation"),
+            ("203.0.113.200", "documentation"),
+            ("64:ff9b:1::a00:1", "reserved"),
+            ("::169.254.169.254", "link-local"),
+            ("::127.0.0.1", "loopback"),
+            ("2002:a9fe:a9fe::1", "link-local"),
+            ("2002:7f00:1::", "loopback"),
+            ("fec0::1", "unique-local"),
         ] {
             assert_eq!(refused(address), Some(range), "{address}");
         }
@@ -281,7 +318,10 @@ mod tests {
             "93.184.215.14",
             "172.32.0.1",
             "100.128.0.1",
+            "198.20.0.1",
+            "192.0.3.1",
             "2606:4700::1111",
+            "2002:5db8:d70e::1",
             "8.8.8.8",
         ] {
             assert_eq!(refused(address), None, "{address}");
@@ -344,5 +384,58 @@ mod tests {
             ..STRICT
         };
         assert!(http.check_url("http://merchant.example/").is_ok());
+    }
+
+    #[test]
+    fn a_proxy_named_in_the_environment_is_never_used() {
+        // The environment is per process: the check runs in a child process of its own,
+        // given proxy variables that point at a listener that never answers.
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = format!("http://{}", proxy.local_addr().unwrap());
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "egress::tests::with_a_proxy_in_the_environment_a_client_still_connects_directly",
+                "--ignored",
+            ])
+            .env("HTTP_PROXY", &proxy)
+            .env("http_proxy", &proxy)
+            .env("HTTPS_PROXY", &proxy)
+            .env("ALL_PROXY", &proxy)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the client went through the proxy");
+    }
+
+    #[tokio::test]
+    #[ignore = "run by a_proxy_named_in_the_environment_is_never_used, in a process of its own"]
+    async fn with_a_proxy_in_the_environment_a_client_still_connects_directly() {
+        assert!(std::env::var("HTTP_PROXY").is_ok(), "run with a proxy set");
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = target.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (mut socket, _) = target.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
+        });
+        let tls = TlsSettings {
+            extra_root_certificates: String::new(),
+        };
+        let answer = client_builder(&tls)
+            .unwrap()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
     }
 }

@@ -1,12 +1,14 @@
-//! Secrets Paygate has to read back — merchants' webhook signing secrets, gateways'
-//! callback secrets — are stored sealed with the same key ring as card numbers
-//! (`cards.keys`), so a copy of the database alone signs nothing and forges nothing.
-//! A stored value reads `sealed:v1:<key id>:<base64 of nonce || ciphertext>`; the key
-//! id lets keys rotate without re-sealing old rows.
+//! Secrets Paygate has to read back — merchants' webhook signing secrets and signing
+//! keys, gateways' callback secrets — are stored sealed with the secrets key ring
+//! (`secrets.keys`, never the card ring), so a copy of the database alone signs nothing
+//! and forges nothing. A stored value reads `sealed:v1:<key id>:<base64 of nonce ||
+//! ciphertext>`; the key id lets keys rotate without re-sealing old rows (and
+//! [`crate::reseal`] moves them to the newest key, so old keys can leave the ring).
 //!
-//! Rows written before sealing existed hold the plain secret; [`seal_stored`] (run by
-//! the api at start) seals them, and until then [`KeyRing::open_secret`] reads them as
-//! they are.
+//! A plain value where a sealed one belongs is refused: [`KeyRing::open_secret`] does
+//! not read it, and the database refuses to store one (a `CHECK` on each column). Rows
+//! written before sealing existed are sealed once by [`seal_stored`] (run by the api at
+//! start and by `paygate-api re-seal`), which then has the database check every row.
 
 use anyhow::{anyhow, Context as _};
 use base64::engine::general_purpose::STANDARD;
@@ -59,10 +61,13 @@ impl KeyRing {
         )))
     }
 
-    /// The secret behind `sealed` (a plain value from before sealing reads as itself).
+    /// The secret behind `sealed`. A plain value is refused: nothing may be stored plain
+    /// where a sealed one belongs.
     pub fn open_secret(&self, sealed: &Sealed) -> anyhow::Result<SecretString> {
         let Some(rest) = sealed.0.strip_prefix(PREFIX) else {
-            return Ok(SecretString::from(sealed.0.clone()));
+            anyhow::bail!(
+                "a secret is stored plain where a sealed one belongs: start the api or run `paygate-api re-seal` to seal it"
+            );
         };
         let (key_id, encoded) = rest
             .split_once(':')
@@ -77,45 +82,101 @@ impl KeyRing {
     }
 }
 
-/// The columns that hold secrets: `(table, key column, secret column)`.
-const SECRET_COLUMNS: &[(&str, &str, &str)] = &[
-    ("merchant", "id", "webhook_secret"),
-    ("merchant", "id", "webhook_secret_previous"),
-    ("merchant", "id", "webhook_signing_key"),
-    ("merchant", "id", "webhook_signing_key_previous"),
-    ("gateway", "code", "callback_secret"),
+/// The columns that hold secrets: `(table, key column, secret column, the constraint
+/// that refuses a plain value)`.
+const SECRET_COLUMNS: &[(&str, &str, &str, &str)] = &[
+    (
+        "merchant",
+        "id",
+        "webhook_secret",
+        "merchant_webhook_secret_sealed",
+    ),
+    (
+        "merchant",
+        "id",
+        "webhook_secret_previous",
+        "merchant_webhook_secret_previous_sealed",
+    ),
+    (
+        "merchant",
+        "id",
+        "webhook_signing_key",
+        "merchant_webhook_signing_key_sealed",
+    ),
+    (
+        "merchant",
+        "id",
+        "webhook_signing_key_previous",
+        "merchant_webhook_signing_key_previous_sealed",
+    ),
+    (
+        "gateway",
+        "code",
+        "callback_secret",
+        "gateway_callback_secret_sealed",
+    ),
 ];
 
-/// Seals every secret still stored plain; returns how many it sealed. Safe to run by
-/// several processes at once: a row is only rewritten while it is still plain.
+/// Seals every secret still stored plain (the one-time migration from before sealing),
+/// then has the database check every row against the constraints that refuse a plain
+/// value; returns how many it sealed. Safe to run by several processes at once: a row
+/// is only rewritten while it is still plain.
 pub async fn seal_stored(pool: &PgPool, keys: &KeyRing) -> anyhow::Result<u64> {
-    let mut sealed = 0;
-    for (table, key, column) in SECRET_COLUMNS {
-        let plain: Vec<(String, String)> = sqlx::query_as(&format!(
+    let sealed = rewrite_unless(pool, PREFIX, |plain| keys.seal_secret(plain)).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed secrets stored in plain text");
+    }
+    for (table, _, _, constraint) in SECRET_COLUMNS {
+        let validated: Option<bool> =
+            sqlx::query_scalar("SELECT convalidated FROM pg_constraint WHERE conname = $1")
+                .bind(constraint)
+                .fetch_optional(pool)
+                .await?;
+        if validated == Some(false) {
+            sqlx::query(&format!(
+                "ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}"
+            ))
+            .execute(pool)
+            .await
+            .with_context(|| format!("checking that {table} holds no plain secret"))?;
+        }
+    }
+    Ok(sealed)
+}
+
+/// Rewrites every stored secret that does not start with `keep` to what `rewrite`
+/// makes of it; returns how many rows it changed. A row is rewritten only while it
+/// still holds what was read, so processes running it at once never undo each other.
+pub(crate) async fn rewrite_unless(
+    pool: &PgPool,
+    keep: &str,
+    rewrite: impl Fn(&str) -> anyhow::Result<Sealed>,
+) -> anyhow::Result<u64> {
+    let mut rewritten = 0;
+    for (table, key, column, _) in SECRET_COLUMNS {
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
             "SELECT {key}, {column} FROM {table}
-              WHERE {column} IS NOT NULL AND NOT starts_with({column}, '{PREFIX}')"
+              WHERE {column} IS NOT NULL AND NOT starts_with({column}, $1)"
         ))
+        .bind(keep)
         .fetch_all(pool)
         .await
-        .with_context(|| format!("finding plain secrets in {table}.{column}"))?;
-        for (id, secret) in plain {
-            let value = keys.seal_secret(&secret)?;
-            sealed += sqlx::query(&format!(
+        .with_context(|| format!("reading {table}.{column}"))?;
+        for (id, stored) in rows {
+            let value = rewrite(&stored).with_context(|| format!("{table}.{column} of {id}"))?;
+            rewritten += sqlx::query(&format!(
                 "UPDATE {table} SET {column} = $2 WHERE {key} = $1 AND {column} = $3"
             ))
             .bind(&id)
             .bind(value.as_stored())
-            .bind(&secret)
+            .bind(&stored)
             .execute(pool)
             .await
-            .with_context(|| format!("sealing {table}.{column}"))?
+            .with_context(|| format!("rewriting {table}.{column}"))?
             .rows_affected();
         }
     }
-    if sealed > 0 {
-        tracing::info!(sealed, "sealed secrets stored in plain text");
-    }
-    Ok(sealed)
+    Ok(rewritten)
 }
 
 #[cfg(test)]
@@ -177,12 +238,11 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_secret_from_before_sealing_reads_as_itself() {
+    fn a_plain_secret_where_a_sealed_one_belongs_is_refused() {
         let plain = Sealed::from_stored("whsec_cGxhaW4=".to_owned());
         assert!(!plain.is_sealed());
-        assert_eq!(
-            ring(&[OLD]).open_secret(&plain).unwrap().expose_secret(),
-            "whsec_cGxhaW4="
-        );
+        let error = ring(&[OLD]).open_secret(&plain).unwrap_err().to_string();
+        assert!(error.contains("re-seal"), "{error}");
+        assert!(!error.contains("cGxhaW4"), "{error}");
     }
 }

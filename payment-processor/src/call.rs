@@ -90,6 +90,14 @@ impl PaymentHandler {
         F: FnOnce(Call<'a>) -> Fut,
         Fut: std::future::Future<Output = Result<Outcome, HandlerError>>,
     {
+        // An address literal never reaches the resolver that guards names: checked here.
+        // Refused, nothing was sent, so the payment was not taken there.
+        if let Err(refusal) = self.egress.check_url(&gateway.base_url) {
+            tracing::warn!(gateway = %gateway.code, %refusal, "gateway URL refused by the egress policy");
+            return Ok(Outcome::Unavailable {
+                reason: format!("{}: base_url {refusal}", gateway.code),
+            });
+        }
         let limit = self.limit(gateway);
         let _permit = limit
             .acquire_owned()

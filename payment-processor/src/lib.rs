@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use paygate_common::cards::{CvvVault, KeyRing};
 use paygate_common::config::{PaymentProcessorSettings, Topics};
 use paygate_common::domain::{Status, TransactionId};
+use paygate_common::egress::{GuardedResolver, Policy};
 use paygate_common::events::proto;
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
@@ -79,6 +80,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        use paygate_common::environment::Uses;
+        settings.refuse_development_secrets(&[Uses::CardKeys, Uses::GatewayEgress])?;
         let topics = [
             settings.kafka.topics.payments_requested.as_str(),
             settings.kafka.topics.payments_retry.as_str(),
@@ -176,7 +179,10 @@ pub struct PaymentHandler {
     breakers: Arc<Breakers>,
     /// At most `gateway.max_concurrency` calls in flight per gateway.
     limits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// The card ring: opens card numbers for the acquirer (this service holds no other).
     cards: KeyRing,
+    /// Where gateways may be reached; the resolver of `http` applies it at connect time.
+    egress: Policy,
     /// Card CVVs waiting for the acquirer.
     cvvs: CvvVault,
     producer: Producer,
@@ -229,15 +235,28 @@ impl Handler for PaymentHandler {
 
 impl PaymentHandler {
     pub async fn build(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
-        let cards = KeyRing::from_config(&settings.cards.keys)?;
+        let policy = settings.payment_processor.egress_policy();
+        Self::build_with_resolver(settings, pool, GuardedResolver::system(policy)).await
+    }
+
+    /// [`PaymentHandler::build`] resolving gateway hosts with `resolver` (tests map names
+    /// to chosen addresses through [`GuardedResolver::over`]; the guard stays).
+    pub async fn build_with_resolver(
+        settings: &Settings,
+        pool: PgPool,
+        resolver: GuardedResolver,
+    ) -> anyhow::Result<Self> {
+        let cards = settings.cards.key_ring()?;
         Ok(PaymentHandler {
             routes: RouteTable::load(&pool)
                 .await
                 .context("loading gateways and routes")?,
             pool,
             locks: Locks::connect(&settings.redis).await?,
-            // rustls with the configured roots, no redirects (see `egress`).
+            // rustls with the configured roots, no redirects, no proxy, and every
+            // address a gateway's host resolves to checked (see `egress`).
             http: paygate_common::egress::client_builder(&settings.tls)?
+                .dns_resolver(Arc::new(resolver))
                 .connect_timeout(Duration::from_secs(3))
                 .build()
                 .context("building the HTTP client")?,
@@ -246,6 +265,7 @@ impl PaymentHandler {
             cvvs: CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl())
                 .await?,
             cards,
+            egress: settings.payment_processor.egress_policy(),
             producer: Producer::new(&settings.kafka)?,
             topics: settings.kafka.topics.clone(),
             settings: settings.payment_processor.clone(),

@@ -439,13 +439,34 @@ async fn one_payment_whose_gateway_never_answers_holds_up_none_of_fifty_others_a
     suite.stop().await;
 }
 
+/// The message that asks the payment-processor to route payment `id`, as the relay
+/// produces it.
+async fn payment_requested(suite: &Suite, id: &str) -> paygate_common::kafka::Inbound {
+    use paygate_common::events::proto;
+    use prost::Message as _;
+    let record = transactions::find(&suite.pool, &id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    paygate_common::kafka::Inbound {
+        topic: suite.settings.kafka.topics.payments_requested.clone(),
+        partition: 0,
+        offset: 0,
+        key: Some(id.to_owned()),
+        payload: proto::PaymentRequested {
+            event_id: "evt_test".to_owned(),
+            transaction: Some(record.to_proto()),
+        }
+        .encode_to_vec(),
+        headers: Vec::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charges_once() {
-    use paygate_common::events::proto;
-    use paygate_common::kafka::{Handler, Inbound};
+    use paygate_common::kafka::Handler;
     use paygate_common::lock::Locks;
     use paygate_payment_processor::PaymentHandler;
-    use prost::Message as _;
 
     let suite = Suite::start_with(SuiteOptions {
         external: vec![paygate_testkit::Service::PaymentProcessor],
@@ -483,22 +504,7 @@ async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charge
                 .with_ttl(Duration::from_secs(1)),
         );
 
-    let record = transactions::find(&suite.pool, &id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let message = Inbound {
-        topic: suite.settings.kafka.topics.payments_requested.clone(),
-        partition: 0,
-        offset: 0,
-        key: Some(id.clone()),
-        payload: proto::PaymentRequested {
-            event_id: "evt_test".to_owned(),
-            transaction: Some(record.to_proto()),
-        }
-        .encode_to_vec(),
-        headers: Vec::new(),
-    };
+    let message = payment_requested(&suite, &id).await;
     let (a, b) = tokio::join!(first.handle(&message), second.handle(&message));
     a.unwrap();
     b.unwrap();
@@ -522,5 +528,84 @@ async fn two_workers_without_a_common_lock_are_fenced_so_only_one_gateway_charge
         paygate_testkit::Moment::InFlight,
     )
     .await;
+    suite.stop().await;
+}
+
+/// Names resolved to chosen addresses, as a DNS answer would give them.
+struct FixedNames(std::collections::HashMap<String, Vec<std::net::SocketAddr>>);
+
+impl reqwest::dns::Resolve for FixedNames {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addresses = self.0.get(name.as_str()).cloned().unwrap_or_default();
+        Box::pin(async move {
+            let addrs: reqwest::dns::Addrs = Box::new(addresses.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_whose_host_resolves_to_a_forbidden_address_is_never_connected_to() {
+    use paygate_common::egress::GuardedResolver;
+    use paygate_common::kafka::Handler;
+    use paygate_payment_processor::PaymentHandler;
+
+    let suite = Suite::start_with(SuiteOptions {
+        external: vec![paygate_testkit::Service::PaymentProcessor],
+        ..SuiteOptions::default()
+    })
+    .await;
+    // The witness: a simulator on loopback, where a guard that let the name through
+    // would charge. Loopback is the only address this test ever connects to.
+    let witness = paygate_testkit::start_simulator(CancellationToken::new(), Duration::ZERO).await;
+    let port: u16 = witness.rsplit(':').next().unwrap().parse().unwrap();
+    json_gateway(
+        &suite,
+        "by_name",
+        &format!("http://gateway.guarded.test:{port}"),
+        Some("NL"),
+        1,
+    )
+    .await;
+    json_gateway(&suite, "by_literal", &witness, Some("NL"), 2).await;
+    let id = deposit(&suite, "71.00", "EUR", Some("NL")).await;
+
+    let mut settings = suite.settings.clone();
+    settings.payment_processor.allow_loopback = false;
+    let names = FixedNames(
+        [(
+            "gateway.guarded.test".to_owned(),
+            vec![format!("127.0.0.1:{port}").parse().unwrap()],
+        )]
+        .into(),
+    );
+    let policy = settings.payment_processor.egress_policy();
+    let handler = PaymentHandler::build_with_resolver(
+        &settings,
+        suite.pool.clone(),
+        GuardedResolver::over(policy, std::sync::Arc::new(names)),
+    )
+    .await
+    .unwrap();
+    handler
+        .handle(&payment_requested(&suite, &id).await)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        charges_at(&witness, &id).await["charges"],
+        0,
+        "neither the name nor the literal reached the witness"
+    );
+    assert_eq!(charges_at(&suite.simulator_url, &id).await["charges"], 0);
+    let status: String = sqlx::query_scalar("SELECT status FROM transaction WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&suite.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "pending",
+        "refused gateways took nothing: retried later"
+    );
     suite.stop().await;
 }

@@ -7,7 +7,7 @@ use rand::RngCore;
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use paygate_common::config::{LogFormat, PartitionAssignment};
+use paygate_common::config::{Environment, LogFormat, PartitionAssignment};
 use paygate_common::{db, Settings};
 
 pub(crate) fn env(name: &str, default: &str) -> String {
@@ -63,6 +63,8 @@ pub async fn settings() -> Settings {
 pub async fn settings_on(admin_url: &str) -> Settings {
     let mut settings = Settings::load().expect("the default settings load");
     let run = unique("t");
+    // The development keys and loopback egress of the defaults: refused in production.
+    settings.environment = Environment::Development;
     settings.log.format = LogFormat::Pretty;
     settings.database.url = SecretString::from(empty_database_on(admin_url).await);
     settings.database.max_connections = 5;
@@ -121,10 +123,17 @@ pub async fn settings_on(admin_url: &str) -> Settings {
     settings
 }
 
-/// The key ring every test's services seal secrets and cards with (the defaults').
+/// The secrets key ring every test's services seal webhook and callback secrets with
+/// (the defaults').
 pub fn keys() -> paygate_common::cards::KeyRing {
     let settings = Settings::load().expect("the default settings load");
-    paygate_common::cards::KeyRing::from_config(&settings.cards.keys).unwrap()
+    settings.secrets.key_ring().unwrap()
+}
+
+/// The card key ring every test's services seal cards with (the defaults').
+pub fn card_keys() -> paygate_common::cards::KeyRing {
+    let settings = Settings::load().expect("the default settings load");
+    settings.cards.key_ring().unwrap()
 }
 
 /// A migrated pool on the test's database.

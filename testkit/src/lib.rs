@@ -26,8 +26,8 @@ pub use broker::{
     index_broker, read_topic, Broker, PrivateRedis, TlsRedis, TopicMessage, TANSU_INDEX,
 };
 pub use isolation::{
-    empty_database, empty_database_on, eventually, json_of, keys, pool, settings, settings_on,
-    unique, ADMIN_TOKEN,
+    card_keys, empty_database, empty_database_on, eventually, json_of, keys, pool, settings,
+    settings_on, unique, ADMIN_TOKEN,
 };
 pub use merchant::{Received, Reply, TlsReceiver, WebhookReceiver};
 pub use money::{assert_money_invariant, money_violations, Moment};

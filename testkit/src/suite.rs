@@ -289,6 +289,7 @@ pub async fn attempted_gateways(pool: &PgPool, id: &str) -> Vec<String> {
 pub fn service_env(s: &Settings) -> Vec<(String, String)> {
     let topics = &s.kafka.topics;
     [
+        ("ENVIRONMENT", "development".to_owned()),
         ("DATABASE__URL", s.database.url.expose_secret().to_owned()),
         ("REDIS__URL", s.redis.url.expose_secret().to_owned()),
         ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),

@@ -1,5 +1,7 @@
-//! `/admin/v1/merchants/{id}/limits`: the payout limits an operator sets per merchant
-//! and currency, which intake holds every withdrawal to (see [`crate::payouts`]).
+//! `/admin/v1/merchants/{id}/limits`: the limits an operator sets per merchant and
+//! currency — the most one payment may be, and for withdrawals the most one payout and
+//! a day's payouts may be — which intake holds every payment to (see
+//! [`crate::payouts`]).
 
 use axum::extract::State;
 use axum::Json;
@@ -18,13 +20,16 @@ use crate::queries::Page;
 use crate::AppState;
 
 /// `PUT /merchants/{id}/limits`'s body: the limits in one currency. A limit left out
-/// (or `null`) is no limit; both left out remove the currency's limits.
+/// (or `null`) is no limit; all left out remove the currency's limits.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
-    /// ISO 4217: the limits hold for withdrawals in this currency.
+    /// ISO 4217: the limits hold for payments in this currency.
     #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    /// The most one payment, deposit or withdrawal, may be, a decimal string.
+    #[schema(example = "10000.00", pattern = r"^[0-9]+(\.[0-9]+)?$")]
+    pub max_payment: Option<String>,
     /// The most one withdrawal may pay out, a decimal string.
     #[schema(example = "1000.00", pattern = r"^[0-9]+(\.[0-9]+)?$")]
     pub max_payout: Option<String>,
@@ -38,13 +43,14 @@ pub struct LimitsRequest {
     put,
     path = "/merchants/{id}/limits",
     tag = "admin",
-    summary = "Set a merchant's payout limits in a currency",
-    description = "Withdrawals in `currency` over `max_payout`, or that do not fit in what is left \
+    summary = "Set a merchant's payment and payout limits in a currency",
+    description = "Payments (deposits and withdrawals) in `currency` over `max_payment`, and \
+                   withdrawals over `max_payout`, or that do not fit in what is left \
                    of `max_daily_payouts` today (UTC), are refused at intake with `422 \
                    limit_exceeded` (field `amount`) and nothing is stored; racing withdrawals are \
                    held to the limit exactly. A failed withdrawal keeps counting for its day. A \
-                   limit left out is no limit; both left out remove the currency's limits. Takes \
-                   effect for the next withdrawal.",
+                   limit left out is no limit; all left out remove the currency's limits. Takes \
+                   effect for the next payment.",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The merchant, `mer_…`.")),
     request_body(content((LimitsRequest = "application/json"))),
@@ -71,12 +77,22 @@ pub(super) async fn set_limits(
             .transpose()
             .map_err(|e| ApiError::invalid(field, e))
     };
+    let max_payment = amount("max_payment", request.max_payment.as_deref())?;
     let max_payout = amount("max_payout", request.max_payout.as_deref())?;
     let max_daily = amount("max_daily_payouts", request.max_daily_payouts.as_deref())?;
-    let limits = payouts::set(&state.pool, &id, currency, max_payout, max_daily)
-        .await?
-        .ok_or(ApiError::NotFound("merchant"))?;
-    tracing::info!(merchant_id = %id, currency = currency.code(), ?max_payout, ?max_daily, "payout limits set");
+    let limits = payouts::set(
+        &state.pool,
+        &id,
+        currency,
+        payouts::Limits {
+            max_payment,
+            max_payout,
+            max_daily,
+        },
+    )
+    .await?
+    .ok_or(ApiError::NotFound("merchant"))?;
+    tracing::info!(merchant_id = %id, currency = currency.code(), ?max_payment, ?max_payout, ?max_daily, "limits set");
     Ok(Json(limits))
 }
 

@@ -41,7 +41,7 @@ impl Api {
         }
     }
 
-    async fn deposit(&self, body: &str, content_type: &str) -> (StatusCode, Value) {
+    pub(crate) async fn deposit(&self, body: &str, content_type: &str) -> (StatusCode, Value) {
         let response = self
             .http
             .post(format!("{}/v1/deposits", self.url))

@@ -187,6 +187,34 @@ async fn every_validation_rule_answers_its_status_code_and_field_in_json_and_in_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_number_or_cvv_sent_as_a_json_number_is_refused_without_quoting_it() {
+    let api = Api::start().await;
+    let cases = [
+        (
+            json!({"number": 4242424242424242_u64, "expiry_month": 12, "expiry_year": 2031, "cvv": "987"}),
+            "payment_method.card.number",
+        ),
+        (
+            json!({"number": "4242424242424242", "expiry_month": 12, "expiry_year": 2031, "cvv": 987}),
+            "payment_method.card.cvv",
+        ),
+    ];
+    for (card, field) in cases {
+        let body = json!({"user_id": "u-1", "amount": "10.00", "currency": "EUR",
+                          "payment_method": {"type": "card", "card": card}});
+        let (status, error) = api.deposit(&body.to_string(), "application/json").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+        let text = error.to_string();
+        assert!(
+            !text.contains("4242424242424242") && !text.contains("987"),
+            "a rejected card field's value is never quoted: {text}"
+        );
+    }
+    api.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_xml_a_doctype_an_entity_bomb_and_a_wrong_root_are_refused() {
     let api = Api::start().await;
     let bomb = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><deposit><user_id>&lol2;</user_id><amount>1</amount><currency>EUR</currency></deposit>"#;

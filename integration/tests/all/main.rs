@@ -6,6 +6,7 @@
 
 mod api;
 mod api_keys;
+mod at_rest;
 mod broker_index;
 mod broker_outage;
 mod callbacks;

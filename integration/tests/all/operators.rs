@@ -393,9 +393,9 @@ async fn an_operator_creates_a_merchant_whose_rotated_key_overlaps_then_expires(
 async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
     let seeded = Api::start().await;
     let secrets = paygate_api::demo::SimulatorSecrets {
-        json: "j".into(),
-        soap: "s".into(),
-        card: "c".into(),
+        json: "json-callback-secret".into(),
+        soap: "soap-callback-secret".into(),
+        card: "card-callback-secret".into(),
     };
     paygate_api::demo::register_simulator(
         &seeded.pool,
@@ -410,9 +410,9 @@ async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
 
     let operated = Api::start().await;
     for (code, protocol, secret) in [
-        ("simjson", "json", "j"),
-        ("simsoap", "soap", "s"),
-        ("simcard", "card", "c"),
+        ("simjson", "json", "json-callback-secret"),
+        ("simsoap", "soap", "soap-callback-secret"),
+        ("simcard", "card", "card-callback-secret"),
     ] {
         let put = admin(&operated, reqwest::Method::PUT, &format!("/gateways/{code}"))
             .json(&json!({"protocol": protocol, "base_url": format!("http://127.0.0.1:8090/{protocol}"),
@@ -436,7 +436,7 @@ async fn the_demo_seed_and_the_admin_api_make_the_same_gateways_and_routes() {
         assert_eq!(put.status(), StatusCode::OK);
     }
     let unknown = admin(&operated, reqwest::Method::PUT, "/gateways/acme")
-        .json(&json!({"protocol": "carrier-pigeon", "base_url": "http://127.0.0.1:1", "callback_secret": "x",
+        .json(&json!({"protocol": "carrier-pigeon", "base_url": "http://127.0.0.1:1", "callback_secret": "a-long-enough-secret",
                       "timeout_ms": 1000, "enabled": true}))
         .send()
         .await

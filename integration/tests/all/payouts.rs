@@ -200,3 +200,57 @@ async fn a_withdrawal_over_the_limit_per_payout_is_refused_on_every_route_and_de
     assert_eq!(status, StatusCode::NOT_FOUND);
     api.running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_or_withdrawal_over_the_merchants_maximum_per_payment_is_a_typed_422_that_writes_nothing(
+) {
+    let api = Api::start().await;
+    let merchant = api.merchant_id().await;
+    let (status, limits) = api
+        .set_limits(
+            &merchant,
+            json!({"currency": "EUR", "max_payment": "500.00"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{limits}");
+    assert_eq!(limits["max_payment"], "500.00");
+    assert_eq!(limits["max_payout"], Value::Null);
+
+    for path in ["/v1/deposits", "/v1/withdrawals"] {
+        let (status, error) = api
+            .withdraw(
+                path,
+                json!({"user_id": "u", "amount": "500.01", "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {error}");
+        assert_eq!(error["error"]["code"], "limit_exceeded", "{path}");
+        assert_eq!(error["error"]["field"], "amount", "{path}");
+        let (status, body) = api
+            .withdraw(
+                path,
+                json!({"user_id": "u", "amount": "500.00", "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{path}: {body}");
+    }
+    let (status, body) = api
+        .withdraw(
+            "/v1/deposits",
+            json!({"user_id": "u", "amount": "900.00", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "another currency: {body}");
+    assert_eq!(
+        api.count("transaction").await,
+        3,
+        "the refused ones wrote nothing"
+    );
+
+    let (status, error) = api
+        .set_limits(&merchant, json!({"currency": "EUR", "max_payment": "0"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["error"]["field"], "max_payment");
+    api.running.stop().await.unwrap();
+}

@@ -246,6 +246,30 @@ fn public_keys(jwks: &Value) -> Vec<String> {
         .collect()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_of_an_unknown_merchant_answers_exactly_like_one_with_no_keys() {
+    let api = Api::start().await;
+    let merchant: String = sqlx::query_scalar("SELECT id FROM merchant")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    let answer = |id: String| {
+        let url = format!("{}/.well-known/paygate/webhooks/{id}/jwks.json", api.url);
+        let http = api.http.clone();
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let known = answer(merchant).await;
+    assert_eq!(known.0, StatusCode::OK);
+    assert_eq!(known.1, r#"{"keys":[]}"#);
+    for unknown in ["mer_00000000000000000000000000", "not-a-merchant-id"] {
+        assert_eq!(answer(unknown.to_owned()).await, known, "{unknown}");
+    }
+    api.running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ed25519_signatures_verify_with_the_keys_published_in_the_merchants_jwks_across_a_rotation()
 {
