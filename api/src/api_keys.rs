@@ -12,7 +12,10 @@
 //! address's budget (see [`crate::client_limit`]), so a flood of made-up keys costs
 //! PostgreSQL a bounded number of queries, not one each; keys once confirmed are
 //! always looked up, so a merchant is not locked out by a flood from its own address.
-//! Both memories are bounded.
+//! Every live key counts as confirmed from the moment the replica listens (it reads
+//! their hashes then, and again on every change), so a merchant's first burst after a
+//! restart or a new key never spends the budget either (behind a load balancer every
+//! merchant shares one address). Both memories are bounded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -185,6 +188,29 @@ impl ApiKeyCache {
         }
     }
 
+    /// Counts every live key as confirmed, so none of them spends a client's budget.
+    async fn confirm_live_keys(&self, pool: &PgPool) {
+        let live: sqlx::Result<Vec<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT key_hash FROM api_key
+              WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+              LIMIT $1",
+        )
+        .bind(i64::try_from(MAX_ENTRIES).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await;
+        match live {
+            Ok(live) => {
+                if let Ok(mut confirmed) = self.confirmed.write() {
+                    if confirmed.len() + live.len() > MAX_ENTRIES {
+                        confirmed.clear();
+                    }
+                    confirmed.extend(live);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not read the live API keys"),
+        }
+    }
+
     fn forget_all(&self) {
         if let (Ok(mut entries), Ok(mut unknown)) = (self.entries.write(), self.unknown.write()) {
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -211,13 +237,17 @@ impl ApiKeyCache {
             };
             if let Ok(listener) = listener.as_mut() {
                 self.forget_all();
+                self.confirm_live_keys(&pool).await;
                 self.listening.store(true, Ordering::Release);
                 failures = delays();
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         notified = listener.recv() => match notified {
-                            Ok(_) => self.forget_all(),
+                            Ok(_) => {
+                                self.forget_all();
+                                self.confirm_live_keys(&pool).await;
+                            }
                             Err(error) => {
                                 tracing::warn!(%error, "API key LISTEN connection failed");
                                 break;

@@ -198,6 +198,38 @@ async fn a_flood_of_made_up_api_keys_costs_postgresql_no_query_each_while_deposi
     running.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merchants_first_burst_with_a_live_key_spends_no_budget_and_is_accepted_whole() {
+    // A budget far below the burst: behind a load balancer every merchant shares one
+    // address, and a replica that just started has confirmed no key yet.
+    let (_postgres, pool, url, _keys, running) = counted_api(5).await;
+    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
+        .await
+        .unwrap();
+    // Its creation is announced; the replica reads the live keys again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::new();
+    let mut burst = tokio::task::JoinSet::new();
+    for n in 0..30 {
+        let request = http
+            .post(format!("{url}/v1/deposits"))
+            .bearer_auth(&merchant.api_key)
+            .json(&serde_json::json!({
+                "user_id": format!("user-{n}"), "amount": "10.00", "currency": "USD"
+            }));
+        burst.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = burst.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{statuses:?}"
+    );
+    running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_callbacks_made_up_gateways_jwks_and_probes_cost_postgresql_a_bounded_number_of_queries(
 ) {
