@@ -533,9 +533,9 @@ pub async fn resend(
     })
 }
 
-impl From<InterventionError> for crate::error::ApiError {
+impl From<InterventionError> for crate::http::error::ApiError {
     fn from(error: InterventionError) -> Self {
-        use crate::error::ApiError;
+        use crate::http::error::ApiError;
         match error {
             InterventionError::NotFound(what) => ApiError::NotFound(what),
             InterventionError::Invalid { field, message } => ApiError::invalid(field, message),

@@ -19,9 +19,9 @@ use paygate_common::secrets::Sealed;
 use paygate_common::signature::ed25519;
 
 use crate::admin::{merchant_id, Admin};
-use crate::error::responses::{NotFound, ServiceUnavailable, TooManyRequests, Unauthorized};
-use crate::error::{ApiError, Result};
-use crate::extract::{PathParam, UnauthenticatedLookup};
+use crate::http::error::responses::{NotFound, ServiceUnavailable, TooManyRequests, Unauthorized};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{PathParam, UnauthenticatedLookup};
 use crate::AppState;
 
 /// Where a merchant's webhook public keys are published.
