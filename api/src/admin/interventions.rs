@@ -544,17 +544,3 @@ impl From<InterventionError> for crate::http::error::ApiError {
         }
     }
 }
-
-impl From<InterventionError> for crate::console::error::ConsoleError {
-    fn from(error: InterventionError) -> Self {
-        use crate::console::error::ConsoleError;
-        match error {
-            InterventionError::NotFound(what) => ConsoleError::NotFound(what),
-            InterventionError::Invalid { field, message } => {
-                ConsoleError::Invalid(format!("{field}: {message}"))
-            }
-            InterventionError::Refused { message, .. } => ConsoleError::Invalid(message),
-            InterventionError::Database(error) => error.into(),
-        }
-    }
-}

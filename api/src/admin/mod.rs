@@ -6,11 +6,11 @@
 //! failed by their retries. The demo seed calls the same functions.
 //!
 //! Its newer routes live in a module each under `admin/`: operators' actions on
-//! payments ([`payments`]), the outbox's set-aside events ([`outbox`]) and merchants'
-//! payout limits ([`limits`]). Beside them, what only operators (and the demo seed)
-//! reach: creating merchants and their credentials ([`merchants`]), interventions on
-//! payments Paygate cannot settle alone ([`interventions`], the console's too) and the
-//! demo seed ([`demo`]).
+//! payments ([`payments`]), the outbox's set-aside events ([`outbox`]), merchants'
+//! payout limits ([`limits`]) and their webhook signing keys ([`webhook_keys`]).
+//! Beside them, what only operators (and the demo seed) reach: creating merchants and
+//! their credentials ([`merchants`]), interventions on payments Paygate cannot settle
+//! alone ([`interventions`], the console's too) and the demo seed ([`demo`]).
 
 pub mod demo;
 pub mod interventions;
@@ -19,6 +19,7 @@ pub mod merchants;
 mod limits;
 mod outbox;
 mod payments;
+mod webhook_keys;
 
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -41,6 +42,7 @@ use crate::http::error::responses::{
     UnsupportedMediaType,
 };
 use crate::http::error::{ApiError, Result};
+pub(crate) use crate::http::extract::merchant_id;
 use crate::http::extract::{parse_json, PathParam};
 use crate::http::format::RawBody;
 use crate::merchant::queries::Page;
@@ -56,7 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_api_key))
         .routes(routes!(set_webhook, webhook_endpoint))
         .routes(routes!(rotate_webhook_secret))
-        .routes(routes!(crate::merchant::webhook_keys::rotate_signing_key))
+        .routes(routes!(webhook_keys::rotate_signing_key))
         .routes(routes!(put_customer))
         .routes(routes!(list_gateways))
         .routes(routes!(upsert_gateway))
@@ -116,11 +118,6 @@ fn body<T: serde::de::DeserializeOwned>(raw: &RawBody) -> Result<T> {
         ));
     }
     parse_json(&raw.bytes)
-}
-
-/// The merchant a path names; an unreadable id is a merchant that does not exist.
-pub(crate) fn merchant_id(id: &str) -> Result<MerchantId> {
-    id.parse().map_err(|_| ApiError::NotFound("merchant"))
 }
 
 /// A webhook URL an operator may set: https (or http where configuration allows it) to

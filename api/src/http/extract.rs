@@ -243,3 +243,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
         )))
     }
 }
+
+/// The merchant a path names; an unreadable id is a merchant that does not exist.
+pub(crate) fn merchant_id(id: &str) -> Result<MerchantId, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound("merchant"))
+}
