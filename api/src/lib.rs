@@ -12,27 +12,27 @@
 //! alone serves the admin API and the console. Every one is bounded as
 //! `paygate_common::http_server` says; a request body must arrive within
 //! `api.body_read_timeout_ms`, inside the request's deadline.
+//!
+//! Its modules are rooms named by audience: [`merchant`] (intake, queries, JWKS),
+//! [`gateways`] (callbacks), [`admin`] (the admin API, merchants, interventions, the
+//! demo seed) and [`console`] (the operators' HTML pages), over [`http`], what they all
+//! share (format negotiation, extractors, the error contract, limits, API keys).
 
 pub mod admin;
-pub mod api_keys;
-pub mod callbacks;
-pub mod cards;
-pub mod client_limit;
 pub mod console;
-pub mod demo;
-pub mod error;
-pub mod extract;
-pub mod format;
-pub mod idempotency;
-pub mod interventions;
-pub mod merchants;
+pub mod gateways;
+pub mod http;
+pub mod merchant;
 pub mod openapi;
-pub mod payments;
-pub mod payouts;
 pub mod purge;
-pub mod queries;
-pub mod rate_limit;
-pub mod webhook_keys;
+
+// The paths other crates and the tests use.
+pub use admin::{demo, merchants};
+pub use http::{api_keys, error};
+
+use gateways::callbacks;
+use http::{client_limit, format, rate_limit};
+use merchant::{idempotency, payments, queries, webhook_keys};
 
 use std::sync::Arc;
 use std::time::Duration;

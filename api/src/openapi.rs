@@ -19,12 +19,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::error::responses::{
+use crate::http::error::responses::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
     Unauthorized, UnprocessableEntity, UnsupportedMediaType,
 };
-use crate::error::{ErrorBody, ErrorEnvelope};
-use crate::payments::Accepted;
+use crate::http::error::{ErrorBody, ErrorEnvelope};
+use crate::merchant::payments::Accepted;
 use crate::AppState;
 
 /// Where the document is served.

@@ -1,7 +1,7 @@
 //! `/admin/v1/merchants/{id}/limits`: the limits an operator sets per merchant and
 //! currency — the most one payment may be, and for withdrawals the most one payout and
 //! a day's payouts may be — which intake holds every payment to (see
-//! [`crate::payouts`]).
+//! [`crate::merchant::payouts`]).
 
 use axum::extract::State;
 use axum::Json;
@@ -11,12 +11,14 @@ use utoipa::ToSchema;
 use paygate_common::domain::{Currency, Money};
 
 use super::{body, merchant_id, Admin};
-use crate::error::responses::{AdminChangeErrors, NotFound, ServiceUnavailable, Unauthorized};
-use crate::error::{ApiError, Result};
-use crate::extract::PathParam;
-use crate::format::RawBody;
-use crate::payouts::{self, PayoutLimits};
-use crate::queries::Page;
+use crate::http::error::responses::{
+    AdminChangeErrors, NotFound, ServiceUnavailable, Unauthorized,
+};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::PathParam;
+use crate::http::format::RawBody;
+use crate::merchant::payouts::{self, PayoutLimits};
+use crate::merchant::queries::Page;
 use crate::AppState;
 
 /// `PUT /merchants/{id}/limits`'s body: the limits in one currency. A limit left out

@@ -1,6 +1,6 @@
 //! `/admin/v1/outbox/…`: the events the outbox relay set aside for good (an unknown
 //! topic, an authorization failure, a message too large), with their transaction, and
-//! re-sending one once the cause is fixed (see [`crate::interventions::resend`]).
+//! re-sending one once the cause is fixed (see [`crate::admin::interventions::resend`]).
 
 use axum::extract::{FromRequest as _, Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -9,12 +9,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{body, Admin};
-use crate::error::responses::{AdminChangeErrors, ServiceUnavailable, Unauthorized};
-use crate::error::{ApiError, Result};
-use crate::extract::PathParam;
-use crate::format::RawBody;
-use crate::interventions::{self, Actor, Resent, SetAsideEvent};
-use crate::queries::Page;
+use crate::admin::interventions::{self, Actor, Resent, SetAsideEvent};
+use crate::http::error::responses::{AdminChangeErrors, ServiceUnavailable, Unauthorized};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::PathParam;
+use crate::http::format::RawBody;
+use crate::merchant::queries::Page;
 use crate::AppState;
 
 /// `GET /outbox/set-aside`.

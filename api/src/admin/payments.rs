@@ -1,6 +1,6 @@
 //! `/admin/v1/transactions/{id}/…`: an operator re-drives a pending payment, releases an
 //! ambiguous one from its gateway, or resolves a review. The rules (fenced, idempotent,
-//! recorded with who and why) are [`crate::interventions`]'s; these routes read the
+//! recorded with who and why) are [`crate::admin::interventions`]'s; these routes read the
 //! request and answer `{transaction, changed}`.
 
 use axum::extract::State;
@@ -12,11 +12,11 @@ use paygate_common::domain::TransactionId;
 use paygate_common::events::TransactionView;
 
 use super::{body, Admin};
-use crate::error::responses::AdminChangeErrors;
-use crate::error::{ApiError, Result};
-use crate::extract::PathParam;
-use crate::format::RawBody;
-use crate::interventions::{self, Actor, Intervention};
+use crate::admin::interventions::{self, Actor, Intervention};
+use crate::http::error::responses::AdminChangeErrors;
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::PathParam;
+use crate::http::format::RawBody;
 use crate::AppState;
 
 /// Why an operator acts, and who.

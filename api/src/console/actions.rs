@@ -1,7 +1,7 @@
 //! The console's buttons for operators' actions on a payment — re-drive, release to
 //! other gateways, resolve a review, re-send a set-aside event — each a form carrying
 //! the session's CSRF token and a reason, recorded under the name the operator signed in
-//! with. The rules are [`crate::interventions`]'s, the same the admin API applies; the
+//! with. The rules are [`crate::admin::interventions`]'s, the same the admin API applies; the
 //! operator is taken back to the payment's page. What each button shows on that page is
 //! [`forms`].
 
@@ -17,7 +17,7 @@ use paygate_common::transactions::TransactionRecord;
 use super::error::{ConsoleError, Result};
 use super::redirect;
 use super::session::Operator;
-use crate::interventions::{self, Actor};
+use crate::admin::interventions::{self, Actor};
 use crate::AppState;
 
 /// An action's form: the CSRF token and why (and, to release, from which gateway).

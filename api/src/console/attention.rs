@@ -50,7 +50,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
     .fetch_all(&state.pool)
     .await?;
     let reviews = under_review_list(&state.pool).await?;
-    let set_aside = crate::interventions::set_aside(&state.pool).await?;
+    let set_aside = crate::admin::interventions::set_aside(&state.pool).await?;
     let body = html! {
         h1 { "Needs a human" }
 

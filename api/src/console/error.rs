@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::layout;
+use crate::admin::interventions::InterventionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -36,6 +37,19 @@ impl From<sqlx::Error> for ConsoleError {
 }
 
 pub type Result<T, E = ConsoleError> = std::result::Result<T, E>;
+
+impl From<InterventionError> for ConsoleError {
+    fn from(error: InterventionError) -> Self {
+        match error {
+            InterventionError::NotFound(what) => ConsoleError::NotFound(what),
+            InterventionError::Invalid { field, message } => {
+                ConsoleError::Invalid(format!("{field}: {message}"))
+            }
+            InterventionError::Refused { message, .. } => ConsoleError::Invalid(message),
+            InterventionError::Database(error) => error.into(),
+        }
+    }
+}
 
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {

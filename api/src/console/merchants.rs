@@ -13,7 +13,7 @@ use super::error::{ConsoleError, Result};
 use super::layout::{self, status_tag, Section};
 use super::session::Operator;
 use super::{redirect, CsrfOnly};
-use crate::merchants::{self, ApiKeyView};
+use crate::admin::merchants::{self, ApiKeyView};
 use crate::AppState;
 
 /// Merchants shown at most, newest first.

@@ -31,7 +31,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use tower_http::trace::TraceLayer;
 
-use crate::extract::ClientAddress;
+use crate::http::extract::ClientAddress;
 use crate::AppState;
 use error::ConsoleError;
 use session::Operator;

@@ -205,7 +205,7 @@ pub fn sign_in(
     }
     let name = match name.trim() {
         "" => UNNAMED.to_owned(),
-        given => crate::interventions::operator_name(given)
+        given => crate::admin::interventions::operator_name(given)
             .map_err(|e| ConsoleError::Invalid(format!("name: {e}")))?,
     };
     let expiry = Utc::now().timestamp() + SESSION_TTL.as_secs() as i64;

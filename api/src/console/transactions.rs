@@ -29,7 +29,7 @@ use super::gateways::Outcome;
 use super::layout::{self, at, status_tag, Section};
 use super::redirect;
 use super::session::Operator;
-use crate::queries::{deliveries_of, requeue_delivery};
+use crate::merchant::queries::{deliveries_of, requeue_delivery};
 use crate::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;

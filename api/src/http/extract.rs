@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use paygate_common::domain::MerchantId;
 
-use crate::error::ApiError;
-use crate::format::read_limited;
+use crate::http::error::ApiError;
+use crate::http::format::read_limited;
 use crate::AppState;
 
 /// A JSON body, read up to the configured limit and parsed into `T`. Syntax errors are
@@ -204,7 +204,7 @@ where
 
 /// A request that needs PostgreSQL before anyone is authenticated (the public JWKS):
 /// extracting it spends one of the client address's look-ups (see
-/// [`crate::client_limit`]), 429 past the limit, before any query.
+/// [`crate::http::client_limit`]), 429 past the limit, before any query.
 pub struct UnauthenticatedLookup;
 
 impl<S> FromRequestParts<S> for UnauthenticatedLookup
@@ -242,4 +242,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
             &parts.extensions,
         )))
     }
+}
+
+/// The merchant a path names; an unreadable id is a merchant that does not exist.
+pub(crate) fn merchant_id(id: &str) -> Result<MerchantId, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound("merchant"))
 }

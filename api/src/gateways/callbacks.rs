@@ -22,11 +22,11 @@ use paygate_common::gateway;
 use paygate_common::signature::callback;
 use paygate_common::transactions::{self, announce_callback};
 
-use crate::error::responses::{
+use crate::http::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized,
 };
-use crate::error::{ApiError, Result};
-use crate::extract::{is_json, read_body, PathParam};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{is_json, read_body, PathParam};
 use crate::AppState;
 
 /// A gateway's callback: verified, stored once, acknowledged in the gateway's format.

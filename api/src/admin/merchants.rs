@@ -11,7 +11,7 @@ use paygate_common::secrets::Sealed;
 use paygate_common::signature::webhook;
 use secrecy::ExposeSecret as _;
 
-use crate::extract::hash_api_key;
+use crate::http::extract::hash_api_key;
 
 /// A new merchant's credentials: the API key is shown once and only its hash is kept;
 /// the webhook secret is stored sealed (see [`paygate_common::secrets`]). Its `Debug`
@@ -316,7 +316,7 @@ pub async fn api_keys(
 }
 
 /// Revokes one of a merchant's API keys now: every api replica stops taking it as soon
-/// as the change's notification reaches it (see [`crate::api_keys`]). When it was
+/// as the change's notification reaches it (see [`crate::http::api_keys`]). When it was
 /// revoked, the first time (revoking again changes nothing); `None` when the merchant
 /// has no such key.
 pub async fn revoke_api_key(

@@ -25,14 +25,14 @@ use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
 use paygate_common::events::TransactionView;
 use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
 
-use crate::error::responses::{
+use crate::http::error::responses::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
     Unauthorized, UnprocessableEntity, UnsupportedMediaType,
 };
-use crate::error::{ApiError, Result};
-use crate::extract::{parse_json, Merchant, PathParam};
-use crate::format::{Format, RawBody};
-use crate::idempotency::{self, Claim, IdempotencyKeyHeader};
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{parse_json, Merchant, PathParam};
+use crate::http::format::{Format, RawBody};
+use crate::merchant::idempotency::{self, Claim, IdempotencyKeyHeader};
 use crate::AppState;
 
 /// The body of a deposit or withdrawal, as the merchant sends it (JSON, or XML under
@@ -238,7 +238,7 @@ impl PaymentRequest {
         let (card, cvv) = match self.payment_method {
             None => (None, None),
             Some(method) => {
-                let card = crate::cards::check(method)?;
+                let card = crate::merchant::cards::check(method)?;
                 let cvv = card.cvv.clone();
                 let sealed = state.cards.seal(&card).map_err(ApiError::Internal)?;
                 (Some(sealed), cvv)
@@ -473,7 +473,7 @@ async fn create(
             new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
         }
         // Refused here, the transaction rolls back: nothing of it is written.
-        crate::payouts::reserve(&mut tx, &merchant.id, &new.money, kind).await?;
+        crate::merchant::payouts::reserve(&mut tx, &merchant.id, &new.money, kind).await?;
         let record = transactions::create(&mut tx, new).await?;
         paygate_common::trace::record_transaction(record.id.as_str());
         if let Some(cvv) = &cvv {

@@ -30,7 +30,7 @@ use sqlx::{PgConnection, PgPool};
 use paygate_common::config::IdempotencySettings;
 use paygate_common::domain::MerchantId;
 
-use crate::error::{ApiError, Result};
+use crate::http::error::{ApiError, Result};
 
 pub const HEADER: &str = "Idempotency-Key";
 pub const REPLAYED: &str = "Idempotent-Replayed";

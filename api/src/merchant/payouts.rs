@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 
 use paygate_common::domain::{Currency, Kind, MerchantId, Money};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// A merchant's limits in one currency, and what today's withdrawals took of them.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, ToSchema)]

@@ -533,27 +533,13 @@ pub async fn resend(
     })
 }
 
-impl From<InterventionError> for crate::error::ApiError {
+impl From<InterventionError> for crate::http::error::ApiError {
     fn from(error: InterventionError) -> Self {
-        use crate::error::ApiError;
+        use crate::http::error::ApiError;
         match error {
             InterventionError::NotFound(what) => ApiError::NotFound(what),
             InterventionError::Invalid { field, message } => ApiError::invalid(field, message),
             InterventionError::Refused { code, message } => ApiError::refused(code, None, message),
-            InterventionError::Database(error) => error.into(),
-        }
-    }
-}
-
-impl From<InterventionError> for crate::console::error::ConsoleError {
-    fn from(error: InterventionError) -> Self {
-        use crate::console::error::ConsoleError;
-        match error {
-            InterventionError::NotFound(what) => ConsoleError::NotFound(what),
-            InterventionError::Invalid { field, message } => {
-                ConsoleError::Invalid(format!("{field}: {message}"))
-            }
-            InterventionError::Refused { message, .. } => ConsoleError::Invalid(message),
             InterventionError::Database(error) => error.into(),
         }
     }

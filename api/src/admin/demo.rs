@@ -6,7 +6,7 @@ use paygate_common::cards::KeyRing;
 use paygate_common::gateway::{self, GatewayConfig, Route};
 use sqlx::PgPool;
 
-use crate::merchants::{self, NewMerchant};
+use super::merchants::{self, NewMerchant};
 
 /// What the demo needs to know about its surroundings.
 /// Its `Debug` prints no credential.

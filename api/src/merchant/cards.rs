@@ -7,8 +7,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use paygate_common::gateway::CardDetails;
 
-use crate::error::{ApiError, Result};
-use crate::payments::PaymentMethodRequest;
+use crate::http::error::{ApiError, Result};
+use crate::merchant::payments::PaymentMethodRequest;
 
 /// Checks a payment method; the card it carries, ready to seal.
 pub fn check(method: PaymentMethodRequest) -> Result<CardDetails> {

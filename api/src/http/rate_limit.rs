@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use paygate_common::config::{RateLimitSettings, RedisSettings};
 use paygate_common::domain::MerchantId;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 #[derive(Clone)]
 pub struct RateLimiter {

@@ -6,12 +6,20 @@
 //! failed by their retries. The demo seed calls the same functions.
 //!
 //! Its newer routes live in a module each under `admin/`: operators' actions on
-//! payments ([`payments`]), the outbox's set-aside events ([`outbox`]) and merchants'
-//! payout limits ([`limits`]).
+//! payments ([`payments`]), the outbox's set-aside events ([`outbox`]), merchants'
+//! payout limits ([`limits`]) and their webhook signing keys ([`webhook_keys`]).
+//! Beside them, what only operators (and the demo seed) reach: creating merchants and
+//! their credentials ([`merchants`]), interventions on payments Paygate cannot settle
+//! alone ([`interventions`], the console's too) and the demo seed ([`demo`]).
+
+pub mod demo;
+pub mod interventions;
+pub mod merchants;
 
 mod limits;
 mod outbox;
 mod payments;
+mod webhook_keys;
 
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -29,16 +37,17 @@ use paygate_common::domain::{Country, MerchantId};
 use paygate_common::events::timestamp;
 use paygate_common::gateway::{self, GatewayConfig, GatewayError, Route};
 
-use crate::error::responses::{
+use crate::http::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnprocessableEntity,
     UnsupportedMediaType,
 };
-use crate::error::{ApiError, Result};
-use crate::extract::{parse_json, PathParam};
-use crate::format::RawBody;
-use crate::merchants::{self, NewMerchant};
-use crate::queries::Page;
+use crate::http::error::{ApiError, Result};
+pub(crate) use crate::http::extract::merchant_id;
+use crate::http::extract::{parse_json, PathParam};
+use crate::http::format::RawBody;
+use crate::merchant::queries::Page;
 use crate::AppState;
+use merchants::NewMerchant;
 
 /// The admin routes, mounted under `/admin/v1`; each handler's `#[utoipa::path]` gives
 /// its path and method, so a route here is a documented route.
@@ -49,7 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_api_key))
         .routes(routes!(set_webhook, webhook_endpoint))
         .routes(routes!(rotate_webhook_secret))
-        .routes(routes!(crate::webhook_keys::rotate_signing_key))
+        .routes(routes!(webhook_keys::rotate_signing_key))
         .routes(routes!(put_customer))
         .routes(routes!(list_gateways))
         .routes(routes!(upsert_gateway))
@@ -81,7 +90,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let expected = state.settings.admin.token.expose_secret();
-        let given = crate::extract::bearer(parts).unwrap_or_default();
+        let given = crate::http::extract::bearer(parts).unwrap_or_default();
         if expected.is_empty() || !same_secret(given, expected) {
             return Err(ApiError::Unauthorized);
         }
@@ -103,17 +112,12 @@ pub(crate) fn same_secret(given: &str, expected: &str) -> bool {
 
 /// Admin bodies are JSON.
 fn body<T: serde::de::DeserializeOwned>(raw: &RawBody) -> Result<T> {
-    if raw.format != crate::format::Format::Json {
+    if raw.format != crate::http::format::Format::Json {
         return Err(ApiError::UnsupportedMediaType(
             "Content-Type: application/json",
         ));
     }
     parse_json(&raw.bytes)
-}
-
-/// The merchant a path names; an unreadable id is a merchant that does not exist.
-pub(crate) fn merchant_id(id: &str) -> Result<MerchantId> {
-    id.parse().map_err(|_| ApiError::NotFound("merchant"))
 }
 
 /// A webhook URL an operator may set: https (or http where configuration allows it) to
@@ -634,13 +638,10 @@ async fn upsert_gateway(
         .check_url_resolved(&request.base_url)
         .await
         .map_err(|refusal| ApiError::invalid("base_url", refusal.to_string()))?;
-    if request.callback_secret.expose_secret().len() < crate::demo::MIN_CALLBACK_SECRET {
+    if request.callback_secret.expose_secret().len() < demo::MIN_CALLBACK_SECRET {
         return Err(ApiError::invalid(
             "callback_secret",
-            format!(
-                "must be at least {} characters",
-                crate::demo::MIN_CALLBACK_SECRET
-            ),
+            format!("must be at least {} characters", demo::MIN_CALLBACK_SECRET),
         ));
     }
     let defaults = gateway::Timings::default();

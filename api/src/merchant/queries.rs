@@ -14,12 +14,12 @@ use paygate_common::domain::{Kind, Status, TransactionId};
 use paygate_common::events::{kind_schema, status_schema, timestamp, TransactionView};
 use paygate_common::transactions::{self, TransactionRecord};
 
-use crate::error::responses::{
+use crate::http::error::responses::{
     NotFound, ServiceUnavailable, TooManyRequests, Unauthorized, UnprocessableEntity,
 };
-use crate::error::{ApiError, Result};
-use crate::extract::{Merchant, PathParam};
-use crate::format::Format;
+use crate::http::error::{ApiError, Result};
+use crate::http::extract::{Merchant, PathParam};
+use crate::http::format::Format;
 use crate::AppState;
 
 /// A page of a list: `{"data": [...], "has_more": …}`; `starting_after` takes the last

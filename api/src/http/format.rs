@@ -18,8 +18,8 @@ use quick_xml::events::Event;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::{field_of, parse_json};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{field_of, parse_json};
 use crate::AppState;
 
 /// A body's format.

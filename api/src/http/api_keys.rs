@@ -9,7 +9,7 @@
 //! `api.unknown_key_cache_ttl_ms` (while listening: a new key notifies too, so it is
 //! never refused for having been tried before it existed), so repeating a wrong key
 //! costs no query. A key never confirmed before is looked up only within the client
-//! address's budget (see [`crate::client_limit`]), so a flood of made-up keys costs
+//! address's budget (see [`crate::http::client_limit`]), so a flood of made-up keys costs
 //! PostgreSQL a bounded number of queries, not one each; keys once confirmed are
 //! always looked up, so a merchant is not locked out by a flood from its own address.
 //! Every live key counts as confirmed from the moment the replica listens (it reads
@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use paygate_common::domain::{DomainError, MerchantId};
 use paygate_common::retry;
 
-use crate::error::ApiError;
-use crate::extract::hash_api_key;
+use crate::http::error::ApiError;
+use crate::http::extract::hash_api_key;
 
 /// The NOTIFY channel fired when API keys change.
 pub const CHANNEL: &str = "paygate_api_keys";

@@ -1,0 +1,4 @@
+//! What gateways reach: their callbacks, telling us how a payment ended
+//! ([`callbacks`]).
+
+pub mod callbacks;

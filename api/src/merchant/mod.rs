@@ -1,0 +1,11 @@
+//! What merchants reach with their API keys: payment intake ([`payments`], with
+//! [`payouts`] limits, [`cards`] checked at the edge and [`idempotency`]), what they
+//! can read ([`queries`]), and the JWKS of their webhook signing keys
+//! ([`webhook_keys`]).
+
+pub mod cards;
+pub mod idempotency;
+pub mod payments;
+pub mod payouts;
+pub mod queries;
+pub mod webhook_keys;
