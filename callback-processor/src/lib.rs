@@ -195,21 +195,19 @@ impl CallbackHandler {
                 Verdict::Rejected(error)
             }
             Ok(notice) => match judge(&transaction, &gateway.code, &notice) {
-                Judgement::Apply(steps) => {
-                    let mut seen = transaction;
-                    for (to, change) in steps {
-                        seen = match transactions::transition(&mut tx, &seen, to, change).await {
-                            Ok(record) => record,
-                            Err(TransitionError::Database(error)) => {
-                                return Err(HandlerError::transient(error))
-                            }
-                            // Changed between our read and our write despite the row
-                            // lock: read again and judge afresh.
-                            Err(error) => return Err(HandlerError::transient(error)),
-                        };
+                Judgement::Apply(to, change) => {
+                    match transactions::settle(&mut tx, &transaction, to, change).await {
+                        Ok(record) => {
+                            tracing::info!(%transaction_id, status = %record.status, version = record.version, "callback applied");
+                            Verdict::Applied
+                        }
+                        Err(TransitionError::Database(error)) => {
+                            return Err(HandlerError::transient(error))
+                        }
+                        // Changed between our read and our write despite the row lock:
+                        // read again and judge afresh.
+                        Err(error) => return Err(HandlerError::transient(error)),
                     }
-                    tracing::info!(%transaction_id, status = %seen.status, version = seen.version, "callback applied");
-                    Verdict::Applied
                 }
                 Judgement::Keep(Verdict::Contradiction(reason, evidence)) => {
                     transactions::flag_review(&mut tx, transaction_id, reason, &evidence)
@@ -248,8 +246,8 @@ impl CallbackHandler {
 }
 
 enum Judgement {
-    /// The status changes it makes, in order.
-    Apply(Vec<(Status, Change)>),
+    /// The final status it reports (reached from `pending` through `processing`).
+    Apply(Status, Change),
     Keep(Verdict),
     /// The callback overtook the gateway's answer: the transaction is still `pending`.
     /// It stays unprocessed, and the payment-processor announces it again when the
@@ -304,17 +302,11 @@ fn judge(transaction: &TransactionRecord, gateway: &str, notice: &CallbackNotice
     };
     let here = transaction.gateway.as_deref() == Some(gateway);
     match transaction.status {
-        Status::Processing if here => Judgement::Apply(vec![(to, change)]),
+        Status::Processing if here => Judgement::Apply(to, change),
         Status::Pending if here && transaction.unresolved_since.is_none() => Judgement::Park,
-        // The gateway that holds an unresolved payment gives its definite word: the
-        // merchant sees the same history as when its answer had come in time.
-        Status::Pending if here => match to {
-            Status::Completed => Judgement::Apply(vec![
-                (Status::Processing, change.clone()),
-                (Status::Completed, change),
-            ]),
-            _ => Judgement::Apply(vec![(to, change)]),
-        },
+        // The gateway that holds an unresolved payment gives its definite word
+        // (`transactions::settle` takes it through `processing` to a completion).
+        Status::Pending if here => Judgement::Apply(to, change),
         status if status == to && here => {
             Judgement::Keep(Verdict::Ignored("duplicate: already in that state".into()))
         }

@@ -323,6 +323,23 @@ pub async fn transition(
     Ok(record)
 }
 
+/// Moves `seen` to the final status a gateway reported (`to`): a `pending` payment
+/// settled as `completed` before it was ever `processing` takes both steps, in order,
+/// so the merchant sees the same history as when the callback settles it; anything
+/// else is one [`transition`]. Run it inside the caller's database transaction.
+pub async fn settle(
+    conn: &mut PgConnection,
+    seen: &TransactionRecord,
+    to: Status,
+    change: Change,
+) -> Result<TransactionRecord, TransitionError> {
+    if seen.status == Status::Pending && to == Status::Completed {
+        let processing = transition(conn, seen, Status::Processing, change.clone()).await?;
+        return transition(conn, &processing, to, change).await;
+    }
+    transition(conn, seen, to, change).await
+}
+
 /// Writes down, before the request goes out, which gateway is about to be asked: a
 /// version bump (the fencing token of that choice) and a history event. A pending
 /// transaction that names a gateway has an unresolved attempt there. Fails as

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse as _, Response};
 use tokio::sync::watch;
 
 use crate::callback::{self, Callback, Scheduled};
+use crate::control::Modes;
 use crate::ledger::{Charge, Payment};
 use crate::outcome::{Answer, Scenario, Verdict};
 use crate::state::{Gateway, Sim};
@@ -83,24 +84,19 @@ pub(crate) async fn submit(sim: &Sim, submission: Submission) -> Reply {
             let worker = sim.clone();
             sim.tasks.spawn(async move {
                 worker.pause(hold).await;
-                let reply = take(&worker, submission, answer_delay, modes.lost_callback).await;
+                let reply = take(&worker, submission, answer_delay, modes).await;
                 worker.remember(|m| m.in_flight.remove(&key));
                 let _ = done.send(reply);
             });
             reply.await.unwrap_or(Reply::ProxyTimeout)
         }
-        _ => take(sim, submission, answer_delay, modes.lost_callback).await,
+        _ => take(sim, submission, answer_delay, modes).await,
     }
 }
 
 /// Records a submit (the first for its reference charges), schedules its callback and
-/// waits to answer as its scenario says.
-async fn take(
-    sim: &Sim,
-    submission: Submission,
-    answer_delay: Duration,
-    lose_callback: bool,
-) -> Reply {
+/// waits to answer as its scenario and the gateway's `modes` say.
+async fn take(sim: &Sim, submission: Submission, answer_delay: Duration, modes: Modes) -> Reply {
     let Submission {
         gateway,
         reference,
@@ -119,7 +115,7 @@ async fn take(
         currency,
         settle_after: scheduled.as_ref().map_or(Duration::ZERO, |s| s.delay),
     };
-    let scheduled = scheduled.filter(|_| !lose_callback);
+    let scheduled = scheduled.filter(|_| !modes.lost_callback);
     let (payment, send_now) = if scenario == Scenario::Stall {
         // The callback waits for the release too.
         (Payment::stalled(answer, charge, scheduled), None)
@@ -138,8 +134,7 @@ async fn take(
     }
 
     if let Some(hold) = entry.hold {
-        let in_flight = sim.remember(|m| m.control.modes(gateway).duplicate_in_flight);
-        if !first && in_flight {
+        if !first && modes.duplicate_in_flight {
             return Reply::InFlight;
         }
         if !released(sim, hold).await {

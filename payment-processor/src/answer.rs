@@ -186,14 +186,7 @@ async fn moves(
                 gateway_txn_id: Some(gateway_txn_id.clone()),
                 ..Change::default()
             };
-            // Settled before it was ever `processing` here: both steps, in order, so the
-            // merchant sees the same history as when the callback settles it.
-            let processing = if seen.status == Status::Pending {
-                transactions::transition(conn, seen, Status::Processing, change.clone()).await?
-            } else {
-                seen.clone()
-            };
-            transactions::transition(conn, &processing, Status::Completed, change).await?
+            transactions::settle(conn, seen, Status::Completed, change).await?
         }
         (_, Outcome::Declined { reason }) => {
             let change = Change {

@@ -63,17 +63,6 @@ async fn lose_callbacks(suite: &Suite, set: &str) {
     routes_reload().await;
 }
 
-/// Replaces every control of the simulator at `url`.
-async fn control(url: &str, body: Value) {
-    let answer = reqwest::Client::new()
-        .put(format!("{url}/control"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success(), "{}", answer.status());
-}
-
 /// Sends a callback signed with `secret` as gateway `code` would.
 async fn send_callback(suite: &Suite, code: &str, secret: &str, body: &Value) -> u16 {
     let body = body.to_string();
@@ -222,7 +211,7 @@ async fn a_payment_that_no_callback_or_status_query_settles_is_flagged_no_callba
     let id = deposit(&suite, "43.00", "FR").await;
     until(&suite, &id, "processing", |v| v["status"] == "processing").await;
     // From now on the gateway is down for status queries too.
-    control(
+    paygate_testkit::put_control(
         &suite.simulator_url,
         json!({"force_status": 503, "answer_delay_ms": null, "gateways": {"json": {"lost_callback": true}}}),
     )

@@ -35,8 +35,9 @@ pub use postgres::PrivatePostgres;
 pub use process::{binary, Process, Supervised};
 pub use relay::TcpRelay;
 pub use simulator::{
-    control_simulator, gateway_config, misbehave, register_gateway, route_everything_to_simulator,
-    start_simulator, SIM_CARD_SECRET, SIM_JSON_SECRET, SIM_SOAP_SECRET, TEST_TIMINGS,
+    control_simulator, gateway_config, misbehave, put_control, register_gateway,
+    route_everything_to_simulator, start_simulator, SIM_CARD_SECRET, SIM_JSON_SECRET,
+    SIM_SOAP_SECRET, TEST_TIMINGS,
 };
 pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};
 pub use tls::{TestPki, TlsFront};

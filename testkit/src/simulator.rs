@@ -64,11 +64,19 @@ pub async fn route_everything_to_simulator(pool: &PgPool, simulator_url: &str) {
 /// Makes every gateway of the simulator at `url` answer `force_status` (or behave
 /// normally, `None`), each answer after `answer_delay_ms` (or the default, `None`).
 pub async fn control_simulator(url: &str, force_status: Option<u16>, answer_delay_ms: Option<u64>) {
+    put_control(
+        url,
+        serde_json::json!({"force_status": force_status, "answer_delay_ms": answer_delay_ms}),
+    )
+    .await;
+}
+
+/// Replaces every control of the simulator at `url` with `control` (its `PUT /control`
+/// body, see the simulator).
+pub async fn put_control(url: &str, control: serde_json::Value) {
     let response = reqwest::Client::new()
         .put(format!("{url}/control"))
-        .json(
-            &serde_json::json!({"force_status": force_status, "answer_delay_ms": answer_delay_ms}),
-        )
+        .json(&control)
         .send()
         .await
         .unwrap();
@@ -79,13 +87,11 @@ pub async fn control_simulator(url: &str, force_status: Option<u16>, answer_dela
 /// `json!({"json": {"overloaded_ms": 3000, "duplicate_in_flight": true}})` (see the
 /// simulator's `PUT /control`); every other control is reset.
 pub async fn misbehave(url: &str, gateways: serde_json::Value) {
-    let response = reqwest::Client::new()
-        .put(format!("{url}/control"))
-        .json(&serde_json::json!({"force_status": null, "answer_delay_ms": null, "gateways": gateways}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    put_control(
+        url,
+        serde_json::json!({"force_status": null, "answer_delay_ms": null, "gateways": gateways}),
+    )
+    .await;
 }
 
 /// A gateway as tests register it: enabled, 16 calls at once, the production timings
