@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // sqlx's `migrate!` embeds the migrations but does not track the directory: a new
     // migration alone would otherwise not rebuild the binaries that apply it.
     println!("cargo:rerun-if-changed=migrations");
-    prost_build::compile_protos(&["proto/paygate/v1/events.proto"], &["proto"])?;
+    // Maps as `BTreeMap`: sorted keys, so a snapshot's JSON is the same every time.
+    prost_build::Config::new()
+        .btree_map(["."])
+        .compile_protos(&["proto/paygate/v1/events.proto"], &["proto"])?;
     Ok(())
 }

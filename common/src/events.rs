@@ -2,6 +2,8 @@
 //! streams they go to, and the JSON view of a transaction that merchants see in API
 //! answers and webhooks alike.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -116,7 +118,7 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
         "id": "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "kind": "deposit", "status": "pending",
         "amount": "100.50", "currency": "EUR", "user_id": "u-1", "country": "DE",
         "reference": "order-7", "gateway": null, "gateway_txn_id": null,
-        "failure_reason": null, "version": 1, "review": null,
+        "failure_reason": null, "version": 1, "review": null, "metadata": {"order": "A-17"},
         "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z"
     })
 )]
@@ -148,6 +150,10 @@ pub struct TransactionView {
     /// `null`, or why Paygate needs a human to look at this payment (a contradiction
     /// such as `charged_but_failed`, or `no_callback`); its status never changes for it.
     pub review: Option<ReviewView>,
+    /// The merchant's own key/value pairs, as sent (`{}` when none): in XML, one child
+    /// element per key.
+    #[schema(example = json!({"order": "A-17"}))]
+    pub metadata: BTreeMap<String, String>,
     /// RFC 3339, UTC, milliseconds.
     pub created_at: String,
     /// RFC 3339, UTC, milliseconds.
@@ -209,8 +215,10 @@ impl From<&proto::Transaction> for TransactionView {
                 since: r.since.clone(),
                 detail: r.detail.clone(),
             }),
+            metadata: t.metadata.clone(),
             created_at: t.created_at.clone(),
             updated_at: t.updated_at.clone(),
         }
     }
 }
+

@@ -16,6 +16,7 @@ pub mod http_server;
 pub mod init;
 pub mod kafka;
 pub mod lock;
+pub mod metadata;
 pub mod metrics;
 pub mod outbox;
 pub mod redis_connection;

@@ -12,6 +12,7 @@ use crate::cards::SealedCard;
 use crate::domain::{CallbackId, Country, EventId, Kind, MerchantId, Money, Status, TransactionId};
 use crate::events::{event_type, proto, timestamp, Destination};
 use crate::gateway::PaymentMethod;
+use crate::metadata::Metadata;
 
 /// A row of `transaction`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -52,6 +53,9 @@ pub struct TransactionRecord {
     pub review_reason: Option<String>,
     pub review_since: Option<DateTime<Utc>>,
     pub review_detail: Option<String>,
+    /// The merchant's own key/value pairs.
+    #[sqlx(try_from = "String")]
+    pub metadata: Metadata,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -59,7 +63,7 @@ pub struct TransactionRecord {
 const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
      reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
      unresolved_since, unresolved_reason, attempted_at, attempted_gateways, status_checks, review_reason, \
-     review_since, review_detail, created_at, updated_at";
+     review_since, review_detail, metadata::text AS metadata, created_at, updated_at";
 
 impl TransactionRecord {
     /// How it is paid, as routing sees it.
@@ -95,6 +99,7 @@ impl TransactionRecord {
                 since: self.review_since.map(timestamp).unwrap_or_default(),
                 detail: self.review_detail.clone().unwrap_or_default(),
             }),
+            metadata: self.metadata.entries().clone(),
         }
     }
 
@@ -116,6 +121,7 @@ pub struct NewTransaction {
     pub reference: Option<String>,
     /// A card, already sealed: the number never reaches the database in the clear.
     pub card: Option<SealedCard>,
+    pub metadata: Metadata,
 }
 
 /// Inserts a `pending` transaction and its first event (to `payments_requested`).
@@ -128,8 +134,9 @@ pub async fn create(
     let record: TransactionRecord = sqlx::query_as(&format!(
         "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
                                   reference, payment_method, card_masked, card_key_id, card_ciphertext,
-                                  card_cvv_given)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false))
+                                  card_cvv_given, metadata)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false),
+                 $14::jsonb)
          RETURNING {COLUMNS}"
     ))
     .bind(id.as_str())
@@ -145,6 +152,7 @@ pub async fn create(
     .bind(new.card.as_ref().map(|c| &c.key_id))
     .bind(new.card.as_ref().map(|c| &c.ciphertext))
     .bind(new.card.as_ref().map(|c| c.cvv_given))
+    .bind(new.metadata.to_json())
     .fetch_one(&mut *conn)
     .await?;
 
@@ -200,6 +208,8 @@ pub struct PageQuery<'a> {
     pub kind: Option<Kind>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    /// Only transactions whose metadata holds this key with this value.
+    pub metadata: Option<(&'a str, &'a str)>,
     /// Only transactions older than this `(created_at, id)`: the cursor.
     pub before: Option<(DateTime<Utc>, String)>,
     pub limit: i64,
@@ -236,6 +246,13 @@ pub fn push_page(sql: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &PageQ
     }
     if let Some(before) = query.created_before {
         sql.push(" AND created_at < ").push_bind(before);
+    }
+    if let Some((key, value)) = query.metadata {
+        // Containment, so `transaction_metadata` (jsonb_path_ops) can answer it.
+        let wanted = serde_json::json!({ key: value }).to_string();
+        sql.push(" AND metadata @> ")
+            .push_bind(wanted)
+            .push("::jsonb");
     }
     if let Some((created_at, id)) = &query.before {
         sql.push(" AND (created_at, id) < (")
@@ -802,6 +819,7 @@ mod tests {
             review_reason: None,
             review_since: None,
             review_detail: None,
+            metadata: Metadata::default(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -457,6 +457,7 @@ async fn a_payment_whose_request_never_reached_the_processor_is_swept_up_and_set
             country: Some("FR".parse::<Country>().unwrap()),
             reference: None,
             card: None,
+            metadata: Default::default(),
         },
     )
     .await

@@ -325,6 +325,7 @@ async fn card_payment(suite: &Suite, number: &str, amount: &str) -> String {
             country: Some("DE".parse::<Country>().unwrap()),
             reference: None,
             card: Some(sealed),
+            metadata: Default::default(),
         },
     )
     .await

@@ -147,6 +147,7 @@ pub async fn list(
             kind,
             created_after,
             created_before,
+            metadata: None,
             before: cursor.clone(),
             limit: limit + 1,
         },

@@ -90,7 +90,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = inner.to_string();
         let field = field_of(&path, &message);
         let message = match &field {
-            Some(field) if field.starts_with("payment_method.card") => without_values(&message),
+            // Neither a card nor a merchant's metadata is quoted back (a number sent
+            // where a string belongs may be a card number).
+            Some(field)
+                if field.starts_with("payment_method.card") || field.starts_with("metadata") =>
+            {
+                without_values(&message)
+            }
             _ => message,
         };
         match inner.classify() {

@@ -5,6 +5,7 @@
 use chrono::Datelike as _;
 use secrecy::{ExposeSecret as _, SecretString};
 
+use paygate_common::cards::luhn;
 use paygate_common::gateway::CardDetails;
 
 use crate::http::error::{ApiError, Result};
@@ -79,29 +80,6 @@ pub fn check(method: PaymentMethodRequest) -> Result<CardDetails> {
         holder_name: card.holder_name,
         cvv: card.cvv,
     })
-}
-
-/// The Luhn checksum card numbers carry.
-fn luhn(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 1 {
-                let doubled = d * 2;
-                if doubled > 9 {
-                    doubled - 9
-                } else {
-                    doubled
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum % 10 == 0
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! nothing happened. A card is sealed before it reaches the database, its CVV is kept
 //! only sealed in Redis for the acquirer, and every answer shows the card masked.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -23,6 +25,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
 use paygate_common::events::TransactionView;
+use paygate_common::metadata::Metadata;
 use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
 
 use crate::http::error::responses::{
@@ -59,6 +62,12 @@ pub struct PaymentRequest {
     #[schema(example = "order-7", max_length = 255)]
     pub reference: Option<String>,
     pub payment_method: Option<PaymentMethodRequest>,
+    /// The merchant's own key/value pairs, shown in every answer and webhook: at most 50
+    /// keys (names of up to 40 characters: ASCII letters, digits, `_`, `-`, `.`),
+    /// string values of up to 500 characters, never card data. In XML, one child element
+    /// per key.
+    #[schema(example = json!({"order": "A-17"}))]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// How the customer pays.
@@ -196,6 +205,7 @@ impl From<LegacyRequest> for PaymentRequest {
             country: legacy.country,
             reference: legacy.reference,
             payment_method: None,
+            metadata: None,
         }
     }
 }
@@ -235,6 +245,7 @@ impl PaymentRequest {
                 format!("must be at most {MAX_TEXT} characters"),
             ));
         }
+        let metadata = parse_metadata(self.metadata)?;
         let (card, cvv) = match self.payment_method {
             None => (None, None),
             Some(method) => {
@@ -253,10 +264,19 @@ impl PaymentRequest {
                 country,
                 reference: self.reference,
                 card,
+                metadata,
             },
             cvv,
         })
     }
+}
+
+/// Checks the metadata of a request (payment or refund); absent is empty.
+pub(crate) fn parse_metadata(entries: Option<BTreeMap<String, String>>) -> Result<Metadata> {
+    Metadata::parse(entries.unwrap_or_default()).map_err(|e| ApiError::Invalid {
+        message: e.message,
+        field: Some(e.field),
+    })
 }
 
 #[utoipa::path(
@@ -270,8 +290,8 @@ impl PaymentRequest {
     security(("merchant_key" = [])),
     params(IdempotencyKeyHeader),
     request_body(content(
-        (PaymentRequest = "application/json", example = json!({"user_id": "u-1", "amount": "100.50", "currency": "EUR", "country": "DE", "reference": "order-7", "payment_method": {"type": "card", "card": {"number": "4242424242424242", "expiry_month": 12, "expiry_year": 2030, "cvv": "123", "holder_name": "Ada Lovelace"}}})),
-        (DepositXml = "application/xml", example = json!("<deposit><user_id>u-1</user_id><amount>100.50</amount><currency>EUR</currency><country>DE</country></deposit>")),
+        (PaymentRequest = "application/json", example = json!({"user_id": "u-1", "amount": "100.50", "currency": "EUR", "country": "DE", "reference": "order-7", "payment_method": {"type": "card", "card": {"number": "4242424242424242", "expiry_month": 12, "expiry_year": 2030, "cvv": "123", "holder_name": "Ada Lovelace"}}, "metadata": {"order": "A-17"}})),
+        (DepositXml = "application/xml", example = json!("<deposit><user_id>u-1</user_id><amount>100.50</amount><currency>EUR</currency><country>DE</country><metadata><order>A-17</order></metadata></deposit>")),
     )),
     responses(
         (status = 202, response = Accepted),
@@ -459,6 +479,54 @@ async fn create(
     kind: Kind,
 ) -> Result<Response> {
     let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
+    let (work_state, work_merchant) = (state.clone(), merchant.clone());
+    accept(&state, &merchant, headers, route, body, "transaction", move |tx| {
+        Box::pin(async move {
+            if new.country.is_none() {
+                new.country = customer_country(tx, &work_merchant, &new.user_id).await?;
+            }
+            // Refused here, the transaction rolls back: nothing of it is written.
+            crate::merchant::payouts::reserve(tx, &work_merchant.id, &new.money, kind).await?;
+            let record = transactions::create(tx, new).await?;
+            paygate_common::trace::record_transaction(record.id.as_str());
+            if let Some(cvv) = &cvv {
+                // Kept before the commit: a commit that fails leaves it to expire.
+                work_state
+                    .cvvs
+                    .put(&record.id, cvv)
+                    .await
+                    .map_err(ApiError::Unavailable)?;
+            }
+            tracing::info!(transaction_id = %record.id, merchant_id = %work_merchant.id, %kind, "payment accepted");
+            Ok::<_, ApiError>((view(&record), format!("/v1/transactions/{}", record.id)))
+        })
+    })
+    .await
+}
+
+/// The work an intake route does inside its database transaction: what it stored, as
+/// the merchant sees it, and the `Location` of that.
+pub(crate) type Intake<'c, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(T, String)>> + Send + 'c>>;
+
+/// Every intake route's shape (payments, refunds): claims the `Idempotency-Key` (a
+/// replay answers at once), runs `work` in one database transaction, answers 202 with
+/// what it returns (rendered as the client wants, under `root`) and a `Location`, and
+/// stores that answer for replays in the same transaction. A refusal rolls everything
+/// back and frees the key.
+pub(crate) async fn accept<T, F>(
+    state: &AppState,
+    merchant: &Merchant,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    root: &str,
+    work: F,
+) -> Result<Response>
+where
+    T: serde::Serialize,
+    F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> Intake<'c, T>,
+{
     let key = match idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)? {
         None => None,
         Some(key) => match key.claim(&state.pool).await? {
@@ -469,24 +537,14 @@ async fn create(
     let format = Format::wanted(headers);
     let result = async {
         let mut tx = state.pool.begin().await?;
-        if new.country.is_none() {
-            new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
-        }
-        // Refused here, the transaction rolls back: nothing of it is written.
-        crate::merchant::payouts::reserve(&mut tx, &merchant.id, &new.money, kind).await?;
-        let record = transactions::create(&mut tx, new).await?;
-        paygate_common::trace::record_transaction(record.id.as_str());
-        if let Some(cvv) = &cvv {
-            // Kept before the commit: a commit that fails leaves it to expire.
-            state.cvvs.put(&record.id, cvv).await.map_err(ApiError::Unavailable)?;
-        }
-        let response = format.render(StatusCode::ACCEPTED, "transaction", &view(&record));
+        let (value, location) = work(&mut tx).await?;
+        let response = format.render(StatusCode::ACCEPTED, root, &value);
         let (parts, response_body) = response.into_parts();
         let bytes = axum::body::to_bytes(response_body, usize::MAX)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
-        let location = HeaderValue::from_str(&format!("/v1/transactions/{}", record.id))
-            .map_err(|e| ApiError::Internal(e.into()))?;
+        let location =
+            HeaderValue::from_str(&location).map_err(|e| ApiError::Internal(e.into()))?;
         let mut kept: Vec<(HeaderName, HeaderValue)> = vec![(LOCATION, location)];
         if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
             kept.push((CONTENT_TYPE, content_type.clone()));
@@ -495,7 +553,6 @@ async fn create(
             key.complete(&mut tx, parts.status, &kept, &bytes).await?;
         }
         tx.commit().await?;
-        tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
         // `insert`, not `extend`: the bytes' own `application/octet-stream` must be
         // replaced by the rendered content type, not joined by it.
         let mut response = (parts.status, bytes).into_response();

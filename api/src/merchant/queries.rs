@@ -3,7 +3,7 @@
 //! re-send of a delivery. Every read is scoped to the calling merchant: another
 //! merchant's id is 404, and no list shows another merchant's rows.
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -64,6 +64,43 @@ pub struct TransactionFilter {
     pub starting_after: Option<String>,
 }
 
+/// The metadata filter of a list, `metadata[<key>]=<value>` (one pair), taken out of the
+/// query string before the rest is read into [`TransactionFilter`], which refuses
+/// anything it does not know.
+fn split_metadata_filter(query: &str) -> Result<(Option<(String, String)>, String)> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| ApiError::Invalid {
+            message: format!("the query string does not read: {e}"),
+            field: None,
+        })?;
+    let mut wanted = None;
+    let mut rest = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let Some(key) = name
+            .strip_prefix("metadata[")
+            .and_then(|k| k.strip_suffix(']'))
+        else {
+            rest.push((name, value));
+            continue;
+        };
+        if wanted.is_some() {
+            return Err(ApiError::invalid(
+                "metadata",
+                "filter by one metadata key and value at most",
+            ));
+        }
+        if key.is_empty() || key.chars().count() > paygate_common::metadata::MAX_KEY_LEN {
+            return Err(ApiError::invalid(
+                "metadata",
+                "metadata[<key>]: a key of 1 to 40 characters",
+            ));
+        }
+        wanted = Some((key.to_owned(), value));
+    }
+    let rest = serde_urlencoded::to_string(&rest).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((wanted, rest))
+}
+
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
@@ -76,7 +113,11 @@ const MAX_LIMIT: i64 = 100;
     summary = "List transactions",
     description = "Newest first, cursor-paginated: pass the last id seen as `starting_after`.",
     security(("merchant_key" = [])),
-    params(TransactionFilter),
+    params(
+        TransactionFilter,
+        ("metadata" = Option<std::collections::BTreeMap<String, String>>, Query, style = DeepObject, explode,
+         description = "Only those whose metadata holds this key with this value, one pair: `metadata[order]=A-17`."),
+    ),
     responses(
         (status = 200, description = "A page of transactions.", content(
             (Page<TransactionView> = "application/json"),
@@ -92,12 +133,14 @@ pub async fn list_transactions(
     State(state): State<AppState>,
     merchant: Merchant,
     headers: HeaderMap,
-    query: std::result::Result<Query<TransactionFilter>, axum::extract::rejection::QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let Query(filter) = query.map_err(|e| ApiError::Invalid {
-        message: e.body_text(),
-        field: None,
-    })?;
+    let (metadata, rest) = split_metadata_filter(query.as_deref().unwrap_or_default())?;
+    let filter: TransactionFilter =
+        serde_urlencoded::from_str(&rest).map_err(|e| ApiError::Invalid {
+            message: format!("Failed to deserialize query string: {e}"),
+            field: None,
+        })?;
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid(
@@ -132,6 +175,7 @@ pub async fn list_transactions(
             kind,
             created_after: filter.created_after,
             created_before: filter.created_before,
+            metadata: metadata.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
             before: cursor,
             limit: limit + 1,
         },

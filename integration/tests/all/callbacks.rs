@@ -29,6 +29,7 @@ async fn processing_at(suite: &Suite, amount: &str, gateway: &str) -> String {
             country: None,
             reference: None,
             card: None,
+            metadata: Default::default(),
         },
     )
     .await

@@ -35,6 +35,7 @@ pub(crate) async fn pending(
             country: None,
             reference: None,
             card: None,
+            metadata: Default::default(),
         },
     )
     .await

@@ -18,6 +18,7 @@ mod intake;
 mod interventions;
 mod listeners;
 mod lock;
+mod metadata;
 mod migrations;
 mod observability;
 mod openapi;

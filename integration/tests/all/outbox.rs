@@ -253,6 +253,7 @@ async fn a_relay_killed_between_publish_and_mark_is_published_again_and_the_paym
             country: None,
             reference: None,
             card: None,
+            metadata: Default::default(),
         },
     )
     .await

@@ -61,6 +61,7 @@ async fn payment(
             country: country.map(|c| c.parse::<Country>().unwrap()),
             reference: None,
             card: None,
+            metadata: Default::default(),
         },
     )
     .await
