@@ -32,7 +32,7 @@ pub use http::{api_keys, error};
 
 use gateways::callbacks;
 use http::{client_limit, format, rate_limit};
-use merchant::{idempotency, payments, queries, webhook_keys};
+use merchant::{idempotency, payments, queries, refunds, webhook_keys};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +102,8 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(queries::list_transactions))
         .routes(routes!(payments::get_transaction))
         .routes(routes!(queries::transaction_events))
+        .routes(routes!(refunds::create_refund, refunds::list_refunds))
+        .routes(routes!(refunds::get_refund))
         .routes(routes!(queries::list_deliveries))
         .routes(routes!(queries::replay_delivery))
         .routes(routes!(webhook_keys::jwks))

@@ -45,9 +45,9 @@ pub const PAGE_PATH: &str = "/docs";
                        fault. Amounts are decimal strings, never numbers. Bodies over 1 MiB are \
                        refused with 413.",
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &Webhooks),
     components(
-        schemas(ErrorEnvelope, ErrorBody),
+        schemas(ErrorEnvelope, ErrorBody, RefundWebhook),
         responses(
             Accepted,
             BadRequest,
@@ -64,6 +64,7 @@ pub const PAGE_PATH: &str = "/docs";
     tags(
         (name = "payments", description = "Taking deposits and withdrawals."),
         (name = "transactions", description = "Reading a merchant's transactions and their histories."),
+        (name = "refunds", description = "Giving money of a completed deposit back, in part or in whole."),
         (name = "webhooks", description = "The webhooks Paygate sent a merchant, and sending one again."),
         (name = "gateways", description = "What payment gateways call."),
         (name = "admin", description = "For operators, with the admin token."),
@@ -95,6 +96,60 @@ impl Modify for SecuritySchemes {
             "admin_token",
             bearer("The operators' admin token, from configuration (`admin.token`)."),
         );
+    }
+}
+
+/// The body of a `refund.*` webhook, signed like every other (`webhook-id`,
+/// `webhook-timestamp`, `webhook-signature`) and delivered in order with its payment's
+/// webhooks.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "id": "evt_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "type": "refund.completed",
+    "created_at": "2026-01-01T12:00:01.000Z",
+    "data": {"id": "rfd_0198c9b2a4e07c3f9d2a61b5e8f4c0d1",
+             "transaction_id": "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "status": "completed",
+             "version": 3, "amount": "10.00", "currency": "EUR", "reason": null,
+             "metadata": {}, "gateway_refund_id": "sim_4f2c", "failure_reason": null,
+             "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:01.000Z"}
+}))]
+// Documentation only: the dispatcher writes this body; the struct is its schema.
+#[allow(dead_code)]
+pub struct RefundWebhook {
+    /// `evt_…`: the `webhook-id`, the same on every attempt.
+    id: String,
+    /// `refund.processing`, `refund.completed` or `refund.failed`.
+    #[schema(example = "refund.completed")]
+    r#type: String,
+    /// RFC 3339, UTC, milliseconds: when the refund changed.
+    created_at: String,
+    data: paygate_common::events::RefundView,
+}
+
+/// The document's `webhooks` (OpenAPI 3.1): what Paygate posts to a merchant's endpoint
+/// about refunds. utoipa 5 has no field for them, so they are written as the top-level
+/// object the specification names.
+struct Webhooks;
+
+impl Modify for Webhooks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let operation = |kind: &str, what: &str| {
+            serde_json::json!({"post": {
+                "summary": format!("`{kind}`: {what}"),
+                "description": "Signed Standard-Webhooks style: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`. Any 2xx is delivered; anything else is retried.",
+                "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/RefundWebhook"}}}},
+                "responses": {"2XX": {"description": "Delivered."}}
+            }})
+        };
+        let webhooks = serde_json::json!({
+            "refund.processing": operation("refund.processing", "the gateway took the refund and is paying it"),
+            "refund.completed": operation("refund.completed", "the gateway refunded it; the payment's `amount_refunded` counts it"),
+            "refund.failed": operation("refund.failed", "the gateway refused it; its amount may be refunded again"),
+        });
+        openapi
+            .extensions
+            .get_or_insert_with(Default::default)
+            .insert("webhooks".to_owned(), webhooks);
     }
 }
 

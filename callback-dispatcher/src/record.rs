@@ -1,5 +1,6 @@
 //! The consumer half: one delivery per status event, recorded with the exact body that
-//! will be signed. The event id is the `webhook-id`, so a redelivered message adds
+//! will be signed: the transaction, or for a `refund.*` event the refund (delivered in
+//! order with its payment's, by the payment's version). The event id is the `webhook-id`, so a redelivered message adds
 //! nothing.
 
 use std::sync::Arc;
@@ -10,17 +11,17 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use paygate_common::domain::{DeliveryId, Status};
-use paygate_common::events::{event_type, proto, TransactionView};
+use paygate_common::events::{event_type, proto, RefundView, TransactionView};
 use paygate_common::kafka::{headers, Handler, HandlerError, Inbound};
 
 /// The body merchants receive.
 #[derive(Serialize)]
-struct WebhookBody<'a> {
+struct WebhookBody<'a, T> {
     id: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
     created_at: &'a str,
-    data: TransactionView,
+    data: T,
 }
 
 /// Records a delivery for each status event.
@@ -44,9 +45,15 @@ impl Handler for StatusHandler {
             .status
             .parse()
             .map_err(HandlerError::permanent)?;
-        // A review is news whatever the status; otherwise only a move out of `pending`.
-        let kind = match message.header(headers::EVENT_TYPE) {
-            Some(event_type::REVIEW_REQUIRED) => event_type::REVIEW_REQUIRED.to_owned(),
+        // A refund's change carries the refund: `refund.<its status>`, about it. A review
+        // is news whatever the status; otherwise only a move out of `pending`.
+        let kind = match (message.header(headers::EVENT_TYPE), &event.refund) {
+            (Some(kind), Some(refund)) if kind.starts_with(event_type::REFUND_PREFIX) => {
+                let refund_status: Status =
+                    refund.status.parse().map_err(HandlerError::permanent)?;
+                event_type::for_refund_status(refund_status)
+            }
+            (Some(event_type::REVIEW_REQUIRED), _) => event_type::REVIEW_REQUIRED.to_owned(),
             _ if status == Status::Pending => return Ok(()),
             _ => event_type::for_status(status),
         };
@@ -61,12 +68,22 @@ impl Handler for StatusHandler {
             return Ok(());
         };
 
-        let body = serde_json::to_string(&WebhookBody {
-            id: &event.event_id,
-            kind: &kind,
-            created_at: &transaction.updated_at,
-            data: TransactionView::from(transaction),
-        })
+        let body = match &event.refund {
+            Some(refund) if kind.starts_with(event_type::REFUND_PREFIX) => {
+                serde_json::to_string(&WebhookBody {
+                    id: &event.event_id,
+                    kind: &kind,
+                    created_at: &refund.updated_at,
+                    data: RefundView::from(refund),
+                })
+            }
+            _ => serde_json::to_string(&WebhookBody {
+                id: &event.event_id,
+                kind: &kind,
+                created_at: &transaction.updated_at,
+                data: TransactionView::from(transaction),
+            }),
+        }
         .map_err(HandlerError::permanent)?;
         let inserted = sqlx::query(
             "INSERT INTO webhook_delivery

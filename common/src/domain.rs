@@ -343,6 +343,8 @@ typed_id!(/// A merchant: `mer_…`.
     MerchantId, "mer");
 typed_id!(/// An event in a transaction's history, and the `webhook-id` of its webhook: `evt_…`.
     EventId, "evt");
+typed_id!(/// A refund of a payment: `rfd_…`, also the gateway's idempotency reference for it.
+    RefundId, "rfd");
 typed_id!(/// A stored gateway callback: `cb_…`.
     CallbackId, "cb");
 typed_id!(/// A webhook delivery: `whd_…`.

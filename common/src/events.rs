@@ -77,6 +77,17 @@ pub mod event_type {
     /// Paygate found a contradiction, or a payment it cannot settle alone: the merchant
     /// is told and operators see it in "needs a human". The status is unchanged.
     pub const REVIEW_REQUIRED: &str = "transaction.review_required";
+    /// A refund was asked for: it goes to the payment-processor.
+    pub const REFUND_CREATED: &str = "refund.created";
+    /// The gateway that charged is about to be asked for a refund (history only).
+    pub const REFUND_ATTEMPTED: &str = "refund.attempted";
+    /// The prefix of every refund event type: `refund.<status>` and the above.
+    pub const REFUND_PREFIX: &str = "refund.";
+
+    /// The webhook type of a refund's status change: `refund.<status>`.
+    pub fn for_refund_status(status: crate::domain::Status) -> String {
+        format!("refund.{status}")
+    }
 
     /// The webhook type of a status change: `transaction.<status>`.
     pub fn for_status(status: crate::domain::Status) -> String {
@@ -119,7 +130,7 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
         "amount": "100.50", "currency": "EUR", "user_id": "u-1", "country": "DE",
         "reference": "order-7", "gateway": null, "gateway_txn_id": null,
         "failure_reason": null, "version": 1, "review": null, "metadata": {"order": "A-17"},
-        "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z"
+        "amount_refunded": "0.00", "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z"
     })
 )]
 pub struct TransactionView {
@@ -154,6 +165,10 @@ pub struct TransactionView {
     /// element per key.
     #[schema(example = json!({"order": "A-17"}))]
     pub metadata: BTreeMap<String, String>,
+    /// What its completed refunds gave back, a decimal string like `amount` (`"0.00"`
+    /// when none).
+    #[schema(example = "0.00")]
+    pub amount_refunded: String,
     /// RFC 3339, UTC, milliseconds.
     pub created_at: String,
     /// RFC 3339, UTC, milliseconds.
@@ -216,9 +231,67 @@ impl From<&proto::Transaction> for TransactionView {
                 detail: r.detail.clone(),
             }),
             metadata: t.metadata.clone(),
+            amount_refunded: t.amount_refunded.clone(),
             created_at: t.created_at.clone(),
             updated_at: t.updated_at.clone(),
         }
     }
 }
 
+/// A refund as merchants see it, in API answers and in `refund.*` webhook `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(
+    xml(name = "refund"),
+    example = json!({
+        "id": "rfd_0198c9b2a4e07c3f9d2a61b5e8f4c0d1",
+        "transaction_id": "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "status": "pending",
+        "version": 1, "amount": "10.00", "currency": "EUR", "reason": "returned goods",
+        "metadata": {"rma": "R-3"}, "gateway_refund_id": null, "failure_reason": null,
+        "created_at": "2026-01-01T12:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z"
+    })
+)]
+pub struct RefundView {
+    /// `rfd_…`.
+    pub id: String,
+    /// The payment (`txn_…`) it gives money back from.
+    pub transaction_id: String,
+    /// `pending → processing → completed | failed`, and `pending → failed`.
+    #[schema(schema_with = status_schema)]
+    pub status: String,
+    /// Counts the refund's own changes from 1.
+    pub version: i32,
+    /// A decimal string in the payment's currency.
+    pub amount: String,
+    pub currency: String,
+    /// The merchant's reason, as sent.
+    pub reason: Option<String>,
+    /// The merchant's own key/value pairs (`{}` when none).
+    #[schema(example = json!({"rma": "R-3"}))]
+    pub metadata: BTreeMap<String, String>,
+    /// The gateway's own id for the refund, once it has one.
+    pub gateway_refund_id: Option<String>,
+    pub failure_reason: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    pub created_at: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub updated_at: String,
+}
+
+impl From<&proto::Refund> for RefundView {
+    fn from(r: &proto::Refund) -> Self {
+        RefundView {
+            id: r.id.clone(),
+            transaction_id: r.transaction_id.clone(),
+            status: r.status.clone(),
+            version: r.version,
+            amount: r.amount.clone(),
+            currency: r.currency.clone(),
+            reason: r.reason.clone(),
+            metadata: r.metadata.clone(),
+            gateway_refund_id: r.gateway_refund_id.clone(),
+            failure_reason: r.failure_reason.clone(),
+            created_at: r.created_at.clone(),
+            updated_at: r.updated_at.clone(),
+        }
+    }
+}

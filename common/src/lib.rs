@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod outbox;
 pub mod redis_connection;
+pub mod refunds;
 pub mod reseal;
 pub mod retry;
 pub mod secrets;

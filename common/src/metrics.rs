@@ -167,8 +167,8 @@ pub fn consumer_assigned(partitions: usize) {
     gauge!("paygate_consumer_assigned_partitions").set(partitions as f64);
 }
 
-/// One call to a payment gateway (`operation`: `submit` or `query`) that ended as
-/// `outcome` after `took`.
+/// One call to a payment gateway (`operation`: `submit`, `query`, `refund` or
+/// `query_refund`) that ended as `outcome` after `took`.
 pub fn gateway_call(gateway: &str, operation: &'static str, outcome: &'static str, took: Duration) {
     counter!(
         "paygate_gateway_calls_total",

@@ -56,14 +56,18 @@ pub struct TransactionRecord {
     /// The merchant's own key/value pairs.
     #[sqlx(try_from = "String")]
     pub metadata: Metadata,
+    /// The sum of its refunds that are not `failed` (never above `amount`).
+    pub refund_held: Decimal,
+    /// What its completed refunds gave back.
+    pub amount_refunded: Decimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
+pub(crate) const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
      reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
      unresolved_since, unresolved_reason, attempted_at, attempted_gateways, status_checks, review_reason, \
-     review_since, review_detail, metadata::text AS metadata, created_at, updated_at";
+     review_since, review_detail, metadata::text AS metadata, refund_held, amount_refunded, created_at, updated_at";
 
 impl TransactionRecord {
     /// How it is paid, as routing sees it.
@@ -100,6 +104,12 @@ impl TransactionRecord {
                 detail: self.review_detail.clone().unwrap_or_default(),
             }),
             metadata: self.metadata.entries().clone(),
+            amount_refunded: {
+                // In the payment's own minor units: "0.00", never "0".
+                let mut refunded = self.amount_refunded;
+                refunded.rescale(self.amount.scale());
+                refunded.to_string()
+            },
         }
     }
 
@@ -165,6 +175,7 @@ pub async fn create(
             proto::PaymentRequested {
                 event_id,
                 transaction,
+                refund: None,
             }
             .encode_to_vec()
         },
@@ -671,10 +682,11 @@ fn parse_ids(ids: Vec<String>) -> sqlx::Result<Vec<TransactionId>> {
 }
 
 /// The payload of a status event (and of a history event): the new snapshot.
-fn status_changed(event_id: String, transaction: Option<proto::Transaction>) -> Vec<u8> {
+pub(crate) fn status_changed(event_id: String, transaction: Option<proto::Transaction>) -> Vec<u8> {
     proto::StatusChanged {
         event_id,
         transaction,
+        refund: None,
     }
     .encode_to_vec()
 }
@@ -820,6 +832,8 @@ mod tests {
             review_since: None,
             review_detail: None,
             metadata: Metadata::default(),
+            refund_held: Decimal::ZERO,
+            amount_refunded: Decimal::ZERO,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -4,6 +4,10 @@
 //! answers the stored result, or `10` (captured) once a taken charge settled. The test card decides the verdict; the cents `.02`, `.03`,
 //! `.06`, `.07` and the controls still decide the timing (see [`crate::flow`]).
 //!
+//! Refunds: `POST /card/refunds` `{"reference","charge_reference","amount","currency"}`
+//! and `GET /card/refunds/{reference}` answer `0` refunded or `100` refused (see
+//! [`crate::refunds`]).
+//!
 //! Card data is read once at the edge into the verdict it picks and its last four digits;
 //! the number and CVV are never logged, stored or quoted in an error message.
 
@@ -20,6 +24,7 @@ use serde_json::{json, Value};
 use crate::callback::Callback;
 use crate::flow::{self, Reply, Submission};
 use crate::outcome::{self, Answer, DeclineReason, Scenario, Verdict};
+use crate::refunds;
 use crate::state::{Gateway, Sim};
 
 /// Test cards, as the acquirer's sandbox documents them.
@@ -34,6 +39,54 @@ pub(crate) fn routes() -> Router<Sim> {
     Router::new()
         .route("/card/charges", post(charge))
         .route("/card/charges/{reference}", get(status))
+        .route("/card/refunds", post(refund))
+        .route("/card/refunds/{reference}", get(refund_status))
+}
+
+/// A refund: its reference and the charge's.
+#[derive(Debug, Deserialize)]
+struct RefundRequest {
+    reference: String,
+    charge_reference: String,
+    amount: Decimal,
+    currency: String,
+}
+
+async fn refund(State(sim): State<Sim>, Json(request): Json<RefundRequest>) -> Response {
+    let request = refunds::RefundRequest {
+        gateway: Gateway::Card,
+        reference: request.reference,
+        payment_reference: request.charge_reference,
+        amount: request.amount,
+        currency: request.currency,
+    };
+    render_refund(refunds::refund(&sim, request).await)
+}
+
+async fn refund_status(State(sim): State<Sim>, Path(reference): Path<String>) -> Response {
+    match refunds::query(&sim, Gateway::Card, &reference).await {
+        Some(reply) => render_refund(reply),
+        None => refusal(StatusCode::NOT_FOUND, "unknown reference"),
+    }
+}
+
+/// A refund's bank code: `0` refunded, `100` refused.
+fn render_refund(reply: Reply) -> Response {
+    match reply {
+        Reply::Settled(answer) => Json(ChargeAnswer {
+            code: "0",
+            message: "refunded",
+            transaction_id: answer.txn_id.as_deref(),
+        })
+        .into_response(),
+        Reply::Answer(answer) => Json(ChargeAnswer {
+            code: "100",
+            message: answer.reason().unwrap_or("refused"),
+            transaction_id: None,
+        })
+        .into_response(),
+        other => render(other),
+    }
 }
 
 /// A charge request without its card, which is read apart (see [`Card::parse`]).

@@ -15,7 +15,7 @@
 //!     by `overloaded_ms`, or stalled) answers `409`, not the stored answer; without it
 //!     an overloaded gateway answers such a re-submit `503`;
 //!   - `lost_callback`: the payment is taken and settles, but its callback never goes.
-//! - `POST /control/release/{reference}` releases a stalled (`.07`) payment: its held
+//! - `POST /control/release/{reference}` releases a stalled (`.07`) payment or refund: its held
 //!   requests answer, status queries answer normally, and its callback is sent.
 
 use std::collections::BTreeMap;
@@ -116,6 +116,9 @@ async fn replace(
 }
 
 async fn release(State(sim): State<Sim>, Path(reference): Path<String>) -> Response {
+    if sim.remember(|m| m.refunds.release(&reference)) {
+        return Json(json!({"reference": reference, "released": true})).into_response();
+    }
     let Some(due) = sim.remember(|m| m.ledger.release(&reference)) else {
         return error(
             StatusCode::NOT_FOUND,

@@ -4,6 +4,9 @@
 //!   `{"status":"declined","gateway_txn_id":null,"reason":"insufficient_funds"}`;
 //! - `GET /json/payments/{reference}` answers the same (`"status":"completed"` once a
 //!   taken payment settled), or 404 for an unknown reference;
+//! - `POST /json/refunds` `{"reference","payment_reference","amount","currency"}` and
+//!   `GET /json/refunds/{reference}` answer a refund the same way: `"completed"` once
+//!   refunded, 402 `"declined"` with its reason, or 404 for an unknown reference;
 //! - the callback is a signed JSON `{"event_id","reference","gateway_txn_id","status",
 //!   "amount","currency","reason"}`.
 
@@ -19,12 +22,46 @@ use serde_json::json;
 use crate::callback::Callback;
 use crate::flow::{self, Reply, Submission};
 use crate::outcome::{self, Answer, Scenario};
+use crate::refunds;
 use crate::state::{Gateway, Sim};
 
 pub(crate) fn routes() -> Router<Sim> {
     Router::new()
         .route("/json/payments", post(pay))
         .route("/json/payments/{reference}", get(status))
+        .route("/json/refunds", post(refund))
+        .route("/json/refunds/{reference}", get(refund_status))
+}
+
+/// A refund request: the refund's reference (its idempotency key) and the payment's.
+#[derive(Debug, Deserialize)]
+struct RefundRequest {
+    reference: String,
+    payment_reference: String,
+    amount: Decimal,
+    currency: String,
+}
+
+async fn refund(State(sim): State<Sim>, Json(request): Json<RefundRequest>) -> Response {
+    let request = refunds::RefundRequest {
+        gateway: Gateway::Json,
+        reference: request.reference,
+        payment_reference: request.payment_reference,
+        amount: request.amount,
+        currency: request.currency,
+    };
+    render(refunds::refund(&sim, request).await)
+}
+
+async fn refund_status(State(sim): State<Sim>, Path(reference): Path<String>) -> Response {
+    match refunds::query(&sim, Gateway::Json, &reference).await {
+        Some(reply) => render(reply),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "unknown reference"})),
+        )
+            .into_response(),
+    }
 }
 
 /// A payment request; what else the caller sends (kind, country) changes nothing here.

@@ -3,8 +3,9 @@
 //! stalled payments waiting for a release, and when a taken payment settles (its status
 //! then reads "completed", whether or not its callback arrived). `GET
 //! /charges/{reference}` reads it, so tests can prove no payment was charged twice, and
-//! `GET /ledger` lists every payment it remembers with its amount, so a test can compare
-//! the gateways' books with Paygate's.
+//! `GET /ledger` lists every payment it remembers with its amount and what was refunded
+//! of it (see [`crate::refunds`]), so a test can compare the gateways' books with
+//! Paygate's.
 //!
 //! Memory is bounded for long runs: the ledger keeps the last [`KEPT`] payments (a
 //! reference older than that is forgotten, as a real gateway's idempotency window
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::callback::Scheduled;
 use crate::outcome::Answer;
+use crate::refunds::RefundBook;
 use crate::state::{Gateway, Sim};
 
 /// Payments the ledger remembers, across gateways: far more than any test or benchmark
@@ -199,6 +201,14 @@ impl Ledger {
         stalled.then_some(due)
     }
 
+    /// What `gateway` charged under `reference` (amount, currency), if it took it.
+    pub(crate) fn charged(&self, gateway: Gateway, reference: &str) -> Option<(Decimal, String)> {
+        self.payments
+            .get(&(gateway, reference.to_owned()))
+            .filter(|p| p.answer.verdict.takes_payment())
+            .map(|p| (p.amount, p.currency.clone()))
+    }
+
     /// How many times each gateway charged `reference`.
     fn charges(&self, reference: &str) -> BTreeMap<Gateway, u32> {
         Gateway::ALL
@@ -213,8 +223,8 @@ impl Ledger {
             .collect()
     }
 
-    /// Every payment remembered, oldest first.
-    fn books(&self) -> Vec<Booked> {
+    /// Every payment remembered, oldest first, with what was refunded of it.
+    fn books(&self, refunds: &RefundBook) -> Vec<Booked> {
         self.order
             .iter()
             .filter_map(|key| {
@@ -225,6 +235,8 @@ impl Ledger {
                     charged: payment.answer.verdict.takes_payment(),
                     amount: payment.amount.to_string(),
                     currency: payment.currency.clone(),
+                    refunded: refunds.refunded(key.0, &key.1).to_string(),
+                    refunds: refunds.count(key.0, &key.1),
                 })
             })
             .collect()
@@ -246,10 +258,14 @@ struct Booked {
     charged: bool,
     amount: String,
     currency: String,
+    /// The money refunded of it in all (`"0"` when none): never above `amount`.
+    refunded: String,
+    /// How many refunds gave money back of it.
+    refunds: u32,
 }
 
 async fn ledger(State(sim): State<Sim>) -> Json<Vec<Booked>> {
-    Json(sim.remember(|m| m.ledger.books()))
+    Json(sim.remember(|m| m.ledger.books(&m.refunds)))
 }
 
 #[derive(Serialize)]

@@ -4,7 +4,8 @@
 //!
 //! Gateways, selected by path, each calling back with a signed (`X-Paygate-Signature`)
 //! notification in its own format and with its own secret:
-//! - `/json`: a JSON REST gateway (`POST /json/payments`, `GET /json/payments/{reference}`);
+//! - `/json`: a JSON REST gateway (`POST /json/payments`, `GET /json/payments/{reference}`,
+//!   `POST /json/refunds`, `GET /json/refunds/{reference}`);
 //! - `/soap`: a SOAP 1.1 gateway (`SubmitPayment`, `QueryPayment`, faults, XML callbacks);
 //! - `/card`: a card acquirer (`POST /card/charges`, `GET /card/charges/{reference}`)
 //!   answering with bank-style codes: `0` succeeded, `100` refused, `200` pending.
@@ -26,6 +27,10 @@
 //! `PUT /control` makes the whole instance answer 503 or answer slower, whatever the
 //! amount; `GET /charges/{reference}` counts the charges across the three gateways, so
 //! tests can prove none was doubled.
+//!
+//! Each gateway also refunds a payment it charged (see [`refunds`]: its own magic cents,
+//! never twice per refund reference, never past the charge), and `GET /ledger` shows the
+//! money refunded per payment beside its charge.
 
 mod callback;
 mod card;
@@ -36,6 +41,7 @@ mod json;
 mod ledger;
 mod merchant;
 mod outcome;
+mod refunds;
 mod soap;
 mod state;
 

@@ -84,6 +84,10 @@ impl Verdict {
 pub(crate) enum DeclineReason {
     InsufficientFunds,
     CardDeclined,
+    /// A refund of a payment this gateway never charged.
+    UnknownPayment,
+    /// A refund that would give back more than was charged.
+    ExceedsCharge,
 }
 
 impl DeclineReason {
@@ -91,6 +95,8 @@ impl DeclineReason {
         match self {
             DeclineReason::InsufficientFunds => "insufficient_funds",
             DeclineReason::CardDeclined => "card_declined",
+            DeclineReason::UnknownPayment => "unknown_payment",
+            DeclineReason::ExceedsCharge => "exceeds_charge",
         }
     }
 }

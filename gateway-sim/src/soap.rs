@@ -1,5 +1,5 @@
-//! The SOAP 1.1 gateway: `POST /soap` with `SubmitPayment` or `QueryPayment` in the
-//! `urn:paygate:sim:payments` namespace, dispatched on the body's element (the
+//! The SOAP 1.1 gateway: `POST /soap` with `SubmitPayment`, `QueryPayment`,
+//! `RefundPayment` or `QueryRefund` in the `urn:paygate:sim:payments` namespace, dispatched on the body's element (the
 //! `SOAPAction` header is not trusted). Answers are `SubmitPaymentResponse` /
 //! `QueryPaymentResponse` with `Status` `accepted`, `declined` or (queries only)
 //! `unknown`, all HTTP 200; a malformed request is a `soap:Client` fault (HTTP 500), an
@@ -20,6 +20,7 @@ use quick_xml::SeError;
 use crate::callback::Callback;
 use crate::flow::{self, Reply, Submission};
 use crate::outcome::{self, Answer, Scenario};
+use crate::refunds;
 use crate::state::{Gateway, Sim};
 
 use incoming::{Operation, QueryPayment, SubmitPayment};
@@ -41,6 +42,29 @@ async fn endpoint(State(sim): State<Sim>, body: Bytes) -> Response {
     match incoming::parse(&body) {
         Ok(Operation::SubmitPayment(request)) => submit(&sim, request).await,
         Ok(Operation::QueryPayment(request)) => query(&sim, request).await,
+        Ok(Operation::RefundPayment(request)) => {
+            let request = refunds::RefundRequest {
+                gateway: Gateway::Soap,
+                reference: request.reference,
+                payment_reference: request.payment_reference,
+                amount: request.amount,
+                currency: request.currency,
+            };
+            render(refunds::refund(&sim, request).await, Answering::Refund)
+        }
+        Ok(Operation::QueryRefund(request)) => {
+            match refunds::query(&sim, Gateway::Soap, &request.reference).await {
+                Some(reply) => render(reply, Answering::QueryRefund),
+                None => respond(
+                    StatusCode::OK,
+                    Content::QueryRefundResponse(PaymentStatus {
+                        status: "unknown",
+                        gateway_txn_id: None,
+                        reason: None,
+                    }),
+                ),
+            }
+        }
         Err(bad) => {
             tracing::info!(reason = bad.message(), "refused a malformed SOAP request");
             respond(
@@ -97,6 +121,8 @@ async fn query(sim: &Sim, request: QueryPayment) -> Response {
 enum Answering {
     Submit,
     Query,
+    Refund,
+    QueryRefund,
 }
 
 fn render(reply: Reply, answering: Answering) -> Response {
@@ -116,6 +142,8 @@ fn render(reply: Reply, answering: Answering) -> Response {
             let content = match answering {
                 Answering::Submit => Content::SubmitPaymentResponse(status),
                 Answering::Query => Content::QueryPaymentResponse(status),
+                Answering::Refund => Content::RefundPaymentResponse(status),
+                Answering::QueryRefund => Content::QueryRefundResponse(status),
             };
             respond(StatusCode::OK, content)
         }

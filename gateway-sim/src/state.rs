@@ -40,6 +40,8 @@ impl Gateway {
 #[derive(Default)]
 pub(crate) struct Memory {
     pub(crate) ledger: Ledger,
+    /// The refunds each gateway made, beside the charges.
+    pub(crate) refunds: crate::refunds::RefundBook,
     pub(crate) control: Control,
     /// First submits an overloaded gateway is still working on (not yet stored).
     pub(crate) in_flight: std::collections::HashSet<(Gateway, String)>,

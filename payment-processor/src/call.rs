@@ -80,7 +80,7 @@ impl PaymentHandler {
 
     /// Makes one call to `gateway` under its concurrency limit, and tells its circuit
     /// breaker how it went. The caller checked the breaker.
-    async fn call<'a, F, Fut>(
+    pub(crate) async fn call<'a, F, Fut>(
         &'a self,
         gateway: &'a GatewayRecord,
         operation: &'static str,

@@ -30,12 +30,17 @@
 //!   `processing` payments whose callback is overdue are asked by status query, with
 //!   backoff, and flagged `no_callback` for a human when their gateway's limit passes,
 //!   and pending payments without progress are swept up.
+//! - [`refund`]: a refund (its messages share these topics, told apart by the `rfd_`
+//!   id) is asked of the gateway that charged its payment, under the same rules:
+//!   fenced attempts, status queries after an ambiguous answer, never failed while the
+//!   gateway may have paid it; a sweep takes up refunds without progress.
 //! - [`call`]: every call to a gateway, under its concurrency limit and circuit breaker.
 
 mod answer;
 pub mod breaker;
 mod call;
 pub mod reconcile;
+mod refund;
 mod resolve;
 mod retry;
 mod route;
@@ -55,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use paygate_common::cards::{CvvVault, KeyRing};
 use paygate_common::config::{PaymentProcessorSettings, Topics};
-use paygate_common::domain::{Status, TransactionId};
+use paygate_common::domain::{RefundId, Status, TransactionId};
 use paygate_common::egress::{GuardedResolver, Policy};
 use paygate_common::events::proto;
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
@@ -137,6 +142,12 @@ impl Application {
             self.settings.stale_pending(),
             shutdown.clone(),
         ));
+        let refunds = tokio::spawn(refund::sweep(
+            self.handler.clone(),
+            every,
+            self.settings.stale_pending(),
+            shutdown.clone(),
+        ));
         let (changes, reported) = tokio::sync::mpsc::unbounded_channel();
         self.handler.breakers.report_to(changes);
         let recorder = tokio::spawn(breaker::record_changes(
@@ -160,6 +171,7 @@ impl Application {
                     ("reconciler", reconciler),
                     ("callback chaser", chaser),
                     ("sweeper", sweeper),
+                    ("refund sweeper", refunds),
                     ("circuit recorder", recorder),
                 ],
                 circuits,
@@ -209,8 +221,16 @@ impl Handler for PaymentHandler {
         } else {
             let requested = proto::PaymentRequested::decode(message.payload.as_slice())
                 .map_err(HandlerError::permanent)?;
-            (requested.transaction.map(|t| t.id).unwrap_or_default(), 1)
+            match requested.refund {
+                Some(refund) => (refund.id, 1),
+                None => (requested.transaction.map(|t| t.id).unwrap_or_default(), 1),
+            }
         };
+        // A refund's messages share the topics; its id says which it is.
+        if id.starts_with(RefundId::PREFIX) {
+            let id: RefundId = id.parse().map_err(HandlerError::permanent)?;
+            return self.handle_refund(&id, attempt, message).await;
+        }
         let id: TransactionId = id.parse().map_err(HandlerError::permanent)?;
         let step = match self.settle_locked(&id).await {
             Ok(step) => step,

@@ -457,6 +457,7 @@ async fn payment_requested(suite: &Suite, id: &str) -> paygate_common::kafka::In
         payload: proto::PaymentRequested {
             event_id: "evt_test".to_owned(),
             transaction: Some(record.to_proto()),
+            refund: None,
         }
         .encode_to_vec(),
         headers: Vec::new(),
@@ -607,6 +608,123 @@ async fn a_gateway_whose_host_resolves_to_a_forbidden_address_is_never_connected
     assert_eq!(
         status, "pending",
         "refused gateways took nothing: retried later"
+    );
+    suite.stop().await;
+}
+
+/// Refunds `amount` of `payment` through the api; the refund's id.
+async fn refund(suite: &Suite, payment: &str, amount: &str) -> String {
+    let answer = json_of(
+        suite
+            .post(&format!("/v1/transactions/{payment}/refunds"))
+            .json(&json!({"amount": amount})),
+    )
+    .await;
+    answer["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("refused: {answer}"))
+        .to_owned()
+}
+
+/// (status, gateway, failure_reason) of a refund once it reached `status`.
+async fn refund_reaches(suite: &Suite, id: &str, status: &str) -> (String, Option<String>) {
+    eventually(&format!("{id} to be {status}"), LONG, || async {
+        let (now, gateway, reason): (String, String, Option<String>) =
+            sqlx::query_as("SELECT status, gateway, failure_reason FROM refund WHERE id = $1")
+                .bind(id)
+                .fetch_one(&suite.pool)
+                .await
+                .unwrap();
+        (now == status).then_some((gateway, reason))
+    })
+    .await
+}
+
+/// What the simulator refunded of `payment`, as its ledger books it.
+async fn refunded_at(simulator: &str, payment: &str) -> (String, String, u64) {
+    let books = json_of(reqwest::Client::new().get(format!("{simulator}/ledger"))).await;
+    let entry = books
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["reference"] == payment)
+        .cloned()
+        .unwrap();
+    (
+        entry["gateway"].as_str().unwrap().to_owned(),
+        entry["refunded"].as_str().unwrap().to_owned(),
+        entry["refunds"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_goes_only_to_the_gateway_that_charged_through_soap_and_the_card_acquirer_alike() {
+    let suite = Suite::start().await;
+    let soap = deposit(&suite, "30.00", "EUR", Some("DE")).await;
+    let card = card_payment(&suite, "4242424242424242", "40.00").await;
+    for id in [&soap, &card] {
+        reaches(&suite, id, "completed").await;
+    }
+
+    let soap_refund = refund(&suite, &soap, "10.00").await;
+    let card_refund = refund(&suite, &card, "15.00").await;
+    assert_eq!(
+        refund_reaches(&suite, &soap_refund, "completed").await.0,
+        "simsoap"
+    );
+    assert_eq!(
+        refund_reaches(&suite, &card_refund, "completed").await.0,
+        "simcard"
+    );
+    assert_eq!(
+        refunded_at(&suite.simulator_url, &soap).await,
+        ("soap".to_owned(), "10.00".to_owned(), 1)
+    );
+    assert_eq!(
+        refunded_at(&suite.simulator_url, &card).await,
+        ("card".to_owned(), "15.00".to_owned(), 1)
+    );
+    let gateway_refund_id: Option<String> =
+        sqlx::query_scalar("SELECT gateway_refund_id FROM refund WHERE id = $1")
+            .bind(&card_refund)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    assert!(gateway_refund_id.is_some_and(|g| g.starts_with("acq_")));
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_its_gateway_proves_it_never_took_is_retried_then_failed_and_its_hold_given_back()
+{
+    let suite = Suite::start().await;
+    let payment = deposit(&suite, "10.00", "USD", None).await;
+    reaches(&suite, &payment, "completed").await;
+    // `.03`: 503 every time, nothing refunded.
+    let unavailable = refund(&suite, &payment, "4.03").await;
+    let (_, reason) = refund_reaches(&suite, &unavailable, "failed").await;
+    assert!(reason.unwrap().contains("failed after"));
+    let (_, refunded, refunds) = refunded_at(&suite.simulator_url, &payment).await;
+    assert_eq!((refunded.as_str(), refunds), ("0", 0));
+    // Its hold is back: the whole amount can be asked for again (the gateway's circuit,
+    // opened by the 503s, decides when it is sent).
+    let whole = json_of(
+        suite
+            .post(&format!("/v1/transactions/{payment}/refunds"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(whole["amount"], "10.00", "{whole}");
+    let dead = read_topic(
+        &suite.settings,
+        &paygate_common::config::Topics::dead_letter(&suite.settings.kafka.topics.payments_retry),
+        1,
+        LONG,
+    )
+    .await;
+    assert_eq!(
+        dead[0].key, unavailable,
+        "the spent refund is dead-lettered"
     );
     suite.stop().await;
 }

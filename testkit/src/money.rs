@@ -4,6 +4,12 @@
 //! charged unless it is flagged as a contradiction for a human; the gateways charged
 //! nothing Paygate has no payment for; and, once the flow has settled, no payment is
 //! left non-final without being listed for a human (unresolved or under review).
+//!
+//! Refunds too: per payment, the gateways never refunded more than was charged, every
+//! refund Paygate has `completed` was refunded there (so what the gateway refunded is
+//! at least that), and the gateway refunded nothing beyond the completed refunds but
+//! what open refunds may hold — once settled, only open refunds listed for a human.
+//! `amount_refunded` is the sum of the completed refunds.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,6 +26,9 @@ struct Booked {
     charged: bool,
     amount: Decimal,
     currency: String,
+    /// What the gateway refunded of it in all.
+    #[serde(default)]
+    refunded: Decimal,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -31,6 +40,14 @@ struct Paid {
     currency: String,
     review_reason: Option<String>,
     unresolved: bool,
+    amount_refunded: Decimal,
+    /// The sums of its refunds: completed, open (pending or processing), and open and
+    /// listed for a human (unresolved).
+    refunds_completed: Decimal,
+    refunds_open: Decimal,
+    refunds_open_unresolved: Decimal,
+    /// Open refunds not listed for a human.
+    refunds_open_unlisted: i64,
 }
 
 /// When the invariant is checked.
@@ -77,9 +94,16 @@ pub async fn money_violations(pool: &PgPool, simulators: &[&str], moment: Moment
             .push((code.clone(), booked));
     }
     let paid: Vec<Paid> = sqlx::query_as(
-        "SELECT id, status, gateway, amount, currency, review_reason,
-                unresolved_since IS NOT NULL AS unresolved
-           FROM transaction",
+        "SELECT t.id, t.status, t.gateway, t.amount, t.currency, t.review_reason,
+                t.unresolved_since IS NOT NULL AS unresolved, t.amount_refunded,
+                COALESCE(sum(r.amount) FILTER (WHERE r.status = 'completed'), 0) AS refunds_completed,
+                COALESCE(sum(r.amount) FILTER (WHERE r.status IN ('pending', 'processing')), 0) AS refunds_open,
+                COALESCE(sum(r.amount) FILTER (WHERE r.status IN ('pending', 'processing')
+                                                 AND r.unresolved_since IS NOT NULL), 0) AS refunds_open_unresolved,
+                count(r.id) FILTER (WHERE r.status IN ('pending', 'processing')
+                                      AND r.unresolved_since IS NULL) AS refunds_open_unlisted
+           FROM transaction t LEFT JOIN refund r ON r.transaction_id = t.id
+          GROUP BY t.id",
     )
     .fetch_all(pool)
     .await
@@ -107,6 +131,8 @@ pub async fn money_violations(pool: &PgPool, simulators: &[&str], moment: Moment
                 at.len()
             ));
         }
+        let refunded: Decimal = at.iter().map(|(_, booked)| booked.refunded).sum();
+        violations.extend(refund_violations(payment, refunded, at, moment));
         match payment.status.as_str() {
             "completed" => match at {
                 [(code, booked)] => {
@@ -147,6 +173,50 @@ pub async fn money_violations(pool: &PgPool, simulators: &[&str], moment: Moment
             }
             _ => {}
         }
+    }
+    violations
+}
+
+/// What is wrong with `payment`'s refunds, given what its gateways refunded of it.
+fn refund_violations(
+    payment: &Paid,
+    refunded: Decimal,
+    charged: &[(String, &Booked)],
+    moment: Moment,
+) -> Vec<String> {
+    let id = &payment.id;
+    let mut violations = Vec::new();
+    let charge: Decimal = charged.iter().map(|(_, booked)| booked.amount).sum();
+    if refunded > charge {
+        violations.push(format!("{id}: refunded {refunded} of a charge of {charge}"));
+    }
+    if payment.refunds_completed > refunded {
+        violations.push(format!(
+            "{id}: {} of refunds completed, and the gateway refunded {refunded}",
+            payment.refunds_completed
+        ));
+    }
+    if payment.amount_refunded != payment.refunds_completed {
+        violations.push(format!(
+            "{id}: amount_refunded {} is not its completed refunds' {}",
+            payment.amount_refunded, payment.refunds_completed
+        ));
+    }
+    let may_hold = match moment {
+        Moment::InFlight => payment.refunds_open,
+        Moment::Settled => payment.refunds_open_unresolved,
+    };
+    if refunded > payment.refunds_completed + may_hold {
+        violations.push(format!(
+            "{id}: the gateway refunded {refunded}, Paygate completed {} and has {may_hold} open that it may hold",
+            payment.refunds_completed
+        ));
+    }
+    if moment == Moment::Settled && payment.refunds_open_unlisted > 0 {
+        violations.push(format!(
+            "{id}: {} open refunds left without being listed for a human",
+            payment.refunds_open_unlisted
+        ));
     }
     violations
 }

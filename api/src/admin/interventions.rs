@@ -232,11 +232,13 @@ async fn record_action(
         Destination::PaymentsRequested => proto::PaymentRequested {
             event_id: event_id.to_string(),
             transaction,
+            refund: None,
         }
         .encode_to_vec(),
         _ => proto::StatusChanged {
             event_id: event_id.to_string(),
             transaction,
+            refund: None,
         }
         .encode_to_vec(),
     };

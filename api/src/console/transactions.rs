@@ -375,6 +375,14 @@ pub async fn detail(
     .fetch_all(&state.pool)
     .await?;
     let deliveries = deliveries_of(&state.pool, id.as_str()).await?;
+    let refunds = paygate_common::refunds::of_transaction(&state.pool, &id).await?;
+    let refund_steps: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT refund_id, event_type, created_at FROM transaction_event
+          WHERE transaction_id = $1 AND refund_id IS NOT NULL ORDER BY seq",
+    )
+    .bind(id.as_str())
+    .fetch_all(&state.pool)
+    .await?;
     let attempts = attempts(&events);
     let created = record.created_at;
 
@@ -403,9 +411,36 @@ pub async fn detail(
                     @if let Some(detail) = &record.review_detail { br; (detail) }
                 }
             }
+            dt { "refunded" } dd { (record.amount_refunded) " " (record.currency) }
             dt { "version" } dd { (record.version) }
             dt { "created" } dd { (at(record.created_at)) }
             dt { "updated" } dd { (at(record.updated_at)) }
+        }
+
+        h2 id="refunds" { "Refunds" }
+        @if refunds.is_empty() { p.muted { "No refund." } }
+        @for r in &refunds {
+            section.refund {
+                h3 {
+                    code { (r.id) } " · " (r.amount) " " (r.currency) " · " (status_tag(r.status.as_str()))
+                    @if r.unresolved_since.is_some() { " " span.tag.unresolved { "unresolved" } }
+                }
+                dl.facts {
+                    @if let Some(reason) = &r.reason { dt { "reason" } dd { (reason) } }
+                    dt { "gateway" } dd { (r.gateway) @if let Some(g) = &r.gateway_refund_id { " " code { (g) } } }
+                    @if let Some(reason) = &r.failure_reason { dt { "failure reason" } dd { (reason) } }
+                    @if let Some(reason) = &r.unresolved_reason { dt { "unresolved because" } dd { (reason) } }
+                    dt { "version" } dd { (r.version) }
+                }
+                table.refund-history {
+                    thead { tr { th { "event" } th { "at (UTC)" } } }
+                    tbody {
+                        @for (_, kind, when) in refund_steps.iter().filter(|(of, _, _)| of == r.id.as_str()) {
+                            tr { td { code { (kind) } } td { (at(*when)) } }
+                        }
+                    }
+                }
+            }
         }
 
         h2 id="actions" { "Operator actions" }

@@ -1,6 +1,6 @@
 //! What merchants reach with their API keys: payment intake ([`payments`], with
-//! [`payouts`] limits, [`cards`] checked at the edge and [`idempotency`]), what they
-//! can read ([`queries`]), and the JWKS of their webhook signing keys
+//! [`payouts`] limits, [`cards`] checked at the edge and [`idempotency`]), refunds
+//! ([`refunds`]), what they can read ([`queries`]), and the JWKS of their webhook signing keys
 //! ([`webhook_keys`]).
 
 pub mod cards;
@@ -8,4 +8,5 @@ pub mod idempotency;
 pub mod payments;
 pub mod payouts;
 pub mod queries;
+pub mod refunds;
 pub mod webhook_keys;

@@ -217,6 +217,9 @@ pub struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "admin API: Ada")]
     pub actor: Option<String>,
+    /// The refund (`rfd_…`) a `refund.*` event is about; absent on the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
     /// Why, on an operator's event.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "gateway confirmed it holds nothing for this reference")]
@@ -254,7 +257,7 @@ pub async fn transaction_events(
 ) -> Result<Response> {
     let record = owned(&state, &merchant, &id).await?;
     let data: Vec<EventView> = sqlx::query_as(
-        "SELECT id, version, event_type, status, created_at, actor, note FROM transaction_event
+        "SELECT id, version, event_type, status, created_at, actor, note, refund_id FROM transaction_event
           WHERE transaction_id = $1 AND version IS NOT NULL
           ORDER BY version",
     )

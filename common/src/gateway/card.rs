@@ -1,7 +1,9 @@
 //! A card acquirer, with the bank semantics of the card networks' test acquirers:
 //! `POST <base>/charges` answers a bank code — `"0"` succeeded, `"100"` failed,
 //! `"200"` pending (settled later by callback) — and `GET <base>/charges/<reference>`
-//! tells the status. The card number is decrypted only into the request body.
+//! tells the status. The card number is decrypted only into the request body. A
+//! refund (`POST <base>/refunds`, `GET <base>/refunds/<reference>`) answers a bank code
+//! too: `"0"` refunded, `"200"` pending, `"100"` refused.
 
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
@@ -12,7 +14,7 @@ use serde_json::json;
 use super::http::{base, exchange, refused, server_error, unreadable, JSON_ACK};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
-    Outcome, PaymentMethod, PaymentOrder,
+    Outcome, PaymentMethod, PaymentOrder, RefundOrder,
 };
 
 pub struct CardAcquirer;
@@ -96,6 +98,44 @@ impl Gateway for CardAcquirer {
         })
     }
 
+    fn refund<'a>(&'a self, call: Call<'a>, order: &'a RefundOrder) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let code = &call.gateway.code;
+            let body = json!({
+                "reference": order.reference,
+                "charge_reference": order.payment_reference,
+                "amount": order.amount.to_string(),
+                "currency": order.currency,
+            });
+            let request = call
+                .http
+                .post(format!("{}/refunds", base(call)))
+                .header("Idempotency-Key", &order.reference)
+                .json(&body);
+            match exchange(request, call.gateway).await {
+                Err(outcome) => outcome,
+                Ok((StatusCode::PAYMENT_REQUIRED, body)) => payment_required(&body),
+                Ok((status, _)) if status.is_server_error() => server_error(code, status),
+                Ok((status, _)) if status.is_client_error() => refused(code, status),
+                Ok((status, body)) => read_refund_answer(code, status, &body),
+            }
+        })
+    }
+
+    fn query_refund<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let code = &call.gateway.code;
+            let url = format!("{}/refunds/{reference}", base(call));
+            match exchange(call.http.get(url), call.gateway).await {
+                Err(outcome) => outcome,
+                Ok((StatusCode::NOT_FOUND, _)) => Outcome::Unknown,
+                Ok((StatusCode::PAYMENT_REQUIRED, body)) => payment_required(&body),
+                Ok((status, _)) if !status.is_success() => server_error(code, status),
+                Ok((status, body)) => read_refund_answer(code, status, &body),
+            }
+        })
+    }
+
     fn callback_identity(&self, body: &[u8]) -> Result<CallbackIdentity, CallbackParseError> {
         serde_json::from_slice(body)
             .map_err(|e| CallbackParseError::Malformed("card", e.to_string()))
@@ -171,9 +211,47 @@ fn read_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
     }
 }
 
+/// A refund's bank codes: `"0"` refunded (settled), `"200"` pending there, `"100"`
+/// refused.
+fn read_refund_answer(code: &str, status: StatusCode, body: &[u8]) -> Outcome {
+    let answer: BankAnswer = match serde_json::from_slice(body) {
+        Ok(answer) => answer,
+        Err(error) => return unreadable(code, status, error),
+    };
+    match (answer.code.as_str(), answer.transaction_id) {
+        ("0", Some(gateway_txn_id)) => Outcome::Completed { gateway_txn_id },
+        ("200", Some(gateway_txn_id)) => Outcome::Accepted { gateway_txn_id },
+        ("100", _) => Outcome::Declined {
+            reason: answer.message.unwrap_or_else(|| "declined".to_owned()),
+        },
+        (other, _) => Outcome::Ambiguous {
+            reason: format!("{code} answered bank code {other:?} to a refund"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refunds_bank_code_zero_is_refunded_and_an_unknown_code_is_ambiguous() {
+        let ok = StatusCode::OK;
+        assert_eq!(
+            read_refund_answer("acq", ok, br#"{"code":"0","transaction_id":"r1"}"#),
+            Outcome::Completed {
+                gateway_txn_id: "r1".into()
+            }
+        );
+        assert!(matches!(
+            read_refund_answer("acq", ok, br#"{"code":"100","message":"exceeds_charge"}"#),
+            Outcome::Declined { .. }
+        ));
+        assert!(matches!(
+            read_refund_answer("acq", ok, br#"{"code":"7","transaction_id":"r1"}"#),
+            Outcome::Ambiguous { .. }
+        ));
+    }
 
     #[test]
     fn a_402_is_a_decline_with_the_reason_the_body_gives() {

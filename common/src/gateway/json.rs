@@ -1,5 +1,6 @@
 //! The JSON REST gateway: `POST <base>/payments` with an `Idempotency-Key`,
-//! `GET <base>/payments/<reference>` for the status, JSON callbacks.
+//! `GET <base>/payments/<reference>` for the status, JSON callbacks; refunds alike under
+//! `<base>/refunds`.
 
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
@@ -8,7 +9,7 @@ use serde::Deserialize;
 use super::http::{base, exchange, refused, server_error, unreadable, JSON_ACK};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
-    Outcome, PaymentMethod, PaymentOrder,
+    Outcome, PaymentMethod, PaymentOrder, RefundOrder,
 };
 
 pub struct JsonGateway;
@@ -66,21 +67,33 @@ impl Gateway for JsonGateway {
     }
 
     fn query<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(ask(call, "payments", reference))
+    }
+
+    fn refund<'a>(&'a self, call: Call<'a>, order: &'a RefundOrder) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let url = format!("{}/payments/{reference}", base(call));
+            let url = format!("{}/refunds", base(call));
+            let request = call
+                .http
+                .post(url)
+                .header("Idempotency-Key", &order.reference)
+                .json(order);
             let code = &call.gateway.code;
-            match exchange(call.http.get(url), call.gateway).await {
+            match exchange(request, call.gateway).await {
                 Err(outcome) => outcome,
-                Ok((StatusCode::NOT_FOUND, _)) => Outcome::Unknown,
+                Ok((status, _)) if status.is_server_error() => server_error(code, status),
                 Ok((status, _))
-                    if status.is_server_error()
-                        || status.is_client_error() && status != StatusCode::PAYMENT_REQUIRED =>
+                    if status.is_client_error() && status != StatusCode::PAYMENT_REQUIRED =>
                 {
-                    server_error(code, status)
+                    refused(code, status)
                 }
                 Ok((status, body)) => read_answer(code, status, &body),
             }
         })
+    }
+
+    fn query_refund<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(ask(call, "refunds", reference))
     }
 
     fn callback_identity(&self, body: &[u8]) -> Result<CallbackIdentity, CallbackParseError> {
@@ -115,6 +128,23 @@ impl Gateway for JsonGateway {
 
     fn callback_ack(&self) -> (&'static str, &'static str) {
         JSON_ACK
+    }
+}
+
+/// A status query about our `reference` under `resource` (`payments`, `refunds`).
+async fn ask(call: Call<'_>, resource: &str, reference: &str) -> Outcome {
+    let url = format!("{}/{resource}/{reference}", base(call));
+    let code = &call.gateway.code;
+    match exchange(call.http.get(url), call.gateway).await {
+        Err(outcome) => outcome,
+        Ok((StatusCode::NOT_FOUND, _)) => Outcome::Unknown,
+        Ok((status, _))
+            if status.is_server_error()
+                || status.is_client_error() && status != StatusCode::PAYMENT_REQUIRED =>
+        {
+            server_error(code, status)
+        }
+        Ok((status, body)) => read_answer(code, status, &body),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Payment gateways: what Paygate asks of one, and an adapter per protocol that speaks
 //! it. Each adapter — one module here — submits a payment, asks for the status of our
-//! reference, verifies and reads the gateway's callbacks, and acknowledges them in the
+//! reference, refunds a payment it charged and asks for the status of that refund,
+//! verifies and reads the gateway's callbacks, and acknowledges them in the
 //! gateway's own format. Everything else (the payment-processor, the api's callback
 //! intake, the callback-processor) speaks only to the [`Gateway`] trait, through the
 //! registry [`ADAPTERS`]: adding a gateway is one module, one line there and a
@@ -62,6 +63,15 @@ pub trait Gateway: Send + Sync {
 
     /// Asks the gateway what became of our `reference`.
     fn query<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome>;
+
+    /// Asks the gateway to refund part or all of a payment it charged, with the
+    /// refund's id as its idempotency key. Its answer is classified like a payment's:
+    /// [`Outcome::Completed`] refunded, [`Outcome::Accepted`] taken and pending there,
+    /// [`Outcome::Declined`] refused, and the rest as for a payment.
+    fn refund<'a>(&'a self, call: Call<'a>, order: &'a RefundOrder) -> BoxFuture<'a, Outcome>;
+
+    /// Asks the gateway what became of the refund `reference`.
+    fn query_refund<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome>;
 
     /// Checks a callback's signature before anything in it is read. Every gateway
     /// Paygate speaks to signs with `X-Paygate-Signature`; an adapter whose gateway signs
@@ -128,6 +138,19 @@ pub struct PaymentOrder {
     /// For card acquirers only; never serialised as it is.
     #[serde(skip)]
     pub card: Option<CardDetails>,
+}
+
+/// A refund we ask a gateway for: of a payment it charged, never of another's.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefundOrder {
+    /// Our refund id: the gateway's idempotency reference for the refund.
+    pub reference: String,
+    /// Our transaction id, the reference the payment was charged under.
+    pub payment_reference: String,
+    /// The gateway's own id for the payment, when it gave one.
+    pub gateway_txn_id: Option<String>,
+    pub amount: Decimal,
+    pub currency: String,
 }
 
 /// How a gateway answered a payment or a status query.

@@ -1,5 +1,5 @@
-//! The SOAP 1.1 gateway: one endpoint (`POST <base>`), `SubmitPayment` and
-//! `QueryPayment` operations in real envelopes with namespaces, `soap:Fault`s mapped to
+//! The SOAP 1.1 gateway: one endpoint (`POST <base>`), `SubmitPayment`,
+//! `QueryPayment`, `RefundPayment` and `QueryRefund` operations in real envelopes with namespaces, `soap:Fault`s mapped to
 //! our outcome classes, and SOAP callbacks acknowledged with a SOAP envelope.
 //!
 //! Bodies are written and read with quick-xml's serde support, never string search.
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::http::{exchange, refused, server_error, unreadable};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
-    Outcome, PaymentMethod, PaymentOrder,
+    Outcome, PaymentMethod, PaymentOrder, RefundOrder,
 };
 
 pub struct SoapGateway;
@@ -57,6 +57,24 @@ enum Operation<'a> {
     Submit(SubmitPayment<'a>),
     #[serde(rename = "pay:QueryPayment")]
     Query(QueryPayment<'a>),
+    #[serde(rename = "pay:RefundPayment")]
+    Refund(RefundPayment<'a>),
+    #[serde(rename = "pay:QueryRefund")]
+    QueryRefund(QueryPayment<'a>),
+}
+
+#[derive(Serialize)]
+struct RefundPayment<'a> {
+    /// The refund's reference: the gateway's idempotency key for it.
+    #[serde(rename = "pay:Reference")]
+    reference: &'a str,
+    /// The reference the payment was charged under.
+    #[serde(rename = "pay:PaymentReference")]
+    payment_reference: &'a str,
+    #[serde(rename = "pay:Amount")]
+    amount: String,
+    #[serde(rename = "pay:Currency")]
+    currency: &'a str,
 }
 
 #[derive(Serialize)]
@@ -84,6 +102,8 @@ impl Operation<'_> {
         match self {
             Operation::Submit(_) => "\"urn:paygate:sim:payments#SubmitPayment\"",
             Operation::Query(_) => "\"urn:paygate:sim:payments#QueryPayment\"",
+            Operation::Refund(_) => "\"urn:paygate:sim:payments#RefundPayment\"",
+            Operation::QueryRefund(_) => "\"urn:paygate:sim:payments#QueryRefund\"",
         }
     }
 }
@@ -115,6 +135,8 @@ struct AnswerBody {
 enum Answer {
     SubmitPaymentResponse(PaymentAnswer),
     QueryPaymentResponse(PaymentAnswer),
+    RefundPaymentResponse(PaymentAnswer),
+    QueryRefundResponse(PaymentAnswer),
     Fault(Fault),
 }
 
@@ -230,6 +252,25 @@ impl Gateway for SoapGateway {
         })
     }
 
+    fn refund<'a>(&'a self, call: Call<'a>, order: &'a RefundOrder) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let operation = Operation::Refund(RefundPayment {
+                reference: &order.reference,
+                payment_reference: &order.payment_reference,
+                amount: order.amount.to_string(),
+                currency: &order.currency,
+            });
+            self.call(call, &operation).await
+        })
+    }
+
+    fn query_refund<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            self.call(call, &Operation::QueryRefund(QueryPayment { reference }))
+                .await
+        })
+    }
+
     fn callback_identity(&self, body: &[u8]) -> Result<CallbackIdentity, CallbackParseError> {
         let body: NotificationBody = read_envelope(body).map_err(malformed)?;
         Ok(CallbackIdentity {
@@ -307,21 +348,22 @@ impl SoapGateway {
 /// What a SOAP answer means for the payment.
 fn classify(code: &str, answer: Answer) -> Outcome {
     match answer {
-        Answer::SubmitPaymentResponse(a) | Answer::QueryPaymentResponse(a) => {
-            match (a.status.as_str(), a.gateway_txn_id) {
-                ("accepted" | "approved" | "pending", Some(gateway_txn_id)) => {
-                    Outcome::Accepted { gateway_txn_id }
-                }
-                ("completed", Some(gateway_txn_id)) => Outcome::Completed { gateway_txn_id },
-                ("declined" | "failed", _) => Outcome::Declined {
-                    reason: a.reason.unwrap_or_else(|| "declined".to_owned()),
-                },
-                ("unknown", _) => Outcome::Unknown,
-                (other, _) => Outcome::Ambiguous {
-                    reason: format!("{code} answered an unknown status {other:?}"),
-                },
+        Answer::SubmitPaymentResponse(a)
+        | Answer::QueryPaymentResponse(a)
+        | Answer::RefundPaymentResponse(a)
+        | Answer::QueryRefundResponse(a) => match (a.status.as_str(), a.gateway_txn_id) {
+            ("accepted" | "approved" | "pending", Some(gateway_txn_id)) => {
+                Outcome::Accepted { gateway_txn_id }
             }
-        }
+            ("completed", Some(gateway_txn_id)) => Outcome::Completed { gateway_txn_id },
+            ("declined" | "failed", _) => Outcome::Declined {
+                reason: a.reason.unwrap_or_else(|| "declined".to_owned()),
+            },
+            ("unknown", _) => Outcome::Unknown,
+            (other, _) => Outcome::Ambiguous {
+                reason: format!("{code} answered an unknown status {other:?}"),
+            },
+        },
         Answer::Fault(fault) => {
             let faultcode = fault.faultcode.rsplit(':').next().unwrap_or_default();
             let detail = fault

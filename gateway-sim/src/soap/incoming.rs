@@ -16,6 +16,19 @@ use super::SOAP_ENVELOPE_NS;
 pub(crate) enum Operation {
     SubmitPayment(SubmitPayment),
     QueryPayment(QueryPayment),
+    RefundPayment(RefundPayment),
+    QueryRefund(QueryPayment),
+}
+
+/// `RefundPayment`: the refund's reference and the payment's.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RefundPayment {
+    pub(crate) reference: String,
+    pub(crate) payment_reference: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub(crate) amount: Decimal,
+    pub(crate) currency: String,
 }
 
 /// `SubmitPayment`; other children (`Kind`, …) change nothing here.
@@ -67,7 +80,7 @@ impl BadRequest {
             BadRequest::Doctype => "DOCTYPE and entity declarations are refused",
             BadRequest::NotAnEnvelope => "the root element is not a SOAP 1.1 Envelope",
             BadRequest::UnknownOperation => {
-                "the body is not a complete SubmitPayment or QueryPayment"
+                "the body is not a complete SubmitPayment, QueryPayment, RefundPayment or QueryRefund"
             }
             BadRequest::MissingReference => "the Reference is empty",
         }
@@ -81,7 +94,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<Operation, BadRequest> {
         quick_xml::de::from_str(xml).map_err(|_| BadRequest::UnknownOperation)?;
     let reference = match &envelope.body.operation {
         Operation::SubmitPayment(submit) => &submit.reference,
-        Operation::QueryPayment(query) => &query.reference,
+        Operation::QueryPayment(query) | Operation::QueryRefund(query) => &query.reference,
+        Operation::RefundPayment(refund) => &refund.reference,
     };
     if reference.trim().is_empty() {
         return Err(BadRequest::MissingReference);
@@ -176,7 +190,7 @@ mod tests {
         assert_eq!(refused(&unclosed), BadRequest::Malformed);
         let no_amount = SUBMIT.replace("<p:Amount>10.00</p:Amount>", "");
         assert_eq!(refused(&no_amount), BadRequest::UnknownOperation);
-        let unknown = SUBMIT.replace("SubmitPayment", "RefundPayment");
+        let unknown = SUBMIT.replace("SubmitPayment", "CancelPayment");
         assert_eq!(refused(&unknown), BadRequest::UnknownOperation);
         let empty = SUBMIT.replace("txn_1 &amp; co", " ");
         assert_eq!(refused(&empty), BadRequest::MissingReference);

@@ -33,13 +33,18 @@ pub(crate) enum Content<'a> {
     SubmitPaymentResponse(PaymentStatus<'a>),
     #[serde(rename = "pay:QueryPaymentResponse")]
     QueryPaymentResponse(PaymentStatus<'a>),
+    #[serde(rename = "pay:RefundPaymentResponse")]
+    RefundPaymentResponse(PaymentStatus<'a>),
+    #[serde(rename = "pay:QueryRefundResponse")]
+    QueryRefundResponse(PaymentStatus<'a>),
     #[serde(rename = "pay:PaymentNotification")]
     PaymentNotification(Notification<'a>),
     #[serde(rename = "soap:Fault")]
     Fault(Fault<'a>),
 }
 
-/// The children of both `SubmitPaymentResponse` and `QueryPaymentResponse`.
+/// The children of every `…Response`: `SubmitPayment`, `QueryPayment`, `RefundPayment`
+/// and `QueryRefund`'s.
 #[derive(Debug, Serialize)]
 pub(crate) struct PaymentStatus<'a> {
     #[serde(rename = "pay:Status")]

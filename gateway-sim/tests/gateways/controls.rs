@@ -306,7 +306,8 @@ async fn the_ledger_lists_every_payment_with_its_gateway_amount_and_whether_it_w
     };
     assert_eq!(
         find(&taken),
-        json!({"gateway": "json", "reference": taken, "charged": true, "amount": "12.30", "currency": "EUR"})
+        json!({"gateway": "json", "reference": taken, "charged": true, "amount": "12.30", "currency": "EUR",
+               "refunded": "0", "refunds": 0})
     );
     assert_eq!(find(&declined)["charged"], false);
 }

@@ -5,5 +5,6 @@
 mod card;
 mod controls;
 mod json;
+mod refunds;
 mod soap;
 mod support;

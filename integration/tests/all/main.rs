@@ -25,6 +25,7 @@ mod openapi;
 mod operators;
 mod outbox;
 mod payouts;
+mod refunds;
 mod routing;
 mod shutdown;
 mod tls_hops;

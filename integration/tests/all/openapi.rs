@@ -21,6 +21,9 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/v1/transactions"),
     ("GET", "/v1/transactions/{id}"),
     ("GET", "/v1/transactions/{id}/events"),
+    ("POST", "/v1/transactions/{id}/refunds"),
+    ("GET", "/v1/transactions/{id}/refunds"),
+    ("GET", "/v1/refunds/{id}"),
     ("GET", "/v1/webhook-deliveries"),
     ("POST", "/v1/webhook-deliveries/{id}/replay"),
     ("POST", "/v1/callbacks/{gateway}"),
@@ -448,5 +451,50 @@ async fn a_route_with_an_unknown_field_is_refused_like_every_other_body() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["field"], "colour", "{body}");
     assert_eq!(api.count("gateway_route").await, 0);
+    api.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_describes_refunds_their_webhooks_and_payment_metadata() {
+    let api = Api::start().await;
+    let document = api.document().await;
+    for kind in ["refund.processing", "refund.completed", "refund.failed"] {
+        assert_eq!(
+            document["webhooks"][kind]["post"]["requestBody"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/RefundWebhook",
+            "{kind}"
+        );
+    }
+    let schemas = &document["components"]["schemas"];
+    let refund = &schemas["RefundView"]["properties"];
+    for field in [
+        "id",
+        "transaction_id",
+        "status",
+        "version",
+        "amount",
+        "metadata",
+    ] {
+        assert!(refund[field].is_object(), "RefundView.{field}: {refund}");
+    }
+    let transaction = &schemas["TransactionView"]["properties"];
+    for field in ["metadata", "amount_refunded"] {
+        assert!(transaction[field].is_object(), "TransactionView.{field}");
+    }
+    assert!(schemas["PaymentRequest"]["properties"]["metadata"].is_object());
+    let create = &document["paths"]["/v1/transactions/{id}/refunds"]["post"];
+    assert!(
+        create["responses"]["202"]["headers"]["Location"].is_object(),
+        "{create}"
+    );
+    let list = &document["paths"]["/v1/transactions"]["get"]["parameters"];
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "metadata" && p["style"] == "deepObject"),
+        "{list}"
+    );
     api.running.stop().await.unwrap();
 }
