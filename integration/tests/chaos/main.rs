@@ -13,7 +13,10 @@
 //! - every status a payment reached was delivered to the merchant under exactly one
 //!   webhook id, and no payment's final state was ever followed by another status;
 //! - the dead-letter topics hold only the stalled payments and payments sent while the
-//!   gateway was overloaded (left unresolved until it answered).
+//!   gateway was overloaded (left unresolved until it answered);
+//! - completed deposits are refunded (in part) while the faults land: every refund
+//!   completes, is refunded once at the gateway that charged, and its `refund.completed`
+//!   reaches the merchant under one webhook id (the money invariant covers refunds).
 //!
 //! `scripts/test` runs the bounded form (one round of faults). `PAYGATE_CHAOS_LONG=1`
 //! runs several rounds at a higher rate.
@@ -157,6 +160,42 @@ pub(crate) async fn send(
     }
 }
 
+/// Refunds 1.00 of `payment` until the api accepts it, with the same `Idempotency-Key`
+/// every time (a refund stored before its answer was lost is answered again, not made
+/// twice). Returns the refund's id.
+async fn refund(http: &reqwest::Client, api: &str, key: &str, payment: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = http
+            .post(format!("{api}/v1/transactions/{payment}/refunds"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", format!("chaos-refund-{payment}"))
+            .timeout(Duration::from_secs(10))
+            .json(&json!({"amount": "1.00", "reason": "chaos"}))
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            if answer.status() == StatusCode::ACCEPTED {
+                let answer: Value = answer.json().await.unwrap();
+                return answer["id"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                answer.status().is_server_error()
+                    || answer.status() == StatusCode::CONFLICT
+                    || answer.status() == StatusCode::TOO_MANY_REQUESTS,
+                "refund of {payment} refused: {} {}",
+                answer.status(),
+                answer.text().await.unwrap_or_default()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refund of {payment} was not accepted within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged_twice_announced_twice_or_overwritten(
 ) {
@@ -200,6 +239,38 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
             }
             for sender in senders {
                 sender.await.unwrap();
+            }
+        }
+    });
+
+    // Refunds of completed deposits while the faults land, each asked until accepted.
+    let refunds: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refunder = tokio::spawn({
+        let (refunds, load_done, http, api, pool) = (
+            refunds.clone(),
+            load_done.clone(),
+            http.clone(),
+            api.clone(),
+            pool.clone(),
+        );
+        let key = merchant.api_key.clone();
+        async move {
+            let mut asked: BTreeSet<String> = BTreeSet::new();
+            while !load_done.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let completed: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM transaction WHERE kind = 'deposit' AND status = 'completed'
+                      ORDER BY created_at LIMIT 50",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                let Some(payment) = completed.into_iter().find(|id| !asked.contains(id)) else {
+                    continue;
+                };
+                asked.insert(payment.clone());
+                let refund = refund(&http, &api, &key, &payment).await;
+                refunds.lock().unwrap().push(refund);
             }
         }
     });
@@ -253,6 +324,12 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
     }
     load_done.cancel();
     load.await.unwrap();
+    refunder.await.unwrap();
+    let refunds = refunds.lock().unwrap().clone();
+    assert!(
+        !refunds.is_empty(),
+        "deposits were refunded during the faults"
+    );
     let sent = sent.lock().unwrap().clone();
     let stalled: BTreeSet<String> = sent
         .iter()
@@ -431,7 +508,40 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
         );
     }
 
-    // Every gateway's books agree with Paygate's.
+    // Every refund completes, and the merchant hears of it under one webhook id (the
+    // uniqueness was checked above with the rest).
+    eventually(
+        "every refund to complete",
+        Duration::from_secs(90),
+        || async {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM refund WHERE id = ANY($1) AND status = 'completed'",
+            )
+            .bind(&refunds)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_default();
+            (done == i64::try_from(refunds.len()).unwrap()).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "a refund.completed webhook for every refund",
+        Duration::from_secs(60),
+        || async {
+            let heard: BTreeSet<String> = webhooks
+                .received()
+                .iter()
+                .map(|w| w.json())
+                .filter(|b| b["type"] == "refund.completed")
+                .map(|b| b["data"]["id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            refunds.iter().all(|id| heard.contains(id)).then_some(())
+        },
+    )
+    .await;
+
+    // Every gateway's books agree with Paygate's, refunds included.
     paygate_testkit::assert_money_invariant(&pool, &[&simulator], paygate_testkit::Moment::Settled)
         .await;
 
@@ -491,8 +601,9 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
         service.terminate().await;
     }
     eprintln!(
-        "chaos: {} payments, {} rounds of faults; runs ended: {}",
+        "chaos: {} payments, {} refunds, {} rounds of faults; runs ended: {}",
         ids.len(),
+        refunds.len(),
         plan.rounds,
         killed.join("; ")
     );
