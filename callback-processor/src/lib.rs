@@ -21,7 +21,8 @@
 //!   committed, and that move is an UPDATE which waits for it: one side always sees the
 //!   other's commit, whatever Redis does;
 //! - one that can never be read is kept as `rejected` with the reason and copied to the
-//!   dead-letter topic.
+//!   dead-letter topic;
+//! - one about a refund (see [`refund`]) settles that refund, under the same rules.
 
 use anyhow::anyhow;
 use prost::Message;
@@ -91,9 +92,13 @@ struct StoredCallback {
     gateway: String,
     content_type: String,
     transaction_id: Option<String>,
+    /// Set when the callback is about one of the payment's refunds.
+    refund_id: Option<String>,
     body: Vec<u8>,
     processed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+mod refund;
 
 /// What became of a callback, as recorded on its inbox row.
 enum Verdict {
@@ -138,7 +143,7 @@ impl CallbackHandler {
     ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         let stored: StoredCallback = sqlx::query_as(
-            "SELECT gateway, content_type, transaction_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
+            "SELECT gateway, content_type, transaction_id, refund_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
         )
         .bind(callback_id.as_str())
         .fetch_optional(&mut *tx)
@@ -182,8 +187,8 @@ impl CallbackHandler {
                 .map_err(|e| e.to_string()),
             None => Err(format!("no adapter speaks {}", gateway.protocol)),
         };
-        let verdict = match parsed {
-            Err(error) => {
+        let verdict = match (parsed, stored.refund_id.as_deref()) {
+            (Err(error), _) => {
                 // It can never be read: kept as rejected, and a copy with the reason on
                 // the dead-letter topic for operators (before the commit, so a failed
                 // copy is retried with the rest).
@@ -194,7 +199,10 @@ impl CallbackHandler {
                     .map_err(HandlerError::transient)?;
                 Verdict::Rejected(error)
             }
-            Ok(notice) => match judge(&transaction, &gateway.code, &notice) {
+            (Ok(notice), Some(refund_id)) => {
+                refund::apply(&mut tx, refund_id, &gateway.code, &notice).await?
+            }
+            (Ok(notice), None) => match judge(&transaction, &gateway.code, &notice) {
                 Judgement::Apply(to, change) => {
                     match transactions::settle(&mut tx, &transaction, to, change).await {
                         Ok(record) => {

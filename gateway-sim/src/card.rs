@@ -59,6 +59,8 @@ async fn refund(State(sim): State<Sim>, Json(request): Json<RefundRequest>) -> R
         payment_reference: request.charge_reference,
         amount: request.amount,
         currency: request.currency,
+        callback: None,
+        callback_url: None,
     };
     render_refund(refunds::refund(&sim, request).await)
 }

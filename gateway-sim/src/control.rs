@@ -116,7 +116,10 @@ async fn replace(
 }
 
 async fn release(State(sim): State<Sim>, Path(reference): Path<String>) -> Response {
-    if sim.remember(|m| m.refunds.release(&reference)) {
+    if let Some(due) = sim.remember(|m| m.refunds.release(&reference)) {
+        for scheduled in due {
+            callback::send_later(&sim, scheduled);
+        }
         return Json(json!({"reference": reference, "released": true})).into_response();
     }
     let Some(due) = sim.remember(|m| m.ledger.release(&reference)) else {

@@ -40,6 +40,8 @@ struct RefundRequest {
     payment_reference: String,
     amount: Decimal,
     currency: String,
+    /// Where to call back about the refund; none, no callback.
+    callback_url: Option<String>,
 }
 
 async fn refund(State(sim): State<Sim>, Json(request): Json<RefundRequest>) -> Response {
@@ -49,8 +51,29 @@ async fn refund(State(sim): State<Sim>, Json(request): Json<RefundRequest>) -> R
         payment_reference: request.payment_reference,
         amount: request.amount,
         currency: request.currency,
+        callback: Some(refund_notification),
+        callback_url: request.callback_url,
     };
     render(refunds::refund(&sim, request).await)
+}
+
+/// The callback about a refund made: the refund's reference, `"completed"`.
+fn refund_notification(request: &refunds::RefundRequest, answer: &Answer) -> Callback {
+    Callback {
+        gateway: Gateway::Json,
+        url: request.callback_url.clone().unwrap_or_default(),
+        content_type: "application/json",
+        body: json!({
+            "event_id": outcome::event_id(),
+            "reference": request.reference,
+            "gateway_txn_id": answer.txn_id,
+            "status": "completed",
+            "amount": request.amount.to_string(),
+            "currency": request.currency,
+            "reason": null,
+        })
+        .to_string(),
+    }
 }
 
 async fn refund_status(State(sim): State<Sim>, Path(reference): Path<String>) -> Response {

@@ -9,13 +9,16 @@
 //! nothing (not remembered), `.06` refunds and then a proxy answers 504, `.07` refunds
 //! and holds the request and every status query open until `POST
 //! /control/release/{reference}`; anything else refunds at once. A gateway answers a
-//! refund synchronously: refunded ("completed") or declined.
+//! refund synchronously: refunded ("completed") or declined. A gateway that was given a
+//! callback URL (the JSON gateway) also calls back about a refund it made, after the
+//! callback delay (a stalled one on its release; none when its callbacks are lost).
 
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 use tokio::sync::watch;
 
+use crate::callback::{self, Callback, Scheduled};
 use crate::flow::Reply;
 use crate::outcome::{Answer, DeclineReason, Scenario, Verdict};
 use crate::state::{Gateway, Sim};
@@ -29,6 +32,10 @@ pub(crate) struct RefundRequest {
     pub(crate) payment_reference: String,
     pub(crate) amount: Decimal,
     pub(crate) currency: String,
+    /// The callback confirming the refund, built by the gateway from the answer it gives
+    /// (`None`: this gateway does not call back about refunds).
+    pub(crate) callback: Option<fn(&RefundRequest, &Answer) -> Callback>,
+    pub(crate) callback_url: Option<String>,
 }
 
 /// A refund as one gateway remembers it.
@@ -38,6 +45,8 @@ struct Refund {
     answer: Answer,
     /// Present for a stalled (`.07`) refund until released.
     stall: Option<watch::Sender<bool>>,
+    /// A stalled refund's callback, sent on release.
+    held_callback: Option<Scheduled>,
 }
 
 /// Every refund the gateways remember, per gateway and refund reference.
@@ -89,20 +98,22 @@ impl RefundBook {
         })
     }
 
-    /// Releases the stalled refund `reference` on any gateway; whether there was one.
-    pub(crate) fn release(&mut self, reference: &str) -> bool {
+    /// Releases the stalled refund `reference` on any gateway: the callbacks now due,
+    /// or `None` when no refund for `reference` was ever stalled.
+    pub(crate) fn release(&mut self, reference: &str) -> Option<Vec<Scheduled>> {
         let mut found = false;
+        let mut due = Vec::new();
         for gateway in Gateway::ALL {
-            if let Some(stall) = self
-                .refunds
-                .get(&(gateway, reference.to_owned()))
-                .and_then(|r| r.stall.as_ref())
-            {
+            let Some(refund) = self.refunds.get_mut(&(gateway, reference.to_owned())) else {
+                continue;
+            };
+            if let Some(stall) = &refund.stall {
                 stall.send_replace(true);
                 found = true;
+                due.extend(refund.held_callback.take());
             }
         }
-        found
+        found.then_some(due)
     }
 }
 
@@ -116,15 +127,29 @@ pub(crate) async fn refund(sim: &Sim, request: RefundRequest) -> Reply {
         sim.pause(answer_delay).await;
         return Reply::Unavailable;
     }
-    let (answer, hold) = sim.remember(|m| {
+    let lost = control.modes(request.gateway).lost_callback;
+    let (answer, hold, send_now) = sim.remember(|m| {
         let key = (request.gateway, request.reference.clone());
-        if let Some(found) = m.refunds.find(key.0, &key.1) {
-            return found;
+        if let Some((answer, hold)) = m.refunds.find(key.0, &key.1) {
+            return (answer, hold, None);
         }
         let verdict = verdict(m, &request, scenario);
         let answer = Answer::new(request.gateway, verdict);
         let stall = (scenario == Scenario::Stall).then(|| watch::channel(false).0);
         let hold = stall.as_ref().map(watch::Sender::subscribe);
+        let scheduled = request
+            .callback
+            .filter(|_| verdict.takes_payment() && !lost && request.callback_url.is_some())
+            .map(|build| Scheduled {
+                callback: build(&request, &answer),
+                delay: sim.config.callback_delay,
+                sends: 1,
+            });
+        let (held_callback, send_now) = if stall.is_some() {
+            (scheduled, None)
+        } else {
+            (None, scheduled)
+        };
         tracing::info!(gateway = ?request.gateway, reference = %request.reference, ?scenario, ?verdict, "refund asked");
         m.refunds.refunds.insert(
             key,
@@ -133,10 +158,14 @@ pub(crate) async fn refund(sim: &Sim, request: RefundRequest) -> Reply {
                 amount: request.amount,
                 answer: answer.clone(),
                 stall,
+                held_callback,
             },
         );
-        (answer, hold)
+        (answer, hold, send_now)
     });
+    if let Some(scheduled) = send_now {
+        callback::send_later(sim, scheduled);
+    }
     if let Some(hold) = hold {
         if !released(sim, hold).await {
             return Reply::ProxyTimeout;

@@ -49,6 +49,8 @@ async fn endpoint(State(sim): State<Sim>, body: Bytes) -> Response {
                 payment_reference: request.payment_reference,
                 amount: request.amount,
                 currency: request.currency,
+                callback: None,
+                callback_url: None,
             };
             render(refunds::refund(&sim, request).await, Answering::Refund)
         }

@@ -3,7 +3,8 @@
 //! reference, under the refund's Redis lock and behind its version fence:
 //! - before each request the attempt is written on the refund with a version bump, so
 //!   a worker whose write is refused asks nobody;
-//! - a definite answer (refunded, pending there, declined) moves the refund;
+//! - a definite answer (refunded, pending there, declined) moves the refund, as does
+//!   the gateway's callback (through the callback-processor);
 //! - a gateway that proves it took nothing (`503`, a refused connection) is asked again
 //!   later; after the last retry the refund is `failed` and its hold on the payment
 //!   given back;
@@ -145,6 +146,7 @@ impl PaymentHandler {
             gateway_txn_id: payment.gateway_txn_id.clone(),
             amount: attempt.amount,
             currency: attempt.currency.clone(),
+            callback_url: format!("{}/{}", self.callback_base, gateway.code),
         };
         let outcome = self
             .call(gateway, "refund", |call| {

@@ -1,4 +1,5 @@
-//! `POST /v1/callbacks/{gateway}`: a gateway tells us how a payment ended.
+//! `POST /v1/callbacks/{gateway}`: a gateway tells us how a payment (or a refund, by
+//! its `rfd_…` reference) ended.
 //!
 //! The signature is checked before the body is read for meaning; an unsigned or
 //! mis-signed callback is 401 and leaves no trace. An accepted one is stored raw in the
@@ -17,8 +18,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use paygate_common::domain::{CallbackId, TransactionId};
+use paygate_common::domain::{CallbackId, RefundId, TransactionId};
 use paygate_common::gateway;
+use paygate_common::refunds;
 use paygate_common::signature::callback;
 use paygate_common::transactions::{self, announce_callback};
 
@@ -80,16 +82,30 @@ pub async fn receive(
             message: e.to_string(),
             field: None,
         })?;
-    let transaction_id: TransactionId = identity
-        .reference
-        .parse()
-        .map_err(|_| ApiError::NotFound("transaction"))?;
+    // A refund's callback names the refund (`rfd_…`): it is kept under its payment, and
+    // only the gateway asked for the refund may speak of it.
+    let (transaction_id, refund_id) = match identity.reference.parse::<RefundId>() {
+        Ok(refund_id) => {
+            let refund = refunds::find(&state.pool, &refund_id)
+                .await?
+                .filter(|r| r.gateway == gateway.code)
+                .ok_or(ApiError::NotFound("refund"))?;
+            (refund.transaction_id, Some(refund_id))
+        }
+        Err(_) => (
+            identity
+                .reference
+                .parse::<TransactionId>()
+                .map_err(|_| ApiError::NotFound("transaction"))?,
+            None,
+        ),
+    };
     paygate_common::trace::record_transaction(transaction_id.as_str());
 
     store(
         &state,
         &gateway.code,
-        &transaction_id,
+        (&transaction_id, refund_id.as_ref()),
         &identity.event_id,
         &content_type,
         &body,
@@ -186,7 +202,7 @@ async fn legacy_signers(
 async fn store(
     state: &AppState,
     gateway: &str,
-    transaction_id: &TransactionId,
+    (transaction_id, refund_id): (&TransactionId, Option<&RefundId>),
     dedup_key: &str,
     content_type: &str,
     body: &[u8],
@@ -201,8 +217,8 @@ async fn store(
     }
     let callback_id = CallbackId::new();
     let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body, refund_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT ON CONSTRAINT gateway_callback_dedup DO NOTHING
          RETURNING id",
     )
@@ -212,6 +228,7 @@ async fn store(
     .bind(dedup_key)
     .bind(content_type)
     .bind(body)
+    .bind(refund_id.map(RefundId::as_str))
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_some() {
@@ -282,7 +299,7 @@ pub async fn receive_legacy(
     store(
         &state,
         &gateway.code,
-        &transaction_id,
+        (&transaction_id, None),
         &gateway::legacy::dedup_key(transaction_id.as_str(), &body),
         gateway::legacy::CONTENT_TYPE,
         &body,

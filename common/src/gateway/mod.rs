@@ -151,6 +151,8 @@ pub struct RefundOrder {
     pub gateway_txn_id: Option<String>,
     pub amount: Decimal,
     pub currency: String,
+    /// Where the gateway posts its callback about the refund (as for a payment).
+    pub callback_url: String,
 }
 
 /// How a gateway answered a payment or a status query.

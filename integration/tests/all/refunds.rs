@@ -500,3 +500,63 @@ async fn the_consoles_payment_page_shows_its_refunds_with_their_history() {
     }
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_whose_answer_never_comes_is_settled_by_the_gateways_signed_callback() {
+    let suite = Suite::start().await;
+    let payment = completed_deposit(&suite, "10.00").await;
+    // `.02`: refunded at once, called back after 50 ms, answered only after 10 s (past
+    // the 2 s timeout): the callback settles it.
+    let (_, _, slow) = refund(&suite, &payment, json!({"amount": "3.02"})).await;
+    let id = slow["id"].as_str().unwrap().to_owned();
+    let done = eventually(
+        "the callback to settle the refund",
+        Duration::from_secs(30),
+        || async {
+            let r = json_of(suite.get(&format!("/v1/refunds/{id}"))).await;
+            (r["status"] == "completed").then_some(r)
+        },
+    )
+    .await;
+    assert!(done["gateway_refund_id"].as_str().is_some(), "{done}");
+    let (outcome, refund_id): (Option<String>, Option<String>) = eventually(
+        "the callback to be processed",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_as(
+                "SELECT outcome, refund_id FROM gateway_callback
+                  WHERE transaction_id = $1 AND refund_id IS NOT NULL AND processed_at IS NOT NULL",
+            )
+            .bind(&payment)
+            .fetch_optional(&suite.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(outcome.as_deref(), Some("applied"));
+    assert_eq!(refund_id.as_deref(), Some(id.as_str()));
+    assert_eq!(booked(&suite, &payment).await, ("3.02".to_owned(), 1));
+
+    // A refund callback for a refund that does not exist is 404 and stores nothing.
+    let body = json!({"event_id": "e-x", "reference": "rfd_00000000000000000000000000000000",
+                      "gateway_txn_id": "x", "status": "completed", "amount": "1.00",
+                      "currency": "USD", "reason": null})
+    .to_string();
+    let signature = paygate_common::signature::callback::sign(
+        paygate_testkit::SIM_JSON_SECRET,
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    );
+    let answer = suite
+        .http
+        .post(format!("{}/v1/callbacks/simjson", suite.api_url))
+        .header("content-type", "application/json")
+        .header(paygate_common::signature::callback::HEADER, signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    suite.stop().await;
+}
