@@ -4,7 +4,9 @@
 //! - before each request the attempt is written on the refund with a version bump, so
 //!   a worker whose write is refused asks nobody;
 //! - a definite answer (refunded, pending there, declined) moves the refund, as does
-//!   the gateway's callback (through the callback-processor);
+//!   the gateway's callback (through the callback-processor); one taken and pending
+//!   there (`processing`) waits for that callback, and the refund sweep asks about it
+//!   once it is stale;
 //! - a gateway that proves it took nothing (`503`, a refused connection) is asked again
 //!   later; after the last retry the refund is `failed` and its hold on the payment
 //!   given back;
@@ -99,6 +101,11 @@ impl PaymentHandler {
                 && refund.status == Status::Pending
                 && !within_settle_window(&refund, &gateway);
             if !unknown_long_enough {
+                if refund.status == Status::Processing {
+                    // Taken there: its callback or the refund sweep's next query settles
+                    // it, not a retry that would run out.
+                    return Ok(Step::Done);
+                }
                 return Ok(retry(
                     format!(
                         "{} gave no definite answer about the refund: {}",
@@ -245,12 +252,9 @@ impl PaymentHandler {
                 Ok(moved) => {
                     tx.commit().await.map_err(HandlerError::transient)?;
                     tracing::info!(refund_id = %moved.id, status = %moved.status, version = moved.version, "refund moved");
-                    return Ok(if moved.status.is_final() {
-                        Step::Done
-                    } else {
-                        // Taken, pending at the gateway: asked again until it settles.
-                        retry(format!("{} is still refunding it", moved.gateway), true)
-                    });
+                    // Final, or taken and `processing` there: its callback, or the
+                    // refund sweep's status query once it is stale, settles it.
+                    return Ok(Step::Done);
                 }
                 Err(RefundTransitionError::Database(error)) => {
                     return Err(HandlerError::transient(error))
@@ -356,14 +360,16 @@ impl PaymentHandler {
     /// Takes up one open refund without progress, as if its message had just arrived;
     /// what does not settle it is noted on it for a human.
     pub async fn recheck_refund(&self, id: &RefundId) -> anyhow::Result<()> {
-        match self.refund_locked(id).await {
-            Ok(Step::Done) => Ok(()),
-            Ok(Step::Retry { reason, .. }) => {
-                refunds::mark_unresolved(&self.pool, id, &reason).await?;
-                Ok(())
+        let reason = match self.refund_locked(id).await {
+            Ok(Step::Done) => "taken by its gateway, which has not settled it".to_owned(),
+            Ok(Step::Retry { reason, .. }) => reason,
+            Err(HandlerError::Permanent(error) | HandlerError::Transient(error)) => {
+                return Err(error)
             }
-            Err(HandlerError::Permanent(error) | HandlerError::Transient(error)) => Err(error),
-        }
+        };
+        // Only a refund still open is noted (mark_unresolved skips a settled one).
+        refunds::mark_unresolved(&self.pool, id, &format!("no progress: {reason}")).await?;
+        Ok(())
     }
 }
 
