@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use paygate_common::domain::{CallbackId, Status, TransactionId};
 use paygate_common::events::proto;
-use paygate_common::gateway::{self, CallbackNotice, CallbackResult};
+use paygate_common::gateway::{self, CallbackNotice, CallbackResult, GatewayCache};
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
 use paygate_common::service::{Listen, Worker};
@@ -59,6 +59,7 @@ impl Application {
             pool: worker.pool.clone(),
             locks: Locks::connect(&settings.redis).await?,
             dead_letters: Producer::new(&settings.kafka)?,
+            gateways: GatewayCache::default(),
         };
         let worker = worker.needs_redis(handler.locks.connection());
         Ok(Application { worker, handler })
@@ -84,15 +85,8 @@ pub struct CallbackHandler {
     locks: Locks,
     /// Copies callbacks that can never be read to the dead-letter topic.
     dead_letters: Producer,
-}
-
-#[derive(sqlx::FromRow)]
-struct StoredCallback {
-    gateway: String,
-    content_type: String,
-    transaction_id: Option<String>,
-    body: Vec<u8>,
-    processed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The gateways, whose adapters read the callbacks.
+    gateways: GatewayCache,
 }
 
 /// What became of a callback, as recorded on its inbox row.
@@ -137,38 +131,33 @@ impl CallbackHandler {
         message: &Inbound,
     ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        let stored: StoredCallback = sqlx::query_as(
-            "SELECT gateway, content_type, transaction_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
-        )
-        .bind(callback_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(HandlerError::transient)?
-        .ok_or_else(|| HandlerError::permanent(anyhow!("callback {callback_id} is not stored")))?;
+        // The row locks, held until the outcome is committed, are what decide "park or
+        // apply": the payment-processor moves the transaction out of `pending` (and
+        // announces parked callbacks) with an UPDATE that waits for them. Redis only
+        // keeps two workers from doing the same work at once.
+        let stored = transactions::callback_for_update(&mut tx, callback_id)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow!("callback {callback_id} is not stored"))
+            })?;
         if stored.processed_at.is_some() {
             tracing::info!(%callback_id, "callback already processed");
             return Ok(());
         }
-        if stored.transaction_id.as_deref() != Some(transaction_id.as_str()) {
+        if stored.transaction.id != *transaction_id {
             return Err(HandlerError::permanent(anyhow!(
                 "callback {callback_id} is not about {transaction_id}"
             )));
         }
-        let gateway = gateway::find(&mut *tx, &stored.gateway)
+        let transaction = stored.transaction;
+        let gateway = self
+            .gateways
+            .find(&self.pool, &stored.gateway)
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| {
                 HandlerError::permanent(anyhow!("gateway {} is gone", stored.gateway))
-            })?;
-        // The row lock, held until the outcome is committed, is what decides "park or
-        // apply": the payment-processor moves the transaction out of `pending` (and
-        // announces parked callbacks) with an UPDATE that waits for it. Redis only
-        // keeps two workers from doing the same work at once.
-        let transaction = transactions::find_for_update(&mut tx, transaction_id)
-            .await
-            .map_err(HandlerError::transient)?
-            .ok_or_else(|| {
-                HandlerError::permanent(anyhow!("transaction {transaction_id} does not exist"))
             })?;
 
         // The original shape (see `gateway::legacy`) is read against its transaction;

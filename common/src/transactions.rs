@@ -124,10 +124,7 @@ impl NewTransaction {
     /// so the answer and the first event can be built before the one statement that
     /// writes them ([`create_at_once`]).
     pub fn pending(&self) -> TransactionRecord {
-        let now = Utc::now();
-        let now = now
-            .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
-            .unwrap_or(now);
+        let now = now_in_database_precision();
         TransactionRecord {
             id: TransactionId::new(),
             merchant_id: self.merchant_id.clone(),
@@ -324,6 +321,45 @@ pub async fn find<'e>(
         .await
 }
 
+/// A stored gateway callback with the transaction it is about, as the
+/// callback-processor reads them.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CallbackWithTransaction {
+    #[sqlx(rename = "callback_gateway")]
+    pub gateway: String,
+    #[sqlx(rename = "callback_content_type")]
+    pub content_type: String,
+    #[sqlx(rename = "callback_body")]
+    pub body: Vec<u8>,
+    #[sqlx(rename = "callback_processed_at")]
+    pub processed_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    pub transaction: TransactionRecord,
+}
+
+/// Reads a stored callback and its transaction and locks both rows until the caller's
+/// database transaction ends (see [`find_for_update`]): one round trip.
+pub async fn callback_for_update(
+    conn: &mut PgConnection,
+    callback: &CallbackId,
+) -> sqlx::Result<Option<CallbackWithTransaction>> {
+    let columns = COLUMNS
+        .split(", ")
+        .map(|column| format!("t.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query_as(&format!(
+        "SELECT c.gateway AS callback_gateway, c.content_type AS callback_content_type,
+                c.body AS callback_body, c.processed_at AS callback_processed_at, {columns}
+           FROM gateway_callback c JOIN transaction t ON t.id = c.transaction_id
+          WHERE c.id = $1
+            FOR UPDATE OF c, t"
+    ))
+    .bind(callback.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
 /// Reads one transaction and locks its row until the caller's database transaction
 /// ends: a decision taken on what it says (park a callback, or apply it) cannot race a
 /// writer, which waits for the lock.
@@ -436,39 +472,77 @@ pub async fn transition(
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let updated: Option<TransactionRecord> = sqlx::query_as(&format!(
-        "UPDATE transaction
-            SET status = $1,
-                gateway = COALESCE($2, gateway),
-                gateway_txn_id = COALESCE($3, gateway_txn_id),
-                failure_reason = COALESCE($4, failure_reason),
-                unresolved_since = NULL,
-                unresolved_checked_at = NULL,
-                version = version + 1,
-                updated_at = now()
-          WHERE id = $5 AND version = $6 AND status = ANY($7)
-      RETURNING {COLUMNS}"
-    ))
-    .bind(to.as_str())
-    .bind(&change.gateway)
-    .bind(&change.gateway_txn_id)
-    .bind(&change.failure_reason)
+    // What it becomes is known before the write (the fence guarantees the row is still
+    // `seen`), so the update and its event are one statement.
+    let mut next = seen.clone();
+    next.status = to;
+    next.gateway = change.gateway.or(next.gateway);
+    next.gateway_txn_id = change.gateway_txn_id.or(next.gateway_txn_id);
+    next.failure_reason = change.failure_reason.or(next.failure_reason);
+    next.unresolved_since = None;
+    next.version += 1;
+    next.updated_at = now_in_database_precision();
+    let event_type = event_type::for_status(to);
+    let event = VersionEvent::new(&next, &event_type, Destination::TransactionsStatus);
+    let moved = sqlx::query(
+        "WITH moved AS (
+             UPDATE transaction
+                SET status = $3, gateway = $4, gateway_txn_id = $5, failure_reason = $6,
+                    unresolved_since = NULL, unresolved_checked_at = NULL,
+                    version = $7, updated_at = $8
+              WHERE id = $1 AND version = $2 AND status = ANY($9)
+          RETURNING id
+         )
+         INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload, published_at)
+         SELECT $10, id, $7, $11, $3, $12, $13, CASE WHEN $12 = 'history' THEN now() END FROM moved",
+    )
     .bind(seen.id.as_str())
     .bind(seen.version)
+    .bind(next.status.as_str())
+    .bind(&next.gateway)
+    .bind(&next.gateway_txn_id)
+    .bind(&next.failure_reason)
+    .bind(next.version)
+    .bind(next.updated_at)
     .bind(&allowed)
-    .fetch_optional(&mut *conn)
+    .bind(event.id.as_str())
+    .bind(event.event_type)
+    .bind(event.destination.as_str())
+    .bind(&event.payload)
+    .execute(&mut *conn)
     .await?;
-    let record = updated.ok_or_else(|| TransitionError::Stale(seen.id.clone()))?;
+    if moved.rows_affected() != 1 {
+        return Err(TransitionError::Stale(seen.id.clone()));
+    }
+    Ok(next)
+}
 
-    record_version(
-        conn,
-        &record,
-        &event_type::for_status(to),
-        Destination::TransactionsStatus,
-        status_changed,
-    )
-    .await?;
-    Ok(record)
+/// Now, to the microsecond PostgreSQL keeps, so a record built here reads back equal.
+fn now_in_database_precision() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}
+
+/// The event announcing a record's version, built before the statement that writes both.
+struct VersionEvent<'a> {
+    id: EventId,
+    event_type: &'a str,
+    destination: Destination,
+    payload: Vec<u8>,
+}
+
+impl<'a> VersionEvent<'a> {
+    fn new(record: &TransactionRecord, event_type: &'a str, destination: Destination) -> Self {
+        let id = EventId::new();
+        let payload = status_changed(id.to_string(), Some(record.to_proto()));
+        VersionEvent {
+            id,
+            event_type,
+            destination,
+            payload,
+        }
+    }
 }
 
 /// Moves `seen` to the final status a gateway reported (`to`): a `pending` payment
@@ -519,35 +593,53 @@ async fn fenced_pending_update(
 ) -> Result<TransactionRecord, TransitionError> {
     // Naming a gateway starts its settle window, unless it is the one already named (a
     // re-submit there keeps the window of the first attempt); forgetting it ends it.
-    let updated: Option<TransactionRecord> = sqlx::query_as(&format!(
-        "UPDATE transaction
-            SET gateway = $3,
-                attempted_at = CASE
-                    WHEN $3::text IS NULL THEN NULL
-                    WHEN gateway IS NOT DISTINCT FROM $3 AND attempted_at IS NOT NULL THEN attempted_at
-                    ELSE now() END,
-                attempted_gateways = CASE
-                    WHEN $3::text IS NULL OR $3 = ANY(attempted_gateways) THEN attempted_gateways
-                    ELSE array_append(attempted_gateways, $3) END,
-                version = version + 1, updated_at = now()
-          WHERE id = $1 AND version = $2 AND status = 'pending'
-      RETURNING {COLUMNS}"
-    ))
+    // Built here, as in [`transition`], so the update and its event are one statement.
+    let now = now_in_database_precision();
+    let mut next = seen.clone();
+    next.attempted_at = match gateway {
+        None => None,
+        Some(code) if seen.gateway.as_deref() == Some(code) && seen.attempted_at.is_some() => {
+            seen.attempted_at
+        }
+        Some(_) => Some(now),
+    };
+    if let Some(code) = gateway {
+        if !next.attempted_gateways.iter().any(|g| g == code) {
+            next.attempted_gateways.push(code.to_owned());
+        }
+    }
+    next.gateway = gateway.map(str::to_owned);
+    next.version += 1;
+    next.updated_at = now;
+    let event = VersionEvent::new(&next, event_type, Destination::History);
+    let moved = sqlx::query(
+        "WITH moved AS (
+             UPDATE transaction
+                SET gateway = $3, attempted_at = $4, attempted_gateways = $5,
+                    version = $6, updated_at = $7
+              WHERE id = $1 AND version = $2 AND status = 'pending'
+          RETURNING id
+         )
+         INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload, published_at)
+         SELECT $8, id, $6, $9, 'pending', $10, $11, now() FROM moved",
+    )
     .bind(seen.id.as_str())
     .bind(seen.version)
-    .bind(gateway)
-    .fetch_optional(&mut *conn)
+    .bind(&next.gateway)
+    .bind(next.attempted_at)
+    .bind(&next.attempted_gateways)
+    .bind(next.version)
+    .bind(next.updated_at)
+    .bind(event.id.as_str())
+    .bind(event.event_type)
+    .bind(event.destination.as_str())
+    .bind(&event.payload)
+    .execute(&mut *conn)
     .await?;
-    let record = updated.ok_or_else(|| TransitionError::Stale(seen.id.clone()))?;
-    record_version(
-        conn,
-        &record,
-        event_type,
-        Destination::History,
-        status_changed,
-    )
-    .await?;
-    Ok(record)
+    if moved.rows_affected() != 1 {
+        return Err(TransitionError::Stale(seen.id.clone()));
+    }
+    Ok(next)
 }
 
 /// The sealed card of a card payment: `(key id, ciphertext, whether a CVV was given)`.
