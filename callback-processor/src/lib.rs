@@ -240,7 +240,9 @@ impl CallbackHandler {
         .execute(&mut *tx)
         .await
         .map_err(HandlerError::transient)?;
-        tx.commit().await.map_err(HandlerError::transient)?;
+        paygate_common::outbox::commit(tx)
+            .await
+            .map_err(HandlerError::transient)?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! matching event in the same database transaction. The event table is the outbox, so
 //! a change and its announcement are committed together or not at all.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor};
@@ -118,51 +118,199 @@ pub struct NewTransaction {
     pub card: Option<SealedCard>,
 }
 
+impl NewTransaction {
+    /// The `pending` record this request becomes, exactly as it will be stored: its id
+    /// and its times (this clock, to the microsecond PostgreSQL keeps) are chosen here,
+    /// so the answer and the first event can be built before the one statement that
+    /// writes them ([`create_at_once`]).
+    pub fn pending(&self) -> TransactionRecord {
+        let now = Utc::now();
+        let now = now
+            .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(now);
+        TransactionRecord {
+            id: TransactionId::new(),
+            merchant_id: self.merchant_id.clone(),
+            kind: self.kind,
+            status: Status::Pending,
+            amount: self.money.amount(),
+            currency: self.money.currency().code().to_owned(),
+            user_id: self.user_id.clone(),
+            country: self.country.map(|c| c.code().to_owned()),
+            reference: self.reference.clone(),
+            gateway: None,
+            gateway_txn_id: None,
+            failure_reason: None,
+            version: 1,
+            payment_method: if self.card.is_some() { "card" } else { "plain" }.to_owned(),
+            card_masked: self.card.as_ref().map(|c| c.masked.clone()),
+            unresolved_since: None,
+            unresolved_reason: None,
+            attempted_at: None,
+            attempted_gateways: Vec::new(),
+            status_checks: 0,
+            review_reason: None,
+            review_since: None,
+            review_detail: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// The answer to an `Idempotency-Key` request, stored with the payment it announced.
+#[derive(Debug)]
+pub struct KeptAnswer<'a> {
+    pub key: &'a str,
+    /// The request's fingerprint.
+    pub request_hash: &'a [u8],
+    pub status_code: i32,
+    pub headers: serde_json::Value,
+    pub body: &'a [u8],
+}
+
+/// What [`create_at_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// The payment, its first event and the kept answer are committed.
+    Created,
+    /// Nothing written: the merchant has limits in this currency, which are checked
+    /// under a lock ([`create`] inside the caller's transaction).
+    Limited,
+    /// Nothing written: the `Idempotency-Key` is already taken (answered, in flight,
+    /// or expired), which the idempotency module sorts out.
+    KeyTaken,
+}
+
+/// Intake in one round trip: one statement, committed on its own, writes the `pending`
+/// transaction `record` (from [`NewTransaction::pending`]), its first event (to
+/// `payments_requested`) and, with an `Idempotency-Key`, the answer to replay — all or
+/// nothing. It writes nothing where the careful path must decide: when the merchant has
+/// limits in the currency, or the key is taken.
+pub async fn create_at_once<'e>(
+    executor: impl PgExecutor<'e>,
+    record: &TransactionRecord,
+    card: Option<&SealedCard>,
+    answer: Option<&KeptAnswer<'_>>,
+) -> sqlx::Result<Intake> {
+    let event_id = EventId::new();
+    let (free, created): (bool, bool) = sqlx::query_as(
+        "WITH guard AS (
+             SELECT NOT EXISTS (SELECT 1 FROM merchant_payout_limit
+                                 WHERE merchant_id = $2 AND currency = $5) AS free
+         ), kept AS (
+             INSERT INTO idempotency_key (merchant_id, key, request_hash, status_code,
+                                          response_headers, response_body)
+             SELECT $2, $16, $17, $18, $19, $20 WHERE $16::text IS NOT NULL AND (SELECT free FROM guard)
+             ON CONFLICT (merchant_id, key) DO NOTHING
+             RETURNING 1
+         ), created AS (
+             INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
+                                      reference, payment_method, card_masked, card_key_id, card_ciphertext,
+                                      card_cvv_given, created_at, updated_at)
+             SELECT $1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false), $14, $14
+              WHERE (SELECT free FROM guard) AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM kept))
+             RETURNING id
+         ), announced AS (
+             INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload)
+             SELECT $21, id, 1, $22, 'pending', $23, $15 FROM created
+         )
+         SELECT (SELECT free FROM guard), EXISTS (SELECT 1 FROM created)",
+    )
+    .bind(record.id.as_str())
+    .bind(record.merchant_id.as_str())
+    .bind(record.kind.as_str())
+    .bind(record.amount)
+    .bind(&record.currency)
+    .bind(&record.user_id)
+    .bind(&record.country)
+    .bind(&record.reference)
+    .bind(&record.payment_method)
+    .bind(card.map(|c| &c.masked))
+    .bind(card.map(|c| &c.key_id))
+    .bind(card.map(|c| &c.ciphertext))
+    .bind(card.map(|c| c.cvv_given))
+    .bind(record.created_at)
+    .bind(first_event_payload(&event_id, record))
+    .bind(answer.map(|a| a.key))
+    .bind(answer.map(|a| a.request_hash))
+    .bind(answer.map(|a| a.status_code))
+    .bind(answer.map(|a| &a.headers))
+    .bind(answer.map(|a| a.body))
+    .bind(event_id.as_str())
+    .bind(event_type::CREATED)
+    .bind(Destination::PaymentsRequested.as_str())
+    .fetch_one(executor)
+    .await?;
+    Ok(match (free, created) {
+        (_, true) => Intake::Created,
+        (false, false) => Intake::Limited,
+        (true, false) => Intake::KeyTaken,
+    })
+}
+
+fn first_event_payload(event_id: &EventId, record: &TransactionRecord) -> Vec<u8> {
+    proto::PaymentRequested {
+        event_id: event_id.to_string(),
+        transaction: Some(record.to_proto()),
+    }
+    .encode_to_vec()
+}
+
 /// Inserts a `pending` transaction and its first event (to `payments_requested`).
 /// Run it inside the caller's database transaction.
 pub async fn create(
     conn: &mut PgConnection,
     new: NewTransaction,
 ) -> sqlx::Result<TransactionRecord> {
-    let id = TransactionId::new();
-    let record: TransactionRecord = sqlx::query_as(&format!(
+    let record = new.pending();
+    insert_pending(conn, &record, new.card.as_ref()).await?;
+    Ok(record)
+}
+
+/// Inserts `record` (from [`NewTransaction::pending`]) and its first event; the
+/// careful path of intake, inside the caller's database transaction.
+pub async fn insert_pending(
+    conn: &mut PgConnection,
+    record: &TransactionRecord,
+    card: Option<&SealedCard>,
+) -> sqlx::Result<()> {
+    sqlx::query(
         "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
                                   reference, payment_method, card_masked, card_key_id, card_ciphertext,
-                                  card_cvv_given)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false))
-         RETURNING {COLUMNS}"
-    ))
-    .bind(id.as_str())
-    .bind(new.merchant_id.as_str())
-    .bind(new.kind.as_str())
-    .bind(new.money.amount())
-    .bind(new.money.currency().code())
-    .bind(&new.user_id)
-    .bind(new.country.map(|c| c.code()))
-    .bind(&new.reference)
-    .bind(if new.card.is_some() { "card" } else { "plain" })
-    .bind(new.card.as_ref().map(|c| &c.masked))
-    .bind(new.card.as_ref().map(|c| &c.key_id))
-    .bind(new.card.as_ref().map(|c| &c.ciphertext))
-    .bind(new.card.as_ref().map(|c| c.cvv_given))
-    .fetch_one(&mut *conn)
+                                  card_cvv_given, created_at, updated_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false), $14, $14)",
+    )
+    .bind(record.id.as_str())
+    .bind(record.merchant_id.as_str())
+    .bind(record.kind.as_str())
+    .bind(record.amount)
+    .bind(&record.currency)
+    .bind(&record.user_id)
+    .bind(&record.country)
+    .bind(&record.reference)
+    .bind(&record.payment_method)
+    .bind(card.map(|c| &c.masked))
+    .bind(card.map(|c| &c.key_id))
+    .bind(card.map(|c| &c.ciphertext))
+    .bind(card.map(|c| c.cvv_given))
+    .bind(record.created_at)
+    .execute(&mut *conn)
     .await?;
-
-    record_version(
+    let event_id = EventId::new();
+    append_event(
         conn,
-        &record,
-        event_type::CREATED,
-        Destination::PaymentsRequested,
-        |event_id, transaction| {
-            proto::PaymentRequested {
-                event_id,
-                transaction,
-            }
-            .encode_to_vec()
+        &NewEvent {
+            id: &event_id,
+            transaction_id: &record.id,
+            version: Some(record.version),
+            event_type: event_type::CREATED,
+            status: Some(record.status),
+            destination: Destination::PaymentsRequested,
+            payload: &first_event_payload(&event_id, record),
         },
     )
-    .await?;
-    Ok(record)
+    .await
 }
 
 /// Reads one transaction.
@@ -718,6 +866,89 @@ pub async fn append_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> sqlx
     Ok(())
 }
 
+/// A verified gateway callback to keep.
+#[derive(Debug)]
+pub struct NewCallback<'a> {
+    pub gateway: &'a str,
+    pub transaction_id: &'a TransactionId,
+    /// What makes two deliveries of one callback the same (per gateway).
+    pub dedup_key: &'a str,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+}
+
+/// What [`store_callback`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackStored {
+    /// Kept and announced to the callback-processor, under this id.
+    Stored(CallbackId),
+    /// The same callback was kept before: nothing written.
+    Duplicate,
+    /// No such transaction: nothing written.
+    UnknownTransaction,
+}
+
+/// Keeps a verified callback once per (gateway, `dedup_key`) with its announcement to the
+/// callback-processor: one statement, committed on its own, all or nothing.
+pub async fn store_callback<'e>(
+    executor: impl PgExecutor<'e>,
+    callback: &NewCallback<'_>,
+) -> sqlx::Result<CallbackStored> {
+    let callback_id = CallbackId::new();
+    let event_id = EventId::new();
+    let (known, stored): (bool, bool) = sqlx::query_as(
+        "WITH known AS (
+             SELECT id FROM transaction WHERE id = $3
+         ), stored AS (
+             INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body)
+             SELECT $1, $2, id, $4, $5, $6 FROM known
+             ON CONFLICT ON CONSTRAINT gateway_callback_dedup DO NOTHING
+             RETURNING transaction_id
+         ), announced AS (
+             INSERT INTO transaction_event (id, transaction_id, event_type, destination, payload)
+             SELECT $7, transaction_id, $8, $9, $10 FROM stored
+         )
+         SELECT EXISTS (SELECT 1 FROM known), EXISTS (SELECT 1 FROM stored)",
+    )
+    .bind(callback_id.as_str())
+    .bind(callback.gateway)
+    .bind(callback.transaction_id.as_str())
+    .bind(callback.dedup_key)
+    .bind(callback.content_type)
+    .bind(callback.body)
+    .bind(event_id.as_str())
+    .bind(event_type::CALLBACK_RECEIVED)
+    .bind(Destination::GatewayCallbacks.as_str())
+    .bind(callback_announcement(
+        &event_id,
+        &callback_id,
+        callback.gateway,
+        callback.transaction_id,
+    ))
+    .fetch_one(executor)
+    .await?;
+    Ok(match (known, stored) {
+        (false, _) => CallbackStored::UnknownTransaction,
+        (true, true) => CallbackStored::Stored(callback_id),
+        (true, false) => CallbackStored::Duplicate,
+    })
+}
+
+fn callback_announcement(
+    event_id: &EventId,
+    callback_id: &CallbackId,
+    gateway: &str,
+    transaction_id: &TransactionId,
+) -> Vec<u8> {
+    proto::CallbackReceived {
+        event_id: event_id.to_string(),
+        callback_id: callback_id.to_string(),
+        gateway: gateway.to_owned(),
+        transaction_id: transaction_id.to_string(),
+    }
+    .encode_to_vec()
+}
+
 /// Announces a stored gateway callback to the callback-processor (an outbox event to
 /// `gateway_callbacks`). Run it in the database transaction that stored the callback.
 pub async fn announce_callback(
@@ -727,13 +958,7 @@ pub async fn announce_callback(
     transaction_id: &TransactionId,
 ) -> sqlx::Result<()> {
     let event_id = EventId::new();
-    let payload = proto::CallbackReceived {
-        event_id: event_id.to_string(),
-        callback_id: callback_id.to_string(),
-        gateway: gateway.to_owned(),
-        transaction_id: transaction_id.to_string(),
-    }
-    .encode_to_vec();
+    let payload = callback_announcement(&event_id, callback_id, gateway, transaction_id);
     append_event(
         conn,
         &NewEvent {

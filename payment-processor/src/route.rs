@@ -91,7 +91,9 @@ impl PaymentHandler {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         match transactions::record_attempt(&mut tx, seen, &gateway.code).await {
             Ok(record) => {
-                tx.commit().await.map_err(HandlerError::transient)?;
+                paygate_common::outbox::commit(tx)
+                    .await
+                    .map_err(HandlerError::transient)?;
                 Ok(Some(record))
             }
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
@@ -111,7 +113,9 @@ impl PaymentHandler {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         match transactions::release_attempt(&mut tx, transaction).await {
             Ok(record) => {
-                tx.commit().await.map_err(HandlerError::transient)?;
+                paygate_common::outbox::commit(tx)
+                    .await
+                    .map_err(HandlerError::transient)?;
                 Ok(Some(record))
             }
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),

@@ -17,10 +17,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use paygate_common::domain::{CallbackId, TransactionId};
+use paygate_common::domain::TransactionId;
 use paygate_common::gateway;
 use paygate_common::signature::callback;
-use paygate_common::transactions::{self, announce_callback};
+use paygate_common::transactions::{self, CallbackStored, NewCallback};
 
 use crate::http::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -181,8 +181,8 @@ async fn legacy_signers(
 }
 
 /// Stores a verified callback once per (gateway, `dedup_key`) with its announcement to
-/// the callback-processor, in one database transaction; a repeat is acknowledged and
-/// changes nothing.
+/// the callback-processor, in one statement; a repeat is acknowledged and changes
+/// nothing.
 async fn store(
     state: &AppState,
     gateway: &str,
@@ -191,36 +191,23 @@ async fn store(
     content_type: &str,
     body: &[u8],
 ) -> Result<()> {
-    let mut tx = state.pool.begin().await?;
-    let known: Option<String> = sqlx::query_scalar("SELECT id FROM transaction WHERE id = $1")
-        .bind(transaction_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-    if known.is_none() {
-        return Err(ApiError::NotFound("transaction"));
+    let callback = NewCallback {
+        gateway,
+        transaction_id,
+        dedup_key,
+        content_type,
+        body,
+    };
+    match transactions::store_callback(&state.pool, &callback).await? {
+        CallbackStored::UnknownTransaction => return Err(ApiError::NotFound("transaction")),
+        CallbackStored::Stored(callback_id) => {
+            paygate_common::outbox::committed();
+            tracing::info!(gateway, %transaction_id, %callback_id, "callback stored");
+        }
+        CallbackStored::Duplicate => {
+            tracing::info!(gateway, %transaction_id, "duplicate callback acknowledged");
+        }
     }
-    let callback_id = CallbackId::new();
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT ON CONSTRAINT gateway_callback_dedup DO NOTHING
-         RETURNING id",
-    )
-    .bind(callback_id.as_str())
-    .bind(gateway)
-    .bind(transaction_id.as_str())
-    .bind(dedup_key)
-    .bind(content_type)
-    .bind(body)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_some() {
-        announce_callback(&mut tx, &callback_id, gateway, transaction_id).await?;
-        tracing::info!(gateway, %transaction_id, %callback_id, "callback stored");
-    } else {
-        tracing::info!(gateway, %transaction_id, "duplicate callback acknowledged");
-    }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
 use paygate_common::events::TransactionView;
-use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
+use paygate_common::transactions::{self, Intake, NewTransaction, TransactionRecord};
 
 use crate::http::error::responses::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
@@ -449,6 +449,12 @@ fn legacy(body: &RawBody) -> Result<PaymentRequest> {
     Ok(parse_json::<LegacyRequest>(&body.bytes)?.into())
 }
 
+/// Intake. The common case is one statement ([`transactions::create_at_once`]): the
+/// record, the answer and the first event are built first, then written together, with
+/// the `Idempotency-Key` claimed and completed in the same statement. Where that
+/// statement leaves the decision to the careful path — the merchant has limits in the
+/// currency (checked under a lock), or the key is taken (a replay, a request in flight)
+/// — the same record goes through [`careful`].
 async fn create(
     state: AppState,
     merchant: Merchant,
@@ -459,50 +465,66 @@ async fn create(
     kind: Kind,
 ) -> Result<Response> {
     let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
-    let key = match idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)? {
+    let key = idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)?;
+    if new.country.is_none() {
+        new.country = customer_country(&state.pool, &merchant, &new.user_id).await?;
+    }
+    let record = new.pending();
+    let answer = Answer::render(Format::wanted(headers), &record).await?;
+    if let Some(cvv) = &cvv {
+        // Kept before the payment is written: a write that fails leaves it to expire.
+        state
+            .cvvs
+            .put(&record.id, cvv)
+            .await
+            .map_err(ApiError::Unavailable)?;
+    }
+    let kept = key
+        .as_ref()
+        .map(|key| key.kept(answer.status, &answer.headers, &answer.body));
+    let intake =
+        transactions::create_at_once(&state.pool, &record, new.card.as_ref(), kept.as_ref())
+            .await?;
+    if intake != Intake::Created {
+        if let Some(replay) = careful(&state, &merchant, key, &new, &record, &answer).await? {
+            return Ok(replay);
+        }
+    }
+    paygate_common::outbox::committed();
+    paygate_common::trace::record_transaction(record.id.as_str());
+    tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
+    Ok(answer.into_response())
+}
+
+/// The careful path of intake: claims the key on its own (a replay, returned, or a
+/// conflict ends here), then checks the merchant's limits under a lock and writes the
+/// payment, its event and the answer in one database transaction.
+async fn careful(
+    state: &AppState,
+    merchant: &Merchant,
+    key: Option<idempotency::IdempotencyKey>,
+    new: &NewTransaction,
+    record: &TransactionRecord,
+    answer: &Answer,
+) -> Result<Option<Response>> {
+    let key = match key {
         None => None,
         Some(key) => match key.claim(&state.pool).await? {
-            Claim::Replay(response) => return Ok(response),
+            Claim::Replay(response) => return Ok(Some(response)),
             Claim::Fresh(key) => Some(key),
         },
     };
-    let format = Format::wanted(headers);
     let result = async {
         let mut tx = state.pool.begin().await?;
-        if new.country.is_none() {
-            new.country = customer_country(&mut tx, &merchant, &new.user_id).await?;
-        }
         // Refused here, the transaction rolls back: nothing of it is written.
-        crate::merchant::payouts::reserve(&mut tx, &merchant.id, &new.money, kind).await?;
-        let record = transactions::create(&mut tx, new).await?;
-        paygate_common::trace::record_transaction(record.id.as_str());
-        if let Some(cvv) = &cvv {
-            // Kept before the commit: a commit that fails leaves it to expire.
-            state.cvvs.put(&record.id, cvv).await.map_err(ApiError::Unavailable)?;
-        }
-        let response = format.render(StatusCode::ACCEPTED, "transaction", &view(&record));
-        let (parts, response_body) = response.into_parts();
-        let bytes = axum::body::to_bytes(response_body, usize::MAX)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let location = HeaderValue::from_str(&format!("/v1/transactions/{}", record.id))
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let mut kept: Vec<(HeaderName, HeaderValue)> = vec![(LOCATION, location)];
-        if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
-            kept.push((CONTENT_TYPE, content_type.clone()));
-        }
+        crate::merchant::payouts::reserve(&mut tx, &merchant.id, &new.money, new.kind).await?;
+        transactions::insert_pending(&mut tx, record, new.card.as_ref()).await?;
         if let Some(key) = &key {
-            key.complete(&mut tx, parts.status, &kept, &bytes).await?;
+            key.complete(&mut tx, answer.status, &answer.headers, &answer.body)
+                .await?;
         }
         tx.commit().await?;
-        tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
-        // `insert`, not `extend`: the bytes' own `application/octet-stream` must be
-        // replaced by the rendered content type, not joined by it.
-        let mut response = (parts.status, bytes).into_response();
-        for (name, value) in kept {
-            response.headers_mut().insert(name, value);
-        }
-        Ok::<_, ApiError>(response)
+        Ok::<_, ApiError>(None)
     }
     .await;
     if result.is_err() {
@@ -513,9 +535,48 @@ async fn create(
     result
 }
 
+/// The 202 answer to a payment, rendered once: sent, and kept for replays.
+struct Answer {
+    status: StatusCode,
+    /// `Location` and `Content-Type`, as sent and as replayed.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: axum::body::Bytes,
+}
+
+impl Answer {
+    async fn render(format: Format, record: &TransactionRecord) -> Result<Answer> {
+        let response = format.render(StatusCode::ACCEPTED, "transaction", &view(record));
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let location = HeaderValue::from_str(&format!("/v1/transactions/{}", record.id))
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let mut headers: Vec<(HeaderName, HeaderValue)> = vec![(LOCATION, location)];
+        if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
+            headers.push((CONTENT_TYPE, content_type.clone()));
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers,
+            body,
+        })
+    }
+
+    fn into_response(self) -> Response {
+        // `insert`, not `extend`: the bytes' own `application/octet-stream` must be
+        // replaced by the rendered content type, not joined by it.
+        let mut response = (self.status, self.body).into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
 /// The country on record for the merchant's user, if any.
 async fn customer_country(
-    conn: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
     merchant: &Merchant,
     user_id: &str,
 ) -> Result<Option<Country>> {
@@ -523,7 +584,7 @@ async fn customer_country(
         sqlx::query_scalar("SELECT country FROM customer WHERE merchant_id = $1 AND user_id = $2")
             .bind(merchant.id.as_str())
             .bind(user_id)
-            .fetch_optional(conn)
+            .fetch_optional(pool)
             .await?;
     Ok(stored.and_then(|c| c.parse().ok()))
 }
