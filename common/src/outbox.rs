@@ -37,7 +37,7 @@
 //!   poll and nothing else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +88,13 @@ pub struct Relay {
     id: String,
     /// Rows this relay set aside since it started.
     set_aside: Arc<AtomicU64>,
+    /// Where this relay's next claim starts its scan: the lowest row its last claim
+    /// considered. Below it lie mostly rows already published, whose dead index entries
+    /// a scan from the start would wade through under load (seconds per claim once the
+    /// backlog is large and vacuum lags). Zero scans everything: after a claim that found
+    /// nothing and at every poll, so what waits below (a dead relay's expired claim) is
+    /// never left behind.
+    low: AtomicI64,
 }
 
 /// A claimed row, as it is published.
@@ -100,6 +107,8 @@ pub struct Claimed {
     pub destination: String,
     pub payload: Vec<u8>,
     pub publish_attempts: i32,
+    /// The lowest row the claim considered (where the relay's next scan starts).
+    pub low: Option<i64>,
 }
 
 /// What became of each row of a published batch.
@@ -165,6 +174,7 @@ impl Relay {
             unknown_topic_attempts: settings.unknown_topic_attempts,
             id: format!("relay_{}", uuid::Uuid::new_v4().simple()),
             set_aside: Arc::default(),
+            low: AtomicI64::new(0),
         })
     }
 
@@ -199,7 +209,9 @@ impl Relay {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = tokio::time::sleep(self.poll_interval) => {
+                    self.low.store(0, Ordering::Relaxed);
+                }
                 () = &mut woken => {
                     // Let the commits that come right after this one gather, so under
                     // load one claim takes many of them.
@@ -249,15 +261,18 @@ impl Relay {
     /// crowd a batch out. The earlier-row look-ups say `COALESCE(published_at,
     /// set_aside_at) IS NULL` so they can only use
     /// `transaction_event_unpublished_by_transaction` (see migration `20261128000005`):
-    /// a probe per candidate, never a scan of the backlog.
+    /// a probe per candidate, never a scan of the backlog. The mark says only
+    /// `seq = ANY($4)`, so the primary key serves it; the statement is planned for its
+    /// parameters each time (see below).
     pub async fn claim_after(&self, acknowledged: &[i64]) -> sqlx::Result<Vec<Claimed>> {
         sqlx::query_as(
             "WITH marked AS (
                  UPDATE transaction_event SET published_at = now(), claimed_until = NULL
-                  WHERE seq = ANY($4) AND published_at IS NULL
+                  WHERE seq = ANY($4)
              ), candidate AS (
                  SELECT seq, transaction_id FROM transaction_event t
                   WHERE published_at IS NULL AND set_aside_at IS NULL AND seq <> ALL($4)
+                    AND seq >= $5
                     AND (claimed_until IS NULL OR claimed_until < now())
                     AND NOT EXISTS (
                         SELECT 1 FROM transaction_event held
@@ -282,16 +297,23 @@ impl Relay {
                FROM ready
               WHERE e.seq = ready.seq
           RETURNING e.seq, e.id, e.transaction_id, e.event_type, e.destination, e.payload,
-                    e.publish_attempts",
+                    e.publish_attempts, (SELECT min(seq) FROM candidate) AS low",
         )
         .bind(self.batch_size)
         .bind(self.lease.as_secs_f64())
         .bind(&self.id)
         .bind(acknowledged)
+        .bind(self.low.load(Ordering::Relaxed))
+        // Planned for its parameters every time: a plan cached while the table was
+        // nearly empty marks the batch with a sequential scan of the whole outbox,
+        // which under load took most of a core (seen with auto_explain).
+        .persistent(false)
         .fetch_all(&self.pool)
         .await
         .map(|mut rows: Vec<Claimed>| {
             rows.sort_by_key(|r| r.seq);
+            let low = rows.iter().filter_map(|r| r.low).min().unwrap_or(0);
+            self.low.store(low, Ordering::Relaxed);
             rows
         })
     }
@@ -414,6 +436,7 @@ impl Relay {
               WHERE seq = ANY($1)",
         )
         .bind(acknowledged)
+        .persistent(false)
         .execute(&self.pool)
         .await?;
         Ok(())

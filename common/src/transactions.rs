@@ -338,7 +338,10 @@ pub struct CallbackWithTransaction {
 }
 
 /// Reads a stored callback and its transaction and locks both rows until the caller's
-/// database transaction ends (see [`find_for_update`]): one round trip.
+/// database transaction ends (see [`find_for_update`]): one round trip. `NO KEY UPDATE`,
+/// the lock an UPDATE takes: it serializes every writer of the rows, but not the
+/// foreign-key checks of rows that point at them (an event, a webhook delivery), which a
+/// plain `FOR UPDATE` would hold up for as long as the lock is held.
 pub async fn callback_for_update(
     conn: &mut PgConnection,
     callback: &CallbackId,
@@ -353,7 +356,7 @@ pub async fn callback_for_update(
                 c.body AS callback_body, c.processed_at AS callback_processed_at, {columns}
            FROM gateway_callback c JOIN transaction t ON t.id = c.transaction_id
           WHERE c.id = $1
-            FOR UPDATE OF c, t"
+            FOR NO KEY UPDATE OF c, t"
     ))
     .bind(callback.as_str())
     .fetch_optional(conn)
@@ -368,7 +371,7 @@ pub async fn find_for_update(
     id: &TransactionId,
 ) -> sqlx::Result<Option<TransactionRecord>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM transaction WHERE id = $1 FOR UPDATE"
+        "SELECT {COLUMNS} FROM transaction WHERE id = $1 FOR NO KEY UPDATE"
     ))
     .bind(id.as_str())
     .fetch_optional(conn)
