@@ -71,6 +71,27 @@ ensure_cargo_deny() {
         --root "$PAYGATE_TOOLS_DIR/cargo-deny-$CARGO_DENY_VERSION" --quiet
 }
 
+# mdBook, which builds the book under docs/, built once from crates.io into the tools
+# directory (without its `serve` and `watch` features, which the checks do not use).
+MDBOOK_VERSION="0.5.4"
+MDBOOK="$PAYGATE_TOOLS_DIR/mdbook-$MDBOOK_VERSION/bin/mdbook"
+ensure_mdbook() {
+    if [ -x "$MDBOOK" ]; then return; fi
+    log "building mdbook $MDBOOK_VERSION (once; a few minutes on 2 cores)"
+    cargo install mdbook --version "$MDBOOK_VERSION" --locked --no-default-features \
+        --features search --root "$PAYGATE_TOOLS_DIR/mdbook-$MDBOOK_VERSION" --quiet
+}
+
+# Builds the book into <dir> and checks every internal link and every command in it
+# and in the README against the code (scripts/check-docs, which first proves it
+# catches planted mistakes).
+check_book() { # dir
+    ensure_mdbook
+    "$MDBOOK" build "$PAYGATE_ROOT/docs" --dest-dir "$1" || die "mdbook could not build the book (docs/)"
+    "$PAYGATE_ROOT/scripts/check-docs" --self-test
+    "$PAYGATE_ROOT/scripts/check-docs" "$1"
+}
+
 # The Kafka-protocol broker, built once from crates.io into the tools directory.
 ensure_tansu() {
     if [ -x "$TANSU" ]; then return; fi

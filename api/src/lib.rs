@@ -74,7 +74,7 @@ pub struct AppState {
     pub cvvs: CvvVault,
     pub limiter: RateLimiter,
     /// Gateways as callbacks look them up.
-    pub gateways: callbacks::GatewayCache,
+    pub gateways: paygate_common::gateway::GatewayCache,
     /// What `/readyz` checks: PostgreSQL, Redis and the broker.
     pub readiness: Readiness,
     /// Merchants' API keys as requests check them.
@@ -311,7 +311,7 @@ impl Application {
                 fingerprints,
                 cvvs,
                 limiter,
-                gateways: callbacks::GatewayCache::default(),
+                gateways: paygate_common::gateway::GatewayCache::default(),
                 readiness,
                 api_keys,
                 clients,

@@ -1,7 +1,11 @@
 //! Paygate's callback-processor: consumes `paygate.gateway.callbacks`, reads the stored
-//! callback through its gateway's adapter, and applies it to the transaction under the
-//! transaction's Redis lock with a version-checked update (the version is the fencing
-//! token, so a lock that expired mid-way can never corrupt state).
+//! callback through its gateway's adapter, and applies it to the transaction with a
+//! version-checked update, under the row locks of the callback and the transaction
+//! (`SELECT … FOR NO KEY UPDATE`, one statement) held until the outcome is committed. It takes
+//! no Redis lock: its whole effect is that one database transaction, so the row locks
+//! already serialize two workers on one callback (the second finds it processed) or on
+//! one transaction (each judges the row as the other left it), and a Redis lock would
+//! only add two round trips per callback.
 //!
 //! - a result for a `processing` transaction moves it to `completed` or `failed`;
 //! - one from the gateway that holds an unresolved `pending` payment (its attempt there
@@ -17,7 +21,7 @@
 //! - one that overtook the processor (the transaction is still `pending`) is parked:
 //!   left unprocessed, and announced again by the payment-processor in the database
 //!   transaction that moves the transaction out of `pending`. The choice is made under
-//!   the transaction's row lock (`SELECT … FOR UPDATE`), held until the outcome is
+//!   the transaction's row lock (`SELECT … FOR NO KEY UPDATE`), held until the outcome is
 //!   committed, and that move is an UPDATE which waits for it: one side always sees the
 //!   other's commit, whatever Redis does;
 //! - one that can never be read is kept as `rejected` with the reason and copied to the
@@ -31,9 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use paygate_common::domain::{CallbackId, Status, TransactionId};
 use paygate_common::events::proto;
-use paygate_common::gateway::{self, CallbackNotice, CallbackResult};
+use paygate_common::gateway::{self, CallbackNotice, CallbackResult, GatewayCache, GatewayRecord};
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
-use paygate_common::lock::Locks;
 use paygate_common::service::{Listen, Worker};
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
 use paygate_common::Settings;
@@ -58,10 +61,9 @@ impl Application {
         .await?;
         let handler = CallbackHandler {
             pool: worker.pool.clone(),
-            locks: Locks::connect(&settings.redis).await?,
             dead_letters: Producer::new(&settings.kafka)?,
+            gateways: GatewayCache::default(),
         };
-        let worker = worker.needs_redis(handler.locks.connection());
         Ok(Application { worker, handler })
     }
 
@@ -82,20 +84,10 @@ impl Application {
 /// Applies one stored callback.
 pub struct CallbackHandler {
     pool: PgPool,
-    locks: Locks,
     /// Copies callbacks that can never be read to the dead-letter topic.
     dead_letters: Producer,
-}
-
-#[derive(sqlx::FromRow)]
-struct StoredCallback {
-    gateway: String,
-    content_type: String,
-    transaction_id: Option<String>,
-    /// Set when the callback is about one of the payment's refunds.
-    refund_id: Option<String>,
-    body: Vec<u8>,
-    processed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The gateways, whose adapters read the callbacks.
+    gateways: GatewayCache,
 }
 
 mod refund;
@@ -119,18 +111,16 @@ impl Handler for CallbackHandler {
             .parse()
             .map_err(HandlerError::permanent)?;
 
-        self.locks
-            .run_locked(
-                transaction_id.as_str(),
-                self.apply(&callback_id, &transaction_id, message),
-            )
+        // Read before the database transaction begins: the cache may need a connection
+        // of its own, which must never be waited for while one is held.
+        let gateway = self
+            .gateways
+            .find(&self.pool, &event.gateway)
             .await
             .map_err(HandlerError::transient)?
-            .unwrap_or_else(|| {
-                Err(HandlerError::transient(anyhow!(
-                    "transaction {transaction_id} is locked"
-                )))
-            })
+            .ok_or_else(|| HandlerError::permanent(anyhow!("gateway {} is gone", event.gateway)))?;
+        self.apply(&callback_id, &transaction_id, &gateway, message)
+            .await
     }
 }
 
@@ -139,42 +129,35 @@ impl CallbackHandler {
         &self,
         callback_id: &CallbackId,
         transaction_id: &TransactionId,
+        gateway: &GatewayRecord,
         message: &Inbound,
     ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        let stored: StoredCallback = sqlx::query_as(
-            "SELECT gateway, content_type, transaction_id, refund_id, body, processed_at FROM gateway_callback WHERE id = $1 FOR UPDATE",
-        )
-        .bind(callback_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(HandlerError::transient)?
-        .ok_or_else(|| HandlerError::permanent(anyhow!("callback {callback_id} is not stored")))?;
+        // The row locks, held until the outcome is committed, are what decide "park or
+        // apply": the payment-processor moves the transaction out of `pending` (and
+        // announces parked callbacks) with an UPDATE that waits for them.
+        let stored = transactions::callback_for_update(&mut tx, callback_id)
+            .await
+            .map_err(HandlerError::transient)?
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow!("callback {callback_id} is not stored"))
+            })?;
         if stored.processed_at.is_some() {
             tracing::info!(%callback_id, "callback already processed");
             return Ok(());
         }
-        if stored.transaction_id.as_deref() != Some(transaction_id.as_str()) {
+        if stored.transaction.id != *transaction_id {
             return Err(HandlerError::permanent(anyhow!(
                 "callback {callback_id} is not about {transaction_id}"
             )));
         }
-        let gateway = gateway::find(&mut *tx, &stored.gateway)
-            .await
-            .map_err(HandlerError::transient)?
-            .ok_or_else(|| {
-                HandlerError::permanent(anyhow!("gateway {} is gone", stored.gateway))
-            })?;
-        // The row lock, held until the outcome is committed, is what decides "park or
-        // apply": the payment-processor moves the transaction out of `pending` (and
-        // announces parked callbacks) with an UPDATE that waits for it. Redis only
-        // keeps two workers from doing the same work at once.
-        let transaction = transactions::find_for_update(&mut tx, transaction_id)
-            .await
-            .map_err(HandlerError::transient)?
-            .ok_or_else(|| {
-                HandlerError::permanent(anyhow!("transaction {transaction_id} does not exist"))
-            })?;
+        if stored.gateway != gateway.code {
+            return Err(HandlerError::permanent(anyhow!(
+                "callback {callback_id} is not from {}",
+                gateway.code
+            )));
+        }
+        let transaction = stored.transaction;
 
         // The original shape (see `gateway::legacy`) is read against its transaction;
         // everything else by the gateway's adapter.
@@ -248,7 +231,9 @@ impl CallbackHandler {
         .execute(&mut *tx)
         .await
         .map_err(HandlerError::transient)?;
-        tx.commit().await.map_err(HandlerError::transient)?;
+        paygate_common::outbox::commit(tx)
+            .await
+            .map_err(HandlerError::transient)?;
         Ok(())
     }
 }

@@ -228,9 +228,8 @@ pub struct OutboxSettings {
     /// Produce attempts a row gets while the broker says its topic does not exist,
     /// before it is set aside (other refusals that can never succeed set it aside at once).
     pub unknown_topic_attempts: i32,
-    /// How long a relay waits after a notification before it claims, so the commits
-    /// of that moment share one claim: every relay wakes on every commit, and without
-    /// this each one claims once per commit.
+    /// How long a relay waits after its process committed events before it claims, so
+    /// the commits of that moment share one claim instead of one claim each.
     pub linger_ms: u64,
 }
 

@@ -23,15 +23,27 @@
 //!   batch is tried again with backoff.
 //! - A delivery that timed out renews the relay's producer before it tries again (see
 //!   `common/src/kafka/producer.rs`: tansu cannot take the epoch bump that follows).
+//!
+//! How a relay learns of new rows, cheaply:
+//! - **In-process, never NOTIFY.** A commit that sends NOTIFY holds a database-wide lock
+//!   until its commit record is flushed, which serializes every event-writing commit of
+//!   every service (no group commit). So the code that commits events calls [`commit`]
+//!   (or [`committed`] after a commit of its own), which wakes the relays of this process;
+//!   the poll (`outbox.poll_interval_ms`) finds what other processes left behind (one that
+//!   died holding a claim, a row written by a process without a relay).
+//! - **One statement per batch.** Marking a batch published and claiming the next is one
+//!   statement ([`Relay::claim_after`]); a batch that frees rows of its transactions which
+//!   waited behind it takes them in that same statement. A quiet relay costs a claim per
+//!   poll and nothing else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, OutboxSettings, Topics};
@@ -40,8 +52,22 @@ use crate::kafka::{self, await_delivery, Envelope, Producer};
 use crate::retry;
 use crate::Settings;
 
-/// The NOTIFY channel fired when events are inserted (see the migrations).
-pub const CHANNEL: &str = "paygate_outbox";
+/// Wakes the relays of this process; see [`committed`].
+static COMMITTED: Notify = Notify::const_new();
+
+/// Tells this process's relays that events were just committed, so they claim now rather
+/// than at their next poll. Call it after the commit, never before: a relay woken early
+/// finds nothing and sleeps until the poll.
+pub fn committed() {
+    COMMITTED.notify_waiters();
+}
+
+/// Commits `tx` and wakes this process's relays for the events it wrote.
+pub async fn commit(tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
+    tx.commit().await?;
+    committed();
+    Ok(())
+}
 
 pub struct Relay {
     pool: PgPool,
@@ -62,6 +88,13 @@ pub struct Relay {
     id: String,
     /// Rows this relay set aside since it started.
     set_aside: Arc<AtomicU64>,
+    /// Where this relay's next claim starts its scan: the lowest row its last claim
+    /// considered. Below it lie mostly rows already published, whose dead index entries
+    /// a scan from the start would wade through under load (seconds per claim once the
+    /// backlog is large and vacuum lags). Zero scans everything: after a claim that found
+    /// nothing and at every poll, so what waits below (a dead relay's expired claim) is
+    /// never left behind.
+    low: AtomicI64,
 }
 
 /// A claimed row, as it is published.
@@ -74,6 +107,8 @@ pub struct Claimed {
     pub destination: String,
     pub payload: Vec<u8>,
     pub publish_attempts: i32,
+    /// The lowest row the claim considered (where the relay's next scan starts).
+    pub low: Option<i64>,
 }
 
 /// What became of each row of a published batch.
@@ -139,6 +174,7 @@ impl Relay {
             unknown_topic_attempts: settings.unknown_topic_attempts,
             id: format!("relay_{}", uuid::Uuid::new_v4().simple()),
             set_aside: Arc::default(),
+            low: AtomicI64::new(0),
         })
     }
 
@@ -148,13 +184,18 @@ impl Relay {
         self.set_aside.load(Ordering::Relaxed)
     }
 
-    /// Publishes until `shutdown`, waking on NOTIFY and at every poll interval.
+    /// Publishes until `shutdown`, waking when this process commits events
+    /// ([`committed`]) and at every poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = self.listen().await;
         let delays =
             || retry::in_process(Duration::from_millis(200), Duration::from_secs(10), None);
         let mut failures = delays();
         while !shutdown.is_cancelled() {
+            // Registered before the drain, so a commit made while it runs wakes the next
+            // round instead of being missed.
+            let woken = COMMITTED.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             match self.drain().await {
                 Ok(()) => failures = delays(),
                 Err(error) => {
@@ -168,97 +209,76 @@ impl Relay {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.poll_interval) => {}
-                notified = wait_for_notification(&mut listener) => {
-                    if notified {
-                        // Let the commits that come right after this one gather, so
-                        // under load one claim takes many of them.
-                        tokio::time::sleep(self.linger).await;
-                        if let Some(l) = listener.as_mut() {
-                            while l.next_buffered().is_some() {}
-                        }
-                    } else {
-                        listener = self.listen().await;
-                    }
+                _ = tokio::time::sleep(self.poll_interval) => {
+                    self.low.store(0, Ordering::Relaxed);
+                }
+                () = &mut woken => {
+                    // Let the commits that come right after this one gather, so under
+                    // load one claim takes many of them.
+                    tokio::time::sleep(self.linger).await;
                 }
             }
         }
         self.producer.flush(Duration::from_secs(5)).await;
     }
 
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN for outbox events; polling only");
-                return None;
-            }
-        };
-        match listener.listen(CHANNEL).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN for outbox events; polling only");
-                None
-            }
-        }
-    }
-
     /// Publishes batches until a claim finds nothing (a batch can free rows of its
     /// transactions that waited behind it, so a short batch is no sign of an empty
-    /// outbox). A batch in which something failed for a reason that may pass ends the
-    /// drain with that error, so the caller backs off.
+    /// outbox). Each round is one statement: it marks what the broker acknowledged of the
+    /// last batch and claims the next. A batch in which something failed for a reason
+    /// that may pass ends the drain with that error, so the caller backs off.
     pub async fn drain(&self) -> anyhow::Result<()> {
-        while let Some(published) = self.relay_batch().await? {
+        let mut batch = self.claim().await?;
+        while !batch.is_empty() {
+            let started = std::time::Instant::now();
+            let published = self.publish(&batch).await;
+            self.record_unacknowledged(&published).await?;
+            if published.timed_out {
+                self.producer.renew().await;
+            }
             if let Some((_, error)) = published.failed.first() {
+                self.mark(&published.acknowledged).await?;
+                crate::metrics::outbox_published(published.acknowledged.len(), started.elapsed());
                 anyhow::bail!("the broker did not take an outbox event: {error}");
             }
+            batch = self.claim_after(&published.acknowledged).await?;
+            crate::metrics::outbox_published(published.acknowledged.len(), started.elapsed());
         }
         Ok(())
     }
 
-    /// Claims up to one batch, publishes it and records what became of each row;
-    /// returns how many rows were claimed.
-    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
-        Ok(self
-            .relay_batch()
-            .await?
-            .map_or(0, |published| published.claimed))
-    }
-
-    /// One claim, publish and record; `None` when the claim found nothing.
-    async fn relay_batch(&self) -> anyhow::Result<Option<Published>> {
-        let started = std::time::Instant::now();
-        let batch = self.claim().await?;
-        if batch.is_empty() {
-            return Ok(None);
-        }
-        let published = self.publish(&batch).await;
-        self.record(&published).await?;
-        crate::metrics::outbox_published(published.acknowledged.len(), started.elapsed());
-        if published.timed_out {
-            self.producer.renew().await;
-        }
-        Ok(Some(published))
-    }
-
     /// Claims, for this relay's lease, the oldest unpublished rows that are free (never
     /// claimed, or their claim ran out) and whose transaction has no earlier unpublished
-    /// row outside this batch. One statement, committed at once. Rows waiting behind
-    /// another relay's claim are left out of the scan, so they cannot crowd a batch out.
-    /// The earlier-row look-ups say `COALESCE(published_at, set_aside_at) IS NULL` so
-    /// they can only use `transaction_event_unpublished_by_transaction` (see migration
-    /// `20261128000005`): a probe per candidate, never a scan of the backlog.
+    /// row outside this batch. One statement, committed at once.
     pub async fn claim(&self) -> sqlx::Result<Vec<Claimed>> {
+        self.claim_after(&[]).await
+    }
+
+    /// Marks `acknowledged` (rows of this relay's last batch) published and claims the
+    /// next batch, in one statement: the claim counts the rows it marks as published, so
+    /// a transaction's next row, which waited behind them, is claimable at once. Rows
+    /// waiting behind another relay's claim are left out of the scan, so they cannot
+    /// crowd a batch out. The earlier-row look-ups say `COALESCE(published_at,
+    /// set_aside_at) IS NULL` so they can only use
+    /// `transaction_event_unpublished_by_transaction` (see migration `20261128000005`):
+    /// a probe per candidate, never a scan of the backlog. The mark says only
+    /// `seq = ANY($4)`, so the primary key serves it; the statement is planned for its
+    /// parameters each time (see below).
+    pub async fn claim_after(&self, acknowledged: &[i64]) -> sqlx::Result<Vec<Claimed>> {
         sqlx::query_as(
-            "WITH candidate AS (
+            "WITH marked AS (
+                 UPDATE transaction_event SET published_at = now(), claimed_until = NULL
+                  WHERE seq = ANY($4)
+             ), candidate AS (
                  SELECT seq, transaction_id FROM transaction_event t
-                  WHERE published_at IS NULL AND set_aside_at IS NULL
+                  WHERE published_at IS NULL AND set_aside_at IS NULL AND seq <> ALL($4)
+                    AND seq >= $5
                     AND (claimed_until IS NULL OR claimed_until < now())
                     AND NOT EXISTS (
                         SELECT 1 FROM transaction_event held
                          WHERE held.transaction_id = t.transaction_id AND held.seq < t.seq
                            AND COALESCE(held.published_at, held.set_aside_at) IS NULL
-                           AND held.claimed_until >= now())
+                           AND held.claimed_until >= now() AND held.seq <> ALL($4))
                   ORDER BY seq
                   LIMIT $1
                     FOR UPDATE SKIP LOCKED
@@ -269,6 +289,7 @@ impl Relay {
                        WHERE earlier.transaction_id = c.transaction_id
                          AND earlier.seq < c.seq
                          AND COALESCE(earlier.published_at, earlier.set_aside_at) IS NULL
+                         AND earlier.seq <> ALL($4)
                          AND earlier.seq NOT IN (SELECT seq FROM candidate))
              )
              UPDATE transaction_event e
@@ -276,15 +297,23 @@ impl Relay {
                FROM ready
               WHERE e.seq = ready.seq
           RETURNING e.seq, e.id, e.transaction_id, e.event_type, e.destination, e.payload,
-                    e.publish_attempts",
+                    e.publish_attempts, (SELECT min(seq) FROM candidate) AS low",
         )
         .bind(self.batch_size)
         .bind(self.lease.as_secs_f64())
         .bind(&self.id)
+        .bind(acknowledged)
+        .bind(self.low.load(Ordering::Relaxed))
+        // Planned for its parameters every time: a plan cached while the table was
+        // nearly empty marks the batch with a sequential scan of the whole outbox,
+        // which under load took most of a core (seen with auto_explain).
+        .persistent(false)
         .fetch_all(&self.pool)
         .await
         .map(|mut rows: Vec<Claimed>| {
             rows.sort_by_key(|r| r.seq);
+            let low = rows.iter().filter_map(|r| r.low).min().unwrap_or(0);
+            self.low.store(low, Ordering::Relaxed);
             rows
         })
     }
@@ -393,19 +422,29 @@ impl Relay {
     /// Marks acknowledged rows published, sets refused rows aside with their reason and
     /// releases the claims of the rest (counting an attempt where the topic was unknown).
     pub async fn record(&self, published: &Published) -> sqlx::Result<()> {
-        if !published.acknowledged.is_empty() {
-            sqlx::query(
-                "UPDATE transaction_event SET published_at = now(), claimed_until = NULL
-                  WHERE seq = ANY($1)",
-            )
-            .bind(&published.acknowledged)
-            .execute(&self.pool)
-            .await?;
-            tracing::debug!(
-                count = published.acknowledged.len(),
-                "published outbox events"
-            );
+        self.mark(&published.acknowledged).await?;
+        self.record_unacknowledged(published).await
+    }
+
+    /// Marks rows the broker acknowledged published.
+    async fn mark(&self, acknowledged: &[i64]) -> sqlx::Result<()> {
+        if acknowledged.is_empty() {
+            return Ok(());
         }
+        sqlx::query(
+            "UPDATE transaction_event SET published_at = now(), claimed_until = NULL
+              WHERE seq = ANY($1)",
+        )
+        .bind(acknowledged)
+        .persistent(false)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets refused rows aside with their reason and releases the claims of the rows
+    /// that failed for a reason that may pass.
+    async fn record_unacknowledged(&self, published: &Published) -> sqlx::Result<()> {
         for (seq, reason) in &published.refused {
             sqlx::query(
                 "UPDATE transaction_event
@@ -474,20 +513,5 @@ fn classify(error: &anyhow::Error) -> Outcome {
             unknown_topic: false,
             timed_out: kafka::is_timeout(error),
         },
-    }
-}
-
-/// Waits for one notification; `false` when the listener is gone or broke (it is then
-/// re-created), and never returns when there is no listener (the poll takes over).
-async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => match l.recv().await {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::warn!(%error, "outbox LISTEN connection failed");
-                false
-            }
-        },
-        None => std::future::pending().await,
     }
 }

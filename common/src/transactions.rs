@@ -3,7 +3,7 @@
 //! matching event in the same database transaction. The event table is the outbox, so
 //! a change and its announcement are committed together or not at all.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor};
@@ -134,54 +134,204 @@ pub struct NewTransaction {
     pub metadata: Metadata,
 }
 
+impl NewTransaction {
+    /// The `pending` record this request becomes, exactly as it will be stored: its id
+    /// and its times (this clock, to the microsecond PostgreSQL keeps) are chosen here,
+    /// so the answer and the first event can be built before the one statement that
+    /// writes them ([`create_at_once`]).
+    pub fn pending(&self) -> TransactionRecord {
+        let now = now_in_database_precision();
+        TransactionRecord {
+            id: TransactionId::new(),
+            merchant_id: self.merchant_id.clone(),
+            kind: self.kind,
+            status: Status::Pending,
+            amount: self.money.amount(),
+            currency: self.money.currency().code().to_owned(),
+            user_id: self.user_id.clone(),
+            country: self.country.map(|c| c.code().to_owned()),
+            reference: self.reference.clone(),
+            gateway: None,
+            gateway_txn_id: None,
+            failure_reason: None,
+            version: 1,
+            payment_method: if self.card.is_some() { "card" } else { "plain" }.to_owned(),
+            card_masked: self.card.as_ref().map(|c| c.masked.clone()),
+            unresolved_since: None,
+            unresolved_reason: None,
+            attempted_at: None,
+            attempted_gateways: Vec::new(),
+            status_checks: 0,
+            review_reason: None,
+            review_since: None,
+            review_detail: None,
+            metadata: self.metadata.clone(),
+            refund_held: Decimal::ZERO,
+            amount_refunded: Decimal::ZERO,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// The answer to an `Idempotency-Key` request, stored with the payment it announced.
+#[derive(Debug)]
+pub struct KeptAnswer<'a> {
+    pub key: &'a str,
+    /// The request's fingerprint.
+    pub request_hash: &'a [u8],
+    pub status_code: i32,
+    pub headers: serde_json::Value,
+    pub body: &'a [u8],
+}
+
+/// What [`create_at_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// The payment, its first event and the kept answer are committed.
+    Created,
+    /// Nothing written: the merchant has limits in this currency, which are checked
+    /// under a lock ([`create`] inside the caller's transaction).
+    Limited,
+    /// Nothing written: the `Idempotency-Key` is already taken (answered, in flight,
+    /// or expired), which the idempotency module sorts out.
+    KeyTaken,
+}
+
+/// Intake in one round trip: one statement, committed on its own, writes the `pending`
+/// transaction `record` (from [`NewTransaction::pending`]), its first event (to
+/// `payments_requested`) and, with an `Idempotency-Key`, the answer to replay — all or
+/// nothing. It writes nothing where the careful path must decide: when the merchant has
+/// limits in the currency, or the key is taken.
+pub async fn create_at_once<'e>(
+    executor: impl PgExecutor<'e>,
+    record: &TransactionRecord,
+    card: Option<&SealedCard>,
+    answer: Option<&KeptAnswer<'_>>,
+) -> sqlx::Result<Intake> {
+    let event_id = EventId::new();
+    let (free, created): (bool, bool) = sqlx::query_as(
+        "WITH guard AS (
+             SELECT NOT EXISTS (SELECT 1 FROM merchant_payout_limit
+                                 WHERE merchant_id = $2 AND currency = $5) AS free
+         ), kept AS (
+             INSERT INTO idempotency_key (merchant_id, key, request_hash, status_code,
+                                          response_headers, response_body)
+             SELECT $2, $16, $17, $18, $19, $20 WHERE $16::text IS NOT NULL AND (SELECT free FROM guard)
+             ON CONFLICT (merchant_id, key) DO NOTHING
+             RETURNING 1
+         ), created AS (
+             INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
+                                      reference, payment_method, card_masked, card_key_id, card_ciphertext,
+                                      card_cvv_given, created_at, updated_at, metadata)
+             SELECT $1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false), $14, $14,
+                    $24::jsonb
+              WHERE (SELECT free FROM guard) AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM kept))
+             RETURNING id
+         ), announced AS (
+             INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload)
+             SELECT $21, id, 1, $22, 'pending', $23, $15 FROM created
+         )
+         SELECT (SELECT free FROM guard), EXISTS (SELECT 1 FROM created)",
+    )
+    .bind(record.id.as_str())
+    .bind(record.merchant_id.as_str())
+    .bind(record.kind.as_str())
+    .bind(record.amount)
+    .bind(&record.currency)
+    .bind(&record.user_id)
+    .bind(&record.country)
+    .bind(&record.reference)
+    .bind(&record.payment_method)
+    .bind(card.map(|c| &c.masked))
+    .bind(card.map(|c| &c.key_id))
+    .bind(card.map(|c| &c.ciphertext))
+    .bind(card.map(|c| c.cvv_given))
+    .bind(record.created_at)
+    .bind(first_event_payload(&event_id, record))
+    .bind(answer.map(|a| a.key))
+    .bind(answer.map(|a| a.request_hash))
+    .bind(answer.map(|a| a.status_code))
+    .bind(answer.map(|a| &a.headers))
+    .bind(answer.map(|a| a.body))
+    .bind(event_id.as_str())
+    .bind(event_type::CREATED)
+    .bind(Destination::PaymentsRequested.as_str())
+    .bind(record.metadata.to_json())
+    .fetch_one(executor)
+    .await?;
+    Ok(match (free, created) {
+        (_, true) => Intake::Created,
+        (false, false) => Intake::Limited,
+        (true, false) => Intake::KeyTaken,
+    })
+}
+
+fn first_event_payload(event_id: &EventId, record: &TransactionRecord) -> Vec<u8> {
+    proto::PaymentRequested {
+        event_id: event_id.to_string(),
+        transaction: Some(record.to_proto()),
+        refund: None,
+    }
+    .encode_to_vec()
+}
+
 /// Inserts a `pending` transaction and its first event (to `payments_requested`).
 /// Run it inside the caller's database transaction.
 pub async fn create(
     conn: &mut PgConnection,
     new: NewTransaction,
 ) -> sqlx::Result<TransactionRecord> {
-    let id = TransactionId::new();
-    let record: TransactionRecord = sqlx::query_as(&format!(
+    let record = new.pending();
+    insert_pending(conn, &record, new.card.as_ref()).await?;
+    Ok(record)
+}
+
+/// Inserts `record` (from [`NewTransaction::pending`]) and its first event; the
+/// careful path of intake, inside the caller's database transaction.
+pub async fn insert_pending(
+    conn: &mut PgConnection,
+    record: &TransactionRecord,
+    card: Option<&SealedCard>,
+) -> sqlx::Result<()> {
+    sqlx::query(
         "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
                                   reference, payment_method, card_masked, card_key_id, card_ciphertext,
-                                  card_cvv_given, metadata)
+                                  card_cvv_given, metadata, created_at, updated_at)
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false),
-                 $14::jsonb)
-         RETURNING {COLUMNS}"
-    ))
-    .bind(id.as_str())
-    .bind(new.merchant_id.as_str())
-    .bind(new.kind.as_str())
-    .bind(new.money.amount())
-    .bind(new.money.currency().code())
-    .bind(&new.user_id)
-    .bind(new.country.map(|c| c.code()))
-    .bind(&new.reference)
-    .bind(if new.card.is_some() { "card" } else { "plain" })
-    .bind(new.card.as_ref().map(|c| &c.masked))
-    .bind(new.card.as_ref().map(|c| &c.key_id))
-    .bind(new.card.as_ref().map(|c| &c.ciphertext))
-    .bind(new.card.as_ref().map(|c| c.cvv_given))
-    .bind(new.metadata.to_json())
-    .fetch_one(&mut *conn)
+                 $15::jsonb, $14, $14)",
+    )
+    .bind(record.id.as_str())
+    .bind(record.merchant_id.as_str())
+    .bind(record.kind.as_str())
+    .bind(record.amount)
+    .bind(&record.currency)
+    .bind(&record.user_id)
+    .bind(&record.country)
+    .bind(&record.reference)
+    .bind(&record.payment_method)
+    .bind(card.map(|c| &c.masked))
+    .bind(card.map(|c| &c.key_id))
+    .bind(card.map(|c| &c.ciphertext))
+    .bind(card.map(|c| c.cvv_given))
+    .bind(record.created_at)
+    .bind(record.metadata.to_json())
+    .execute(&mut *conn)
     .await?;
-
-    record_version(
+    let event_id = EventId::new();
+    append_event(
         conn,
-        &record,
-        event_type::CREATED,
-        Destination::PaymentsRequested,
-        |event_id, transaction| {
-            proto::PaymentRequested {
-                event_id,
-                transaction,
-                refund: None,
-            }
-            .encode_to_vec()
+        &NewEvent {
+            id: &event_id,
+            transaction_id: &record.id,
+            version: Some(record.version),
+            event_type: event_type::CREATED,
+            status: Some(record.status),
+            destination: Destination::PaymentsRequested,
+            payload: &first_event_payload(&event_id, record),
         },
     )
-    .await?;
-    Ok(record)
+    .await
 }
 
 /// Reads one transaction.
@@ -195,6 +345,52 @@ pub async fn find<'e>(
         .await
 }
 
+/// A stored gateway callback with the transaction it is about, as the
+/// callback-processor reads them.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CallbackWithTransaction {
+    #[sqlx(rename = "callback_gateway")]
+    pub gateway: String,
+    #[sqlx(rename = "callback_content_type")]
+    pub content_type: String,
+    #[sqlx(rename = "callback_body")]
+    pub body: Vec<u8>,
+    #[sqlx(rename = "callback_processed_at")]
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Set when the callback is about one of the payment's refunds.
+    #[sqlx(rename = "callback_refund_id")]
+    pub refund_id: Option<String>,
+    #[sqlx(flatten)]
+    pub transaction: TransactionRecord,
+}
+
+/// Reads a stored callback and its transaction and locks both rows until the caller's
+/// database transaction ends (see [`find_for_update`]): one round trip. `NO KEY UPDATE`,
+/// the lock an UPDATE takes: it serializes every writer of the rows, but not the
+/// foreign-key checks of rows that point at them (an event, a webhook delivery), which a
+/// plain `FOR UPDATE` would hold up for as long as the lock is held.
+pub async fn callback_for_update(
+    conn: &mut PgConnection,
+    callback: &CallbackId,
+) -> sqlx::Result<Option<CallbackWithTransaction>> {
+    let columns = COLUMNS
+        .split(", ")
+        .map(|column| format!("t.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query_as(&format!(
+        "SELECT c.gateway AS callback_gateway, c.content_type AS callback_content_type,
+                c.body AS callback_body, c.processed_at AS callback_processed_at,
+                c.refund_id AS callback_refund_id, {columns}
+           FROM gateway_callback c JOIN transaction t ON t.id = c.transaction_id
+          WHERE c.id = $1
+            FOR NO KEY UPDATE OF c, t"
+    ))
+    .bind(callback.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
 /// Reads one transaction and locks its row until the caller's database transaction
 /// ends: a decision taken on what it says (park a callback, or apply it) cannot race a
 /// writer, which waits for the lock.
@@ -203,7 +399,7 @@ pub async fn find_for_update(
     id: &TransactionId,
 ) -> sqlx::Result<Option<TransactionRecord>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM transaction WHERE id = $1 FOR UPDATE"
+        "SELECT {COLUMNS} FROM transaction WHERE id = $1 FOR NO KEY UPDATE"
     ))
     .bind(id.as_str())
     .fetch_optional(conn)
@@ -316,39 +512,77 @@ pub async fn transition(
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let updated: Option<TransactionRecord> = sqlx::query_as(&format!(
-        "UPDATE transaction
-            SET status = $1,
-                gateway = COALESCE($2, gateway),
-                gateway_txn_id = COALESCE($3, gateway_txn_id),
-                failure_reason = COALESCE($4, failure_reason),
-                unresolved_since = NULL,
-                unresolved_checked_at = NULL,
-                version = version + 1,
-                updated_at = now()
-          WHERE id = $5 AND version = $6 AND status = ANY($7)
-      RETURNING {COLUMNS}"
-    ))
-    .bind(to.as_str())
-    .bind(&change.gateway)
-    .bind(&change.gateway_txn_id)
-    .bind(&change.failure_reason)
+    // What it becomes is known before the write (the fence guarantees the row is still
+    // `seen`), so the update and its event are one statement.
+    let mut next = seen.clone();
+    next.status = to;
+    next.gateway = change.gateway.or(next.gateway);
+    next.gateway_txn_id = change.gateway_txn_id.or(next.gateway_txn_id);
+    next.failure_reason = change.failure_reason.or(next.failure_reason);
+    next.unresolved_since = None;
+    next.version += 1;
+    next.updated_at = now_in_database_precision();
+    let event_type = event_type::for_status(to);
+    let event = VersionEvent::new(&next, &event_type, Destination::TransactionsStatus);
+    let moved = sqlx::query(
+        "WITH moved AS (
+             UPDATE transaction
+                SET status = $3, gateway = $4, gateway_txn_id = $5, failure_reason = $6,
+                    unresolved_since = NULL, unresolved_checked_at = NULL,
+                    version = $7, updated_at = $8
+              WHERE id = $1 AND version = $2 AND status = ANY($9)
+          RETURNING id
+         )
+         INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload, published_at)
+         SELECT $10, id, $7, $11, $3, $12, $13, CASE WHEN $12 = 'history' THEN now() END FROM moved",
+    )
     .bind(seen.id.as_str())
     .bind(seen.version)
+    .bind(next.status.as_str())
+    .bind(&next.gateway)
+    .bind(&next.gateway_txn_id)
+    .bind(&next.failure_reason)
+    .bind(next.version)
+    .bind(next.updated_at)
     .bind(&allowed)
-    .fetch_optional(&mut *conn)
+    .bind(event.id.as_str())
+    .bind(event.event_type)
+    .bind(event.destination.as_str())
+    .bind(&event.payload)
+    .execute(&mut *conn)
     .await?;
-    let record = updated.ok_or_else(|| TransitionError::Stale(seen.id.clone()))?;
+    if moved.rows_affected() != 1 {
+        return Err(TransitionError::Stale(seen.id.clone()));
+    }
+    Ok(next)
+}
 
-    record_version(
-        conn,
-        &record,
-        &event_type::for_status(to),
-        Destination::TransactionsStatus,
-        status_changed,
-    )
-    .await?;
-    Ok(record)
+/// Now, to the microsecond PostgreSQL keeps, so a record built here reads back equal.
+fn now_in_database_precision() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}
+
+/// The event announcing a record's version, built before the statement that writes both.
+struct VersionEvent<'a> {
+    id: EventId,
+    event_type: &'a str,
+    destination: Destination,
+    payload: Vec<u8>,
+}
+
+impl<'a> VersionEvent<'a> {
+    fn new(record: &TransactionRecord, event_type: &'a str, destination: Destination) -> Self {
+        let id = EventId::new();
+        let payload = status_changed(id.to_string(), Some(record.to_proto()));
+        VersionEvent {
+            id,
+            event_type,
+            destination,
+            payload,
+        }
+    }
 }
 
 /// Moves `seen` to the final status a gateway reported (`to`): a `pending` payment
@@ -399,35 +633,53 @@ async fn fenced_pending_update(
 ) -> Result<TransactionRecord, TransitionError> {
     // Naming a gateway starts its settle window, unless it is the one already named (a
     // re-submit there keeps the window of the first attempt); forgetting it ends it.
-    let updated: Option<TransactionRecord> = sqlx::query_as(&format!(
-        "UPDATE transaction
-            SET gateway = $3,
-                attempted_at = CASE
-                    WHEN $3::text IS NULL THEN NULL
-                    WHEN gateway IS NOT DISTINCT FROM $3 AND attempted_at IS NOT NULL THEN attempted_at
-                    ELSE now() END,
-                attempted_gateways = CASE
-                    WHEN $3::text IS NULL OR $3 = ANY(attempted_gateways) THEN attempted_gateways
-                    ELSE array_append(attempted_gateways, $3) END,
-                version = version + 1, updated_at = now()
-          WHERE id = $1 AND version = $2 AND status = 'pending'
-      RETURNING {COLUMNS}"
-    ))
+    // Built here, as in [`transition`], so the update and its event are one statement.
+    let now = now_in_database_precision();
+    let mut next = seen.clone();
+    next.attempted_at = match gateway {
+        None => None,
+        Some(code) if seen.gateway.as_deref() == Some(code) && seen.attempted_at.is_some() => {
+            seen.attempted_at
+        }
+        Some(_) => Some(now),
+    };
+    if let Some(code) = gateway {
+        if !next.attempted_gateways.iter().any(|g| g == code) {
+            next.attempted_gateways.push(code.to_owned());
+        }
+    }
+    next.gateway = gateway.map(str::to_owned);
+    next.version += 1;
+    next.updated_at = now;
+    let event = VersionEvent::new(&next, event_type, Destination::History);
+    let moved = sqlx::query(
+        "WITH moved AS (
+             UPDATE transaction
+                SET gateway = $3, attempted_at = $4, attempted_gateways = $5,
+                    version = $6, updated_at = $7
+              WHERE id = $1 AND version = $2 AND status = 'pending'
+          RETURNING id
+         )
+         INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload, published_at)
+         SELECT $8, id, $6, $9, 'pending', $10, $11, now() FROM moved",
+    )
     .bind(seen.id.as_str())
     .bind(seen.version)
-    .bind(gateway)
-    .fetch_optional(&mut *conn)
+    .bind(&next.gateway)
+    .bind(next.attempted_at)
+    .bind(&next.attempted_gateways)
+    .bind(next.version)
+    .bind(next.updated_at)
+    .bind(event.id.as_str())
+    .bind(event.event_type)
+    .bind(event.destination.as_str())
+    .bind(&event.payload)
+    .execute(&mut *conn)
     .await?;
-    let record = updated.ok_or_else(|| TransitionError::Stale(seen.id.clone()))?;
-    record_version(
-        conn,
-        &record,
-        event_type,
-        Destination::History,
-        status_changed,
-    )
-    .await?;
-    Ok(record)
+    if moved.rows_affected() != 1 {
+        return Err(TransitionError::Stale(seen.id.clone()));
+    }
+    Ok(next)
 }
 
 /// The sealed card of a card payment: `(key id, ciphertext, whether a CVV was given)`.
@@ -747,6 +999,92 @@ pub async fn append_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> sqlx
     Ok(())
 }
 
+/// A verified gateway callback to keep.
+#[derive(Debug)]
+pub struct NewCallback<'a> {
+    pub gateway: &'a str,
+    pub transaction_id: &'a TransactionId,
+    /// The refund it is about, when it is about one of the payment's refunds.
+    pub refund_id: Option<&'a crate::domain::RefundId>,
+    /// What makes two deliveries of one callback the same (per gateway).
+    pub dedup_key: &'a str,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+}
+
+/// What [`store_callback`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackStored {
+    /// Kept and announced to the callback-processor, under this id.
+    Stored(CallbackId),
+    /// The same callback was kept before: nothing written.
+    Duplicate,
+    /// No such transaction: nothing written.
+    UnknownTransaction,
+}
+
+/// Keeps a verified callback once per (gateway, `dedup_key`) with its announcement to the
+/// callback-processor: one statement, committed on its own, all or nothing.
+pub async fn store_callback<'e>(
+    executor: impl PgExecutor<'e>,
+    callback: &NewCallback<'_>,
+) -> sqlx::Result<CallbackStored> {
+    let callback_id = CallbackId::new();
+    let event_id = EventId::new();
+    let (known, stored): (bool, bool) = sqlx::query_as(
+        "WITH known AS (
+             SELECT id FROM transaction WHERE id = $3
+         ), stored AS (
+             INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body, refund_id)
+             SELECT $1, $2, id, $4, $5, $6, $11 FROM known
+             ON CONFLICT ON CONSTRAINT gateway_callback_dedup DO NOTHING
+             RETURNING transaction_id
+         ), announced AS (
+             INSERT INTO transaction_event (id, transaction_id, event_type, destination, payload)
+             SELECT $7, transaction_id, $8, $9, $10 FROM stored
+         )
+         SELECT EXISTS (SELECT 1 FROM known), EXISTS (SELECT 1 FROM stored)",
+    )
+    .bind(callback_id.as_str())
+    .bind(callback.gateway)
+    .bind(callback.transaction_id.as_str())
+    .bind(callback.dedup_key)
+    .bind(callback.content_type)
+    .bind(callback.body)
+    .bind(event_id.as_str())
+    .bind(event_type::CALLBACK_RECEIVED)
+    .bind(Destination::GatewayCallbacks.as_str())
+    .bind(callback_announcement(
+        &event_id,
+        &callback_id,
+        callback.gateway,
+        callback.transaction_id,
+    ))
+    .bind(callback.refund_id.map(crate::domain::RefundId::as_str))
+    .fetch_one(executor)
+    .await?;
+    Ok(match (known, stored) {
+        (false, _) => CallbackStored::UnknownTransaction,
+        (true, true) => CallbackStored::Stored(callback_id),
+        (true, false) => CallbackStored::Duplicate,
+    })
+}
+
+fn callback_announcement(
+    event_id: &EventId,
+    callback_id: &CallbackId,
+    gateway: &str,
+    transaction_id: &TransactionId,
+) -> Vec<u8> {
+    proto::CallbackReceived {
+        event_id: event_id.to_string(),
+        callback_id: callback_id.to_string(),
+        gateway: gateway.to_owned(),
+        transaction_id: transaction_id.to_string(),
+    }
+    .encode_to_vec()
+}
+
 /// Announces a stored gateway callback to the callback-processor (an outbox event to
 /// `gateway_callbacks`). Run it in the database transaction that stored the callback.
 pub async fn announce_callback(
@@ -756,13 +1094,7 @@ pub async fn announce_callback(
     transaction_id: &TransactionId,
 ) -> sqlx::Result<()> {
     let event_id = EventId::new();
-    let payload = proto::CallbackReceived {
-        event_id: event_id.to_string(),
-        callback_id: callback_id.to_string(),
-        gateway: gateway.to_owned(),
-        transaction_id: transaction_id.to_string(),
-    }
-    .encode_to_vec();
+    let payload = callback_announcement(&event_id, callback_id, gateway, transaction_id);
     append_event(
         conn,
         &NewEvent {

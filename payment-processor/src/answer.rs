@@ -98,7 +98,9 @@ impl PaymentHandler {
                 .await
                 .map_err(HandlerError::transient)?;
         }
-        tx.commit().await.map_err(HandlerError::transient)?;
+        paygate_common::outbox::commit(tx)
+            .await
+            .map_err(HandlerError::transient)?;
         metrics::late_answer(word);
         tracing::warn!(transaction_id = %current.id, %detail, "late gateway answer recorded");
         Ok(())
@@ -134,7 +136,9 @@ impl PaymentHandler {
         transactions::announce_parked_callbacks(&mut tx, &record.id)
             .await
             .map_err(HandlerError::transient)?;
-        tx.commit().await.map_err(HandlerError::transient)?;
+        paygate_common::outbox::commit(tx)
+            .await
+            .map_err(HandlerError::transient)?;
         tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
         self.forget_cvv(record).await;
         Ok(())

@@ -208,7 +208,9 @@ impl PaymentHandler {
             transactions::flag_review(&mut tx, id, review::NO_CALLBACK, &detail)
                 .await
                 .map_err(HandlerError::transient)?;
-            tx.commit().await.map_err(HandlerError::transient)?;
+            paygate_common::outbox::commit(tx)
+                .await
+                .map_err(HandlerError::transient)?;
         }
         let doubling = 2_u32.saturating_pow(
             u32::try_from(transaction.status_checks)

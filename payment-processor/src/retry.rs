@@ -109,6 +109,8 @@ impl PaymentHandler {
         transactions::mark_unresolved(&mut tx, id, reason)
             .await
             .map_err(HandlerError::transient)?;
-        tx.commit().await.map_err(HandlerError::transient)
+        paygate_common::outbox::commit(tx)
+            .await
+            .map_err(HandlerError::transient)
     }
 }

@@ -88,12 +88,10 @@ impl PaymentHandler {
         seen: &TransactionRecord,
         gateway: &GatewayRecord,
     ) -> Result<Option<TransactionRecord>, HandlerError> {
-        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        match transactions::record_attempt(&mut tx, seen, &gateway.code).await {
-            Ok(record) => {
-                tx.commit().await.map_err(HandlerError::transient)?;
-                Ok(Some(record))
-            }
+        // One statement, committed on its own (a history event: nothing to publish).
+        let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
+        match transactions::record_attempt(&mut conn, seen, &gateway.code).await {
+            Ok(record) => Ok(Some(record)),
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
             Err(error) => {
                 tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; asking nobody");
@@ -108,12 +106,10 @@ impl PaymentHandler {
         &self,
         transaction: &TransactionRecord,
     ) -> Result<Option<TransactionRecord>, HandlerError> {
-        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        match transactions::release_attempt(&mut tx, transaction).await {
-            Ok(record) => {
-                tx.commit().await.map_err(HandlerError::transient)?;
-                Ok(Some(record))
-            }
+        // One statement, committed on its own (a history event: nothing to publish).
+        let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
+        match transactions::release_attempt(&mut conn, transaction).await {
+            Ok(record) => Ok(Some(record)),
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
             Err(error) => {
                 tracing::info!(transaction_id = %transaction.id, %error, "changed concurrently; leaving it");

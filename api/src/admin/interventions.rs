@@ -149,7 +149,7 @@ async fn commit_action(
     note: &str,
 ) -> Result<Intervention, InterventionError> {
     record_action(&mut tx, &record, event_type, destination, actor, note).await?;
-    tx.commit().await?;
+    paygate_common::outbox::commit(tx).await?;
     tracing::info!(transaction_id = %record.id, event_type, actor = actor.as_str(), note, "operator action");
     Ok(Intervention {
         transaction: record,

@@ -11,9 +11,7 @@ use utoipa::ToSchema;
 use paygate_common::domain::{Currency, Money};
 
 use super::{body, merchant_id, Admin};
-use crate::http::error::responses::{
-    AdminChangeErrors, NotFound, ServiceUnavailable, Unauthorized,
-};
+use crate::http::error::responses::{AdminChangeErrors, NotFound};
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::PathParam;
 use crate::http::format::RawBody;
@@ -44,7 +42,6 @@ pub struct LimitsRequest {
 #[utoipa::path(
     put,
     path = "/merchants/{id}/limits",
-    tag = "admin",
     summary = "Set a merchant's payment and payout limits in a currency",
     description = "Payments (deposits and withdrawals) in `currency` over `max_payment`, and \
                    withdrawals over `max_payout`, or that do not fit in what is left \
@@ -53,7 +50,6 @@ pub struct LimitsRequest {
                    held to the limit exactly. A failed withdrawal keeps counting for its day. A \
                    limit left out is no limit; all left out remove the currency's limits. Takes \
                    effect for the next payment.",
-    security(("admin_token" = [])),
     params(("id" = String, Path, description = "The merchant, `mer_…`.")),
     request_body(content((LimitsRequest = "application/json"))),
     responses(
@@ -102,15 +98,11 @@ pub(super) async fn set_limits(
 #[utoipa::path(
     get,
     path = "/merchants/{id}/limits",
-    tag = "admin",
     summary = "A merchant's payout limits",
-    security(("admin_token" = [])),
     params(("id" = String, Path, description = "The merchant, `mer_…`.")),
     responses(
         (status = 200, description = "By currency, with what today's withdrawals add up to.", body = Page<PayoutLimits>),
-        (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
-        (status = 503, response = ServiceUnavailable),
     )
 )]
 pub(super) async fn limits(

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{body, Admin};
 use crate::admin::interventions::{self, Actor, Resent, SetAsideEvent};
-use crate::http::error::responses::{AdminChangeErrors, ServiceUnavailable, Unauthorized};
+use crate::http::error::responses::AdminChangeErrors;
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::PathParam;
 use crate::http::format::RawBody;
@@ -21,15 +21,11 @@ use crate::AppState;
 #[utoipa::path(
     get,
     path = "/outbox/set-aside",
-    tag = "admin",
     summary = "Events the outbox set aside",
     description = "The latest 100 events the broker refused for good, newest first, each with its \
                    transaction and the reason. They are never published until re-sent.",
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Newest first.", body = Page<SetAsideEvent>),
-        (status = 401, response = Unauthorized),
-        (status = 503, response = ServiceUnavailable),
     )
 )]
 pub(super) async fn set_aside(
@@ -57,13 +53,11 @@ pub struct ResendRequest {
 #[utoipa::path(
     post,
     path = "/outbox/{event_id}/resend",
-    tag = "admin",
     summary = "Re-send an event the outbox set aside",
     description = "Puts the event back in the outbox queue once the cause is fixed; the relay \
                    publishes it like any other, in its transaction's order. Recorded in the \
                    payment's history as `event.resent` with who and why. An event that is not set \
                    aside (already re-sent, or published) is left as it is (`changed: false`).",
-    security(("admin_token" = [])),
     params(("event_id" = String, Path, description = "The event, `evt_…`.")),
     request_body(content((ResendRequest = "application/json")), description = "Optional."),
     responses(

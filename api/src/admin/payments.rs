@@ -113,7 +113,6 @@ fn who_and_why<'a>(
 #[utoipa::path(
     post,
     path = "/transactions/{id}/redrive",
-    tag = "admin",
     summary = "Re-drive a pending payment",
     description = "Asks for the payment again on `paygate.payments.requested` with a fresh budget of \
                    attempts (a dead-lettered, unresolved or stuck payment): one naming a gateway is \
@@ -121,7 +120,6 @@ fn who_and_why<'a>(
                    mark. Fenced (a version bump) and recorded as `payment.redriven` with who and why. \
                    Only a pending payment (`422 not_pending`); a repeat before anything else happened \
                    to the payment changes nothing (`changed: false`).",
-    security(("admin_token" = [])),
     params(("id" = String, Path, description = "The transaction, `txn_…`.")),
     request_body(content((ActionRequest = "application/json"))),
     responses(
@@ -145,7 +143,6 @@ pub(super) async fn redrive(
 #[utoipa::path(
     post,
     path = "/transactions/{id}/release",
-    tag = "admin",
     summary = "Release an ambiguous payment to other gateways",
     description = "**Only after confirming with the gateway the payment names that it holds nothing \
                    for this reference** (its status query, its support): the gateway may hold the \
@@ -155,7 +152,6 @@ pub(super) async fn redrive(
                    routed from the top of its routes. Only a pending payment that names that gateway \
                    (`422 not_pending`, `422 no_gateway`, `422 gateway_changed` when it names another \
                    by now); a repeat right after a release changes nothing (`changed: false`).",
-    security(("admin_token" = [])),
     params(("id" = String, Path, description = "The transaction, `txn_…`.")),
     request_body(content((ReleaseRequest = "application/json"))),
     responses(
@@ -181,12 +177,10 @@ pub(super) async fn release(
 #[utoipa::path(
     post,
     path = "/transactions/{id}/review/resolve",
-    tag = "admin",
     summary = "Resolve a payment's review",
     description = "Closes the payment's `review` (a contradiction, a payment with no callback) with \
                    the operator's note, recorded as `review.resolved` with who. The status never \
                    changes. A payment under no review is left as it is (`changed: false`).",
-    security(("admin_token" = [])),
     params(("id" = String, Path, description = "The transaction, `txn_…`.")),
     request_body(content((ResolveRequest = "application/json"))),
     responses(

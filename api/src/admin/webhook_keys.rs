@@ -12,7 +12,7 @@ use paygate_common::events::timestamp;
 use paygate_common::signature::ed25519;
 
 use super::{merchant_id, Admin};
-use crate::http::error::responses::{NotFound, ServiceUnavailable, Unauthorized};
+use crate::http::error::responses::NotFound;
 use crate::http::error::{ApiError, Result};
 use crate::http::extract::PathParam;
 use crate::merchant::webhook_keys::jwks_path;
@@ -38,15 +38,11 @@ pub struct SigningKey {
 #[utoipa::path(
     post,
     path = "/merchants/{id}/webhook-signing-key",
-    tag = "admin",
     summary = "Give a merchant a new Ed25519 webhook signing key",
-    security(("admin_token" = [])),
     params(("id" = String, Path, description = "The merchant, `mer_…`.")),
     responses(
         (status = 201, description = "Webhooks now carry a `v1a,` signature too.", body = SigningKey),
-        (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
-        (status = 503, response = ServiceUnavailable),
     )
 )]
 pub async fn rotate_signing_key(

@@ -9,8 +9,6 @@
 //! processed once.
 
 use secrecy::ExposeSecret as _;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -18,11 +16,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use paygate_common::domain::{CallbackId, RefundId, TransactionId};
+use paygate_common::domain::{RefundId, TransactionId};
 use paygate_common::gateway;
 use paygate_common::refunds;
 use paygate_common::signature::callback;
-use paygate_common::transactions::{self, announce_callback};
+use paygate_common::transactions::{self, CallbackStored, NewCallback};
 
 use crate::http::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -197,8 +195,8 @@ async fn legacy_signers(
 }
 
 /// Stores a verified callback once per (gateway, `dedup_key`) with its announcement to
-/// the callback-processor, in one database transaction; a repeat is acknowledged and
-/// changes nothing.
+/// the callback-processor, in one statement; a repeat is acknowledged and changes
+/// nothing.
 async fn store(
     state: &AppState,
     gateway: &str,
@@ -207,37 +205,24 @@ async fn store(
     content_type: &str,
     body: &[u8],
 ) -> Result<()> {
-    let mut tx = state.pool.begin().await?;
-    let known: Option<String> = sqlx::query_scalar("SELECT id FROM transaction WHERE id = $1")
-        .bind(transaction_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-    if known.is_none() {
-        return Err(ApiError::NotFound("transaction"));
+    let callback = NewCallback {
+        gateway,
+        transaction_id,
+        refund_id,
+        dedup_key,
+        content_type,
+        body,
+    };
+    match transactions::store_callback(&state.pool, &callback).await? {
+        CallbackStored::UnknownTransaction => return Err(ApiError::NotFound("transaction")),
+        CallbackStored::Stored(callback_id) => {
+            paygate_common::outbox::committed();
+            tracing::info!(gateway, %transaction_id, %callback_id, "callback stored");
+        }
+        CallbackStored::Duplicate => {
+            tracing::info!(gateway, %transaction_id, "duplicate callback acknowledged");
+        }
     }
-    let callback_id = CallbackId::new();
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body, refund_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT ON CONSTRAINT gateway_callback_dedup DO NOTHING
-         RETURNING id",
-    )
-    .bind(callback_id.as_str())
-    .bind(gateway)
-    .bind(transaction_id.as_str())
-    .bind(dedup_key)
-    .bind(content_type)
-    .bind(body)
-    .bind(refund_id.map(RefundId::as_str))
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_some() {
-        announce_callback(&mut tx, &callback_id, gateway, transaction_id).await?;
-        tracing::info!(gateway, %transaction_id, %callback_id, "callback stored");
-    } else {
-        tracing::info!(gateway, %transaction_id, "duplicate callback acknowledged");
-    }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -319,65 +304,4 @@ pub async fn receive_legacy(
 #[schema(description = "The JSON and card gateways' acknowledgement.")]
 pub struct CallbackAck {
     pub received: bool,
-}
-
-/// The gateway table as callbacks read it: loaded whole (a handful of rows) by one
-/// request while the others wait for it, and reused for [`GATEWAY_CACHE_TTL`]; a code
-/// it does not name reloads it, at most once per [`GATEWAY_MISS_RELOAD`]. So no
-/// callback, however made-up its gateway code, costs a query of its own, a changed
-/// secret is seen within [`GATEWAY_CACHE_TTL`] and a new gateway within
-/// [`GATEWAY_MISS_RELOAD`].
-#[derive(Clone, Default)]
-pub struct GatewayCache {
-    table: Arc<tokio::sync::Mutex<Option<Loaded>>>,
-}
-
-/// The table and when it was read.
-type Loaded = (Instant, Arc<Vec<gateway::GatewayRecord>>);
-
-/// How long a read of the gateway table is reused.
-pub const GATEWAY_CACHE_TTL: Duration = Duration::from_secs(5);
-/// A read of the gateway table younger than this is not repeated for a code it lacks.
-pub const GATEWAY_MISS_RELOAD: Duration = Duration::from_millis(500);
-
-impl GatewayCache {
-    /// Every gateway.
-    pub async fn all(&self, pool: &sqlx::PgPool) -> sqlx::Result<Arc<Vec<gateway::GatewayRecord>>> {
-        self.read(pool, GATEWAY_CACHE_TTL).await
-    }
-
-    /// The table, read again when the last read is `max_age` old.
-    async fn read(
-        &self,
-        pool: &sqlx::PgPool,
-        max_age: Duration,
-    ) -> sqlx::Result<Arc<Vec<gateway::GatewayRecord>>> {
-        let mut table = self.table.lock().await;
-        if let Some((at, gateways)) = table.as_ref() {
-            if at.elapsed() < max_age {
-                return Ok(gateways.clone());
-            }
-        }
-        let gateways = Arc::new(gateway::all(pool).await?);
-        *table = Some((Instant::now(), gateways.clone()));
-        Ok(gateways)
-    }
-
-    /// Gateway `code`, if there is one.
-    pub async fn find(
-        &self,
-        pool: &sqlx::PgPool,
-        code: &str,
-    ) -> sqlx::Result<Option<gateway::GatewayRecord>> {
-        let named = |gateways: &[gateway::GatewayRecord]| {
-            gateways
-                .iter()
-                .find(|gateway| gateway.code == code)
-                .cloned()
-        };
-        if let Some(found) = named(&self.all(pool).await?) {
-            return Ok(Some(found));
-        }
-        Ok(named(&self.read(pool, GATEWAY_MISS_RELOAD).await?))
-    }
 }

@@ -29,6 +29,7 @@ use sqlx::{PgConnection, PgPool};
 
 use paygate_common::config::IdempotencySettings;
 use paygate_common::domain::MerchantId;
+use paygate_common::transactions::KeptAnswer;
 
 use crate::http::error::{ApiError, Result};
 
@@ -284,6 +285,24 @@ impl IdempotencyKey {
         Err(ApiError::IdempotencyInFlight)
     }
 
+    /// The answer to store with the payment in intake's one statement
+    /// ([`transactions::create_at_once`](paygate_common::transactions::create_at_once)),
+    /// which claims the key and completes it at once.
+    pub fn kept<'a>(
+        &'a self,
+        status: StatusCode,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &'a [u8],
+    ) -> KeptAnswer<'a> {
+        KeptAnswer {
+            key: &self.key,
+            request_hash: self.hashes.first().map_or(&[][..], Vec::as_slice),
+            status_code: i32::from(status.as_u16()),
+            headers: stored_headers(headers),
+            body,
+        }
+    }
+
     /// Stores the response, in the database transaction that did the work.
     pub async fn complete(
         &self,
@@ -292,10 +311,6 @@ impl IdempotencyKey {
         headers: &[(HeaderName, HeaderValue)],
         body: &[u8],
     ) -> Result<()> {
-        let headers: serde_json::Map<String, serde_json::Value> = headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.into())))
-            .collect();
         sqlx::query(
             "UPDATE idempotency_key
                 SET status_code = $3, response_headers = $4, response_body = $5
@@ -304,7 +319,7 @@ impl IdempotencyKey {
         .bind(self.merchant.as_str())
         .bind(&self.key)
         .bind(i32::from(status.as_u16()))
-        .bind(serde_json::Value::Object(headers))
+        .bind(stored_headers(headers))
         .bind(body)
         .execute(conn)
         .await?;
@@ -324,6 +339,16 @@ impl IdempotencyKey {
             tracing::warn!(%error, "could not release an idempotency key; it is taken over after a minute");
         }
     }
+}
+
+/// Response headers as the key's row keeps them.
+fn stored_headers(headers: &[(HeaderName, HeaderValue)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.into())))
+            .collect(),
+    )
 }
 
 fn replay(status: i32, headers: Option<serde_json::Value>, body: Option<Vec<u8>>) -> Response {

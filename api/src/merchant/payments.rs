@@ -26,7 +26,7 @@ use utoipa::{PartialSchema, ToSchema};
 use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
 use paygate_common::events::TransactionView;
 use paygate_common::metadata::Metadata;
-use paygate_common::transactions::{self, NewTransaction, TransactionRecord};
+use paygate_common::transactions::{self, Intake, NewTransaction, TransactionRecord};
 
 use crate::http::error::responses::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
@@ -469,6 +469,12 @@ fn legacy(body: &RawBody) -> Result<PaymentRequest> {
     Ok(parse_json::<LegacyRequest>(&body.bytes)?.into())
 }
 
+/// Intake. The common case is one statement ([`transactions::create_at_once`]): the
+/// record, the answer and the first event are built first, then written together, with
+/// the `Idempotency-Key` claimed and completed in the same statement. Where that
+/// statement leaves the decision to the careful path — the merchant has limits in the
+/// currency (checked under a lock), or the key is taken (a replay, a request in flight)
+/// — the same record goes through [`careful`].
 async fn create(
     state: AppState,
     merchant: Merchant,
@@ -479,25 +485,41 @@ async fn create(
     kind: Kind,
 ) -> Result<Response> {
     let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
-    let (work_state, work_merchant) = (state.clone(), merchant.clone());
+    let key = idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)?;
+    if new.country.is_none() {
+        new.country = customer_country(&state.pool, &merchant, &new.user_id).await?;
+    }
+    let record = new.pending();
+    let answer = Answer::render(Format::wanted(headers), &record).await?;
+    if let Some(cvv) = &cvv {
+        // Kept before the payment is written: a write that fails leaves it to expire.
+        state
+            .cvvs
+            .put(&record.id, cvv)
+            .await
+            .map_err(ApiError::Unavailable)?;
+    }
+    let kept = key
+        .as_ref()
+        .map(|key| key.kept(answer.status, &answer.headers, &answer.body));
+    let intake =
+        transactions::create_at_once(&state.pool, &record, new.card.as_ref(), kept.as_ref())
+            .await?;
+    if intake == Intake::Created {
+        paygate_common::outbox::committed();
+        paygate_common::trace::record_transaction(record.id.as_str());
+        tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
+        return Ok(answer.into_response());
+    }
+    // The careful path: the shape every intake route shares.
+    let work_merchant = merchant.id.clone();
     accept(&state, &merchant, headers, route, body, "transaction", move |tx| {
         Box::pin(async move {
-            if new.country.is_none() {
-                new.country = customer_country(tx, &work_merchant, &new.user_id).await?;
-            }
             // Refused here, the transaction rolls back: nothing of it is written.
-            crate::merchant::payouts::reserve(tx, &work_merchant.id, &new.money, kind).await?;
-            let record = transactions::create(tx, new).await?;
+            crate::merchant::payouts::reserve(tx, &work_merchant, &new.money, kind).await?;
+            transactions::insert_pending(tx, &record, new.card.as_ref()).await?;
             paygate_common::trace::record_transaction(record.id.as_str());
-            if let Some(cvv) = &cvv {
-                // Kept before the commit: a commit that fails leaves it to expire.
-                work_state
-                    .cvvs
-                    .put(&record.id, cvv)
-                    .await
-                    .map_err(ApiError::Unavailable)?;
-            }
-            tracing::info!(transaction_id = %record.id, merchant_id = %work_merchant.id, %kind, "payment accepted");
+            tracing::info!(transaction_id = %record.id, merchant_id = %work_merchant, %kind, "payment accepted");
             Ok::<_, ApiError>((view(&record), format!("/v1/transactions/{}", record.id)))
         })
     })
@@ -506,14 +528,14 @@ async fn create(
 
 /// The work an intake route does inside its database transaction: what it stored, as
 /// the merchant sees it, and the `Location` of that.
-pub(crate) type Intake<'c, T> =
+pub(crate) type IntakeWork<'c, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(T, String)>> + Send + 'c>>;
 
-/// Every intake route's shape (payments, refunds): claims the `Idempotency-Key` (a
-/// replay answers at once), runs `work` in one database transaction, answers 202 with
-/// what it returns (rendered as the client wants, under `root`) and a `Location`, and
-/// stores that answer for replays in the same transaction. A refusal rolls everything
-/// back and frees the key.
+/// Every intake route's careful shape (refunds; payments the one statement leaves to
+/// it): claims the `Idempotency-Key` (a replay answers at once), runs `work` in one
+/// database transaction, answers 202 with what it returns (rendered as the client wants,
+/// under `root`) and a `Location`, and stores that answer for replays in the same
+/// transaction. A refusal rolls everything back and frees the key.
 pub(crate) async fn accept<T, F>(
     state: &AppState,
     merchant: &Merchant,
@@ -525,7 +547,7 @@ pub(crate) async fn accept<T, F>(
 ) -> Result<Response>
 where
     T: serde::Serialize,
-    F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> Intake<'c, T>,
+    F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> IntakeWork<'c, T>,
 {
     let key = match idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)? {
         None => None,
@@ -538,28 +560,13 @@ where
     let result = async {
         let mut tx = state.pool.begin().await?;
         let (value, location) = work(&mut tx).await?;
-        let response = format.render(StatusCode::ACCEPTED, root, &value);
-        let (parts, response_body) = response.into_parts();
-        let bytes = axum::body::to_bytes(response_body, usize::MAX)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let location =
-            HeaderValue::from_str(&location).map_err(|e| ApiError::Internal(e.into()))?;
-        let mut kept: Vec<(HeaderName, HeaderValue)> = vec![(LOCATION, location)];
-        if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
-            kept.push((CONTENT_TYPE, content_type.clone()));
-        }
+        let answer = Answer::of(format, &value, root, &location).await?;
         if let Some(key) = &key {
-            key.complete(&mut tx, parts.status, &kept, &bytes).await?;
+            key.complete(&mut tx, answer.status, &answer.headers, &answer.body)
+                .await?;
         }
-        tx.commit().await?;
-        // `insert`, not `extend`: the bytes' own `application/octet-stream` must be
-        // replaced by the rendered content type, not joined by it.
-        let mut response = (parts.status, bytes).into_response();
-        for (name, value) in kept {
-            response.headers_mut().insert(name, value);
-        }
-        Ok::<_, ApiError>(response)
+        paygate_common::outbox::commit(tx).await?;
+        Ok::<_, ApiError>(answer.into_response())
     }
     .await;
     if result.is_err() {
@@ -570,9 +577,58 @@ where
     result
 }
 
+/// A 202 answer, rendered once: sent, and kept for replays.
+struct Answer {
+    status: StatusCode,
+    /// `Location` and `Content-Type`, as sent and as replayed.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: axum::body::Bytes,
+}
+
+impl Answer {
+    async fn render(format: Format, record: &TransactionRecord) -> Result<Answer> {
+        let location = format!("/v1/transactions/{}", record.id);
+        Self::of(format, &view(record), "transaction", &location).await
+    }
+
+    /// `value` rendered under `root`, with its `Location`.
+    async fn of<T: serde::Serialize>(
+        format: Format,
+        value: &T,
+        root: &str,
+        location: &str,
+    ) -> Result<Answer> {
+        let response = format.render(StatusCode::ACCEPTED, root, value);
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let location = HeaderValue::from_str(location).map_err(|e| ApiError::Internal(e.into()))?;
+        let mut headers: Vec<(HeaderName, HeaderValue)> = vec![(LOCATION, location)];
+        if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
+            headers.push((CONTENT_TYPE, content_type.clone()));
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers,
+            body,
+        })
+    }
+
+    fn into_response(self) -> Response {
+        // `insert`, not `extend`: the bytes' own `application/octet-stream` must be
+        // replaced by the rendered content type, not joined by it.
+        let mut response = (self.status, self.body).into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
 /// The country on record for the merchant's user, if any.
 async fn customer_country(
-    conn: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
     merchant: &Merchant,
     user_id: &str,
 ) -> Result<Option<Country>> {
@@ -580,7 +636,7 @@ async fn customer_country(
         sqlx::query_scalar("SELECT country FROM customer WHERE merchant_id = $1 AND user_id = $2")
             .bind(merchant.id.as_str())
             .bind(user_id)
-            .fetch_optional(conn)
+            .fetch_optional(pool)
             .await?;
     Ok(stored.and_then(|c| c.parse().ok()))
 }

@@ -13,6 +13,7 @@
 //! answer — a timeout after sending, a `500`/`502`/`504`, a body that does not parse —
 //! is [`Outcome::Ambiguous`], because a proxy's 504 can come after the gateway charged.
 
+mod cache;
 mod card;
 mod http;
 mod json;
@@ -30,6 +31,7 @@ use serde::Serialize;
 use crate::domain::Kind;
 use crate::signature::callback::{self, SignatureError};
 
+pub use cache::{GatewayCache, GATEWAY_CACHE_TTL, GATEWAY_MISS_RELOAD};
 pub use card::CardAcquirer;
 pub use json::JsonGateway;
 pub use soap::SoapGateway;

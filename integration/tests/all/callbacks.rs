@@ -307,7 +307,7 @@ async fn the_original_callback_route_signed_with_the_gateways_secret_over_its_tr
     assert_eq!(body_only.status(), reqwest::StatusCode::UNAUTHORIZED);
     assert_eq!(stored_callbacks(&suite, &id).await, 0, "nothing stored");
 
-    // The README's line: HMAC over "<t>.<transaction id>.<body>".
+    // The book's line (gateways/callbacks.md): HMAC over "<t>.<transaction id>.<body>".
     for _ in 0..2 {
         let signed = legacy_callback(&suite, &id, body, Some(SIM_JSON_SECRET), &id).await;
         assert_eq!(signed, reqwest::StatusCode::OK);

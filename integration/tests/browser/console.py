@@ -12,7 +12,7 @@ It signs in, finds a completed payment through the list and opens its timeline,
 disables simsoap and sees the next German payment routed to its fallback simjson,
 replays a webhook and sees the new attempt, and signs out. Any Content-Security-Policy
 violation the browser reports fails the run. With `--screenshots DIR` it also saves each
-page as a PNG (1280x800), which is how the README's picture is made.
+page as a PNG (1280x800), which is how the book's picture of the console is made.
 """
 
 import json

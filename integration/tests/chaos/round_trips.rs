@@ -2,8 +2,8 @@
 //! PostgreSQL with `pg_stat_statements`, each service connected as its own role. What
 //! the services do while idle (polls, the reconciler) is measured over a quiet spell
 //! first and taken off, so what remains is what payments cost. It prints a table (the
-//! README has the figures): `scripts/test -E 'test(round_trips)' --run-ignored only
-//! --no-capture`.
+//! book's Performance page has the figures):
+//! `scripts/test -E 'test(round_trips)' --run-ignored only --no-capture`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
