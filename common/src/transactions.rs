@@ -209,11 +209,23 @@ pub async fn create_at_once<'e>(
     card: Option<&SealedCard>,
     answer: Option<&KeptAnswer<'_>>,
 ) -> sqlx::Result<Intake> {
+    write_pending(executor, record, card, answer, true).await
+}
+
+/// The one statement of [`create_at_once`]; `check_limits: false` writes whatever the
+/// merchant's limits (the careful path has checked them under its lock).
+async fn write_pending<'e>(
+    executor: impl PgExecutor<'e>,
+    record: &TransactionRecord,
+    card: Option<&SealedCard>,
+    answer: Option<&KeptAnswer<'_>>,
+    check_limits: bool,
+) -> sqlx::Result<Intake> {
     let event_id = EventId::new();
     let (free, created): (bool, bool) = sqlx::query_as(
         "WITH guard AS (
-             SELECT NOT EXISTS (SELECT 1 FROM merchant_payout_limit
-                                 WHERE merchant_id = $2 AND currency = $5) AS free
+             SELECT NOT $25 OR NOT EXISTS (SELECT 1 FROM merchant_payout_limit
+                                            WHERE merchant_id = $2 AND currency = $5) AS free
          ), kept AS (
              INSERT INTO idempotency_key (merchant_id, key, request_hash, status_code,
                                           response_headers, response_body)
@@ -258,6 +270,7 @@ pub async fn create_at_once<'e>(
     .bind(event_type::CREATED)
     .bind(Destination::PaymentsRequested.as_str())
     .bind(record.metadata.to_json())
+    .bind(check_limits)
     .fetch_one(executor)
     .await?;
     Ok(match (free, created) {
@@ -294,44 +307,13 @@ pub async fn insert_pending(
     record: &TransactionRecord,
     card: Option<&SealedCard>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
-                                  reference, payment_method, card_masked, card_key_id, card_ciphertext,
-                                  card_cvv_given, metadata, created_at, updated_at)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false),
-                 $15::jsonb, $14, $14)",
-    )
-    .bind(record.id.as_str())
-    .bind(record.merchant_id.as_str())
-    .bind(record.kind.as_str())
-    .bind(record.amount)
-    .bind(&record.currency)
-    .bind(&record.user_id)
-    .bind(&record.country)
-    .bind(&record.reference)
-    .bind(&record.payment_method)
-    .bind(card.map(|c| &c.masked))
-    .bind(card.map(|c| &c.key_id))
-    .bind(card.map(|c| &c.ciphertext))
-    .bind(card.map(|c| c.cvv_given))
-    .bind(record.created_at)
-    .bind(record.metadata.to_json())
-    .execute(&mut *conn)
-    .await?;
-    let event_id = EventId::new();
-    append_event(
-        conn,
-        &NewEvent {
-            id: &event_id,
-            transaction_id: &record.id,
-            version: Some(record.version),
-            event_type: event_type::CREATED,
-            status: Some(record.status),
-            destination: Destination::PaymentsRequested,
-            payload: &first_event_payload(&event_id, record),
-        },
-    )
-    .await
+    match write_pending(conn, record, card, None, false).await? {
+        Intake::Created => Ok(()),
+        other => Err(sqlx::Error::Protocol(format!(
+            "transaction {} was not written: {other:?}",
+            record.id
+        ))),
+    }
 }
 
 /// Reads one transaction.
