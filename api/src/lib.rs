@@ -265,7 +265,7 @@ impl Application {
         settings.refuse_development_secrets(paygate_common::environment::Uses::ALL)?;
         metrics::install();
         let pool = db::connect(&settings.database).await?;
-        let relay = Relay::for_service(pool.clone(), &settings).await?;
+        let relay = Relay::for_service(&settings).await?;
         let listener = health::bind(&settings.api.listen).await?;
         let metrics_listener = health::bind(&settings.api.metrics_listen).await?;
         let admin_listener = match settings.admin.listen.as_str() {

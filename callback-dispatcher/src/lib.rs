@@ -70,13 +70,16 @@ impl Application {
         };
         let http = http_client(&settings, resolver)?;
         let keys = settings.secrets.key_ring()?;
-        let sender = Sender::new(
-            worker.pool.clone(),
-            &settings.callback_dispatcher,
-            keys,
-            http,
-            wake,
-        );
+        // Its claims and attempt records commit without waiting for the WAL flush: lost
+        // in a PostgreSQL crash, they mean a webhook sent again under the same
+        // `webhook-id`, as after any crash mid-send. The deliveries themselves are
+        // recorded on the worker's pool, flushed before the offset is stored.
+        let bookkeeping = paygate_common::db::connect_unflushed(
+            &settings.database,
+            settings.database.max_connections,
+        )
+        .await?;
+        let sender = Sender::new(bookkeeping, &settings.callback_dispatcher, keys, http, wake);
         Ok(Application {
             worker,
             handler,

@@ -21,6 +21,32 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, and applies the migrations when the settings say so.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let pool = pool(settings, settings.max_connections, &[]).await?;
+    if settings.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// A pool whose commits do not wait for the WAL flush (`synchronous_commit = off`), for
+/// bookkeeping whose loss in a PostgreSQL crash only means doing again what is already
+/// done at least once and deduplicated downstream: a relay's claims and marks (the
+/// events are published again; consumers absorb duplicates by event id and version)
+/// and the dispatcher's attempt records (the webhook is sent again under the same
+/// `webhook-id`, which is how merchants deduplicate). Never for a write whose loss
+/// would lose a payment, a status or a delivery: those stay on [`connect`]'s pool.
+pub async fn connect_unflushed(
+    settings: &DatabaseSettings,
+    connections: u32,
+) -> anyhow::Result<PgPool> {
+    pool(settings, connections, &[("synchronous_commit", "off")]).await
+}
+
+async fn pool(
+    settings: &DatabaseSettings,
+    connections: u32,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(settings.url.expose_secret())
         .context("parsing database.url")?
         .options([
@@ -32,18 +58,15 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
                 "idle_in_transaction_session_timeout",
                 format!("{}ms", settings.idle_in_transaction_timeout_ms),
             ),
-        ]);
+        ])
+        .options(extra.iter().copied());
     let options = with_tls(options, &settings.tls)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+    PgPoolOptions::new()
+        .max_connections(connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .context("connecting to PostgreSQL")?;
-    if settings.migrate_on_start {
-        migrate(&pool).await?;
-    }
-    Ok(pool)
+        .context("connecting to PostgreSQL")
 }
 
 /// `options` with the TLS that `tls` asks for (the URL's own `sslmode` and

@@ -52,6 +52,9 @@ use crate::kafka::{self, await_delivery, Envelope, Producer};
 use crate::retry;
 use crate::Settings;
 
+/// A relay runs one statement at a time.
+const RELAY_CONNECTIONS: u32 = 2;
+
 /// Wakes the relays of this process; see [`committed`].
 static COMMITTED: Notify = Notify::const_new();
 
@@ -150,10 +153,14 @@ impl Relay {
     /// Creates the suite's topics that are missing (the broker may not create them on
     /// first use) and a relay with a producer of its own: what every service that
     /// writes events starts with.
-    pub async fn for_service(pool: PgPool, settings: &Settings) -> anyhow::Result<Self> {
+    /// Its claims and marks commit without waiting for the WAL flush
+    /// ([`crate::db::connect_unflushed`]): lost in a PostgreSQL crash, they only mean
+    /// publishing those events again.
+    pub async fn for_service(settings: &Settings) -> anyhow::Result<Self> {
         let topics = kafka::all_topics(&settings.kafka.topics);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         kafka::ensure_topics(&settings.kafka, &topics).await?;
+        let pool = crate::db::connect_unflushed(&settings.database, RELAY_CONNECTIONS).await?;
         Self::new(pool, &settings.kafka, &settings.outbox)
     }
 

@@ -85,7 +85,7 @@ impl Worker {
         let pool = db::connect(&settings.database).await?;
         // The relay creates the suite's topics; without one, the worker does.
         let relay = if with_relay {
-            Some(Relay::for_service(pool.clone(), settings).await?)
+            Some(Relay::for_service(settings).await?)
         } else {
             let all = crate::kafka::all_topics(&settings.kafka.topics);
             let all: Vec<&str> = all.iter().map(String::as_str).collect();

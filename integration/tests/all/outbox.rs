@@ -365,3 +365,22 @@ async fn a_relay_killed_between_publish_and_mark_is_published_again_and_the_paym
     stop.cancel();
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_bookkeeping_that_is_redone_anyway_commits_without_waiting_for_the_flush() {
+    let settings = settings().await;
+    let pool = pool(&settings).await;
+    let show = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // Payments, statuses, callbacks and deliveries: flushed before anyone is told.
+    assert_eq!(show(pool.clone()).await, "on");
+    // A relay's claims and marks, the dispatcher's attempts: redone after a crash.
+    let unflushed = paygate_common::db::connect_unflushed(&settings.database, 1)
+        .await
+        .unwrap();
+    assert_eq!(show(unflushed).await, "off");
+}
