@@ -1,35 +1,30 @@
-//! What more than one Paygate service shares: domain types, event schemas, Kafka,
-//! PostgreSQL and Redis plumbing, gateway adapters, signatures, configuration,
-//! telemetry and shutdown. A service's own logic stays in its own crate.
+//! What more than one Paygate service shares, grouped by concern so the list reads as a
+//! map:
+//! - [`money`]: the domain and money — ids, amounts, statuses, event schemas, and the
+//!   only ways a payment or a refund changes;
+//! - [`store`]: storage and messaging — PostgreSQL, Kafka, the outbox, Redis locks;
+//! - [`security`]: cards, secrets, signatures, egress, re-sealing, the environment;
+//! - [`ops`]: operations — services and their supervision, metrics, health, telemetry,
+//!   tracing, listeners, retries;
+//! - [`gateway`]: the gateway adapters and their table;
+//! - [`config`]: the settings.
+//!
+//! Each module is also at the crate's root (`paygate_common::outbox`, …), so a path
+//! names what a thing is, not which group holds it. A service's own logic stays in its
+//! own crate.
 
-pub mod backlog;
-pub mod cards;
 pub mod config;
-pub mod db;
-pub mod domain;
-pub mod egress;
-pub mod environment;
-pub mod events;
 pub mod gateway;
-pub mod health;
-pub mod http_server;
-pub mod init;
-pub mod kafka;
-pub mod lock;
-pub mod metadata;
-pub mod metrics;
-pub mod outbox;
-pub mod redis_connection;
-pub mod refunds;
-pub mod reseal;
-pub mod retry;
-pub mod secrets;
-pub mod service;
-pub mod shutdown;
-pub mod signature;
-pub mod supervisor;
-pub mod telemetry;
-pub mod trace;
-pub mod transactions;
+pub mod money;
+pub mod ops;
+pub mod security;
+pub mod store;
+
+pub use money::{domain, events, metadata, refunds, transactions};
+pub use ops::{
+    health, http_server, init, metrics, retry, service, shutdown, supervisor, telemetry, trace,
+};
+pub use security::{cards, egress, environment, reseal, secrets, signature};
+pub use store::{backlog, db, kafka, lock, outbox, redis_connection};
 
 pub use config::Settings;

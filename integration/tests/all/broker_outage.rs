@@ -2,7 +2,7 @@
 //!
 //! The outage outlasts the producers' message timeout, so the relays' deliveries time
 //! out while it is down: librdkafka's idempotent producer then bumps its epoch, which
-//! tansu cannot take (see `common/src/outbox.rs`), and the relays must renew their
+//! tansu cannot take (see `common/src/store/outbox.rs`), and the relays must renew their
 //! producers for anything to be published after the broker returns.
 
 use std::time::Duration;

@@ -22,7 +22,7 @@
 //! - A broker outage only delays events: a transient failure releases the claim and the
 //!   batch is tried again with backoff.
 //! - A delivery that timed out renews the relay's producer before it tries again (see
-//!   `common/src/kafka/producer.rs`: tansu cannot take the epoch bump that follows).
+//!   `common/src/store/kafka/producer.rs`: tansu cannot take the epoch bump that follows).
 //!
 //! How a relay learns of new rows, cheaply:
 //! - **In-process, never NOTIFY.** A commit that sends NOTIFY holds a database-wide lock
