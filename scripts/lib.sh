@@ -204,3 +204,19 @@ ensure_selenium() {
         "$SELENIUM_VENV/bin/python" -m pip install --quiet "selenium==$SELENIUM_VERSION"
     fi
 }
+
+# Every test marked #[ignore] and why (its reason), for the end of a run: nothing is
+# left out without saying so.
+list_ignored() {
+    python3 - "$PAYGATE_ROOT" <<'PY'
+import pathlib, re, sys
+root = pathlib.Path(sys.argv[1])
+for path in sorted(root.glob("*/**/*.rs")):
+    if "target" in path.parts:
+        continue
+    text = path.read_text(errors="replace")
+    for m in re.finditer(r'#\[ignore\s*=\s*"([^"]*)"\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)', text):
+        print(f"  {m.group(2)} ({path.relative_to(root)}): {m.group(1)}")
+PY
+}
+
