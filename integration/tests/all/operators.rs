@@ -157,9 +157,20 @@ async fn a_payments_history_and_webhook_deliveries_read_in_order_and_a_replay_re
         ]
     );
 
-    let deliveries =
-        json_of(suite.get(&format!("/v1/webhook-deliveries?transaction_id={id}"))).await;
-    let deliveries = deliveries["data"].as_array().unwrap().clone();
+    // The receiver has both; the dispatcher records each as delivered a moment after
+    // the receiver's answer reaches it.
+    let deliveries = eventually(
+        "both deliveries recorded",
+        Duration::from_secs(30),
+        || async {
+            let page =
+                json_of(suite.get(&format!("/v1/webhook-deliveries?transaction_id={id}"))).await;
+            let deliveries = page["data"].as_array().cloned().unwrap_or_default();
+            (deliveries.len() == 2 && deliveries.iter().all(|d| d["status"] != "pending"))
+                .then_some(deliveries)
+        },
+    )
+    .await;
     assert_eq!(deliveries.len(), 2);
     assert_eq!(deliveries[0]["type"], "transaction.processing");
     assert_eq!(deliveries[1]["type"], "transaction.completed");
