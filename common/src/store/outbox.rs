@@ -128,8 +128,6 @@ pub struct Published {
     pub unknown_topic: Vec<i64>,
     /// Whether a delivery timed out inside the producer (which then renews).
     pub timed_out: bool,
-    /// How many rows the batch had.
-    pub claimed: usize,
 }
 
 /// A row handed to the producer.
@@ -342,10 +340,7 @@ impl Relay {
                 });
             chains[index].push(row);
         }
-        let mut published = Published {
-            claimed: batch.len(),
-            ..Published::default()
-        };
+        let mut published = Published::default();
         let mut stopped: Vec<Option<String>> = vec![None; chains.len()];
         let rounds = chains.iter().map(Vec::len).max().unwrap_or(0);
         for round in 0..rounds {
@@ -424,13 +419,6 @@ impl Relay {
             Ok(delivery) => Pending::Delivery(delivery, topic),
             Err(error) => Pending::Settled(classify(&error)),
         }
-    }
-
-    /// Marks acknowledged rows published, sets refused rows aside with their reason and
-    /// releases the claims of the rest (counting an attempt where the topic was unknown).
-    pub async fn record(&self, published: &Published) -> sqlx::Result<()> {
-        self.mark(&published.acknowledged).await?;
-        self.record_unacknowledged(published).await
     }
 
     /// Marks rows the broker acknowledged published.
