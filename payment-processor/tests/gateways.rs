@@ -722,9 +722,12 @@ async fn a_refund_its_gateway_proves_it_never_took_is_retried_then_failed_and_it
         LONG,
     )
     .await;
-    assert_eq!(
-        dead[0].key, unavailable,
-        "the spent refund is dead-lettered"
+    // The whole refund may be dead-lettered too while the circuit stays open; the
+    // spent one must be among them, whatever the partitions' order.
+    let keys: Vec<&str> = dead.iter().map(|m| m.key.as_str()).collect();
+    assert!(
+        keys.contains(&unavailable.as_str()),
+        "the spent refund is dead-lettered: {keys:?}"
     );
     suite.stop().await;
 }
