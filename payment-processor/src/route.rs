@@ -36,7 +36,11 @@ impl PaymentHandler {
         let windows = if scored.is_empty() {
             HashMap::new()
         } else {
-            match self.scores.windows(&scored, &transaction, window_size).await {
+            match self
+                .scores
+                .windows(&scored, &transaction, window_size)
+                .await
+            {
                 Ok(windows) => windows,
                 Err(error) => {
                     tracing::warn!(transaction_id = %transaction.id, %error, "no success rates; ordering by priority");

@@ -76,9 +76,16 @@ impl Snapshot {
             .as_deref()
             .and_then(|country| self.policies.get_key_value(country))
             .or_else(|| self.policies.get_key_value(DEFAULT_ROUTE_SET))
-            .map_or((None, None), |(set, policy)| (Some(set.as_str()), Some(policy)));
+            .map_or((None, None), |(set, policy)| {
+                (Some(set.as_str()), Some(policy))
+            });
         let rule = policy.and_then(|p| {
-            p.first_match(payment.amount, payment.currency.trim(), method, payment.kind)
+            p.first_match(
+                payment.amount,
+                payment.currency.trim(),
+                method,
+                payment.kind,
+            )
         });
         let routed: Vec<GatewayRecord> = match (policy, rule) {
             (Some(policy), Some(index)) => policy.rules[index]

@@ -98,8 +98,8 @@ impl Scores {
             .zip(lists)
             .map(|(gateway, list)| {
                 let samples = u32::try_from(list.len()).unwrap_or(u32::MAX);
-                let successes = u32::try_from(list.iter().filter(|o| *o == "1").count())
-                    .unwrap_or(u32::MAX);
+                let successes =
+                    u32::try_from(list.iter().filter(|o| *o == "1").count()).unwrap_or(u32::MAX);
                 ((*gateway).to_owned(), Window { successes, samples })
             })
             .collect())

@@ -171,8 +171,8 @@ fn by_success_rate(
         let (ka, kb) = (key(a), key(b));
         ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
     });
-    let explore = candidates.len() > 1
-        && rng.random_range(0..100) < policy.exploration_percent.clamp(0, 100);
+    let explore =
+        candidates.len() > 1 && rng.random_range(0..100) < policy.exploration_percent.clamp(0, 100);
     if explore {
         let pick = rng.random_range(1..candidates.len());
         let explored = candidates.remove(pick);
@@ -182,7 +182,11 @@ fn by_success_rate(
 }
 
 /// Puts one gateway drawn with the split's weights first (see the module).
-fn by_volume_split(candidates: &mut Vec<GatewayRecord>, policy: &RoutingPolicy, rng: &mut impl Rng) {
+fn by_volume_split(
+    candidates: &mut Vec<GatewayRecord>,
+    policy: &RoutingPolicy,
+    rng: &mut impl Rng,
+) {
     let weight = |g: &GatewayRecord| {
         policy
             .splits
@@ -278,11 +282,26 @@ mod tests {
             ..RoutingPolicy::default()
         };
         let windows = HashMap::from([
-            ("a".to_owned(), Window { successes: 50, samples: 100 }),
-            ("b".to_owned(), Window { successes: 95, samples: 100 }),
+            (
+                "a".to_owned(),
+                Window {
+                    successes: 50,
+                    samples: 100,
+                },
+            ),
+            (
+                "b".to_owned(),
+                Window {
+                    successes: 95,
+                    samples: 100,
+                },
+            ),
         ]);
         let firsts = first_choices(&policy, &windows, 1000);
-        let (a, b) = (firsts.get("a").copied().unwrap_or(0), firsts.get("b").copied().unwrap_or(0));
+        let (a, b) = (
+            firsts.get("a").copied().unwrap_or(0),
+            firsts.get("b").copied().unwrap_or(0),
+        );
         assert!(b >= 800, "{firsts:?}");
         assert!(a > 0, "exploration never reached a: {firsts:?}");
     }
@@ -296,8 +315,20 @@ mod tests {
             ..RoutingPolicy::default()
         };
         let windows = HashMap::from([
-            ("a".to_owned(), Window { successes: 100, samples: 100 }),
-            ("b".to_owned(), Window { successes: 0, samples: 19 }),
+            (
+                "a".to_owned(),
+                Window {
+                    successes: 100,
+                    samples: 100,
+                },
+            ),
+            (
+                "b".to_owned(),
+                Window {
+                    successes: 0,
+                    samples: 19,
+                },
+            ),
         ]);
         let decision = plan(&policy, &["a", "b"]).decide(&windows, &mut rand::rng());
         assert_eq!(decision.routing.order, ["b", "a"]);

@@ -29,7 +29,11 @@ async fn set_policy(suite: &Suite, route_set: &str, policy: Value) {
         .await
         .unwrap();
     let status = response.status();
-    assert!(status.is_success(), "{status}: {}", response.text().await.unwrap());
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        response.text().await.unwrap()
+    );
     // The processor reloads on the change notification (and every 500 ms in tests).
     tokio::time::sleep(Duration::from_millis(700)).await;
 }
@@ -50,16 +54,17 @@ fn german(amount: &str) -> Value {
 /// Once `ids` all left `pending`: the gateway each was settled at.
 async fn settled_gateways(suite: &Suite, ids: &[String]) -> Vec<String> {
     eventually("the payments to leave pending", LONG, || async {
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, gateway FROM transaction WHERE id = ANY($1)",
-        )
-        .bind(ids)
-        .fetch_all(&suite.pool)
-        .await
-        .unwrap();
-        rows.iter()
-            .all(|(status, _)| status != "pending")
-            .then(|| rows.into_iter().map(|(_, g)| g.unwrap_or_default()).collect())
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, gateway FROM transaction WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&suite.pool)
+                .await
+                .unwrap();
+        rows.iter().all(|(status, _)| status != "pending").then(|| {
+            rows.into_iter()
+                .map(|(_, g)| g.unwrap_or_default())
+                .collect()
+        })
     })
     .await
 }
@@ -135,7 +140,10 @@ async fn success_rate_routing_sends_most_payments_to_the_gateway_that_declines_l
     assert_eq!(why.strategy, "success_rate");
     assert_eq!(why.route_set, "DE");
     assert_eq!(why.scores.len(), 2, "{why:?}");
-    assert!(why.scores.iter().all(|s| s.counted && s.samples >= 10), "{why:?}");
+    assert!(
+        why.scores.iter().all(|s| s.counted && s.samples >= 10),
+        "{why:?}"
+    );
     suite.stop().await;
 }
 
@@ -181,7 +189,11 @@ async fn a_volume_split_sends_each_gateway_its_share_within_the_stated_tolerance
     // 40 expected at simsoap, standard deviation ~5.7: ±20 is over three and a half.
     let soap = at(&counts, "simsoap");
     assert!((20..=60).contains(&soap), "{counts:?}");
-    assert_eq!(at(&counts, "simsoap") + at(&counts, "simjson"), 200, "{counts:?}");
+    assert_eq!(
+        at(&counts, "simsoap") + at(&counts, "simjson"),
+        200,
+        "{counts:?}"
+    );
     suite.stop().await;
 }
 
@@ -202,13 +214,24 @@ async fn rules_by_amount_and_method_pick_the_candidate_set_and_the_attempt_says_
         "number": "4242424242424242", "expiry_month": 12, "expiry_year": 2031}});
     let card = deposit(&suite, card).await;
     let gateways = settled_gateways(&suite, &[small.clone(), large.clone(), card.clone()]).await;
-    assert_eq!(attempted_gateways(&suite.pool, &small).await, ["simsoap"], "{gateways:?}");
+    assert_eq!(
+        attempted_gateways(&suite.pool, &small).await,
+        ["simsoap"],
+        "{gateways:?}"
+    );
     assert_eq!(attempted_gateways(&suite.pool, &large).await, ["simjson"]);
     assert_eq!(attempted_gateways(&suite.pool, &card).await, ["simcard"]);
 
     let why = decision(&suite, &small).await;
-    assert_eq!((why.strategy.as_str(), why.route_set.as_str(), why.rule), ("priority", "*", 1));
-    assert!(why.rule_summary.contains("amount ..50.00"), "{}", why.rule_summary);
+    assert_eq!(
+        (why.strategy.as_str(), why.route_set.as_str(), why.rule),
+        ("priority", "*", 1)
+    );
+    assert!(
+        why.rule_summary.contains("amount ..50.00"),
+        "{}",
+        why.rule_summary
+    );
     assert_eq!(decision(&suite, &large).await.rule, 0, "no rule matched");
     suite.stop().await;
 }
@@ -250,8 +273,15 @@ async fn a_pinned_gateway_that_is_down_is_never_fallen_back_from_unless_the_requ
     let allowed = deposit(&suite, allowed).await;
 
     let gateways = settled_gateways(&suite, std::slice::from_ref(&allowed)).await;
-    assert_eq!(gateways, ["simsoap"], "the routed gateways followed the pinned one");
-    assert_eq!(attempted_gateways(&suite.pool, &allowed).await, ["down", "simsoap"]);
+    assert_eq!(
+        gateways,
+        ["simsoap"],
+        "the routed gateways followed the pinned one"
+    );
+    assert_eq!(
+        attempted_gateways(&suite.pool, &allowed).await,
+        ["down", "simsoap"]
+    );
     // Meanwhile the pinned payment was retried at its gateway, and only there.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let attempted = attempted_gateways(&suite.pool, &pinned).await;
@@ -274,7 +304,8 @@ async fn a_gateway_that_cannot_take_the_payment_is_refused_at_intake_and_nothing
         (json!("nosuch"), "no such gateway"),
         (json!(["simjson", "simsoap"]), "not routed"),
     ] {
-        let mut body = json!({"user_id": "u-3", "amount": "10.00", "currency": "USD", "country": "US"});
+        let mut body =
+            json!({"user_id": "u-3", "amount": "10.00", "currency": "USD", "country": "US"});
         body["gateway"] = gateway;
         let response = suite.post("/v1/deposits").json(&body).send().await.unwrap();
         assert_eq!(response.status(), 422);

@@ -77,8 +77,8 @@ pub(super) async fn put_policy(
         Some(_) => return Err(ApiError::invalid("operator", "a name, as a string")),
     };
     let actor = Actor::admin_api(operator.as_deref())?;
-    let policy: RoutingPolicy = serde_json::from_value(request)
-        .map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    let policy: RoutingPolicy =
+        serde_json::from_value(request).map_err(|e| ApiError::invalid("body", e.to_string()))?;
     policy::check_route_set(&route_set).map_err(refused)?;
     let gateways = paygate_common::gateway::all(&state.pool).await?;
     policy
@@ -87,7 +87,12 @@ pub(super) async fn put_policy(
     let mut tx = state.pool.begin().await?;
     policy::store_policy(&mut tx, &route_set, &policy, actor.as_str()).await?;
     tx.commit().await?;
-    tracing::info!(route_set, actor = actor.as_str(), strategy = policy.strategy.as_str(), "routing policy changed");
+    tracing::info!(
+        route_set,
+        actor = actor.as_str(),
+        strategy = policy.strategy.as_str(),
+        "routing policy changed"
+    );
     let stored = policy::all_policies(&state.pool)
         .await?
         .into_iter()

@@ -99,6 +99,10 @@ pub async fn save(
     let mut tx = state.pool.begin().await?;
     policy::store_policy(&mut tx, route_set, &policy, actor.as_str()).await?;
     tx.commit().await?;
-    tracing::info!(route_set, actor = actor.as_str(), "routing policy changed from the console");
+    tracing::info!(
+        route_set,
+        actor = actor.as_str(),
+        "routing policy changed from the console"
+    );
     Ok(redirect("/console/routing"))
 }

@@ -329,7 +329,14 @@ pub(crate) fn why(decision: &proto::RoutingDecision) -> String {
         parts.push("explored".to_owned());
     }
     if decision.strategy == "pinned" {
-        parts.push(if decision.fallback { "fallback allowed" } else { "no fallback" }.to_owned());
+        parts.push(
+            if decision.fallback {
+                "fallback allowed"
+            } else {
+                "no fallback"
+            }
+            .to_owned(),
+        );
     }
     parts.push(format!("order: {}", decision.order.join(" → ")));
     parts.join(" · ")

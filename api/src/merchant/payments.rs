@@ -296,7 +296,10 @@ impl PaymentRequest {
                     ));
                 }
                 if codes.iter().any(|c| c.is_empty() || c.len() > MAX_TEXT) {
-                    return Err(ApiError::invalid("gateway", "a gateway code is 1 to 255 characters"));
+                    return Err(ApiError::invalid(
+                        "gateway",
+                        "a gateway code is 1 to 255 characters",
+                    ));
                 }
                 Some(Pinned {
                     codes,

@@ -228,7 +228,10 @@ impl RoutingPolicy {
         match self.strategy {
             Strategy::VolumeSplit => {
                 if self.splits.is_empty() {
-                    return Err(refuse("splits", "volume_split needs percentages per gateway"));
+                    return Err(refuse(
+                        "splits",
+                        "volume_split needs percentages per gateway",
+                    ));
                 }
                 for (code, percent) in &self.splits {
                     if !known(code) {
@@ -255,10 +258,16 @@ impl RoutingPolicy {
         for (i, rule) in self.rules.iter().enumerate() {
             let field = |name: &str| format!("rules[{i}].{name}");
             if rule.gateways.is_empty() {
-                return Err(refuse(field("gateways"), "a rule needs at least one gateway"));
+                return Err(refuse(
+                    field("gateways"),
+                    "a rule needs at least one gateway",
+                ));
             }
             if let Some(code) = rule.gateways.iter().find(|code| !known(code)) {
-                return Err(refuse(field("gateways"), format!("no such gateway: {code}")));
+                return Err(refuse(
+                    field("gateways"),
+                    format!("no such gateway: {code}"),
+                ));
             }
             if let (Some(min), Some(max)) = (rule.min_amount, rule.max_amount) {
                 if min >= max {

@@ -604,7 +604,14 @@ pub async fn record_attempt(
     seen: &TransactionRecord,
     gateway: &str,
 ) -> Result<TransactionRecord, TransitionError> {
-    fenced_pending_update(conn, seen, Some(gateway), event_type::GATEWAY_ATTEMPTED, None).await
+    fenced_pending_update(
+        conn,
+        seen,
+        Some(gateway),
+        event_type::GATEWAY_ATTEMPTED,
+        None,
+    )
+    .await
 }
 
 /// [`record_attempt`], its `gateway.attempted` event also saying why this gateway was
