@@ -150,9 +150,10 @@ async fn success_rate_routing_sends_most_payments_to_the_gateway_that_declines_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_the_better_gateway_degrades_its_traffic_moves_back_within_the_window() {
     let suite = Suite::start().await;
+    // simsoap, the priority route, starts as the better one: it keeps the traffic.
     misbehave(
         &suite.simulator_url,
-        json!({"soap": {"decline_percent": 50}, "json": {"decline_percent": 5}}),
+        json!({"soap": {"decline_percent": 5}, "json": {"decline_percent": 50}}),
     )
     .await;
     set_policy(
@@ -161,18 +162,20 @@ async fn when_the_better_gateway_degrades_its_traffic_moves_back_within_the_wind
         json!({"strategy": "success_rate", "exploration_percent": 10, "min_sample": 10, "window_size": 30}),
     )
     .await;
-    send_german(&suite, 60, 10).await;
+    send_german(&suite, 30, 10).await;
+    let before = send_german(&suite, 30, 10).await;
+    assert!(at(&before, "simsoap") >= 20, "{before:?}");
 
-    // simjson now declines most payments, simsoap hardly any.
+    // simsoap now declines most payments, simjson hardly any.
     misbehave(
         &suite.simulator_url,
-        json!({"soap": {"decline_percent": 5}, "json": {"decline_percent": 80}}),
+        json!({"soap": {"decline_percent": 80}, "json": {"decline_percent": 5}}),
     )
     .await;
-    // Within the window (30 outcomes of simjson) its score falls below simsoap's.
+    // Within the window (30 outcomes of simsoap) its score falls below simjson's.
     send_german(&suite, 60, 10).await;
-    let counts = send_german(&suite, 50, 10).await;
-    assert!(at(&counts, "simsoap") >= 35, "{counts:?}");
+    let after = send_german(&suite, 50, 10).await;
+    assert!(at(&after, "simjson") >= 35, "{after:?}");
     suite.stop().await;
 }
 
