@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use rust_decimal::Decimal;
 
 use paygate_common::domain::{Kind, MerchantId, Status, TransactionId};
-use paygate_common::gateway::policy::{MethodClass, Rule, RoutingPolicy, Strategy};
+use paygate_common::gateway::policy::{MethodClass, RoutingPolicy, Rule, Strategy};
 use paygate_common::gateway::{GatewayRecord, Route};
 use paygate_common::metadata::Metadata;
 use paygate_common::secrets::Sealed;
@@ -118,7 +118,13 @@ fn one_decision(c: &mut Criterion) {
     let windows: HashMap<String, Window> = (0..GATEWAYS)
         .map(|i| {
             let successes = u32::try_from(100 + i).unwrap();
-            (format!("gw{i:03}"), Window { successes, samples: 200 })
+            (
+                format!("gw{i:03}"),
+                Window {
+                    successes,
+                    samples: 200,
+                },
+            )
         })
         .collect();
     let payment = payment();
