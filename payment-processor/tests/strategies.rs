@@ -327,3 +327,36 @@ async fn a_gateway_that_cannot_take_the_payment_is_refused_at_intake_and_nothing
     assert_eq!(stored, 0);
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customers_own_decline_does_not_count_against_the_gateway_but_its_own_declines_do() {
+    let suite = Suite::start().await;
+    set_policy(
+        &suite,
+        "DE",
+        json!({"strategy": "success_rate", "exploration_percent": 0, "min_sample": 50}),
+    )
+    .await;
+    // `.01`: insufficient funds, the customer's decline, at simsoap (first by priority).
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(deposit(&suite, german("10.01")).await);
+    }
+    // The gateway's own refusals.
+    misbehave(
+        &suite.simulator_url,
+        json!({"soap": {"decline_percent": 100}}),
+    )
+    .await;
+    for _ in 0..3 {
+        ids.push(deposit(&suite, german("10.00")).await);
+    }
+    settled_gateways(&suite, &ids).await;
+
+    let id = deposit(&suite, german("10.00")).await;
+    settled_gateways(&suite, std::slice::from_ref(&id)).await;
+    let why = decision(&suite, &id).await;
+    let soap = why.scores.iter().find(|s| s.gateway == "simsoap").unwrap();
+    assert_eq!((soap.successes, soap.samples), (0, 3), "{why:?}");
+    suite.stop().await;
+}
