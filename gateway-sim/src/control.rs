@@ -14,7 +14,13 @@
 //!   - `duplicate_in_flight`: a re-submit of a reference it is still working on (held
 //!     by `overloaded_ms`, or stalled) answers `409`, not the stored answer; without it
 //!     an overloaded gateway answers such a re-submit `503`;
-//!   - `lost_callback`: the payment is taken and settles, but its callback never goes.
+//!   - `lost_callback`: the payment is taken and settles, but its callback never goes;
+//!   - `decline_percent` (0–100): that share of first submits the amount would approve
+//!     is declined by the gateway itself (`do_not_honor`, not the customer's
+//!     `insufficient_funds`), drawn at random per payment — a gateway that is up but
+//!     declines, for success-rate routing;
+//!   - `latency_ms`: every answer of that gateway waits this long (instead of the
+//!     answer delay), declines included.
 //! - `POST /control/release/{reference}` releases a stalled (`.07`) payment or refund: its held
 //!   requests answer, status queries answer normally, and its callback is sent.
 
@@ -57,12 +63,28 @@ pub(crate) struct Modes {
     pub(crate) duplicate_in_flight: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) lost_callback: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) decline_percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) latency_ms: Option<u64>,
 }
 
 impl Modes {
     /// How long a first submit is held before the gateway stores it, when overloaded.
     pub(crate) fn overload(&self) -> Option<Duration> {
         self.overloaded_ms.map(Duration::from_millis)
+    }
+
+    /// Whether this payment is one the gateway declines of its own accord (a fresh
+    /// draw per call: `decline_percent` of them, on average).
+    pub(crate) fn declines_now(&self) -> bool {
+        self.decline_percent
+            .is_some_and(|percent| rand::random_range(0..100u8) < percent)
+    }
+
+    /// How long its answers take, when set.
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        self.latency_ms.map(Duration::from_millis)
     }
 }
 
@@ -108,6 +130,16 @@ async fn replace(
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "force_status can only be 503 or null",
+        );
+    }
+    if control
+        .gateways
+        .values()
+        .any(|modes| modes.decline_percent.is_some_and(|p| p > 100))
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "decline_percent is a share of payments: 0 to 100",
         );
     }
     sim.remember(|m| m.control = control.clone());

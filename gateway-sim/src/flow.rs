@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::callback::{self, Callback, Scheduled};
 use crate::control::Modes;
 use crate::ledger::{Charge, Payment};
-use crate::outcome::{Answer, Scenario, Verdict};
+use crate::outcome::{Answer, DeclineReason, Scenario, Verdict};
 use crate::state::{Gateway, Sim};
 
 /// How long a `.05` answer waits after its callback was sent, so the callback wins.
@@ -59,14 +59,28 @@ pub(crate) enum Reply {
     ProxyTimeout,
 }
 
-pub(crate) async fn submit(sim: &Sim, submission: Submission) -> Reply {
+pub(crate) async fn submit(sim: &Sim, mut submission: Submission) -> Reply {
     let control = sim.remember(|m| m.control.clone());
-    let answer_delay = control.answer_delay().unwrap_or(sim.config.answer_delay);
+    let modes = control.modes(submission.gateway);
+    let answer_delay = modes
+        .latency()
+        .or(control.answer_delay())
+        .unwrap_or(sim.config.answer_delay);
     if control.unavailable() || submission.scenario == Scenario::Unavailable {
         sim.pause(answer_delay).await;
         return Reply::Unavailable;
     }
-    let modes = control.modes(submission.gateway);
+    // A gateway that declines of its own accord does so only where the amount would be
+    // approved; a repeat still finds the first answer in the ledger.
+    if submission.scenario == Scenario::Approve
+        && submission.answer.verdict.takes_payment()
+        && modes.declines_now()
+    {
+        submission.answer = Answer::new(
+            submission.gateway,
+            Verdict::Declined(DeclineReason::DoNotHonor),
+        );
+    }
     let key = (submission.gateway, submission.reference.clone());
     if sim.remember(|m| m.in_flight.contains(&key)) {
         return if modes.duplicate_in_flight {

@@ -84,6 +84,8 @@ impl Verdict {
 pub(crate) enum DeclineReason {
     InsufficientFunds,
     CardDeclined,
+    /// The gateway's own refusal, not the customer's (`decline_percent`).
+    DoNotHonor,
     /// A refund of a payment this gateway never charged.
     UnknownPayment,
     /// A refund that would give back more than was charged.
@@ -95,6 +97,7 @@ impl DeclineReason {
         match self {
             DeclineReason::InsufficientFunds => "insufficient_funds",
             DeclineReason::CardDeclined => "card_declined",
+            DeclineReason::DoNotHonor => "do_not_honor",
             DeclineReason::UnknownPayment => "unknown_payment",
             DeclineReason::ExceedsCharge => "exceeds_charge",
         }

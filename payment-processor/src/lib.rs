@@ -35,6 +35,10 @@
 //!   fenced attempts, status queries after an ambiguous answer, never failed while the
 //!   gateway may have paid it; a sweep takes up refunds without progress.
 //! - [`call`]: every call to a gateway, under its concurrency limit and circuit breaker.
+//! - [`routing`], [`strategy`], [`scores`]: which gateways a payment is offered to and
+//!   in what order — the cached routing tables and policies, the strategy that orders
+//!   the candidates (priority, success rate, volume split, or the merchant's pinned
+//!   gateways), and the success-rate windows shared in Redis.
 
 mod answer;
 pub mod breaker;
@@ -45,6 +49,8 @@ mod resolve;
 mod retry;
 mod route;
 pub mod routing;
+pub mod scores;
+pub mod strategy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -188,6 +194,8 @@ pub struct PaymentHandler {
     locks: Locks,
     http: reqwest::Client,
     routes: RouteTable,
+    /// Success-rate windows, shared by every replica (Redis).
+    scores: scores::Scores,
     breakers: Arc<Breakers>,
     /// At most `gateway.max_concurrency` calls in flight per gateway.
     limits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
@@ -267,12 +275,14 @@ impl PaymentHandler {
         resolver: GuardedResolver,
     ) -> anyhow::Result<Self> {
         let cards = settings.cards.key_ring()?;
+        let locks = Locks::connect(&settings.redis).await?;
         Ok(PaymentHandler {
+            scores: scores::Scores::new(locks.connection(), settings.redis.key_prefix.clone()),
             routes: RouteTable::load(&pool)
                 .await
                 .context("loading gateways and routes")?,
             pool,
-            locks: Locks::connect(&settings.redis).await?,
+            locks,
             // rustls with the configured roots, no redirects, no proxy, and every
             // address a gateway's host resolves to checked (see `egress`).
             http: paygate_common::egress::client_builder(&settings.tls)?

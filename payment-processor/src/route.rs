@@ -5,8 +5,16 @@
 //! gateway that proves it took nothing (connection refused, `503`, a refusal of the
 //! request itself) is passed over for the next; any other answer settles the payment or
 //! leaves it with that gateway (see [`crate::resolve`]).
+//!
+//! The order comes from [`crate::strategy`] (the route set's policy, or the merchant's
+//! pinned gateways), and every `gateway.attempted` event carries the decision: the
+//! strategy, the rule that matched and the scores seen. Each attempt's outcome goes
+//! into the gateway's success-rate window ([`crate::scores`]).
+
+use std::collections::HashMap;
 
 use paygate_common::domain::Status;
+use paygate_common::events::proto;
 use paygate_common::gateway::{GatewayRecord, Outcome, PaymentMethod};
 use paygate_common::kafka::HandlerError;
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
@@ -21,11 +29,37 @@ impl PaymentHandler {
     /// A pending payment that names no gateway: offered to its routes in order.
     pub(crate) async fn route(&self, transaction: TransactionRecord) -> Result<Step, HandlerError> {
         let method = transaction.payment_method();
-        let routed = self.routes.snapshot().candidates(&transaction);
-        let takers: Vec<GatewayRecord> = routed
-            .into_iter()
-            .filter(|g| g.adapter().is_some_and(|a| a.takes(method)))
-            .collect();
+        let snapshot = self.routes.snapshot();
+        let plan = snapshot.plan(&transaction);
+        let window_size = plan.window_size();
+        let scored = plan.scored();
+        let windows = if scored.is_empty() {
+            HashMap::new()
+        } else {
+            match self
+                .scores
+                .windows(&scored, &transaction, window_size)
+                .await
+            {
+                Ok(windows) => windows,
+                Err(error) => {
+                    tracing::warn!(transaction_id = %transaction.id, %error, "no success rates; ordering by priority");
+                    HashMap::new()
+                }
+            }
+        };
+        let decision = plan.decide(&windows, &mut rand::rng());
+        let takers = decision.order;
+        let routing = decision.routing;
+        if takers.is_empty() && transaction.pinned_gateways.is_some() {
+            let reason = format!(
+                "gateway_not_available: no gateway the merchant named ({}) can take this payment now{}",
+                transaction.pinned_gateways.as_deref().unwrap_or_default().join(", "),
+                if transaction.gateway_fallback { ", nor any routed one" } else { "" }
+            );
+            self.fail(&transaction, reason).await?;
+            return Ok(Step::Done);
+        }
         if takers.is_empty() {
             let reason = format!(
                 "no gateway routes a {} {} {} for country {}",
@@ -58,10 +92,23 @@ impl PaymentHandler {
                 reasons.push(format!("{}: circuit open", gateway.code));
                 continue;
             }
-            let Some(attempt) = self.record_attempt(&current, gateway).await? else {
+            let Some(attempt) = self
+                .record_routed_attempt(&current, gateway, &routing)
+                .await?
+            else {
                 return Ok(Step::Done);
             };
-            match self.submit_permitted(&attempt, gateway, &order).await? {
+            let outcome = self.submit_permitted(&attempt, gateway, &order).await?;
+            if let Some(success) = crate::scores::counts(&outcome) {
+                if let Err(error) = self
+                    .scores
+                    .record(&gateway.code, &attempt, success, window_size)
+                    .await
+                {
+                    tracing::warn!(gateway = %gateway.code, %error, "outcome not counted in the success rate");
+                }
+            }
+            match outcome {
                 Outcome::Unavailable { reason } => {
                     reasons.push(reason);
                     current = attempt;
@@ -91,6 +138,26 @@ impl PaymentHandler {
         // One statement, committed on its own (a history event: nothing to publish).
         let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
         match transactions::record_attempt(&mut conn, seen, &gateway.code).await {
+            Ok(record) => Ok(Some(record)),
+            Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
+            Err(error) => {
+                tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; asking nobody");
+                Ok(None)
+            }
+        }
+    }
+
+    /// [`Self::record_attempt`] of a routing decision: its event says why `gateway`.
+    async fn record_routed_attempt(
+        &self,
+        seen: &TransactionRecord,
+        gateway: &GatewayRecord,
+        routing: &proto::RoutingDecision,
+    ) -> Result<Option<TransactionRecord>, HandlerError> {
+        let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
+        match transactions::record_routed_attempt(&mut conn, seen, &gateway.code, routing.clone())
+            .await
+        {
             Ok(record) => Ok(Some(record)),
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
             Err(error) => {

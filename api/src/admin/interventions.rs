@@ -239,6 +239,7 @@ async fn record_action(
             event_id: event_id.to_string(),
             transaction,
             refund: None,
+            routing: None,
         }
         .encode_to_vec(),
     };

@@ -10,7 +10,8 @@
 //! handler's `#[utoipa::path]` says only what is its own. One file per resource:
 //! [`new_merchant`] (`/merchants`), [`api_keys`], [`webhooks`] and [`webhook_keys`] (a
 //! merchant's credentials), [`limits`] (payout limits), [`customers`], [`gateways`],
-//! [`routing`] (`/routes`), [`attention`] (what needs a human), [`payments`] (operators'
+//! [`routing`] (`/routes`), [`strategies`] (`/routing`: strategies and rules per route
+//! set), [`attention`] (what needs a human), [`payments`] (operators'
 //! actions on payments) and [`outbox`] (its set-aside events). Beside them, what only
 //! operators (and the demo seed) reach: creating merchants and their credentials
 //! ([`merchants`]), interventions on payments Paygate cannot settle alone
@@ -29,6 +30,7 @@ mod new_merchant;
 mod outbox;
 mod payments;
 mod routing;
+mod strategies;
 mod webhook_keys;
 mod webhooks;
 
@@ -78,6 +80,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(gateways::disable_gateway))
         .routes(routes!(routing::list_routes, routing::upsert_route))
         .routes(routes!(routing::delete_route))
+        .routes(routes!(strategies::list_policies))
+        .routes(routes!(strategies::put_policy, strategies::delete_policy))
+        .routes(routes!(strategies::list_changes))
         .routes(routes!(attention::rejected_callbacks))
         .routes(routes!(attention::dead_lettered_payments))
         .routes(routes!(attention::payments_under_review))

@@ -51,6 +51,7 @@ pub enum Section {
     Overview,
     Transactions,
     Gateways,
+    Routing,
     Merchants,
     Attention,
 }
@@ -83,6 +84,7 @@ pub fn page(operator: &Operator, section: Section, title: &str, body: Markup) ->
             "/console/gateways",
             "Gateways and routes",
         ),
+        (Section::Routing, "/console/routing", "Routing"),
         (Section::Merchants, "/console/merchants", "Merchants"),
         (Section::Attention, "/console/attention", "Needs a human"),
     ];

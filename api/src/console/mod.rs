@@ -19,6 +19,7 @@ pub mod gateways;
 pub mod layout;
 pub mod merchants;
 pub mod overview;
+pub mod routing;
 pub mod session;
 pub mod transactions;
 
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console/events/{id}/resend", post(actions::resend))
         .route("/console/gateways", get(gateways::show))
         .route("/console/gateways/{code}/switch", post(gateways::switch))
+        .route("/console/routing", get(routing::show).post(routing::save))
         .route("/console/attention", get(attention::show))
         .route("/console/merchants", get(merchants::show))
         .route(

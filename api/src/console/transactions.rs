@@ -289,6 +289,57 @@ impl EventRow {
             .ok()
             .and_then(|e| e.transaction)
     }
+
+    /// Why the gateway was chosen, on a `gateway.attempted` event that recorded it.
+    fn routing(&self) -> Option<proto::RoutingDecision> {
+        proto::StatusChanged::decode(self.payload.as_slice())
+            .ok()
+            .and_then(|e| e.routing)
+    }
+}
+
+/// A routing decision as an operator reads it: `success_rate (route set DE) · rule 1:
+/// amount ..50 → simsoap · simjson 47/50 counted, simsoap 3/9 too few · explored`.
+pub(crate) fn why(decision: &proto::RoutingDecision) -> String {
+    let mut parts = vec![if decision.route_set.is_empty() {
+        decision.strategy.clone()
+    } else {
+        format!("{} (route set {})", decision.strategy, decision.route_set)
+    }];
+    if decision.rule > 0 {
+        parts.push(format!("rule {}: {}", decision.rule, decision.rule_summary));
+    }
+    if !decision.scores.is_empty() {
+        let scores: Vec<String> = decision
+            .scores
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}/{} {}",
+                    s.gateway,
+                    s.successes,
+                    s.samples,
+                    if s.counted { "counted" } else { "too few" }
+                )
+            })
+            .collect();
+        parts.push(format!("scores: {}", scores.join(", ")));
+    }
+    if decision.explored {
+        parts.push("explored".to_owned());
+    }
+    if decision.strategy == "pinned" {
+        parts.push(
+            if decision.fallback {
+                "fallback allowed"
+            } else {
+                "no fallback"
+            }
+            .to_owned(),
+        );
+    }
+    parts.push(format!("order: {}", decision.order.join(" → ")));
+    parts.join(" · ")
 }
 
 /// A gateway the payment was offered to, and what came of it.
@@ -299,6 +350,8 @@ pub(crate) struct Attempt {
     /// Until the next recorded step.
     pub took_ms: Option<i64>,
     pub reason: Option<String>,
+    /// Why this gateway: the routing decision the attempt recorded, as text.
+    pub why: Option<String>,
 }
 
 /// The gateway attempts in a history: each `gateway.attempted` and the version after it.
@@ -319,6 +372,7 @@ fn attempts(events: &[EventRow]) -> Vec<Attempt> {
                 at: e.created_at,
                 outcome,
                 took_ms: next.map(|n| (n.created_at - e.created_at).num_milliseconds()),
+                why: e.routing().as_ref().map(why),
                 reason: next
                     .filter(|_| outcome == Outcome::Declined)
                     .and_then(|n| n.snapshot())
@@ -480,7 +534,7 @@ pub async fn detail(
         h2 id="attempts" { "Gateway attempts" }
         @if attempts.is_empty() { p.muted { "Not offered to a gateway yet." } } @else {
             table {
-                thead { tr { th { "gateway" } th { "asked at (UTC)" } th { "outcome" } th.num { "answered after" } th { "reason" } } }
+                thead { tr { th { "gateway" } th { "asked at (UTC)" } th { "outcome" } th.num { "answered after" } th { "reason" } th { "why this gateway" } } }
                 tbody {
                     @for a in &attempts {
                         tr {
@@ -489,6 +543,7 @@ pub async fn detail(
                             td { span class={ "tag " (a.outcome.class()) } { (a.outcome.label()) } }
                             td.num { @if let Some(ms) = a.took_ms { (ms) " ms" } @else { "—" } }
                             td { (a.reason.as_deref().unwrap_or("")) }
+                            td.why { (a.why.as_deref().unwrap_or("")) }
                         }
                     }
                 }

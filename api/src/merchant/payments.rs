@@ -68,6 +68,32 @@ pub struct PaymentRequest {
     /// per key.
     #[schema(example = json!({"order": "A-17"}))]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// The gateway to use (a code such as `"simjson"`), or an ordered list of them:
+    /// honoured when each is enabled, routed for the payment's country, currency and
+    /// kind, and able to take its payment method; otherwise `422
+    /// gateway_not_available` and nothing is stored.
+    #[schema(value_type = Option<Object>, example = json!("simjson"))]
+    pub gateway: Option<GatewayChoice>,
+    /// With `gateway`: whether the routed gateways may be tried after the named ones
+    /// prove they took nothing (`false` by default: only the named gateways are asked).
+    pub gateway_fallback: Option<bool>,
+}
+
+/// The gateways a merchant pins: one code or an ordered list.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum GatewayChoice {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl GatewayChoice {
+    fn codes(self) -> Vec<String> {
+        match self {
+            GatewayChoice::One(code) => vec![code],
+            GatewayChoice::Many(codes) => codes,
+        }
+    }
 }
 
 /// How the customer pays.
@@ -206,17 +232,24 @@ impl From<LegacyRequest> for PaymentRequest {
             reference: legacy.reference,
             payment_method: None,
             metadata: None,
+            gateway: None,
+            gateway_fallback: None,
         }
     }
 }
 
 const MAX_TEXT: usize = 255;
 
-/// A request parsed into domain types: the transaction to create and the CVV to keep.
+/// A request parsed into domain types: the transaction to create, the CVV to keep and
+/// the gateways the merchant pinned (checked against the routing table before intake).
 struct Parsed {
     new: NewTransaction,
     cvv: Option<SecretString>,
+    pinned: Option<Pinned>,
 }
+
+/// The most gateways a request may name.
+const MAX_PINNED: usize = 10;
 
 impl PaymentRequest {
     /// Parses the request into domain types, naming the field at fault.
@@ -246,6 +279,34 @@ impl PaymentRequest {
             ));
         }
         let metadata = parse_metadata(self.metadata)?;
+        let pinned = match (self.gateway, self.gateway_fallback) {
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "gateway_fallback",
+                    "only means something with `gateway`",
+                ))
+            }
+            (None, None) => None,
+            (Some(choice), fallback) => {
+                let codes = choice.codes();
+                if codes.is_empty() || codes.len() > MAX_PINNED {
+                    return Err(ApiError::invalid(
+                        "gateway",
+                        format!("name 1 to {MAX_PINNED} gateways"),
+                    ));
+                }
+                if codes.iter().any(|c| c.is_empty() || c.len() > MAX_TEXT) {
+                    return Err(ApiError::invalid(
+                        "gateway",
+                        "a gateway code is 1 to 255 characters",
+                    ));
+                }
+                Some(Pinned {
+                    codes,
+                    fallback: fallback.unwrap_or(false),
+                })
+            }
+        };
         let (card, cvv) = match self.payment_method {
             None => (None, None),
             Some(method) => {
@@ -267,8 +328,15 @@ impl PaymentRequest {
                 metadata,
             },
             cvv,
+            pinned,
         })
     }
+}
+
+/// The gateways a request names, in its order, and whether routed ones may follow.
+struct Pinned {
+    codes: Vec<String>,
+    fallback: bool,
 }
 
 /// Checks the metadata of a request (payment or refund); absent is empty.
@@ -484,12 +552,21 @@ async fn create(
     request: PaymentRequest,
     kind: Kind,
 ) -> Result<Response> {
-    let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
+    let Parsed {
+        mut new,
+        cvv,
+        pinned,
+    } = request.parse(&state, &merchant, kind)?;
     let key = idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)?;
     if new.country.is_none() {
         new.country = customer_country(&state.pool, &merchant, &new.user_id).await?;
     }
-    let record = new.pending();
+    let mut record = new.pending();
+    if let Some(pinned) = pinned {
+        crate::merchant::pinning::check(&state, &record, &pinned.codes).await?;
+        record.pinned_gateways = Some(pinned.codes);
+        record.gateway_fallback = pinned.fallback;
+    }
     let answer = Answer::render(Format::wanted(headers), &record).await?;
     if let Some(cvv) = &cvv {
         // Kept before the payment is written: a write that fails leaves it to expire.

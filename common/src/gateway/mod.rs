@@ -18,6 +18,7 @@ mod card;
 mod http;
 mod json;
 pub mod legacy;
+pub mod policy;
 mod soap;
 mod store;
 

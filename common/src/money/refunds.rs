@@ -437,6 +437,7 @@ async fn append(
             event_id: event_id.to_string(),
             transaction,
             refund: Some(refund.to_proto()),
+            routing: None,
         }
         .encode_to_vec(),
     };

@@ -56,6 +56,10 @@ pub struct TransactionRecord {
     /// The merchant's own key/value pairs.
     #[sqlx(try_from = "String")]
     pub metadata: Metadata,
+    /// The gateways the merchant pinned, in order (`None`: routed as usual).
+    pub pinned_gateways: Option<Vec<String>>,
+    /// Whether the routed gateways may be tried after the pinned ones.
+    pub gateway_fallback: bool,
     /// The sum of its refunds that are not `failed` (never above `amount`).
     pub refund_held: Decimal,
     /// What its completed refunds gave back.
@@ -67,7 +71,8 @@ pub struct TransactionRecord {
 pub(crate) const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
      reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
      unresolved_since, unresolved_reason, attempted_at, attempted_gateways, status_checks, review_reason, \
-     review_since, review_detail, metadata::text AS metadata, refund_held, amount_refunded, created_at, updated_at";
+     review_since, review_detail, metadata::text AS metadata, pinned_gateways, gateway_fallback, refund_held, \
+     amount_refunded, created_at, updated_at";
 
 impl TransactionRecord {
     /// How it is paid, as routing sees it.
@@ -166,6 +171,8 @@ impl NewTransaction {
             review_since: None,
             review_detail: None,
             metadata: self.metadata.clone(),
+            pinned_gateways: None,
+            gateway_fallback: false,
             refund_held: Decimal::ZERO,
             amount_refunded: Decimal::ZERO,
             created_at: now,
@@ -235,9 +242,10 @@ async fn write_pending<'e>(
          ), created AS (
              INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
                                       reference, payment_method, card_masked, card_key_id, card_ciphertext,
-                                      card_cvv_given, created_at, updated_at, metadata)
+                                      card_cvv_given, created_at, updated_at, metadata, pinned_gateways,
+                                      gateway_fallback)
              SELECT $1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false), $14, $14,
-                    $24::jsonb
+                    $24::jsonb, $26, $27
               WHERE (SELECT free FROM guard) AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM kept))
              RETURNING id
          ), announced AS (
@@ -271,6 +279,8 @@ async fn write_pending<'e>(
     .bind(Destination::PaymentsRequested.as_str())
     .bind(record.metadata.to_json())
     .bind(check_limits)
+    .bind(&record.pinned_gateways)
+    .bind(record.gateway_fallback)
     .fetch_one(executor)
     .await?;
     Ok(match (free, created) {
@@ -594,7 +604,32 @@ pub async fn record_attempt(
     seen: &TransactionRecord,
     gateway: &str,
 ) -> Result<TransactionRecord, TransitionError> {
-    fenced_pending_update(conn, seen, Some(gateway), event_type::GATEWAY_ATTEMPTED).await
+    fenced_pending_update(
+        conn,
+        seen,
+        Some(gateway),
+        event_type::GATEWAY_ATTEMPTED,
+        None,
+    )
+    .await
+}
+
+/// [`record_attempt`], its `gateway.attempted` event also saying why this gateway was
+/// chosen (the strategy, the rule that matched, the scores seen).
+pub async fn record_routed_attempt(
+    conn: &mut PgConnection,
+    seen: &TransactionRecord,
+    gateway: &str,
+    routing: proto::RoutingDecision,
+) -> Result<TransactionRecord, TransitionError> {
+    fenced_pending_update(
+        conn,
+        seen,
+        Some(gateway),
+        event_type::GATEWAY_ATTEMPTED,
+        Some(routing),
+    )
+    .await
 }
 
 /// Every gateway asked proved it did not take the payment: the transaction no longer
@@ -604,7 +639,7 @@ pub async fn release_attempt(
     conn: &mut PgConnection,
     seen: &TransactionRecord,
 ) -> Result<TransactionRecord, TransitionError> {
-    fenced_pending_update(conn, seen, None, event_type::GATEWAYS_UNAVAILABLE).await
+    fenced_pending_update(conn, seen, None, event_type::GATEWAYS_UNAVAILABLE, None).await
 }
 
 async fn fenced_pending_update(
@@ -612,6 +647,7 @@ async fn fenced_pending_update(
     seen: &TransactionRecord,
     gateway: Option<&str>,
     event_type: &str,
+    routing: Option<proto::RoutingDecision>,
 ) -> Result<TransactionRecord, TransitionError> {
     // Naming a gateway starts its settle window, unless it is the one already named (a
     // re-submit there keeps the window of the first attempt); forgetting it ends it.
@@ -633,7 +669,16 @@ async fn fenced_pending_update(
     next.gateway = gateway.map(str::to_owned);
     next.version += 1;
     next.updated_at = now;
-    let event = VersionEvent::new(&next, event_type, Destination::History);
+    let mut event = VersionEvent::new(&next, event_type, Destination::History);
+    if let Some(routing) = routing {
+        event.payload = proto::StatusChanged {
+            event_id: event.id.to_string(),
+            transaction: Some(next.to_proto()),
+            refund: None,
+            routing: Some(routing),
+        }
+        .encode_to_vec();
+    }
     let moved = sqlx::query(
         "WITH moved AS (
              UPDATE transaction
@@ -921,6 +966,7 @@ pub(crate) fn status_changed(event_id: String, transaction: Option<proto::Transa
         event_id,
         transaction,
         refund: None,
+        routing: None,
     }
     .encode_to_vec()
 }
@@ -1146,6 +1192,8 @@ mod tests {
             review_since: None,
             review_detail: None,
             metadata: Metadata::default(),
+            pinned_gateways: None,
+            gateway_fallback: false,
             refund_held: Decimal::ZERO,
             amount_refunded: Decimal::ZERO,
             created_at: Utc::now(),

@@ -323,3 +323,46 @@ async fn a_control_naming_an_unknown_gateway_or_mode_is_refused() {
         assert!(response.status().is_client_error(), "{refused}");
     }
 }
+
+#[tokio::test]
+async fn a_gateways_decline_rate_and_latency_apply_to_it_alone_and_its_declines_are_its_own() {
+    let sim = Sim::start().await;
+    let receiver = Receiver::start().await;
+    let control = json!({"gateways": {"json": {"decline_percent": 100, "latency_ms": 300}}});
+    assert_eq!(put_control(&sim, control).await.status(), 200);
+
+    let declined = reference();
+    let started = Instant::now();
+    let answer = sim
+        .json_pay(&declined, "10.00", &receiver.url)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.status(), 402);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        body["reason"], "do_not_honor",
+        "the gateway's refusal, not the customer's: {body}"
+    );
+    assert_eq!(sim.charges(&declined).await["charges"], 0);
+
+    // The other gateways approve as their amounts say.
+    let approved = reference();
+    let (status, body) = sim
+        .soap(soap_submit(&approved, "10.00", &receiver.url))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.charges(&approved).await["charges"], 1);
+
+    let none = json!({"gateways": {"json": {"decline_percent": 0}}});
+    assert_eq!(put_control(&sim, none).await.status(), 200);
+    ok_json(sim.json_pay(&reference(), "10.00", &receiver.url)).await;
+
+    let too_many = json!({"gateways": {"json": {"decline_percent": 101}}});
+    assert_eq!(put_control(&sim, too_many).await.status(), 422);
+}

@@ -559,3 +559,79 @@ async fn sign_in_attempts_are_throttled_per_address_and_past_the_limit_even_the_
     operator.sign_in_as("Ada").await;
     api.running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_routing_page_sets_a_policy_as_the_signed_in_operator_and_the_payment_page_says_why_its_gateway_was_chosen(
+) {
+    let suite = Suite::start().await;
+    let mut browser = Browser::new(&suite.api_url);
+    browser.sign_in_as("Ada").await;
+    let page = browser.page("/console/routing").await;
+    let csrf = hidden(&page, "csrf");
+
+    // A split that does not sum to 100 is refused and changes nothing.
+    let refused = browser
+        .post(
+            "/console/routing",
+            &[
+                ("csrf", csrf.as_str()),
+                ("route_set", "DE"),
+                (
+                    "policy",
+                    r#"{"strategy": "volume_split", "splits": {"simjson": 50}}"#,
+                ),
+            ],
+        )
+        .await;
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    let changes = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, String)>("SELECT route_set, actor FROM routing_change")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(changes(suite.pool.clone()).await.is_empty());
+
+    browser
+        .post(
+            "/console/routing",
+            &[
+                ("csrf", csrf.as_str()),
+                ("route_set", "DE"),
+                (
+                    "policy",
+                    r#"{"rules": [{"max_amount": "50.00", "gateways": ["simjson"]}]}"#,
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(
+        changes(suite.pool.clone()).await,
+        [("DE".to_owned(), "console: Ada".to_owned())]
+    );
+    let page = browser.page("/console/routing").await;
+    assert!(page.contains("amount ..50.00 → simjson"), "{page}");
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let id = suite
+        .deposit_with(&serde_json::json!({"user_id": "u-1", "amount": "20.00", "currency": "EUR", "country": "DE"}))
+        .await;
+    eventually(
+        "the attempt at simjson",
+        Duration::from_secs(30),
+        || async {
+            (paygate_testkit::attempted_gateways(&suite.pool, &id).await == ["simjson"])
+                .then_some(())
+        },
+    )
+    .await;
+    let page = browser.page(&format!("/console/transactions/{id}")).await;
+    for expected in [
+        "why this gateway",
+        "priority (route set DE)",
+        "rule 1: amount ..50.00 → simjson",
+    ] {
+        assert!(page.contains(expected), "no {expected} on the page: {page}");
+    }
+    suite.stop().await;
+}

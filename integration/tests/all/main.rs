@@ -27,6 +27,7 @@ mod outbox;
 mod payouts;
 mod refunds;
 mod routing;
+mod routing_policies;
 mod shutdown;
 mod tls_hops;
 mod trace_context;
