@@ -12,6 +12,7 @@
 //! the same `webhook-id`, which is how merchants deduplicate.
 
 pub mod attempt;
+pub mod limit;
 pub mod record;
 pub mod sender;
 
@@ -79,7 +80,15 @@ impl Application {
             settings.database.max_connections,
         )
         .await?;
-        let sender = Sender::new(bookkeeping, &settings.callback_dispatcher, keys, http, wake);
+        let limiter = limit::RateLimiter::connect(&settings.redis).await?;
+        let sender = Sender::new(
+            bookkeeping,
+            &settings.callback_dispatcher,
+            keys,
+            http,
+            wake,
+            limiter,
+        );
         Ok(Application {
             worker,
             handler,

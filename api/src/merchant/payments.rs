@@ -68,6 +68,16 @@ pub struct PaymentRequest {
     /// per key.
     #[schema(example = json!({"order": "A-17"}))]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// This payment's own webhook URL: its events go there too (beside the merchant's
+    /// endpoints), signed with the merchant's webhook secret, and are listed with its
+    /// deliveries. An absolute http(s) URL the egress policy allows, at most 2048
+    /// characters.
+    #[schema(
+        example = "https://merchant.example/orders/A-17/webhooks",
+        format = "uri",
+        max_length = 2048
+    )]
+    pub notification_url: Option<String>,
 }
 
 /// How the customer pays.
@@ -206,6 +216,7 @@ impl From<LegacyRequest> for PaymentRequest {
             reference: legacy.reference,
             payment_method: None,
             metadata: None,
+            notification_url: None,
         }
     }
 }
@@ -216,6 +227,28 @@ const MAX_TEXT: usize = 255;
 struct Parsed {
     new: NewTransaction,
     cvv: Option<SecretString>,
+    /// Not yet checked against the egress policy (that resolves its host: see
+    /// [`Parsed::check_notification_url`]).
+    notification_url: Option<String>,
+}
+
+/// The longest `notification_url` taken.
+const MAX_URL: usize = 2048;
+
+impl Parsed {
+    /// Checks the payment's own webhook URL as an endpoint's is checked.
+    async fn check_notification_url(&self, state: &AppState) -> Result<()> {
+        let Some(url) = &self.notification_url else {
+            return Ok(());
+        };
+        if url.len() > MAX_URL {
+            return Err(ApiError::invalid(
+                "notification_url",
+                format!("must be at most {MAX_URL} characters"),
+            ));
+        }
+        crate::admin::check_egress(state, "notification_url", url).await
+    }
 }
 
 impl PaymentRequest {
@@ -267,6 +300,7 @@ impl PaymentRequest {
                 metadata,
             },
             cvv,
+            notification_url: self.notification_url,
         })
     }
 }
@@ -484,12 +518,19 @@ async fn create(
     request: PaymentRequest,
     kind: Kind,
 ) -> Result<Response> {
-    let Parsed { mut new, cvv } = request.parse(&state, &merchant, kind)?;
+    let parsed = request.parse(&state, &merchant, kind)?;
+    parsed.check_notification_url(&state).await?;
+    let Parsed {
+        mut new,
+        cvv,
+        notification_url,
+    } = parsed;
     let key = idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)?;
     if new.country.is_none() {
         new.country = customer_country(&state.pool, &merchant, &new.user_id).await?;
     }
-    let record = new.pending();
+    let mut record = new.pending();
+    record.notification_url = notification_url;
     let answer = Answer::render(Format::wanted(headers), &record).await?;
     if let Some(cvv) = &cvv {
         // Kept before the payment is written: a write that fails leaves it to expire.

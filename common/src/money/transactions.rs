@@ -60,6 +60,8 @@ pub struct TransactionRecord {
     pub refund_held: Decimal,
     /// What its completed refunds gave back.
     pub amount_refunded: Decimal,
+    /// The payment's own webhook URL (`notification_url`): its events go there too.
+    pub notification_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -67,7 +69,7 @@ pub struct TransactionRecord {
 pub(crate) const COLUMNS: &str = "id, merchant_id, kind, status, amount, currency, user_id, country, \
      reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
      unresolved_since, unresolved_reason, attempted_at, attempted_gateways, status_checks, review_reason, \
-     review_since, review_detail, metadata::text AS metadata, refund_held, amount_refunded, created_at, updated_at";
+     review_since, review_detail, metadata::text AS metadata, refund_held, amount_refunded, notification_url, created_at, updated_at";
 
 impl TransactionRecord {
     /// How it is paid, as routing sees it.
@@ -168,6 +170,7 @@ impl NewTransaction {
             metadata: self.metadata.clone(),
             refund_held: Decimal::ZERO,
             amount_refunded: Decimal::ZERO,
+            notification_url: None,
             created_at: now,
             updated_at: now,
         }
@@ -235,9 +238,9 @@ async fn write_pending<'e>(
          ), created AS (
              INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
                                       reference, payment_method, card_masked, card_key_id, card_ciphertext,
-                                      card_cvv_given, created_at, updated_at, metadata)
+                                      card_cvv_given, created_at, updated_at, metadata, notification_url)
              SELECT $1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false), $14, $14,
-                    $24::jsonb
+                    $24::jsonb, $26
               WHERE (SELECT free FROM guard) AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM kept))
              RETURNING id
          ), announced AS (
@@ -271,6 +274,7 @@ async fn write_pending<'e>(
     .bind(Destination::PaymentsRequested.as_str())
     .bind(record.metadata.to_json())
     .bind(check_limits)
+    .bind(&record.notification_url)
     .fetch_one(executor)
     .await?;
     Ok(match (free, created) {
@@ -1148,6 +1152,7 @@ mod tests {
             metadata: Metadata::default(),
             refund_held: Decimal::ZERO,
             amount_refunded: Decimal::ZERO,
+            notification_url: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
