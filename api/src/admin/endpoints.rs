@@ -145,6 +145,19 @@ fn check_rate_limit(limit: Option<i32>) -> Result<Option<i32>> {
     }
 }
 
+/// Checks a new endpoint as the admin API and the console take it: a 422 on the field
+/// at fault.
+pub(crate) async fn check_new(state: &AppState, request: EndpointRequest) -> Result<NewEndpoint> {
+    let new = NewEndpoint {
+        event_types: check_event_types(&request.event_types)?,
+        rate_limit: check_rate_limit(request.rate_limit)?,
+        enabled: request.enabled.unwrap_or(true),
+        url: request.url,
+    };
+    check_egress(state, "url", &new.url).await?;
+    Ok(new)
+}
+
 /// `POST /merchants/{id}/endpoints`.
 #[utoipa::path(
     post,
@@ -164,14 +177,7 @@ pub(super) async fn create_endpoint(
     raw: RawBody,
 ) -> Result<(StatusCode, Json<CreatedEndpoint>)> {
     let merchant = merchant_id(&id)?;
-    let request: EndpointRequest = body(&raw)?;
-    let new = NewEndpoint {
-        event_types: check_event_types(&request.event_types)?,
-        rate_limit: check_rate_limit(request.rate_limit)?,
-        enabled: request.enabled.unwrap_or(true),
-        url: request.url,
-    };
-    check_egress(&state, "url", &new.url).await?;
+    let new = check_new(&state, body(&raw)?).await?;
     let (endpoint, secret) = records::create(&state.pool, &state.secrets, &merchant, &new)
         .await
         .map_err(ApiError::Internal)?
