@@ -283,7 +283,7 @@ impl Sender {
     }
 
     /// Claims one probe per disabled endpoint whose probe is due: its oldest pending
-    /// delivery. Moving `webhook_probe_at` on first makes each probe one dispatcher's.
+    /// delivery. Moving its `probe_at` on first makes each probe one dispatcher's.
     async fn claim_probes(&self, in_flight: &HashMap<String, usize>) -> anyhow::Result<Vec<Due>> {
         let busy: Vec<&str> = in_flight
             .iter()
