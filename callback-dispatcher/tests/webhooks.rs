@@ -1147,3 +1147,45 @@ async fn two_dispatchers_respect_one_endpoints_limit_together() {
         "100 at 20/s took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_gone_endpoint_is_disabled_alone_and_the_merchants_other_endpoint_goes_on() {
+    let fixture = Fixture::new(|_| {}).await;
+    let gone = WebhookReceiver::start_with(vec![StatusCode::GONE; 50]).await;
+    let up = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&gone.url).await;
+    let other = fixture.endpoint(&merchant, &up.url, &[], None).await;
+    fixture.start_sender().await;
+    for _ in 0..3 {
+        let transaction = fixture.transaction(&merchant).await;
+        announce(&fixture, &merchant, &transaction, 2, "processing", None).await;
+    }
+    eventually(
+        "the gone endpoint disabled",
+        Duration::from_secs(20),
+        || async { fixture.endpoint_disabled(&merchant).await.then_some(()) },
+    )
+    .await;
+    eventually(
+        "every event at the other endpoint",
+        Duration::from_secs(20),
+        || async { (up.received().len() == 3).then_some(()) },
+    )
+    .await;
+    let other_disabled: bool =
+        sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM webhook_endpoint WHERE id = $1")
+            .bind(&other)
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+    assert!(!other_disabled, "health is the endpoint's own");
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery d JOIN webhook_endpoint w ON w.id = d.endpoint_id
+          WHERE w.merchant_id = $1 AND w.is_primary AND d.status = 'pending'",
+    )
+    .bind(&merchant)
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 3, "the gone endpoint's deliveries wait for it");
+}
