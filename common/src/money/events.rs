@@ -321,3 +321,32 @@ impl From<&proto::Refund> for RefundView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::event_type::is_webhook_filter;
+
+    #[test]
+    fn an_endpoint_filters_on_webhook_types_and_their_families_only() {
+        for taken in [
+            "transaction.completed",
+            "refund.*",
+            "transaction.*",
+            "transaction.review_required",
+        ] {
+            assert!(is_webhook_filter(taken), "{taken}");
+        }
+        for refused in [
+            "*",
+            "refund.nope",
+            "transaction.created",
+            "gateway.*",
+            "refund",
+            "refund*",
+            "ping",
+            "",
+        ] {
+            assert!(!is_webhook_filter(refused), "{refused}");
+        }
+    }
+}
