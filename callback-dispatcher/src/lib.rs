@@ -83,7 +83,7 @@ impl Application {
             settings.database.max_connections,
         )
         .await?;
-        let limiter = limit::RateLimiter::connect(&settings.redis).await?;
+        let limiter = limit::RateLimiter::new(&settings.redis);
         let sender = Sender::new(
             bookkeeping,
             &settings.callback_dispatcher,

@@ -8,10 +8,12 @@
 //! back to wait (never dropped). Redis being down costs latency only: the delivery
 //! waits and is tried again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
 
 use paygate_common::config::RedisSettings;
 
@@ -42,25 +44,30 @@ pub enum Slot {
 /// Reserves request slots per endpoint; cheap to clone (one multiplexed connection).
 #[derive(Clone)]
 pub struct RateLimiter {
-    connection: ConnectionManager,
+    settings: RedisSettings,
+    /// Made at the first reservation, not at start: a dispatcher whose endpoints have no
+    /// rate limit never needs Redis, and one started while Redis is down still sends.
+    connection: Arc<OnceCell<ConnectionManager>>,
     /// Prepended to every key: `<prefix>:webhook-rate:<endpoint>`.
     prefix: String,
     reserve: redis::Script,
 }
 
 impl RateLimiter {
-    pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let connection = paygate_common::redis_connection::connect(settings).await?;
-        Ok(RateLimiter {
-            connection,
+    pub fn new(settings: &RedisSettings) -> Self {
+        RateLimiter {
+            settings: settings.clone(),
+            connection: Arc::default(),
             prefix: settings.key_prefix.clone(),
             reserve: redis::Script::new(RESERVE),
-        })
+        }
     }
 
-    /// The connection, for readiness to `PING`.
-    pub fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+    async fn connection(&self) -> anyhow::Result<ConnectionManager> {
+        self.connection
+            .get_or_try_init(|| paygate_common::redis_connection::connect(&self.settings))
+            .await
+            .cloned()
     }
 
     /// A slot for one request to `endpoint`, which takes `per_second` requests a second,
@@ -78,7 +85,7 @@ impl RateLimiter {
             .key(format!("{}:webhook-rate:{endpoint}", self.prefix))
             .arg(interval)
             .arg(patience)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection().await?)
             .await
             .context("reserving a webhook rate-limit slot in Redis")?;
         let wait = Duration::from_micros(answer.unsigned_abs());

@@ -60,7 +60,7 @@ impl Fixture {
 
     async fn start_sender_with(&self, resolver: GuardedResolver) {
         let http = http_client(&self.settings, resolver).unwrap();
-        let limiter = RateLimiter::connect(&self.settings.redis).await.unwrap();
+        let limiter = RateLimiter::new(&self.settings.redis);
         let sender = Sender::new(
             self.pool.clone(),
             &self.settings.callback_dispatcher,
