@@ -10,7 +10,7 @@
 //! handler's `#[utoipa::path]` says only what is its own. One file per resource:
 //! [`new_merchant`] (`/merchants`), [`api_keys`], [`webhooks`] and [`webhook_keys`] (a
 //! merchant's credentials), [`endpoints`] (a merchant's webhook endpoints, stored by
-//! [`endpoint_records`]), [`limits`] (payout limits), [`customers`], [`gateways`],
+//! [`endpoint_records`], tested by [`endpoint_ping`]), [`limits`] (payout limits), [`customers`], [`gateways`],
 //! [`routing`] (`/routes`), [`attention`] (what needs a human), [`payments`] (operators'
 //! actions on payments) and [`outbox`] (its set-aside events). Beside them, what only
 //! operators (and the demo seed) reach: creating merchants and their credentials
@@ -24,6 +24,7 @@ pub mod merchants;
 mod api_keys;
 mod attention;
 mod customers;
+pub(crate) mod endpoint_ping;
 pub(crate) mod endpoint_records;
 pub(crate) mod endpoints;
 mod gateways;

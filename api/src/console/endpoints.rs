@@ -15,8 +15,9 @@ use super::error::{ConsoleError, Result};
 use super::layout::{self, status_tag, Section};
 use super::session::Operator;
 use super::{redirect, CsrfOnly};
+use crate::admin::endpoint_ping::ping;
 use crate::admin::endpoint_records::{self as records, EndpointChange};
-use crate::admin::endpoints::{check_new, ping, EndpointRequest};
+use crate::admin::endpoints::{check_new, EndpointRequest};
 use crate::http::error::ApiError;
 use crate::AppState;
 
