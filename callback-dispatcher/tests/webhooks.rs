@@ -1189,3 +1189,46 @@ async fn a_gone_endpoint_is_disabled_alone_and_the_merchants_other_endpoint_goes
     .unwrap();
     assert_eq!(waiting, 3, "the gone endpoint's deliveries wait for it");
 }
+
+#[tokio::test]
+async fn a_payments_webhooks_arrive_in_order_at_each_endpoint_and_one_never_waits_for_another() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.request_timeout_ms = 3_000;
+        s.callback_dispatcher.retry_delays_ms = vec![100, 100, 100];
+    })
+    .await;
+    let slow = WebhookReceiver::scripted(vec![Reply::Hang(Duration::from_secs(10))]).await;
+    let prompt = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&slow.url).await;
+    fixture.endpoint(&merchant, &prompt.url, &[], None).await;
+    let transaction = fixture.transaction(&merchant).await;
+    fixture.start_sender().await;
+
+    let started = std::time::Instant::now();
+    announce(&fixture, &merchant, &transaction, 2, "processing", None).await;
+    announce(&fixture, &merchant, &transaction, 3, "completed", None).await;
+    eventually(
+        "both at the prompt endpoint",
+        Duration::from_secs(10),
+        || async { (prompt.received().len() == 2).then_some(()) },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the prompt endpoint did not wait for the slow one's first attempt: {:?}",
+        started.elapsed()
+    );
+    eventually(
+        "both at the slow endpoint",
+        Duration::from_secs(20),
+        || async { (fixture.pending().await == 0).then_some(()) },
+    )
+    .await;
+    let expected = vec![(transaction.clone(), 2), (transaction.clone(), 3)];
+    assert_eq!(arrivals(&prompt), expected);
+    let versions: Vec<i64> = arrivals(&slow).into_iter().map(|(_, v)| v).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]) && versions.last() == Some(&3),
+        "the slow endpoint had version 3 only after version 2: {versions:?}"
+    );
+}
