@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use paygate_common::domain::{EndpointId, EventId, MerchantId};
 use paygate_common::egress::{self, GuardedResolver};
 use paygate_common::events::{event_type, timestamp};
-use paygate_common::signature::webhook;
+use paygate_common::signature::{ed25519, webhook};
 
 use super::endpoint_records as records;
 use crate::http::error::{ApiError, Result};
@@ -68,8 +68,21 @@ pub(crate) async fn ping(
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .context("signing a test webhook")
-        .map_err(ApiError::Internal)?
-        .join(" ");
+        .map_err(ApiError::Internal)?;
+    let mut signature = signature;
+    for key in &target.signing_keys {
+        signature.push(
+            ed25519::sign(
+                key.expose_secret(),
+                webhook_id.as_str(),
+                now.timestamp(),
+                body.as_bytes(),
+            )
+            .context("an Ed25519 signing key that does not sign")
+            .map_err(ApiError::Internal)?,
+        );
+    }
+    let signature = signature.join(" ");
     let dispatcher = &state.settings.callback_dispatcher;
     let policy = dispatcher.egress_policy();
     let started = Instant::now();

@@ -242,10 +242,12 @@ pub async fn rotate_secret(
     Ok(until.map(|until| (secret, until)))
 }
 
-/// Where a test webhook goes and the secrets that sign it, opened (the newest first).
+/// Where a test webhook goes and what signs it, opened (the newest first): as the
+/// dispatcher signs, HMAC secrets and the merchant's Ed25519 keys.
 pub struct PingTarget {
     pub url: String,
     pub secrets: Vec<SecretString>,
+    pub signing_keys: Vec<SecretString>,
 }
 
 /// The endpoint's URL and signing secrets; `None` when there is no such endpoint.
@@ -255,10 +257,19 @@ pub async fn ping_target(
     merchant: &MerchantId,
     endpoint: &EndpointId,
 ) -> anyhow::Result<Option<PingTarget>> {
-    let row: Option<(String, Sealed, Option<Sealed>)> = sqlx::query_as(
+    type Row = (
+        String,
+        Sealed,
+        Option<Sealed>,
+        Option<Sealed>,
+        Option<Sealed>,
+    );
+    let row: Option<Row> = sqlx::query_as(
         "SELECT w.url, coalesce(w.secret, m.webhook_secret),
                 CASE WHEN w.secret IS NOT NULL THEN CASE WHEN w.secret_previous_until > now() THEN w.secret_previous END
-                     WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END
+                     WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END,
+                m.webhook_signing_key,
+                CASE WHEN m.webhook_signing_key_previous_until > now() THEN m.webhook_signing_key_previous END
            FROM webhook_endpoint w JOIN merchant m ON m.id = w.merchant_id
           WHERE w.merchant_id = $1 AND w.id = $2",
     )
@@ -267,12 +278,23 @@ pub async fn ping_target(
     .fetch_optional(pool)
     .await
     .context("reading an endpoint to test")?;
-    row.map(|(url, secret, previous)| {
-        let secrets = std::iter::once(&secret)
-            .chain(previous.as_ref())
-            .map(|sealed| keys.open_secret(sealed))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(PingTarget { url, secrets })
-    })
+    row.map(
+        |(url, secret, previous, signing_key, previous_signing_key)| {
+            let secrets = std::iter::once(&secret)
+                .chain(previous.as_ref())
+                .map(|sealed| keys.open_secret(sealed))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let signing_keys = signing_key
+                .iter()
+                .chain(previous_signing_key.as_ref())
+                .map(|sealed| keys.open_secret(sealed))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(PingTarget {
+                url,
+                secrets,
+                signing_keys,
+            })
+        },
+    )
     .transpose()
 }

@@ -229,6 +229,30 @@ async fn a_test_ping_reaches_the_endpoint_signed_so_the_official_library_verifie
         !official_verdict(ping, merchant["webhook_secret"].as_str().unwrap()),
         "signed with the endpoint's own secret, not the merchant's"
     );
+
+    // With an Ed25519 key, the ping carries its `v1a,` signature too, as webhooks do.
+    let key = api
+        .admin(
+            Method::POST,
+            &format!("/merchants/{id}/webhook-signing-key"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), StatusCode::CREATED);
+    let again = json_of(api.admin(
+        Method::POST,
+        &format!("/merchants/{id}/endpoints/{endpoint}/test"),
+    ))
+    .await;
+    assert_eq!(again["delivered"], true, "{again}");
+    let signature = receiver.received()[1]
+        .header("webhook-signature")
+        .to_owned();
+    assert!(
+        signature.starts_with("v1,") && signature.contains(" v1a,"),
+        "{signature}"
+    );
     api.running.stop().await.unwrap();
 }
 
