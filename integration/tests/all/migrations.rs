@@ -165,7 +165,9 @@ async fn the_endpoints_migration_makes_each_merchants_url_its_first_endpoint_wit
     }
     db::migrate(&pool).await.unwrap();
 
-    let endpoints: Vec<(String, String, bool, bool, Option<String>, Vec<String>)> = sqlx::query_as(
+    /// merchant, url, first, disabled, why, event types
+    type Endpoint = (String, String, bool, bool, Option<String>, Vec<String>);
+    let endpoints: Vec<Endpoint> = sqlx::query_as(
         "SELECT merchant_id, url, is_primary, disabled_at IS NOT NULL, disabled_reason, event_types
            FROM webhook_endpoint ORDER BY merchant_id",
     )
