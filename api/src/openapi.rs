@@ -47,7 +47,7 @@ pub const PAGE_PATH: &str = "/docs";
     ),
     modifiers(&SecuritySchemes, &Webhooks),
     components(
-        schemas(ErrorEnvelope, ErrorBody, RefundWebhook),
+        schemas(ErrorEnvelope, ErrorBody, TransactionWebhook, RefundWebhook, PingWebhook),
         responses(
             Accepted,
             BadRequest,
@@ -125,31 +125,107 @@ pub struct RefundWebhook {
     data: paygate_common::events::RefundView,
 }
 
-/// The document's `webhooks` (OpenAPI 3.1): what Paygate posts to a merchant's endpoint
-/// about refunds. utoipa 5 has no field for them, so they are written as the top-level
-/// object the specification names.
+/// The body of a `transaction.*` webhook: the payment as it is after the change.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "id": "evt_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "type": "transaction.completed",
+    "created_at": "2026-01-01T12:00:01.000Z",
+    "data": {"id": "txn_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "kind": "deposit", "status": "completed",
+             "version": 3, "amount": "100.50", "currency": "EUR", "user_id": "u-1"}
+}))]
+// Documentation only: the dispatcher writes this body; the struct is its schema.
+#[allow(dead_code)]
+pub struct TransactionWebhook {
+    /// `evt_…`: the `webhook-id`, the same on every attempt and at every endpoint.
+    id: String,
+    /// `transaction.processing`, `transaction.completed`, `transaction.failed` or
+    /// `transaction.review_required`.
+    #[schema(example = "transaction.completed")]
+    r#type: String,
+    /// RFC 3339, UTC, milliseconds: when the payment changed.
+    created_at: String,
+    data: paygate_common::events::TransactionView,
+}
+
+/// The body of the test webhook an operator sends an endpoint
+/// (`POST /admin/v1/merchants/{id}/endpoints/{endpoint_id}/test`), signed like any other.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "id": "evt_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "type": "ping",
+    "created_at": "2026-01-01T12:00:00.000Z",
+    "data": {"merchant_id": "mer_0198c9b2a4e07c3f9d2a61b5e8f4c0d1", "endpoint_id": "whe_0198c9b2a4e07c3f9d2a61b5e8f4c0d1"}
+}))]
+#[allow(dead_code)]
+pub struct PingWebhook {
+    /// `evt_…`: its `webhook-id`.
+    id: String,
+    #[schema(example = "ping")]
+    r#type: String,
+    created_at: String,
+    data: PingData,
+}
+
+/// Which endpoint a ping tests.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PingData {
+    merchant_id: String,
+    endpoint_id: String,
+}
+
+/// What each webhook type means, and the schema of its body.
+const WEBHOOK_TYPES: [(&str, &str, &str); 8] = [
+    ("transaction.processing", "TransactionWebhook", "a gateway took the payment and is settling it"),
+    ("transaction.completed", "TransactionWebhook", "the payment succeeded; final"),
+    ("transaction.failed", "TransactionWebhook", "the payment failed (`failure_reason` says why); final"),
+    ("transaction.review_required", "TransactionWebhook", "Paygate found a contradiction or cannot settle the payment alone (`review`); the status is unchanged"),
+    ("refund.processing", "RefundWebhook", "the gateway took the refund and is paying it"),
+    ("refund.completed", "RefundWebhook", "the gateway refunded it; the payment's `amount_refunded` counts it"),
+    ("refund.failed", "RefundWebhook", "the gateway refused it; its amount may be refunded again"),
+    ("ping", "PingWebhook", "a test an operator sent to check the endpoint's verification code"),
+];
+
+/// The document's `webhooks` (OpenAPI 3.1): every type Paygate posts to a merchant's
+/// endpoints (and a payment's `notification_url`), with its body and the three
+/// Standard Webhooks headers. utoipa 5 has no field for them, so they are written as
+/// the top-level object the specification names.
 struct Webhooks;
 
 impl Modify for Webhooks {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let operation = |kind: &str, what: &str| {
-            serde_json::json!({"post": {
-                "summary": format!("`{kind}`: {what}"),
-                "description": "Signed Standard-Webhooks style: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`. Any 2xx is delivered; anything else is retried.",
-                "requestBody": {"required": true, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/RefundWebhook"}}}},
-                "responses": {"2XX": {"description": "Delivered."}}
-            }})
+        let header = |name: &str, description: &str, example: &str| {
+            serde_json::json!({"name": name, "in": "header", "required": true,
+                               "description": description,
+                               "schema": {"type": "string"}, "example": example})
         };
-        let webhooks = serde_json::json!({
-            "refund.processing": operation("refund.processing", "the gateway took the refund and is paying it"),
-            "refund.completed": operation("refund.completed", "the gateway refunded it; the payment's `amount_refunded` counts it"),
-            "refund.failed": operation("refund.failed", "the gateway refused it; its amount may be refunded again"),
-        });
+        let headers = serde_json::json!([
+            header("webhook-id", "The event id (`evt_…`): the same on every attempt of this event at this endpoint; deduplicate by it.", "evt_0198c9b2a4e07c3f9d2a61b5e8f4c0d1"),
+            header("webhook-timestamp", "Unix seconds when this attempt was signed; refuse one more than 5 minutes from your clock.", "1767268800"),
+            header("webhook-signature", "Space-separated signatures: `v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>` per secret that signs now (two during a rotation), and `v1a,<base64 Ed25519>` when the merchant has a signing key (its public half is in the merchant's JWKS). Accept the message when any one verifies.", "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="),
+        ]);
+        let webhooks: serde_json::Map<String, serde_json::Value> = WEBHOOK_TYPES
+            .iter()
+            .map(|(kind, schema, what)| {
+                (
+                    (*kind).to_owned(),
+                    serde_json::json!({"post": {
+                        "summary": format!("`{kind}`: {what}"),
+                        "description": "Sent to every enabled endpoint of the merchant whose event types take it (none: all), and to the payment's `notification_url`, signed Standard-Webhooks style. Any 2xx is delivered; anything else, or no answer in time, is retried on the schedule (honouring `Retry-After`). One payment's webhooks arrive at an endpoint in version order.",
+                        "parameters": headers,
+                        "requestBody": {"required": true, "content": {"application/json": {
+                            "schema": {"$ref": format!("#/components/schemas/{schema}")}}}},
+                        "responses": {
+                            "2XX": {"description": "Delivered."},
+                            "410": {"description": "The endpoint is gone: it is disabled, and probed until it answers 2xx again."},
+                        }
+                    }}),
+                )
+            })
+            .collect();
         openapi
             .extensions
             .get_or_insert_with(Default::default)
-            .insert("webhooks".to_owned(), webhooks);
+            .insert("webhooks".to_owned(), serde_json::Value::Object(webhooks));
     }
 }
 

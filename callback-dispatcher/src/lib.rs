@@ -2,16 +2,20 @@
 //!
 //! Two halves, joined by the `webhook_delivery` table:
 //! - [`record`]: the consumer of `paygate.transactions.status` records one delivery per
-//!   status event with the exact body that will be signed;
+//!   status event and endpoint that takes its type (a merchant has any number; a
+//!   payment may add its own `notification_url`), with the exact body that will be
+//!   signed;
 //! - [`sender`]: claims due deliveries continuously, sends each Standard-Webhooks
 //!   signed ([`attempt`]), records every attempt and keeps each endpoint's health —
-//!   in order per transaction, isolated per endpoint, only to allowed addresses
+//!   in order per transaction and endpoint, isolated per endpoint, within each
+//!   endpoint's rate limit across replicas ([`limit`]), only to allowed addresses
 //!   ([`paygate_common::egress`]).
 //!
 //! A crash mid-send loses nothing: the lease runs out and the delivery is sent again with
 //! the same `webhook-id`, which is how merchants deduplicate.
 
 pub mod attempt;
+pub mod limit;
 pub mod record;
 pub mod sender;
 
@@ -79,7 +83,15 @@ impl Application {
             settings.database.max_connections,
         )
         .await?;
-        let sender = Sender::new(bookkeeping, &settings.callback_dispatcher, keys, http, wake);
+        let limiter = limit::RateLimiter::new(&settings.redis);
+        let sender = Sender::new(
+            bookkeeping,
+            &settings.callback_dispatcher,
+            keys,
+            http,
+            wake,
+            limiter,
+        );
         Ok(Application {
             worker,
             handler,

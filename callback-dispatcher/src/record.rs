@@ -1,7 +1,8 @@
-//! The consumer half: one delivery per status event, recorded with the exact body that
-//! will be signed: the transaction, or for a `refund.*` event the refund (delivered in
-//! order with its payment's, by the payment's version). The event id is the `webhook-id`, so a redelivered message adds
-//! nothing.
+//! The consumer half: one delivery per status event and endpoint that wants it (and one
+//! to the payment's own `notification_url`), recorded with the exact body that will be
+//! signed: the transaction, or for a `refund.*` event the refund (delivered in order with
+//! its payment's, by the payment's version). The event id is the `webhook-id` at every
+//! endpoint, so a redelivered message adds nothing.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use paygate_common::domain::{DeliveryId, Status};
+use paygate_common::domain::Status;
 use paygate_common::events::{event_type, proto, RefundView, TransactionView};
 use paygate_common::kafka::{headers, Handler, HandlerError, Inbound};
 
@@ -29,6 +30,13 @@ pub struct StatusHandler {
     pub(crate) pool: PgPool,
     /// Wakes the sender as soon as a delivery is recorded.
     pub(crate) wake: Arc<Notify>,
+}
+
+impl StatusHandler {
+    /// Records on `pool` and wakes the sender through `wake`.
+    pub fn new(pool: PgPool, wake: Arc<Notify>) -> Self {
+        StatusHandler { pool, wake }
+    }
 }
 
 impl Handler for StatusHandler {
@@ -74,15 +82,29 @@ impl Handler for StatusHandler {
             }),
         }
         .map_err(HandlerError::permanent)?;
-        // To the merchant's URL of the moment; a merchant without one takes no webhooks.
+        // One delivery to each enabled endpoint of the merchant that wants this type (no
+        // types: all; `refund.*`: a family), and one to the payment's own
+        // notification_url, in one statement. The ids are random rather than time-ordered
+        // (they are made here, one per row): only a tie-break on equal due times uses them.
         let inserted = sqlx::query(
             "INSERT INTO webhook_delivery
-                 (id, event_id, merchant_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
-             SELECT $1, $2, m.id, $4, $5, $6, m.webhook_url, $7, 'pending', now()
-               FROM merchant m WHERE m.id = $3 AND m.webhook_url IS NOT NULL
-             ON CONFLICT ON CONSTRAINT webhook_delivery_event_unique DO NOTHING",
+                 (id, event_id, merchant_id, endpoint_id, notification, transaction_id, version,
+                  event_type, url, body, status, next_attempt_at)
+             SELECT 'whd_' || replace(gen_random_uuid()::text, '-', ''), $1, $2, target.endpoint_id,
+                    target.endpoint_id IS NULL, $3, $4, $5, target.url, $6, 'pending', now()
+               FROM (SELECT w.id AS endpoint_id, w.url
+                       FROM webhook_endpoint w
+                      WHERE w.merchant_id = $2 AND w.enabled
+                        AND (cardinality(w.event_types) = 0
+                             OR EXISTS (SELECT 1 FROM unnest(w.event_types) AS wanted(t)
+                                         WHERE wanted.t = $5
+                                            OR (right(wanted.t, 2) = '.*' AND starts_with($5, left(wanted.t, -1)))))
+                     UNION ALL
+                     SELECT NULL, t.notification_url
+                       FROM transaction t
+                      WHERE t.id = $3 AND t.merchant_id = $2 AND t.notification_url IS NOT NULL) AS target
+             ON CONFLICT DO NOTHING",
         )
-        .bind(DeliveryId::new().as_str())
         .bind(&event.event_id)
         .bind(&transaction.merchant_id)
         .bind(&transaction.id)
@@ -92,7 +114,7 @@ impl Handler for StatusHandler {
         .execute(&self.pool)
         .await
         .map_err(HandlerError::transient)?;
-        if inserted.rows_affected() == 1 {
+        if inserted.rows_affected() > 0 {
             tracing::info!(transaction_id = %transaction.id, event_id = %event.event_id, %kind, "webhook scheduled");
             self.wake.notify_one();
         }

@@ -7,12 +7,17 @@
 //!   so a late recorder never counts an attempt twice.
 //! - **No barrier.** As soon as one send finishes another is claimed, up to
 //!   `max_in_flight`; a slow merchant never holds up the next claim.
-//! - **Isolation per endpoint.** A claim skips endpoints that already have
+//! - **Isolation per endpoint.** A merchant has any number of endpoints, and a payment
+//!   may name its own `notification_url`; each is its own endpoint here. A claim skips endpoints that already have
 //!   `endpoint_concurrency` sends in flight from this dispatcher, so a merchant that
 //!   hangs until the timeout only ever delays its own deliveries.
-//! - **Order per transaction.** Only a transaction's earliest pending version can be
-//!   claimed, so `transaction.completed` never overtakes `transaction.processing` of
-//!   the same payment, while other payments to the same endpoint go in parallel.
+//! - **Order per transaction, per endpoint.** Only a transaction's earliest pending
+//!   version at an endpoint can be claimed, so `transaction.completed` never overtakes
+//!   `transaction.processing` of the same payment there, while other payments (and
+//!   other endpoints) go in parallel.
+//! - **Rate limits.** An endpoint with a `rate_limit` is sent at most that many
+//!   requests a second by all dispatchers together ([`crate::limit`]); what is over it
+//!   waits, pending, and is never dropped.
 //! - **Endpoint health.** 410 Gone, a refused destination, or failures without a
 //!   success for `disable_after_ms` disable the endpoint: its deliveries wait, pending,
 //!   and every `probe_interval_ms` its oldest is sent as a probe; the first 2xx
@@ -36,6 +41,12 @@ use paygate_common::retry::jitter;
 use paygate_common::secrets::Sealed;
 
 use crate::attempt::{self, Attempt, Message};
+use crate::limit::{RateLimiter, Slot};
+
+/// The longest a send waits for its endpoint's rate-limit slot; a slot further away puts
+/// the delivery back until then. Well inside the lease (request timeout + 5 s), so a
+/// waiting send never loses its claim.
+const RATE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Sends due deliveries.
 pub struct Sender {
@@ -55,6 +66,8 @@ pub struct Sender {
     disable_after: Duration,
     probe_interval: Duration,
     wake: Arc<Notify>,
+    /// Spaces the requests to endpoints that have a rate limit, across dispatchers.
+    limiter: RateLimiter,
 }
 
 /// A claimed delivery with what signs it.
@@ -63,6 +76,13 @@ struct Due {
     id: String,
     event_id: String,
     merchant_id: String,
+    /// Its endpoint; `None` for a payment's notification_url (or what a removed endpoint
+    /// left pending), which has no health of its own.
+    endpoint_id: Option<String>,
+    /// What isolates it from other endpoints' sends: the endpoint, else the URL.
+    endpoint_key: String,
+    /// The endpoint's requests a second, across every dispatcher.
+    rate_limit: Option<i32>,
     /// The payment's: its trace id is the transaction id's (see `trace`).
     transaction_id: String,
     url: String,
@@ -85,12 +105,15 @@ struct Outcome {
     disable_now: Option<String>,
 }
 
-/// What a claim returns. A delivery goes to the endpoint's current URL (the one it was
-/// recorded with when the merchant has since removed it), so a corrected URL receives
-/// what is still pending.
-const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, d.transaction_id, coalesce(m.webhook_url, d.url) AS url, d.body, d.attempt_count,
-    m.webhook_secret AS secret,
-    CASE WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END AS previous_secret,
+/// What a claim returns, from the delivery `d`, its endpoint `w` (absent for a
+/// notification_url) and its merchant `m`. A delivery goes to the endpoint's current URL
+/// (the one it was recorded with when it has none), so a corrected URL receives what is
+/// still pending. An endpoint with no secret of its own signs with the merchant's.
+const CLAIMED: &str = "d.id, d.event_id, d.merchant_id, d.endpoint_id, coalesce(d.endpoint_id, d.url) AS endpoint_key,
+    w.rate_limit, d.transaction_id, coalesce(w.url, d.url) AS url, d.body, d.attempt_count,
+    coalesce(w.secret, m.webhook_secret) AS secret,
+    CASE WHEN w.secret IS NOT NULL THEN CASE WHEN w.secret_previous_until > now() THEN w.secret_previous END
+         WHEN m.webhook_secret_previous_until > now() THEN m.webhook_secret_previous END AS previous_secret,
     m.webhook_signing_key AS signing_key,
     CASE WHEN m.webhook_signing_key_previous_until > now() THEN m.webhook_signing_key_previous END AS previous_signing_key";
 
@@ -105,6 +128,7 @@ impl Sender {
         keys: KeyRing,
         http: reqwest::Client,
         wake: Arc<Notify>,
+        limiter: RateLimiter,
     ) -> Self {
         let timeout = Duration::from_millis(settings.request_timeout_ms);
         let delays = settings.retry_delays();
@@ -123,6 +147,7 @@ impl Sender {
             disable_after: Duration::from_millis(settings.disable_after_ms),
             probe_interval: Duration::from_millis(settings.probe_interval_ms),
             wake,
+            limiter,
         }
     }
 
@@ -155,8 +180,8 @@ impl Sender {
             }
             for (delivery, probe) in claimed {
                 let this = Arc::clone(&this);
-                let merchant = delivery.merchant_id.clone();
-                sends.spawn(merchant, async move { this.deliver(delivery, probe).await });
+                let endpoint = delivery.endpoint_key.clone();
+                sends.spawn(endpoint, async move { this.deliver(delivery, probe).await });
             }
             if full {
                 // More may be due right now: claim again as soon as there is room.
@@ -176,11 +201,13 @@ impl Sender {
     }
 
     /// Claims up to `room` due deliveries: the earliest pending version of each
-    /// transaction, of enabled endpoints, at most `endpoint_concurrency` in flight per
-    /// endpoint counting `in_flight`. Candidates are taken per endpoint (at most
-    /// `endpoint_concurrency` each, from `webhook_delivery_due_by_merchant`), never as
-    /// the globally oldest rows: a backlog of due deliveries at one endpoint would
-    /// otherwise fill every claim's window and starve the others.
+    /// transaction at each endpoint, of enabled endpoints, at most
+    /// `endpoint_concurrency` in flight per endpoint counting `in_flight`. Candidates
+    /// are taken per endpoint (at most `endpoint_concurrency` each, from
+    /// `webhook_delivery_due_by_endpoint`), never as the globally oldest rows: a backlog
+    /// of due deliveries at one endpoint would otherwise fill every claim's window and
+    /// starve the others. Deliveries with no endpoint (notification URLs) come from the
+    /// same index, keyed by their URL.
     async fn claim(
         &self,
         room: usize,
@@ -199,37 +226,49 @@ impl Sender {
             .collect();
         sqlx::query_as(&format!(
             "WITH candidate AS (
-                 SELECT d.id, d.merchant_id, d.next_attempt_at
-                   FROM merchant m
+                 SELECT d.id, d.endpoint_key, d.next_attempt_at
+                   FROM webhook_endpoint w
                   CROSS JOIN LATERAL (
-                      SELECT d.id, d.merchant_id, d.next_attempt_at
+                      SELECT d.id, w.id AS endpoint_key, d.next_attempt_at
                         FROM webhook_delivery d
-                       WHERE d.merchant_id = m.id
+                       WHERE d.endpoint_id = w.id
                          AND d.status = 'pending' AND d.next_attempt_at <= now()
                          AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
-                                          WHERE e.transaction_id = d.transaction_id
+                                          WHERE e.transaction_id = d.transaction_id AND e.endpoint_id = d.endpoint_id
                                             AND e.status = 'pending' AND e.version < d.version)
                        ORDER BY d.next_attempt_at
                        LIMIT $6) d
-                  WHERE m.webhook_disabled_at IS NULL
-                    AND NOT (m.id = ANY($3))
+                  WHERE w.disabled_at IS NULL AND w.enabled
+                    AND NOT (w.id = ANY($3))
+                 UNION ALL
+                 (SELECT d.id, d.url, d.next_attempt_at
+                    FROM webhook_delivery d
+                   WHERE d.endpoint_id IS NULL
+                     AND d.status = 'pending' AND d.next_attempt_at <= now()
+                     AND NOT (d.url = ANY($3))
+                     AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
+                                      WHERE e.transaction_id = d.transaction_id AND e.endpoint_id IS NULL
+                                        AND e.status = 'pending' AND e.version < d.version)
+                   ORDER BY d.next_attempt_at
+                   LIMIT $1)
              ), ranked AS (
                  SELECT c.id, c.next_attempt_at,
-                        row_number() OVER (PARTITION BY c.merchant_id ORDER BY c.next_attempt_at, c.id) AS rank,
+                        row_number() OVER (PARTITION BY c.endpoint_key ORDER BY c.next_attempt_at, c.id) AS rank,
                         coalesce(b.n, 0) AS busy
                    FROM candidate c
-                   LEFT JOIN unnest($4::text[], $5::bigint[]) AS b(merchant_id, n) USING (merchant_id)
+                   LEFT JOIN unnest($4::text[], $5::bigint[]) AS b(endpoint_key, n) USING (endpoint_key)
              ), picked AS (
                  SELECT id FROM ranked WHERE rank + busy <= $6 ORDER BY next_attempt_at LIMIT $1
              ), locked AS (
-                 SELECT id FROM webhook_delivery
+                 SELECT id, endpoint_id FROM webhook_delivery
                   WHERE id IN (SELECT id FROM picked) AND status = 'pending' AND next_attempt_at <= now()
                     FOR UPDATE SKIP LOCKED
              )
              UPDATE webhook_delivery d
                 SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000)
-               FROM merchant m
-              WHERE d.id IN (SELECT id FROM locked) AND m.id = d.merchant_id
+               FROM locked l
+               LEFT JOIN webhook_endpoint w ON w.id = l.endpoint_id, merchant m
+              WHERE d.id = l.id AND m.id = d.merchant_id
           RETURNING {CLAIMED}"
         ))
         .bind(i64::try_from(room).unwrap_or(i64::MAX))
@@ -244,7 +283,7 @@ impl Sender {
     }
 
     /// Claims one probe per disabled endpoint whose probe is due: its oldest pending
-    /// delivery. Moving `webhook_probe_at` on first makes each probe one dispatcher's.
+    /// delivery. Moving its `probe_at` on first makes each probe one dispatcher's.
     async fn claim_probes(&self, in_flight: &HashMap<String, usize>) -> anyhow::Result<Vec<Due>> {
         let busy: Vec<&str> = in_flight
             .iter()
@@ -253,24 +292,25 @@ impl Sender {
             .collect();
         sqlx::query_as(&format!(
             "WITH probed AS (
-                 UPDATE merchant
-                    SET webhook_probe_at = now() + make_interval(secs => $1::double precision / 1000)
-                  WHERE webhook_disabled_at IS NOT NULL AND webhook_probe_at <= now()
+                 UPDATE webhook_endpoint
+                    SET probe_at = now() + make_interval(secs => $1::double precision / 1000)
+                  WHERE disabled_at IS NOT NULL AND probe_at <= now() AND enabled
                     AND NOT (id = ANY($3))
               RETURNING id
              ), head AS (
-                 SELECT DISTINCT ON (d.merchant_id) d.id
-                   FROM webhook_delivery d JOIN probed p ON p.id = d.merchant_id
+                 SELECT DISTINCT ON (d.endpoint_id) d.id, d.endpoint_id
+                   FROM webhook_delivery d JOIN probed p ON p.id = d.endpoint_id
                   WHERE d.status = 'pending'
                     AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
-                                     WHERE e.transaction_id = d.transaction_id
+                                     WHERE e.transaction_id = d.transaction_id AND e.endpoint_id = d.endpoint_id
                                        AND e.status = 'pending' AND e.version < d.version)
-                  ORDER BY d.merchant_id, d.created_at, d.id
+                  ORDER BY d.endpoint_id, d.created_at, d.id
              )
              UPDATE webhook_delivery d
                 SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000)
-               FROM merchant m
-              WHERE d.id IN (SELECT id FROM head) AND m.id = d.merchant_id
+               FROM head l
+               LEFT JOIN webhook_endpoint w ON w.id = l.endpoint_id, merchant m
+              WHERE d.id = l.id AND m.id = d.merchant_id
           RETURNING {CLAIMED}"
         ))
         .bind(millis(self.probe_interval))
@@ -281,8 +321,24 @@ impl Sender {
         .context("claiming webhook probes")
     }
 
-    /// Sends one claimed delivery and records the outcome.
+    /// Sends one claimed delivery and records the outcome; with a rate limit, at the
+    /// endpoint's next free slot, or back to wait when that is too far.
     async fn deliver(&self, delivery: Due, probe: bool) {
+        if let Some(per_second) = delivery.rate_limit {
+            let per_second = u32::try_from(per_second).unwrap_or(1);
+            match self
+                .limiter
+                .reserve(&delivery.endpoint_key, per_second, RATE_PATIENCE)
+                .await
+            {
+                Ok(Slot::After(wait)) => tokio::time::sleep(wait).await,
+                Ok(Slot::Busy(wait)) => return self.postpone(&delivery, wait).await,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), delivery_id = %delivery.id, "no rate-limit slot; the webhook waits");
+                    return self.postpone(&delivery, self.poll_interval).await;
+                }
+            }
+        }
         let attempt = match self.secrets(&delivery) {
             Ok((secrets, signing_keys)) => {
                 let message = Message {
@@ -303,6 +359,23 @@ impl Sender {
         };
         if let Err(error) = self.record(&delivery, probe, &attempt).await {
             tracing::warn!(error = %format!("{error:#}"), delivery_id = %delivery.id, "could not record a webhook attempt; its lease will expire and it is sent again");
+        }
+    }
+
+    /// Gives a claimed delivery back, unsent and with no attempt spent, due after `wait`.
+    async fn postpone(&self, delivery: &Due, wait: Duration) {
+        let postponed = sqlx::query(
+            "UPDATE webhook_delivery
+                SET next_attempt_at = now() + make_interval(secs => $3::double precision / 1000)
+              WHERE id = $1 AND status = 'pending' AND attempt_count = $2",
+        )
+        .bind(&delivery.id)
+        .bind(delivery.attempt_count)
+        .bind(millis(wait))
+        .execute(&self.pool)
+        .await;
+        if let Err(error) = postponed {
+            tracing::warn!(error = %format!("{error:#}"), delivery_id = %delivery.id, "could not postpone a rate-limited webhook; its lease will expire and it is claimed again");
         }
     }
 
@@ -391,31 +464,31 @@ impl Sender {
                  INSERT INTO webhook_attempt (delivery_id, status_code, error, duration_ms, probe)
                  SELECT id, $6, $7, $8, $9 FROM delivery
              ), verdict AS (
-                 SELECT m.id, m.webhook_disabled_at IS NOT NULL AS was_disabled,
-                        (NOT $11 AND m.webhook_disabled_at IS NULL
+                 SELECT w.id, w.disabled_at IS NOT NULL AS was_disabled,
+                        (NOT $11 AND w.disabled_at IS NULL
                          AND ($12::text IS NOT NULL
-                              OR m.webhook_failing_since <= now() - make_interval(secs => $13::double precision / 1000))
+                              OR w.failing_since <= now() - make_interval(secs => $13::double precision / 1000))
                         ) AS disable
-                   FROM merchant m
-                  WHERE m.id = $10 AND EXISTS (SELECT 1 FROM delivery)
-                    AND (NOT $11 OR m.webhook_failing_since IS NOT NULL OR m.webhook_disabled_at IS NOT NULL)
+                   FROM webhook_endpoint w
+                  WHERE w.id = $10 AND EXISTS (SELECT 1 FROM delivery)
+                    AND (NOT $11 OR w.failing_since IS NOT NULL OR w.disabled_at IS NOT NULL)
              ), endpoint AS (
-                 UPDATE merchant m
-                    SET webhook_failing_since = CASE WHEN $11 THEN NULL ELSE coalesce(m.webhook_failing_since, now()) END,
-                        webhook_disabled_at = CASE WHEN $11 THEN NULL WHEN v.disable THEN now() ELSE m.webhook_disabled_at END,
-                        webhook_disabled_reason = CASE WHEN $11 THEN NULL
-                                                       WHEN v.disable THEN coalesce($12, 'failing since ' || m.webhook_failing_since)
-                                                       ELSE m.webhook_disabled_reason END,
-                        webhook_probe_at = CASE WHEN $11 THEN NULL
-                                                WHEN v.disable THEN now() + make_interval(secs => $14::double precision / 1000)
-                                                ELSE m.webhook_probe_at END
+                 UPDATE webhook_endpoint w
+                    SET failing_since = CASE WHEN $11 THEN NULL ELSE coalesce(w.failing_since, now()) END,
+                        disabled_at = CASE WHEN $11 THEN NULL WHEN v.disable THEN now() ELSE w.disabled_at END,
+                        disabled_reason = CASE WHEN $11 THEN NULL
+                                               WHEN v.disable THEN coalesce($12, 'failing since ' || w.failing_since)
+                                               ELSE w.disabled_reason END,
+                        probe_at = CASE WHEN $11 THEN NULL
+                                        WHEN v.disable THEN now() + make_interval(secs => $14::double precision / 1000)
+                                        ELSE w.probe_at END
                    FROM verdict v
-                  WHERE m.id = v.id
+                  WHERE w.id = v.id
               RETURNING v.disable
              ), released AS (
                  UPDATE webhook_delivery
                     SET next_attempt_at = now()
-                  WHERE $11 AND merchant_id = $10 AND status = 'pending' AND id <> $1
+                  WHERE $11 AND endpoint_id = $10 AND status = 'pending' AND id <> $1
                     AND next_attempt_at > now()
                     AND EXISTS (SELECT 1 FROM verdict WHERE was_disabled)
              )
@@ -432,7 +505,7 @@ impl Sender {
         .bind(&attempt.error)
         .bind(i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX))
         .bind(probe)
-        .bind(&delivery.merchant_id)
+        .bind(&delivery.endpoint_id)
         .bind(delivered)
         .bind(&outcome.disable_now)
         .bind(millis(self.disable_after))
@@ -452,6 +525,7 @@ impl Sender {
             delivery_id = %delivery.id,
             event_id = %delivery.event_id,
             merchant_id = %delivery.merchant_id,
+            endpoint_id = delivery.endpoint_id.as_deref(),
             status_code = attempt.status_code,
             error = attempt.error.as_deref(),
             outcome = outcome.status,
@@ -460,17 +534,17 @@ impl Sender {
             "webhook attempt"
         );
         if disabled == Some(true) {
-            tracing::warn!(merchant_id = %delivery.merchant_id, "webhook endpoint disabled; its deliveries wait and it is probed");
+            tracing::warn!(merchant_id = %delivery.merchant_id, endpoint_id = delivery.endpoint_id.as_deref(), "webhook endpoint disabled; its deliveries wait and it is probed");
         }
         if delivered && was_disabled == Some(true) {
-            tracing::info!(merchant_id = %delivery.merchant_id, "webhook endpoint answered again; re-enabled");
+            tracing::info!(merchant_id = %delivery.merchant_id, endpoint_id = delivery.endpoint_id.as_deref(), "webhook endpoint answered again; re-enabled");
             self.wake.notify_one();
         }
         Ok(())
     }
 }
 
-/// The sends in flight, and how many each endpoint (merchant) has.
+/// The sends in flight, and how many each endpoint (its id, or a notification URL) has.
 #[derive(Default)]
 struct InFlight {
     tasks: JoinSet<()>,

@@ -1,6 +1,8 @@
 //! The webhook sender against real merchant endpoints over HTTP(S), on its own database:
 //! retries on schedule, endpoint health (410, probe, re-enable), order per transaction,
-//! isolation per endpoint, TLS, the egress guard, and two senders sharing the work.
+//! isolation per endpoint, TLS, the egress guard, and two senders sharing the work;
+//! a merchant's several endpoints (event filters, rate limits held across senders) and a
+//! payment's own notification URL, fed through the recorder as the consumer would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,8 +17,11 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use paygate_callback_dispatcher::{http_client, Sender};
+use paygate_callback_dispatcher::limit::RateLimiter;
+use paygate_callback_dispatcher::{http_client, Sender, StatusHandler};
 use paygate_common::egress::GuardedResolver;
+use paygate_common::events::proto;
+use paygate_common::kafka::{headers, Handler as _, Inbound};
 use paygate_common::signature::webhook;
 use paygate_common::Settings;
 use paygate_testkit::{eventually, keys, pool, settings, unique, Reply, WebhookReceiver};
@@ -47,37 +52,72 @@ impl Fixture {
     }
 
     /// Starts a sender resolving names with the system resolver, guarded.
-    fn start_sender(&self) {
+    async fn start_sender(&self) {
         let policy = self.settings.callback_dispatcher.egress_policy();
-        self.start_sender_with(GuardedResolver::system(policy));
+        self.start_sender_with(GuardedResolver::system(policy))
+            .await;
     }
 
-    fn start_sender_with(&self, resolver: GuardedResolver) {
+    async fn start_sender_with(&self, resolver: GuardedResolver) {
         let http = http_client(&self.settings, resolver).unwrap();
+        let limiter = RateLimiter::new(&self.settings.redis);
         let sender = Sender::new(
             self.pool.clone(),
             &self.settings.callback_dispatcher,
             keys(),
             http,
             Arc::new(Notify::new()),
+            limiter,
         );
         tokio::spawn(sender.run(self.stop.child_token()));
     }
 
-    /// A merchant whose webhooks go to `url`; returns its id and signing secret.
+    /// A merchant whose webhooks go to `url` (its first endpoint, which signs with the
+    /// merchant's secret); returns its id and signing secret.
     async fn merchant(&self, url: &str) -> (String, String) {
         let id = format!("mer_{}", uuid::Uuid::now_v7().simple());
         let secret = webhook::generate_secret();
+        sqlx::query("INSERT INTO merchant (id, name, webhook_secret) VALUES ($1, 'm', $2)")
+            .bind(&id)
+            .bind(keys().seal_secret(&secret).unwrap().as_stored())
+            .execute(&self.pool)
+            .await
+            .unwrap();
         sqlx::query(
-            "INSERT INTO merchant (id, name, webhook_url, webhook_secret) VALUES ($1, 'm', $2, $3)",
+            "INSERT INTO webhook_endpoint (id, merchant_id, url, is_primary) VALUES ($1, $2, $3, true)",
         )
+        .bind(unique("whe"))
         .bind(&id)
         .bind(url)
-        .bind(keys().seal_secret(&secret).unwrap().as_stored())
         .execute(&self.pool)
         .await
         .unwrap();
         (id, secret)
+    }
+
+    /// Another endpoint of `merchant`, taking `types` (none: all) at most `rate_limit`
+    /// requests a second; returns its id.
+    async fn endpoint(
+        &self,
+        merchant: &str,
+        url: &str,
+        types: &[&str],
+        rate_limit: Option<i32>,
+    ) -> String {
+        let id = unique("whe");
+        sqlx::query(
+            "INSERT INTO webhook_endpoint (id, merchant_id, url, event_types, rate_limit)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(merchant)
+        .bind(url)
+        .bind(types)
+        .bind(rate_limit)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        id
     }
 
     /// A payment of `merchant`, with nothing to deliver yet.
@@ -95,14 +135,27 @@ impl Fixture {
         id
     }
 
-    /// A due delivery of `version` of `transaction`, to `merchant`'s endpoint.
+    /// A due delivery of `version` of `transaction`, to `merchant`'s first endpoint.
     async fn delivery(&self, merchant: &str, transaction: &str, version: i32) -> Stored {
+        let endpoint: String = sqlx::query_scalar(
+            "SELECT id FROM webhook_endpoint WHERE merchant_id = $1 AND is_primary",
+        )
+        .bind(merchant)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        self.delivery_to(&endpoint, transaction, version).await
+    }
+
+    /// A due delivery of `version` of `transaction`, to `endpoint`.
+    async fn delivery_to(&self, endpoint: &str, transaction: &str, version: i32) -> Stored {
         let (id, event_id) = (unique("whd"), unique("evt"));
-        let url: String = sqlx::query_scalar("SELECT webhook_url FROM merchant WHERE id = $1")
-            .bind(merchant)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
+        let (merchant, url): (String, String) =
+            sqlx::query_as("SELECT merchant_id, url FROM webhook_endpoint WHERE id = $1")
+                .bind(endpoint)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
         let body = serde_json::json!({
             "id": event_id, "type": "transaction.processing", "created_at": "2026-11-28T00:00:00.000Z",
             "data": {"id": transaction, "version": version},
@@ -110,16 +163,17 @@ impl Fixture {
         .to_string();
         sqlx::query(
             "INSERT INTO webhook_delivery
-                 (id, event_id, merchant_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
-             VALUES ($1, $2, $3, $4, $5, 'transaction.processing', $6, $7, 'pending', now())",
+                 (id, event_id, merchant_id, endpoint_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
+             VALUES ($1, $2, $3, $8, $4, $5, 'transaction.processing', $6, $7, 'pending', now())",
         )
         .bind(&id)
         .bind(&event_id)
-        .bind(merchant)
+        .bind(&merchant)
         .bind(transaction)
         .bind(version)
         .bind(&url)
         .bind(&body)
+        .bind(endpoint)
         .execute(&self.pool)
         .await
         .unwrap();
@@ -155,7 +209,9 @@ impl Fixture {
     }
 
     async fn endpoint_disabled(&self, merchant: &str) -> bool {
-        sqlx::query_scalar("SELECT webhook_disabled_at IS NOT NULL FROM merchant WHERE id = $1")
+        sqlx::query_scalar(
+            "SELECT disabled_at IS NOT NULL FROM webhook_endpoint WHERE merchant_id = $1 AND is_primary",
+        )
             .bind(merchant)
             .fetch_one(&self.pool)
             .await
@@ -200,7 +256,7 @@ async fn a_failing_endpoint_is_retried_on_schedule_then_delivered_once_under_one
     let (merchant, secret) = fixture.merchant(&receiver.url).await;
     let transaction = fixture.transaction(&merchant).await;
     let delivery = fixture.delivery(&merchant, &transaction, 1).await;
-    fixture.start_sender();
+    fixture.start_sender().await;
 
     eventually(
         "the delivery to succeed",
@@ -263,7 +319,7 @@ async fn a_gone_endpoint_is_disabled_then_probed_and_sent_what_it_missed_in_orde
             deliveries.push(fixture.delivery(&merchant, &transaction, version).await);
         }
     }
-    fixture.start_sender();
+    fixture.start_sender().await;
 
     eventually(
         "the endpoint to be disabled",
@@ -341,7 +397,7 @@ async fn a_slow_transaction_never_reorders_and_never_holds_up_another() {
         deliveries.push(fixture.delivery(&merchant, &transaction, 2).await);
         others.push(transaction);
     }
-    fixture.start_sender();
+    fixture.start_sender().await;
 
     let all: Vec<&Stored> = deliveries.iter().collect();
     eventually("every delivery", Duration::from_secs(20), || async {
@@ -401,7 +457,7 @@ async fn a_hanging_endpoint_costs_only_its_own_deliveries() {
         let transaction = fixture.transaction(&slow_merchant).await;
         slow.push(fixture.delivery(&slow_merchant, &transaction, 1).await);
     }
-    fixture.start_sender();
+    fixture.start_sender().await;
     eventually(
         "the hanging endpoint to be called",
         Duration::from_secs(5),
@@ -488,7 +544,7 @@ async fn a_backlog_at_one_endpoint_does_not_starve_another() {
     let (merchant, _) = fixture.merchant(&prompt.url).await;
     let transaction = fixture.transaction(&merchant).await;
     let waiting = fixture.delivery(&merchant, &transaction, 1).await;
-    fixture.start_sender();
+    fixture.start_sender().await;
     eventually(
         "the other endpoint's delivery",
         Duration::from_secs(3),
@@ -518,7 +574,7 @@ async fn https_webhooks_reach_a_receiver_whose_ca_is_configured_and_no_other() {
     let (merchant, _) = untrusting.merchant(&tls.receiver.url).await;
     let transaction = untrusting.transaction(&merchant).await;
     let refused = untrusting.delivery(&merchant, &transaction, 1).await;
-    untrusting.start_sender();
+    untrusting.start_sender().await;
     eventually("an attempt", Duration::from_secs(10), || async {
         (!untrusting.attempts(&refused.id).await.is_empty()).then_some(())
     })
@@ -535,7 +591,7 @@ async fn https_webhooks_reach_a_receiver_whose_ca_is_configured_and_no_other() {
     let (merchant, secret) = trusting.merchant(&tls.receiver.url).await;
     let transaction = trusting.transaction(&merchant).await;
     let delivery = trusting.delivery(&merchant, &transaction, 1).await;
-    trusting.start_sender();
+    trusting.start_sender().await;
     eventually("delivery over HTTPS", Duration::from_secs(10), || async {
         (trusting.status(&delivery.id).await.0 == "delivered").then_some(())
     })
@@ -655,7 +711,9 @@ async fn every_forbidden_range_is_refused_at_send_time_without_a_connection() {
             .collect(),
     );
     let policy = fixture.settings.callback_dispatcher.egress_policy();
-    fixture.start_sender_with(GuardedResolver::over(policy, Arc::new(names)));
+    fixture
+        .start_sender_with(GuardedResolver::over(policy, Arc::new(names)))
+        .await;
 
     let mut expected = Vec::new();
     for (name, _, range) in &cases {
@@ -715,8 +773,8 @@ async fn two_senders_on_one_database_send_every_attempt_once() {
             deliveries.push(fixture.delivery(&merchant, &transaction, 2).await);
         }
     }
-    fixture.start_sender();
-    fixture.start_sender();
+    fixture.start_sender().await;
+    fixture.start_sender().await;
     let all: Vec<&Stored> = deliveries.iter().collect();
     eventually("every delivery", Duration::from_secs(30), || async {
         fixture.all_delivered(&all).await.then_some(())
@@ -740,4 +798,438 @@ async fn two_senders_on_one_database_send_every_attempt_once() {
         .await
         .unwrap();
     assert_eq!(attempts, 80);
+}
+
+/// Hands the recorder a status event of `transaction` at `version`, as the consumer of
+/// `paygate.transactions.status` would: `transaction.<status>`, or with `refund` (its
+/// status) `refund.<status>`. Returns the event id.
+async fn announce(
+    fixture: &Fixture,
+    merchant: &str,
+    transaction: &str,
+    version: i32,
+    status: &str,
+    refund: Option<&str>,
+) -> String {
+    let event_id = unique("evt");
+    let event = proto::StatusChanged {
+        event_id: event_id.clone(),
+        transaction: Some(proto::Transaction {
+            id: transaction.to_owned(),
+            merchant_id: merchant.to_owned(),
+            kind: "deposit".to_owned(),
+            status: status.to_owned(),
+            version,
+            updated_at: "2026-12-05T00:00:00.000Z".to_owned(),
+            ..Default::default()
+        }),
+        refund: refund.map(|refund_status| proto::Refund {
+            id: unique("rfd"),
+            transaction_id: transaction.to_owned(),
+            merchant_id: merchant.to_owned(),
+            status: refund_status.to_owned(),
+            version,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let kind = match refund {
+        Some(refund_status) => format!("refund.{refund_status}"),
+        None => format!("transaction.{status}"),
+    };
+    let message = Inbound {
+        topic: "paygate.transactions.status".to_owned(),
+        partition: 0,
+        offset: 0,
+        key: Some(transaction.to_owned()),
+        payload: prost::Message::encode_to_vec(&event),
+        headers: vec![(headers::EVENT_TYPE.to_owned(), kind.into_bytes())],
+    };
+    StatusHandler::new(fixture.pool.clone(), Arc::new(Notify::new()))
+        .handle(&message)
+        .await
+        .unwrap();
+    event_id
+}
+
+/// The (event type, data.id) of each webhook `receiver` got, sorted.
+fn kinds(receiver: &WebhookReceiver) -> Vec<(String, String)> {
+    let mut kinds: Vec<(String, String)> = receiver
+        .received()
+        .iter()
+        .map(|w| {
+            let body = w.json();
+            (
+                body["type"].as_str().unwrap().to_owned(),
+                body["data"]["transaction_id"]
+                    .as_str()
+                    .or(body["data"]["id"].as_str())
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+impl Fixture {
+    async fn pending(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM webhook_delivery WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// `count` due deliveries to `endpoint`, each of its own new payment.
+    async fn backlog(&self, endpoint: &str, count: usize) -> Vec<Stored> {
+        let merchant: String =
+            sqlx::query_scalar("SELECT merchant_id FROM webhook_endpoint WHERE id = $1")
+                .bind(endpoint)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        let mut stored = Vec::with_capacity(count);
+        for _ in 0..count {
+            let transaction = self.transaction(&merchant).await;
+            stored.push(self.delivery_to(endpoint, &transaction, 1).await);
+        }
+        stored
+    }
+}
+
+/// Asserts that no `per_second + 1` of `received` arrived within one second (a little
+/// less, for the loopback's jitter), and returns how long they took from first to last.
+fn assert_within_rate(received: &[paygate_testkit::Received], per_second: usize) -> Duration {
+    let mut at: Vec<Duration> = received.iter().map(|w| w.at).collect();
+    at.sort();
+    for (i, window) in at.windows(per_second + 1).enumerate() {
+        let span = window[per_second] - window[0];
+        assert!(
+            span >= Duration::from_millis(950),
+            "{} requests within {span:?} from the {i}th: faster than {per_second}/s",
+            per_second + 1
+        );
+    }
+    at.last().copied().unwrap_or_default() - at.first().copied().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn two_endpoints_with_different_filters_each_receive_exactly_their_events() {
+    let fixture = Fixture::new(|_| {}).await;
+    let completions = WebhookReceiver::start().await;
+    let the_rest = WebhookReceiver::start().await;
+    let (merchant, secret) = fixture.merchant(&completions.url).await;
+    sqlx::query(
+        "UPDATE webhook_endpoint SET event_types = '{transaction.completed}' WHERE merchant_id = $1",
+    )
+    .bind(&merchant)
+    .execute(&fixture.pool)
+    .await
+    .unwrap();
+    fixture
+        .endpoint(
+            &merchant,
+            &the_rest.url,
+            &["transaction.failed", "refund.*"],
+            None,
+        )
+        .await;
+    fixture.start_sender().await;
+
+    let (paid, declined) = (
+        fixture.transaction(&merchant).await,
+        fixture.transaction(&merchant).await,
+    );
+    announce(&fixture, &merchant, &paid, 2, "processing", None).await;
+    let completed = announce(&fixture, &merchant, &paid, 3, "completed", None).await;
+    announce(
+        &fixture,
+        &merchant,
+        &paid,
+        4,
+        "completed",
+        Some("completed"),
+    )
+    .await;
+    announce(&fixture, &merchant, &declined, 2, "failed", None).await;
+    eventually("every delivery", Duration::from_secs(20), || async {
+        (fixture.pending().await == 0
+            && completions.received().len() + the_rest.received().len() >= 3)
+            .then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        kinds(&completions),
+        vec![("transaction.completed".to_owned(), paid.clone())]
+    );
+    let mut expected = vec![
+        ("refund.completed".to_owned(), paid.clone()),
+        ("transaction.failed".to_owned(), declined.clone()),
+    ];
+    expected.sort();
+    assert_eq!(kinds(&the_rest), expected);
+    let webhook = &completions.received()[0];
+    assert_eq!(
+        webhook.header("webhook-id"),
+        completed,
+        "the event id is its webhook-id"
+    );
+    assert!(webhook::verify(
+        &secret,
+        webhook.header("webhook-id"),
+        webhook.header("webhook-timestamp").parse().unwrap(),
+        webhook.body.as_bytes(),
+        webhook.header("webhook-signature"),
+    ));
+}
+
+#[tokio::test]
+async fn one_endpoint_down_does_not_delay_the_other() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.request_timeout_ms = 5_000;
+        s.callback_dispatcher.endpoint_concurrency = 2;
+    })
+    .await;
+    let down = WebhookReceiver::scripted(vec![]).await;
+    down.answer_otherwise(Reply::Hang(Duration::from_secs(30)));
+    let up = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&down.url).await;
+    fixture.endpoint(&merchant, &up.url, &[], None).await;
+    fixture.start_sender().await;
+
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let transaction = fixture.transaction(&merchant).await;
+        announce(&fixture, &merchant, &transaction, 2, "processing", None).await;
+    }
+    eventually(
+        "every event at the endpoint that is up",
+        Duration::from_secs(20),
+        || async { (up.received().len() == 10).then_some(()) },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the endpoint that is up had everything before one request to the other timed out: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !down.received().is_empty(),
+        "the other endpoint was being tried"
+    );
+}
+
+#[tokio::test]
+async fn a_per_payment_notification_url_receives_that_payments_events_only() {
+    let fixture = Fixture::new(|_| {}).await;
+    let endpoint = WebhookReceiver::start().await;
+    let notified = WebhookReceiver::start().await;
+    let (merchant, secret) = fixture.merchant(&endpoint.url).await;
+    let (with_url, without) = (
+        fixture.transaction(&merchant).await,
+        fixture.transaction(&merchant).await,
+    );
+    sqlx::query("UPDATE transaction SET notification_url = $2 WHERE id = $1")
+        .bind(&with_url)
+        .bind(&notified.url)
+        .execute(&fixture.pool)
+        .await
+        .unwrap();
+    fixture.start_sender().await;
+    for transaction in [&with_url, &without] {
+        announce(&fixture, &merchant, transaction, 2, "processing", None).await;
+        announce(&fixture, &merchant, transaction, 3, "completed", None).await;
+    }
+    eventually("every delivery", Duration::from_secs(20), || async {
+        (fixture.pending().await == 0
+            && endpoint.received().len() == 4
+            && notified.received().len() == 2)
+            .then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        kinds(&notified),
+        vec![
+            ("transaction.completed".to_owned(), with_url.clone()),
+            ("transaction.processing".to_owned(), with_url.clone()),
+        ]
+    );
+    assert_eq!(
+        arrivals(&notified),
+        vec![(with_url.clone(), 2), (with_url.clone(), 3)],
+        "in order"
+    );
+    for webhook in notified.received() {
+        assert!(
+            webhook::verify(
+                &secret,
+                webhook.header("webhook-id"),
+                webhook.header("webhook-timestamp").parse().unwrap(),
+                webhook.body.as_bytes(),
+                webhook.header("webhook-signature"),
+            ),
+            "signed with the merchant's secret"
+        );
+    }
+    let listed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery WHERE transaction_id = $1 AND notification AND url = $2",
+    )
+    .bind(&with_url)
+    .bind(&notified.url)
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        listed, 2,
+        "its deliveries are recorded beside the endpoint's"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_receives_a_500_event_backlog_no_faster_than_its_limit_and_all_of_it(
+) {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.endpoint_concurrency = 16;
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&WebhookReceiver::start().await.url).await;
+    let limited = fixture
+        .endpoint(&merchant, &receiver.url, &[], Some(100))
+        .await;
+    let backlog = fixture.backlog(&limited, 500).await;
+    fixture.start_sender().await;
+
+    let all: Vec<&Stored> = backlog.iter().collect();
+    eventually("the whole backlog", Duration::from_secs(60), || async {
+        fixture.all_delivered(&all).await.then_some(())
+    })
+    .await;
+    let received = receiver.received();
+    let ids: std::collections::HashSet<&str> =
+        received.iter().map(|w| w.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 500, "every event arrived");
+    assert_eq!(received.len(), 500, "each once");
+    let took = assert_within_rate(&received, 100);
+    assert!(
+        took >= Duration::from_millis(4_900),
+        "500 at 100/s took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_dispatchers_respect_one_endpoints_limit_together() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.endpoint_concurrency = 8;
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&WebhookReceiver::start().await.url).await;
+    let limited = fixture
+        .endpoint(&merchant, &receiver.url, &[], Some(20))
+        .await;
+    let backlog = fixture.backlog(&limited, 100).await;
+    fixture.start_sender().await;
+    fixture.start_sender().await;
+
+    let all: Vec<&Stored> = backlog.iter().collect();
+    eventually("the whole backlog", Duration::from_secs(60), || async {
+        fixture.all_delivered(&all).await.then_some(())
+    })
+    .await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 100, "every event, once");
+    let took = assert_within_rate(&received, 20);
+    assert!(
+        took >= Duration::from_millis(4_900),
+        "100 at 20/s took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gone_endpoint_is_disabled_alone_and_the_merchants_other_endpoint_goes_on() {
+    let fixture = Fixture::new(|_| {}).await;
+    let gone = WebhookReceiver::start_with(vec![StatusCode::GONE; 50]).await;
+    let up = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&gone.url).await;
+    let other = fixture.endpoint(&merchant, &up.url, &[], None).await;
+    fixture.start_sender().await;
+    for _ in 0..3 {
+        let transaction = fixture.transaction(&merchant).await;
+        announce(&fixture, &merchant, &transaction, 2, "processing", None).await;
+    }
+    eventually(
+        "the gone endpoint disabled",
+        Duration::from_secs(20),
+        || async { fixture.endpoint_disabled(&merchant).await.then_some(()) },
+    )
+    .await;
+    eventually(
+        "every event at the other endpoint",
+        Duration::from_secs(20),
+        || async { (up.received().len() == 3).then_some(()) },
+    )
+    .await;
+    let other_disabled: bool =
+        sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM webhook_endpoint WHERE id = $1")
+            .bind(&other)
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+    assert!(!other_disabled, "health is the endpoint's own");
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery d JOIN webhook_endpoint w ON w.id = d.endpoint_id
+          WHERE w.merchant_id = $1 AND w.is_primary AND d.status = 'pending'",
+    )
+    .bind(&merchant)
+    .fetch_one(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 3, "the gone endpoint's deliveries wait for it");
+}
+
+#[tokio::test]
+async fn a_payments_webhooks_arrive_in_order_at_each_endpoint_and_one_never_waits_for_another() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.request_timeout_ms = 3_000;
+        s.callback_dispatcher.retry_delays_ms = vec![100, 100, 100];
+    })
+    .await;
+    let slow = WebhookReceiver::scripted(vec![Reply::Hang(Duration::from_secs(10))]).await;
+    let prompt = WebhookReceiver::start().await;
+    let (merchant, _) = fixture.merchant(&slow.url).await;
+    fixture.endpoint(&merchant, &prompt.url, &[], None).await;
+    let transaction = fixture.transaction(&merchant).await;
+    fixture.start_sender().await;
+
+    let started = std::time::Instant::now();
+    announce(&fixture, &merchant, &transaction, 2, "processing", None).await;
+    announce(&fixture, &merchant, &transaction, 3, "completed", None).await;
+    eventually(
+        "both at the prompt endpoint",
+        Duration::from_secs(10),
+        || async { (prompt.received().len() == 2).then_some(()) },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the prompt endpoint did not wait for the slow one's first attempt: {:?}",
+        started.elapsed()
+    );
+    eventually(
+        "both at the slow endpoint",
+        Duration::from_secs(20),
+        || async { (fixture.pending().await == 0).then_some(()) },
+    )
+    .await;
+    let expected = vec![(transaction.clone(), 2), (transaction.clone(), 3)];
+    assert_eq!(arrivals(&prompt), expected);
+    let versions: Vec<i64> = arrivals(&slow).into_iter().map(|(_, v)| v).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]) && versions.last() == Some(&3),
+        "the slow endpoint had version 3 only after version 2: {versions:?}"
+    );
 }

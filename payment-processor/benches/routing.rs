@@ -94,6 +94,7 @@ fn payment() -> TransactionRecord {
         gateway_fallback: false,
         refund_held: Decimal::ZERO,
         amount_refunded: Decimal::ZERO,
+        notification_url: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
     }

@@ -6,7 +6,7 @@ use rand::RngCore;
 use sqlx::{PgConnection, PgPool};
 
 use paygate_common::cards::KeyRing;
-use paygate_common::domain::{ApiKeyId, MerchantId};
+use paygate_common::domain::{ApiKeyId, EndpointId, MerchantId};
 use paygate_common::secrets::Sealed;
 use paygate_common::signature::webhook;
 use secrecy::ExposeSecret as _;
@@ -57,13 +57,19 @@ pub async fn create(
     let sealed = keys.seal_secret(&webhook_secret)?;
     let api_key = api_key.unwrap_or_else(generate_api_key);
     let mut tx = pool.begin().await?;
+    // With a URL, its first endpoint: every event, signed with the merchant's secret.
     sqlx::query(
-        "INSERT INTO merchant (id, name, webhook_url, webhook_secret) VALUES ($1, $2, $3, $4)",
+        "WITH merchant AS (
+             INSERT INTO merchant (id, name, webhook_secret) VALUES ($1, $2, $4) RETURNING id
+         )
+         INSERT INTO webhook_endpoint (id, merchant_id, url, is_primary)
+         SELECT $5, id, $3, true FROM merchant WHERE $3::text IS NOT NULL",
     )
     .bind(id.as_str())
     .bind(name)
     .bind(webhook_url)
     .bind(sealed.as_stored())
+    .bind(EndpointId::new().as_str())
     .execute(&mut *tx)
     .await
     .context("inserting the merchant")?;
@@ -114,29 +120,39 @@ pub async fn find_by_api_key(
     .transpose()
 }
 
-/// Points a merchant's webhooks at `url` (`None`: no webhooks); `false` when there is no
-/// such merchant. A new URL starts healthy: a disabled endpoint is enabled again and
-/// its waiting deliveries are due at once (in order, as ever).
+/// Points a merchant's first endpoint (the one this route has always set) at `url`
+/// (`None`: removes it; what it still had pending goes to the URL it was recorded with);
+/// `false` when there is no such merchant. A new URL starts healthy: a disabled
+/// endpoint is enabled again and its waiting deliveries are due at once (in order, as
+/// ever). The merchant's other endpoints are untouched.
 pub async fn set_webhook_url(
     pool: &PgPool,
     merchant: &MerchantId,
     url: Option<&str>,
 ) -> anyhow::Result<bool> {
     let updated = sqlx::query(
-        "WITH endpoint AS (
-             UPDATE merchant
-                SET webhook_url = $2, webhook_failing_since = NULL, webhook_disabled_at = NULL,
-                    webhook_disabled_reason = NULL, webhook_probe_at = NULL
-              WHERE id = $1
+        "WITH merchant AS (
+             SELECT id FROM merchant WHERE id = $1
+         ), endpoint AS (
+             INSERT INTO webhook_endpoint (id, merchant_id, url, is_primary)
+             SELECT $3, id, $2, true FROM merchant WHERE $2::text IS NOT NULL
+             ON CONFLICT (merchant_id) WHERE is_primary
+             DO UPDATE SET url = EXCLUDED.url, failing_since = NULL, disabled_at = NULL,
+                           disabled_reason = NULL, probe_at = NULL, updated_at = now()
           RETURNING id
+         ), removed AS (
+             DELETE FROM webhook_endpoint
+              WHERE merchant_id = $1 AND is_primary AND $2::text IS NULL
          ), due AS (
              UPDATE webhook_delivery SET next_attempt_at = now()
-              WHERE merchant_id = $1 AND status = 'pending' AND next_attempt_at > now() + interval '1 minute'
+              WHERE endpoint_id IN (SELECT id FROM endpoint) AND status = 'pending'
+                AND next_attempt_at > now() + interval '1 minute'
          )
-         SELECT count(*) FROM endpoint",
+         SELECT count(*) FROM merchant",
     )
     .bind(merchant.as_str())
     .bind(url)
+    .bind(EndpointId::new().as_str())
     .fetch_one(pool)
     .await
     .context("pointing the merchant's webhooks")?;
@@ -144,7 +160,8 @@ pub async fn set_webhook_url(
     Ok(updated == 1)
 }
 
-/// A merchant's webhook endpoint as the sender sees it.
+/// A merchant's first webhook endpoint (the one `PUT /merchants/{id}/webhook` sets) as
+/// the sender sees it.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct WebhookEndpoint {
     /// Where webhooks go; `null`: the merchant takes none.
@@ -170,17 +187,18 @@ pub async fn webhook_endpoint(
     merchant: &MerchantId,
 ) -> sqlx::Result<Option<WebhookEndpoint>> {
     sqlx::query_as(
-        "SELECT m.webhook_url,
-                CASE WHEN m.webhook_disabled_at IS NOT NULL THEN 'disabled'
-                     WHEN m.webhook_failing_since IS NOT NULL THEN 'failing'
+        "SELECT w.url AS webhook_url,
+                CASE WHEN w.disabled_at IS NOT NULL THEN 'disabled'
+                     WHEN w.failing_since IS NOT NULL THEN 'failing'
                      ELSE 'enabled' END AS state,
-                m.webhook_failing_since AS failing_since, m.webhook_disabled_at AS disabled_at,
-                m.webhook_disabled_reason AS disabled_reason, m.webhook_probe_at AS next_probe_at,
+                w.failing_since, w.disabled_at, w.disabled_reason, w.probe_at AS next_probe_at,
                 (SELECT count(*) FROM webhook_delivery d
                   WHERE d.merchant_id = m.id AND d.status = 'pending') AS pending_deliveries,
                 CASE WHEN m.webhook_secret_previous_until > now()
                      THEN m.webhook_secret_previous_until END AS previous_secret_expires_at
-           FROM merchant m WHERE m.id = $1",
+           FROM merchant m
+           LEFT JOIN webhook_endpoint w ON w.merchant_id = m.id AND w.is_primary
+          WHERE m.id = $1",
     )
     .bind(merchant.as_str())
     .fetch_optional(pool)

@@ -9,9 +9,10 @@
 //! the OpenAPI document (the `admin` tag, the admin token, the 401 and 503 answers); each
 //! handler's `#[utoipa::path]` says only what is its own. One file per resource:
 //! [`new_merchant`] (`/merchants`), [`api_keys`], [`webhooks`] and [`webhook_keys`] (a
-//! merchant's credentials), [`limits`] (payout limits), [`customers`], [`gateways`],
-//! [`routing`] (`/routes`), [`strategies`] (`/routing`: strategies and rules per route
-//! set), [`attention`] (what needs a human), [`payments`] (operators'
+//! merchant's credentials), [`endpoints`] (a merchant's webhook endpoints, stored by
+//! [`endpoint_records`], tested by [`endpoint_ping`]), [`limits`] (payout limits),
+//! [`customers`], [`gateways`], [`routing`] (`/routes`), [`strategies`] (`/routing`:
+//! strategies and rules per route set), [`attention`] (what needs a human), [`payments`] (operators'
 //! actions on payments) and [`outbox`] (its set-aside events). Beside them, what only
 //! operators (and the demo seed) reach: creating merchants and their credentials
 //! ([`merchants`]), interventions on payments Paygate cannot settle alone
@@ -24,6 +25,9 @@ pub mod merchants;
 mod api_keys;
 mod attention;
 mod customers;
+pub(crate) mod endpoint_ping;
+pub(crate) mod endpoint_records;
+pub(crate) mod endpoints;
 mod gateways;
 mod limits;
 mod new_merchant;
@@ -73,6 +77,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::set_webhook, webhooks::webhook_endpoint))
         .routes(routes!(webhooks::rotate_webhook_secret))
         .routes(routes!(webhook_keys::rotate_signing_key))
+        .routes(routes!(
+            endpoints::create_endpoint,
+            endpoints::list_endpoints
+        ))
+        .routes(routes!(
+            endpoints::endpoint,
+            endpoints::update_endpoint,
+            endpoints::delete_endpoint
+        ))
+        .routes(routes!(endpoints::rotate_endpoint_secret))
+        .routes(routes!(endpoints::test_endpoint))
         .routes(routes!(customers::put_customer))
         .routes(routes!(gateways::list_gateways))
         .routes(routes!(gateways::upsert_gateway))
@@ -173,6 +188,12 @@ fn body<T: serde::de::DeserializeOwned>(raw: &RawBody) -> Result<T> {
 /// an address the egress policy allows, judged by what its host resolves to now. The
 /// dispatcher checks again at every send, after resolving.
 async fn check_webhook_url(state: &AppState, url: &str) -> Result<()> {
+    check_egress(state, "webhook_url", url).await
+}
+
+/// [`check_webhook_url`] for any input that names where webhooks go (an endpoint's
+/// `url`, a payment's `notification_url`): a refusal is a 422 on `field`.
+pub(crate) async fn check_egress(state: &AppState, field: &str, url: &str) -> Result<()> {
     state
         .settings
         .callback_dispatcher
@@ -180,7 +201,7 @@ async fn check_webhook_url(state: &AppState, url: &str) -> Result<()> {
         .check_url_resolved(url)
         .await
         .map(drop)
-        .map_err(|refusal| ApiError::invalid("webhook_url", refusal.to_string()))
+        .map_err(|refusal| ApiError::invalid(field, refusal.to_string()))
 }
 
 /// An optional time as RFC 3339 (`serialize_with` of the admin views).

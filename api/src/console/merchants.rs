@@ -45,7 +45,7 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
                 @for (id, name, keys) in &shown {
                     @for (n, key) in keys.iter().enumerate() {
                         tr id={ "key-" (key.id) } {
-                            td { @if n == 0 { strong { (name) } br; code.muted { (id) } } }
+                            td { @if n == 0 { strong { (name) } br; code.muted { (id) } br; a href={ "/console/merchants/" (id) "/endpoints" } { "webhook endpoints" } } }
                             td { code { (key.prefix) "…" } br; span.muted { (key.id) } }
                             td { (status_tag(key.state)) }
                             td { (key.created_at) }

@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod assets;
 pub mod attention;
+pub mod endpoints;
 pub mod error;
 pub mod gateways;
 pub mod layout;
@@ -62,6 +63,22 @@ pub fn router(state: AppState) -> Router {
         .route("/console/routing", get(routing::show).post(routing::save))
         .route("/console/attention", get(attention::show))
         .route("/console/merchants", get(merchants::show))
+        .route(
+            "/console/merchants/{id}/endpoints",
+            get(endpoints::show).post(endpoints::add),
+        )
+        .route(
+            "/console/merchants/{id}/endpoints/{endpoint_id}/test",
+            post(endpoints::test),
+        )
+        .route(
+            "/console/merchants/{id}/endpoints/{endpoint_id}/switch",
+            post(endpoints::switch),
+        )
+        .route(
+            "/console/merchants/{id}/endpoints/{endpoint_id}/delete",
+            post(endpoints::delete),
+        )
         .route(
             "/console/merchants/{id}/api-keys/{key_id}/revoke",
             post(merchants::revoke),

@@ -77,6 +77,16 @@ pub struct PaymentRequest {
     /// With `gateway`: whether the routed gateways may be tried after the named ones
     /// prove they took nothing (`false` by default: only the named gateways are asked).
     pub gateway_fallback: Option<bool>,
+    /// This payment's own webhook URL: its events go there too (beside the merchant's
+    /// endpoints), signed with the merchant's webhook secret, and are listed with its
+    /// deliveries. An absolute http(s) URL the egress policy allows, at most 2048
+    /// characters.
+    #[schema(
+        example = "https://merchant.example/orders/A-17/webhooks",
+        format = "uri",
+        max_length = 2048
+    )]
+    pub notification_url: Option<String>,
 }
 
 /// The gateways a merchant pins: one code or an ordered list.
@@ -234,6 +244,7 @@ impl From<LegacyRequest> for PaymentRequest {
             metadata: None,
             gateway: None,
             gateway_fallback: None,
+            notification_url: None,
         }
     }
 }
@@ -246,6 +257,28 @@ struct Parsed {
     new: NewTransaction,
     cvv: Option<SecretString>,
     pinned: Option<Pinned>,
+    /// Not yet checked against the egress policy (that resolves its host: see
+    /// [`Parsed::check_notification_url`]).
+    notification_url: Option<String>,
+}
+
+/// The longest `notification_url` taken.
+const MAX_URL: usize = 2048;
+
+impl Parsed {
+    /// Checks the payment's own webhook URL as an endpoint's is checked.
+    async fn check_notification_url(&self, state: &AppState) -> Result<()> {
+        let Some(url) = &self.notification_url else {
+            return Ok(());
+        };
+        if url.len() > MAX_URL {
+            return Err(ApiError::invalid(
+                "notification_url",
+                format!("must be at most {MAX_URL} characters"),
+            ));
+        }
+        crate::admin::check_egress(state, "notification_url", url).await
+    }
 }
 
 /// The most gateways a request may name.
@@ -329,6 +362,7 @@ impl PaymentRequest {
             },
             cvv,
             pinned,
+            notification_url: self.notification_url,
         })
     }
 }
@@ -552,11 +586,14 @@ async fn create(
     request: PaymentRequest,
     kind: Kind,
 ) -> Result<Response> {
+    let parsed = request.parse(&state, &merchant, kind)?;
+    parsed.check_notification_url(&state).await?;
     let Parsed {
         mut new,
         cvv,
         pinned,
-    } = request.parse(&state, &merchant, kind)?;
+        notification_url,
+    } = parsed;
     let key = idempotency::key_of(&state.fingerprints, headers, &merchant.id, route, body)?;
     if new.country.is_none() {
         new.country = customer_country(&state.pool, &merchant, &new.user_id).await?;
@@ -567,6 +604,7 @@ async fn create(
         record.pinned_gateways = Some(pinned.codes);
         record.gateway_fallback = pinned.fallback;
     }
+    record.notification_url = notification_url;
     let answer = Answer::render(Format::wanted(headers), &record).await?;
     if let Some(cvv) = &cvv {
         // Kept before the payment is written: a write that fails leaves it to expire.

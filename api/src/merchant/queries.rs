@@ -287,6 +287,11 @@ pub struct DeliveryView {
     /// `evt_…`, also the `webhook-id` header of every attempt.
     pub event_id: String,
     pub transaction_id: String,
+    /// The merchant's endpoint it goes to (`whe_…`); `null` for the payment's own
+    /// `notification_url`.
+    pub endpoint_id: Option<String>,
+    /// Where it goes.
+    pub url: String,
     #[serde(rename = "type")]
     #[schema(example = "transaction.completed")]
     pub kind: String,
@@ -320,15 +325,18 @@ pub struct DeliveryFilter {
     pub transaction_id: String,
 }
 
-type DeliveryRow = (
-    String,
-    String,
-    String,
-    String,
-    i32,
-    String,
-    Option<DateTime<Utc>>,
-);
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: String,
+    event_id: String,
+    transaction_id: String,
+    endpoint_id: Option<String>,
+    url: String,
+    kind: String,
+    version: i32,
+    status: String,
+    next_attempt_at: Option<DateTime<Utc>>,
+}
 type AttemptRow = (String, DateTime<Utc>, Option<i32>, Option<String>, i32);
 
 /// `GET /v1/webhook-deliveries?transaction_id=`: the deliveries of one transaction,
@@ -371,14 +379,16 @@ pub async fn deliveries_of(
     transaction_id: &str,
 ) -> sqlx::Result<Vec<DeliveryView>> {
     let deliveries: Vec<DeliveryRow> = sqlx::query_as(
-        "SELECT id, event_id, transaction_id, event_type, version, status, next_attempt_at
-           FROM webhook_delivery WHERE transaction_id = $1
-          ORDER BY version, created_at",
+        "SELECT d.id, d.event_id, d.transaction_id, d.endpoint_id, coalesce(w.url, d.url) AS url,
+                d.event_type AS kind, d.version, d.status, d.next_attempt_at
+           FROM webhook_delivery d LEFT JOIN webhook_endpoint w ON w.id = d.endpoint_id
+          WHERE d.transaction_id = $1
+          ORDER BY d.version, d.created_at",
     )
     .bind(transaction_id)
     .fetch_all(pool)
     .await?;
-    let ids: Vec<&str> = deliveries.iter().map(|d| d.0.as_str()).collect();
+    let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
     let attempts: Vec<AttemptRow> = sqlx::query_as(
         "SELECT delivery_id, attempted_at, status_code, error, duration_ms
            FROM webhook_attempt WHERE delivery_id = ANY($1) ORDER BY attempted_at, id",
@@ -388,27 +398,27 @@ pub async fn deliveries_of(
     .await?;
     Ok(deliveries
         .into_iter()
-        .map(
-            |(id, event_id, transaction_id, kind, version, status, next)| DeliveryView {
-                attempts: attempts
-                    .iter()
-                    .filter(|a| a.0 == id)
-                    .map(|(_, at, status_code, error, duration_ms)| AttemptView {
-                        attempted_at: timestamp(*at),
-                        status_code: *status_code,
-                        error: error.clone(),
-                        duration_ms: *duration_ms,
-                    })
-                    .collect(),
-                id,
-                event_id,
-                transaction_id,
-                kind,
-                version,
-                status,
-                next_attempt_at: next.map(timestamp),
-            },
-        )
+        .map(|d| DeliveryView {
+            attempts: attempts
+                .iter()
+                .filter(|a| a.0 == d.id)
+                .map(|(_, at, status_code, error, duration_ms)| AttemptView {
+                    attempted_at: timestamp(*at),
+                    status_code: *status_code,
+                    error: error.clone(),
+                    duration_ms: *duration_ms,
+                })
+                .collect(),
+            id: d.id,
+            event_id: d.event_id,
+            transaction_id: d.transaction_id,
+            endpoint_id: d.endpoint_id,
+            url: d.url,
+            kind: d.kind,
+            version: d.version,
+            status: d.status,
+            next_attempt_at: d.next_attempt_at.map(timestamp),
+        })
         .collect())
 }
 

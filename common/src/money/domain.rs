@@ -351,6 +351,8 @@ typed_id!(/// A webhook delivery: `whd_…`.
     DeliveryId, "whd");
 typed_id!(/// An API key's record (not the key): `key_…`.
     ApiKeyId, "key");
+typed_id!(/// A merchant's webhook endpoint: `whe_…`.
+    EndpointId, "whe");
 
 #[cfg(test)]
 mod tests {

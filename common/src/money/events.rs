@@ -84,6 +84,32 @@ pub mod event_type {
     /// The prefix of every refund event type: `refund.<status>` and the above.
     pub const REFUND_PREFIX: &str = "refund.";
 
+    /// A signed test webhook an operator sends an endpoint (`POST …/endpoints/{id}/test`).
+    pub const PING: &str = "ping";
+
+    /// Every type a merchant's webhook carries about payments and refunds: what an
+    /// endpoint's event-type filter may name (or a family: `refund.*`).
+    pub const WEBHOOK_TYPES: [&str; 7] = [
+        "transaction.processing",
+        "transaction.completed",
+        "transaction.failed",
+        REVIEW_REQUIRED,
+        "refund.processing",
+        "refund.completed",
+        "refund.failed",
+    ];
+
+    /// Whether an endpoint may filter on `entry`: one of [`WEBHOOK_TYPES`], or a family
+    /// of them (`transaction.*`, `refund.*`).
+    pub fn is_webhook_filter(entry: &str) -> bool {
+        match entry.strip_suffix('*') {
+            Some(family) => {
+                family.ends_with('.') && WEBHOOK_TYPES.iter().any(|t| t.starts_with(family))
+            }
+            None => WEBHOOK_TYPES.contains(&entry),
+        }
+    }
+
     /// The webhook type of a refund's status change: `refund.<status>`.
     pub fn for_refund_status(status: crate::domain::Status) -> String {
         format!("refund.{status}")
@@ -292,6 +318,35 @@ impl From<&proto::Refund> for RefundView {
             failure_reason: r.failure_reason.clone(),
             created_at: r.created_at.clone(),
             updated_at: r.updated_at.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_type::is_webhook_filter;
+
+    #[test]
+    fn an_endpoint_filters_on_webhook_types_and_their_families_only() {
+        for taken in [
+            "transaction.completed",
+            "refund.*",
+            "transaction.*",
+            "transaction.review_required",
+        ] {
+            assert!(is_webhook_filter(taken), "{taken}");
+        }
+        for refused in [
+            "*",
+            "refund.nope",
+            "transaction.created",
+            "gateway.*",
+            "refund",
+            "refund*",
+            "ping",
+            "",
+        ] {
+            assert!(!is_webhook_filter(refused), "{refused}");
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct TransactionRecord {
     pub refund_held: Decimal,
     /// What its completed refunds gave back.
     pub amount_refunded: Decimal,
+    /// The payment's own webhook URL (`notification_url`): its events go there too.
+    pub notification_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -72,7 +74,7 @@ pub(crate) const COLUMNS: &str = "id, merchant_id, kind, status, amount, currenc
      reference, gateway, gateway_txn_id, failure_reason, version, payment_method, card_masked, \
      unresolved_since, unresolved_reason, attempted_at, attempted_gateways, status_checks, review_reason, \
      review_since, review_detail, metadata::text AS metadata, pinned_gateways, gateway_fallback, refund_held, \
-     amount_refunded, created_at, updated_at";
+     amount_refunded, notification_url, created_at, updated_at";
 
 impl TransactionRecord {
     /// How it is paid, as routing sees it.
@@ -175,6 +177,7 @@ impl NewTransaction {
             gateway_fallback: false,
             refund_held: Decimal::ZERO,
             amount_refunded: Decimal::ZERO,
+            notification_url: None,
             created_at: now,
             updated_at: now,
         }
@@ -243,9 +246,9 @@ async fn write_pending<'e>(
              INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
                                       reference, payment_method, card_masked, card_key_id, card_ciphertext,
                                       card_cvv_given, created_at, updated_at, metadata, pinned_gateways,
-                                      gateway_fallback)
+                                      gateway_fallback, notification_url)
              SELECT $1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, false), $14, $14,
-                    $24::jsonb, $26, $27
+                    $24::jsonb, $26, $27, $28
               WHERE (SELECT free FROM guard) AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM kept))
              RETURNING id
          ), announced AS (
@@ -281,6 +284,7 @@ async fn write_pending<'e>(
     .bind(check_limits)
     .bind(&record.pinned_gateways)
     .bind(record.gateway_fallback)
+    .bind(&record.notification_url)
     .fetch_one(executor)
     .await?;
     Ok(match (free, created) {
@@ -1196,6 +1200,7 @@ mod tests {
             gateway_fallback: false,
             refund_held: Decimal::ZERO,
             amount_refunded: Decimal::ZERO,
+            notification_url: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -110,6 +110,18 @@ const SECRET_COLUMNS: &[(&str, &str, &str, &str)] = &[
         "merchant_webhook_signing_key_previous_sealed",
     ),
     (
+        "webhook_endpoint",
+        "id",
+        "secret",
+        "webhook_endpoint_secret_sealed",
+    ),
+    (
+        "webhook_endpoint",
+        "id",
+        "secret_previous",
+        "webhook_endpoint_secret_previous_sealed",
+    ),
+    (
         "gateway",
         "code",
         "callback_secret",

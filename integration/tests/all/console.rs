@@ -635,3 +635,101 @@ async fn the_routing_page_sets_a_policy_as_the_signed_in_operator_and_the_paymen
     }
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_adds_tests_switches_off_and_deletes_a_merchants_endpoint_from_the_console() {
+    let api = Api::start().await;
+    let receiver = paygate_testkit::WebhookReceiver::start().await;
+    let merchant = paygate_api::merchants::create(
+        &api.pool,
+        &paygate_testkit::keys(),
+        "m",
+        Some(&receiver.url),
+        None,
+    )
+    .await
+    .unwrap();
+    let endpoints_of = |pool: sqlx::PgPool, merchant: String| async move {
+        sqlx::query_as::<_, (String, String, bool)>(
+            "SELECT id, url, enabled FROM webhook_endpoint WHERE merchant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(merchant)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let base = format!("/console/merchants/{}/endpoints", merchant.id.as_str());
+    let mut browser = Browser::new(&api.url);
+    browser.sign_in().await;
+    let page = browser.page(&base).await;
+    let csrf = hidden(&page, "csrf");
+    assert!(page.contains(&receiver.url), "the first endpoint is listed");
+
+    let refused = browser
+        .post(
+            &base,
+            &[
+                ("csrf", &csrf),
+                ("url", &receiver.url),
+                ("event_types", "refund.nope"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        endpoints_of(api.pool.clone(), merchant.id.to_string())
+            .await
+            .len(),
+        1
+    );
+    let added = browser
+        .post(
+            &base,
+            &[
+                ("csrf", &csrf),
+                ("url", &receiver.url),
+                ("event_types", "refund.*"),
+                ("rate_limit", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    let endpoints = endpoints_of(api.pool.clone(), merchant.id.to_string()).await;
+    assert_eq!(endpoints.len(), 2);
+    let second = endpoints[1].0.clone();
+
+    let tested = browser
+        .post(&format!("{base}/{second}/test"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(tested.status(), StatusCode::SEE_OTHER);
+    let location = tested.headers()["location"].to_str().unwrap().to_owned();
+    let shown = browser.page(location.split('#').next().unwrap()).await;
+    assert!(shown.contains("delivered (200)"), "{shown}");
+    let pings: Vec<_> = receiver
+        .received()
+        .into_iter()
+        .filter(|w| w.json()["type"] == "ping")
+        .collect();
+    assert_eq!(pings.len(), 1, "the button sent one signed test event");
+    assert_eq!(pings[0].json()["data"]["endpoint_id"], second.as_str());
+
+    let switched = browser
+        .post(
+            &format!("{base}/{second}/switch"),
+            &[("csrf", &csrf), ("enabled", "false")],
+        )
+        .await;
+    assert_eq!(switched.status(), StatusCode::SEE_OTHER);
+    assert!(!endpoints_of(api.pool.clone(), merchant.id.to_string()).await[1].2);
+    let deleted = browser
+        .post(&format!("{base}/{second}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(deleted.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        endpoints_of(api.pool.clone(), merchant.id.to_string())
+            .await
+            .len(),
+        1
+    );
+    api.running.stop().await.unwrap();
+}

@@ -14,6 +14,7 @@ mod cards;
 mod console;
 mod consumer;
 mod end_to_end;
+mod endpoints;
 mod intake;
 mod interventions;
 mod listeners;

@@ -133,3 +133,68 @@ async fn init_migrates_even_with_migrate_on_start_off_and_creates_every_topic_wi
     // A second run (the next release's job) changes nothing and succeeds.
     paygate_common::init::run(&settings).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_endpoints_migration_makes_each_merchants_url_its_first_endpoint_with_its_health_and_deliveries(
+) {
+    const ENDPOINTS: i64 = 20261205000301;
+    let url = paygate_testkit::empty_database().await;
+    let pool = PgPoolOptions::new().connect(&url).await.unwrap();
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            db::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < ENDPOINTS)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for statement in [
+        "INSERT INTO merchant (id, name, webhook_url, webhook_secret, webhook_disabled_at, webhook_disabled_reason, webhook_probe_at)
+         VALUES ('mer_a', 'a', 'https://a.example/hooks', 'sealed:v1:x', now(), 'the endpoint answered 410 Gone', now())",
+        "INSERT INTO merchant (id, name, webhook_secret) VALUES ('mer_b', 'b', 'sealed:v1:y')",
+        "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id)
+         VALUES ('txn_a', 'mer_a', 'deposit', 'processing', 1, 'USD', 'u')",
+        "INSERT INTO webhook_delivery (id, event_id, merchant_id, transaction_id, version, event_type, url, body, status, next_attempt_at)
+         VALUES ('whd_a', 'evt_a', 'mer_a', 'txn_a', 2, 'transaction.processing', 'https://a.example/hooks', '{}', 'pending', now())",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    db::migrate(&pool).await.unwrap();
+
+    /// merchant, url, first, disabled, why, event types
+    type Endpoint = (String, String, bool, bool, Option<String>, Vec<String>);
+    let endpoints: Vec<Endpoint> = sqlx::query_as(
+        "SELECT merchant_id, url, is_primary, disabled_at IS NOT NULL, disabled_reason, event_types
+           FROM webhook_endpoint ORDER BY merchant_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        endpoints,
+        vec![(
+            "mer_a".to_owned(),
+            "https://a.example/hooks".to_owned(),
+            true,
+            true,
+            Some("the endpoint answered 410 Gone".to_owned()),
+            vec![],
+        )],
+        "a merchant's URL, with its health, became its first endpoint taking every type; no URL, no endpoint"
+    );
+    let delivery_endpoint: Option<String> = sqlx::query_scalar(
+        "SELECT w.url FROM webhook_delivery d JOIN webhook_endpoint w ON w.id = d.endpoint_id WHERE d.id = 'whd_a'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        delivery_endpoint.as_deref(),
+        Some("https://a.example/hooks"),
+        "what was pending waits at that endpoint"
+    );
+}

@@ -38,6 +38,19 @@ const CONTRACT: &[(&str, &str)] = &[
     ("GET", "/admin/v1/merchants/{id}/webhook"),
     ("POST", "/admin/v1/merchants/{id}/webhook-secret"),
     ("POST", "/admin/v1/merchants/{id}/webhook-signing-key"),
+    ("POST", "/admin/v1/merchants/{id}/endpoints"),
+    ("GET", "/admin/v1/merchants/{id}/endpoints"),
+    ("GET", "/admin/v1/merchants/{id}/endpoints/{endpoint_id}"),
+    ("PATCH", "/admin/v1/merchants/{id}/endpoints/{endpoint_id}"),
+    ("DELETE", "/admin/v1/merchants/{id}/endpoints/{endpoint_id}"),
+    (
+        "POST",
+        "/admin/v1/merchants/{id}/endpoints/{endpoint_id}/secret",
+    ),
+    (
+        "POST",
+        "/admin/v1/merchants/{id}/endpoints/{endpoint_id}/test",
+    ),
     (
         "GET",
         "/.well-known/paygate/webhooks/{merchant_id}/jwks.json",
@@ -500,5 +513,51 @@ async fn the_document_describes_refunds_their_webhooks_and_payment_metadata() {
             .any(|p| p["name"] == "metadata" && p["style"] == "deepObject"),
         "{list}"
     );
+    api.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_describes_every_webhook_type_its_headers_and_the_endpoint_routes() {
+    let api = Api::start().await;
+    let document = api.document().await;
+    for (kind, schema) in [
+        ("transaction.processing", "TransactionWebhook"),
+        ("transaction.completed", "TransactionWebhook"),
+        ("transaction.failed", "TransactionWebhook"),
+        ("transaction.review_required", "TransactionWebhook"),
+        ("refund.completed", "RefundWebhook"),
+        ("ping", "PingWebhook"),
+    ] {
+        let post = &document["webhooks"][kind]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{kind}"
+        );
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            headers,
+            ["webhook-id", "webhook-timestamp", "webhook-signature"],
+            "{kind}"
+        );
+        let named = &document["components"]["schemas"][schema];
+        assert!(named.is_object(), "{schema} is in the components");
+    }
+    let paths = &document["paths"];
+    for path in [
+        "/admin/v1/merchants/{id}/endpoints",
+        "/admin/v1/merchants/{id}/endpoints/{endpoint_id}",
+        "/admin/v1/merchants/{id}/endpoints/{endpoint_id}/test",
+    ] {
+        assert!(paths[path].is_object(), "{path}");
+    }
+    let request = &document["components"]["schemas"]["PaymentRequest"]["properties"];
+    assert!(request["notification_url"].is_object(), "{request}");
     api.running.stop().await.unwrap();
 }

@@ -19,7 +19,7 @@ fn python() -> String {
 
 /// Asks the official `standardwebhooks` library whether `webhook` verifies with
 /// `secret`.
-fn official_verdict(webhook: &Received, secret: &str) -> bool {
+pub(crate) fn official_verdict(webhook: &Received, secret: &str) -> bool {
     const VERIFY: &str = r#"
 import json, sys
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
