@@ -29,6 +29,11 @@ use crate::strategy::Window;
 /// How long a routing decision waits for the windows before it goes without them.
 pub const PATIENCE: Duration = Duration::from_millis(250);
 
+/// How long a window no attempt has touched is kept: a (gateway, country, currency,
+/// method) nobody routes to any more leaves no key behind, and a gateway back after a
+/// week away is measured afresh rather than by what it did then.
+pub const KEPT_UNTOUCHED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Decline reasons that are the customer's, whichever gateway is asked.
 pub const CUSTOMER_DECLINES: &[&str] = &[
     "insufficient_funds",
@@ -122,6 +127,11 @@ impl Scores {
                 .lpush(&key, if success { "1" } else { "0" })
                 .ignore()
                 .ltrim(&key, 0, last)
+                .ignore()
+                .expire(
+                    &key,
+                    i64::try_from(KEPT_UNTOUCHED.as_secs()).unwrap_or(i64::MAX),
+                )
                 .ignore()
                 .query_async(&mut self.redis.clone()),
         )

@@ -14,6 +14,7 @@ use std::time::Duration;
 use paygate_common::events::proto;
 use paygate_testkit::{attempted_gateways, eventually, json_of, misbehave, Suite, ADMIN_TOKEN};
 use prost::Message as _;
+use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -358,5 +359,21 @@ async fn a_customers_own_decline_does_not_count_against_the_gateway_but_its_own_
     let why = decision(&suite, &id).await;
     let soap = why.scores.iter().find(|s| s.gateway == "simsoap").unwrap();
     assert_eq!((soap.successes, soap.samples), (0, 3), "{why:?}");
+    // The window is kept only while attempts touch it.
+    let redis = redis::Client::open(suite.settings.redis.url.expose_secret()).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!(
+        "{}:score:simsoap:DE:EUR:plain",
+        suite.settings.redis.key_prefix
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (1..=7 * 24 * 3600).contains(&ttl),
+        "{key} expires in {ttl}s"
+    );
     suite.stop().await;
 }
