@@ -6,16 +6,15 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rust_decimal::Decimal;
 
-use paygate_common::domain::{Kind, MerchantId, Status, TransactionId};
+use paygate_common::domain::{Kind, MerchantId, Money};
 use paygate_common::gateway::policy::{MethodClass, RoutingPolicy, Rule, Strategy};
 use paygate_common::gateway::{GatewayRecord, Route};
 use paygate_common::metadata::Metadata;
 use paygate_common::secrets::Sealed;
-use paygate_common::transactions::TransactionRecord;
+use paygate_common::transactions::{NewTransaction, TransactionRecord};
 use paygate_payment_processor::routing::Snapshot;
 use paygate_payment_processor::strategy::Window;
 
@@ -65,39 +64,17 @@ fn policy() -> RoutingPolicy {
 }
 
 fn payment() -> TransactionRecord {
-    TransactionRecord {
-        id: TransactionId::new(),
+    NewTransaction {
         merchant_id: MerchantId::new(),
         kind: Kind::Deposit,
-        status: Status::Pending,
-        amount: Decimal::from(25),
-        currency: "EUR".into(),
+        money: Money::parse("25.00", "EUR".parse().unwrap()).unwrap(),
         user_id: "u".into(),
-        country: Some("DE".into()),
+        country: Some("DE".parse().unwrap()),
         reference: None,
-        gateway: None,
-        gateway_txn_id: None,
-        failure_reason: None,
-        version: 1,
-        payment_method: "plain".into(),
-        card_masked: None,
-        unresolved_since: None,
-        unresolved_reason: None,
-        attempted_at: None,
-        attempted_gateways: Vec::new(),
-        status_checks: 0,
-        review_reason: None,
-        review_since: None,
-        review_detail: None,
+        card: None,
         metadata: Metadata::default(),
-        pinned_gateways: None,
-        gateway_fallback: false,
-        refund_held: Decimal::ZERO,
-        amount_refunded: Decimal::ZERO,
-        notification_url: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
     }
+    .pending()
 }
 
 fn one_decision(c: &mut Criterion) {

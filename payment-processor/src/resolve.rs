@@ -71,7 +71,7 @@ impl PaymentHandler {
                 )))
             }
         };
-        let Some(attempt) = self.record_attempt(transaction, gateway).await? else {
+        let Some(attempt) = self.record_attempt(transaction, gateway, None).await? else {
             return Ok(Step::Done);
         };
         let outcome = self.submit(&attempt, gateway, &order).await?;

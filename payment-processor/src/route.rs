@@ -93,7 +93,7 @@ impl PaymentHandler {
                 continue;
             }
             let Some(attempt) = self
-                .record_routed_attempt(&current, gateway, &routing)
+                .record_attempt(&current, gateway, Some(&routing))
                 .await?
             else {
                 return Ok(Step::Done);
@@ -128,36 +128,17 @@ impl PaymentHandler {
     }
 
     /// Writes down that `gateway` is about to be asked (a version bump: the fencing
-    /// token of this call). `None` when fenced out: another worker moved the payment,
-    /// so nobody may be asked.
+    /// token of this call), with the routing decision that chose it when there was one.
+    /// `None` when fenced out: another worker moved the payment, so nobody may be asked.
     pub(crate) async fn record_attempt(
         &self,
         seen: &TransactionRecord,
         gateway: &GatewayRecord,
+        routing: Option<&proto::RoutingDecision>,
     ) -> Result<Option<TransactionRecord>, HandlerError> {
         // One statement, committed on its own (a history event: nothing to publish).
         let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
-        match transactions::record_attempt(&mut conn, seen, &gateway.code).await {
-            Ok(record) => Ok(Some(record)),
-            Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
-            Err(error) => {
-                tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; asking nobody");
-                Ok(None)
-            }
-        }
-    }
-
-    /// [`Self::record_attempt`] of a routing decision: its event says why `gateway`.
-    async fn record_routed_attempt(
-        &self,
-        seen: &TransactionRecord,
-        gateway: &GatewayRecord,
-        routing: &proto::RoutingDecision,
-    ) -> Result<Option<TransactionRecord>, HandlerError> {
-        let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
-        match transactions::record_routed_attempt(&mut conn, seen, &gateway.code, routing.clone())
-            .await
-        {
+        match transactions::record_attempt(&mut conn, seen, &gateway.code, routing.cloned()).await {
             Ok(record) => Ok(Some(record)),
             Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
             Err(error) => {

@@ -599,39 +599,23 @@ pub async fn settle(
 }
 
 /// Writes down, before the request goes out, which gateway is about to be asked: a
-/// version bump (the fencing token of that choice) and a history event. A pending
-/// transaction that names a gateway has an unresolved attempt there. Fails as
-/// [`TransitionError::Stale`] when someone else moved it since `seen`: the caller must
-/// then ask nobody.
+/// version bump (the fencing token of that choice) and a history event, which says why
+/// this gateway was chosen when `routing` is given (the strategy, the rule that matched,
+/// the scores seen). A pending transaction that names a gateway has an unresolved
+/// attempt there. Fails as [`TransitionError::Stale`] when someone else moved it since
+/// `seen`: the caller must then ask nobody.
 pub async fn record_attempt(
     conn: &mut PgConnection,
     seen: &TransactionRecord,
     gateway: &str,
+    routing: Option<proto::RoutingDecision>,
 ) -> Result<TransactionRecord, TransitionError> {
     fenced_pending_update(
         conn,
         seen,
         Some(gateway),
         event_type::GATEWAY_ATTEMPTED,
-        None,
-    )
-    .await
-}
-
-/// [`record_attempt`], its `gateway.attempted` event also saying why this gateway was
-/// chosen (the strategy, the rule that matched, the scores seen).
-pub async fn record_routed_attempt(
-    conn: &mut PgConnection,
-    seen: &TransactionRecord,
-    gateway: &str,
-    routing: proto::RoutingDecision,
-) -> Result<TransactionRecord, TransitionError> {
-    fenced_pending_update(
-        conn,
-        seen,
-        Some(gateway),
-        event_type::GATEWAY_ATTEMPTED,
-        Some(routing),
+        routing,
     )
     .await
 }

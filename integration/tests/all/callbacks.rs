@@ -34,7 +34,7 @@ async fn processing_at(suite: &Suite, amount: &str, gateway: &str) -> String {
     )
     .await
     .unwrap();
-    let attempted = transactions::record_attempt(&mut tx, &created, gateway)
+    let attempted = transactions::record_attempt(&mut tx, &created, gateway, None)
         .await
         .unwrap();
     let change = Change {

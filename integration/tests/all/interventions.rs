@@ -41,7 +41,7 @@ pub(crate) async fn pending(
     .await
     .unwrap();
     if let Some(gateway) = gateway {
-        record = transactions::record_attempt(&mut tx, &record, gateway)
+        record = transactions::record_attempt(&mut tx, &record, gateway, None)
             .await
             .unwrap();
     }
