@@ -1088,20 +1088,33 @@ async fn a_per_payment_notification_url_receives_that_payments_events_only() {
     );
 }
 
-#[tokio::test]
-async fn a_rate_limited_endpoint_receives_a_500_event_backlog_no_faster_than_its_limit_and_all_of_it(
-) {
+/// Sends a backlog of `events` to one endpoint limited to `per_second`, through
+/// `senders` dispatchers of `concurrency` each; asserts every event arrived once, no
+/// faster than the limit, and answers how long the backlog took.
+async fn drain_a_limited_backlog(
+    events: usize,
+    per_second: usize,
+    senders: usize,
+    concurrency: usize,
+) -> Duration {
     let fixture = Fixture::new(|s| {
-        s.callback_dispatcher.endpoint_concurrency = 16;
+        s.callback_dispatcher.endpoint_concurrency = concurrency;
     })
     .await;
     let receiver = WebhookReceiver::start().await;
     let (merchant, _) = fixture.merchant(&WebhookReceiver::start().await.url).await;
     let limited = fixture
-        .endpoint(&merchant, &receiver.url, &[], Some(100))
+        .endpoint(
+            &merchant,
+            &receiver.url,
+            &[],
+            Some(i32::try_from(per_second).unwrap()),
+        )
         .await;
-    let backlog = fixture.backlog(&limited, 500).await;
-    fixture.start_sender().await;
+    let backlog = fixture.backlog(&limited, events).await;
+    for _ in 0..senders {
+        fixture.start_sender().await;
+    }
 
     let all: Vec<&Stored> = backlog.iter().collect();
     eventually("the whole backlog", Duration::from_secs(60), || async {
@@ -1111,9 +1124,15 @@ async fn a_rate_limited_endpoint_receives_a_500_event_backlog_no_faster_than_its
     let received = receiver.received();
     let ids: std::collections::HashSet<&str> =
         received.iter().map(|w| w.header("webhook-id")).collect();
-    assert_eq!(ids.len(), 500, "every event arrived");
-    assert_eq!(received.len(), 500, "each once");
-    let took = assert_within_rate(&received, 100);
+    assert_eq!(ids.len(), events, "every event arrived");
+    assert_eq!(received.len(), events, "each once");
+    assert_within_rate(&received, per_second)
+}
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_receives_a_500_event_backlog_no_faster_than_its_limit_and_all_of_it(
+) {
+    let took = drain_a_limited_backlog(500, 100, 1, 16).await;
     assert!(
         took >= Duration::from_millis(4_900),
         "500 at 100/s took {took:?}"
@@ -1122,27 +1141,7 @@ async fn a_rate_limited_endpoint_receives_a_500_event_backlog_no_faster_than_its
 
 #[tokio::test]
 async fn two_dispatchers_respect_one_endpoints_limit_together() {
-    let fixture = Fixture::new(|s| {
-        s.callback_dispatcher.endpoint_concurrency = 8;
-    })
-    .await;
-    let receiver = WebhookReceiver::start().await;
-    let (merchant, _) = fixture.merchant(&WebhookReceiver::start().await.url).await;
-    let limited = fixture
-        .endpoint(&merchant, &receiver.url, &[], Some(20))
-        .await;
-    let backlog = fixture.backlog(&limited, 100).await;
-    fixture.start_sender().await;
-    fixture.start_sender().await;
-
-    let all: Vec<&Stored> = backlog.iter().collect();
-    eventually("the whole backlog", Duration::from_secs(60), || async {
-        fixture.all_delivered(&all).await.then_some(())
-    })
-    .await;
-    let received = receiver.received();
-    assert_eq!(received.len(), 100, "every event, once");
-    let took = assert_within_rate(&received, 20);
+    let took = drain_a_limited_backlog(100, 20, 2, 8).await;
     assert!(
         took >= Duration::from_millis(4_900),
         "100 at 20/s took {took:?}"
