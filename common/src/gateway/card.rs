@@ -70,18 +70,7 @@ impl Gateway for CardAcquirer {
                     "cvv": card.cvv.as_ref().map(|c| c.expose_secret()),
                 },
             });
-            let request = call
-                .http
-                .post(format!("{}/charges", base(call)))
-                .header("Idempotency-Key", &order.reference)
-                .json(&body);
-            match exchange(request, call.gateway).await {
-                Err(outcome) => outcome,
-                Ok((StatusCode::PAYMENT_REQUIRED, body)) => payment_required(&body),
-                Ok((status, _)) if status.is_server_error() => server_error(code, status),
-                Ok((status, _)) if status.is_client_error() => refused(code, status),
-                Ok((status, body)) => read_answer(code, status, &body),
-            }
+            post_order(call, "charges", &order.reference, &body, read_answer).await
         })
     }
 
@@ -100,25 +89,13 @@ impl Gateway for CardAcquirer {
 
     fn refund<'a>(&'a self, call: Call<'a>, order: &'a RefundOrder) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let code = &call.gateway.code;
             let body = json!({
                 "reference": order.reference,
                 "charge_reference": order.payment_reference,
                 "amount": order.amount.to_string(),
                 "currency": order.currency,
             });
-            let request = call
-                .http
-                .post(format!("{}/refunds", base(call)))
-                .header("Idempotency-Key", &order.reference)
-                .json(&body);
-            match exchange(request, call.gateway).await {
-                Err(outcome) => outcome,
-                Ok((StatusCode::PAYMENT_REQUIRED, body)) => payment_required(&body),
-                Ok((status, _)) if status.is_server_error() => server_error(code, status),
-                Ok((status, _)) if status.is_client_error() => refused(code, status),
-                Ok((status, body)) => read_refund_answer(code, status, &body),
-            }
+            post_order(call, "refunds", &order.reference, &body, read_refund_answer).await
         })
     }
 
@@ -168,6 +145,31 @@ impl Gateway for CardAcquirer {
 
     fn callback_ack(&self) -> (&'static str, &'static str) {
         JSON_ACK
+    }
+}
+
+/// Posts a charge or a refund under its reference as the idempotency key and reads
+/// what came back: a 402 is the acquirer's decline, other refusals and server errors
+/// as every adapter reads them, and a success by `read`.
+async fn post_order(
+    call: Call<'_>,
+    path: &str,
+    reference: &str,
+    body: &serde_json::Value,
+    read: fn(&str, StatusCode, &[u8]) -> Outcome,
+) -> Outcome {
+    let code = &call.gateway.code;
+    let request = call
+        .http
+        .post(format!("{}/{path}", base(call)))
+        .header("Idempotency-Key", reference)
+        .json(body);
+    match exchange(request, call.gateway).await {
+        Err(outcome) => outcome,
+        Ok((StatusCode::PAYMENT_REQUIRED, body)) => payment_required(&body),
+        Ok((status, _)) if status.is_server_error() => server_error(code, status),
+        Ok((status, _)) if status.is_client_error() => refused(code, status),
+        Ok((status, body)) => read(code, status, &body),
     }
 }
 
