@@ -27,15 +27,19 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use paygate_common::egress::{self, GuardedResolver};
+use paygate_common::kafka::Batched;
 use paygate_common::service::{Listen, Worker};
 use paygate_common::Settings;
 
 pub use record::StatusHandler;
 pub use sender::Sender;
 
+/// Batches of deliveries recorded at once: one applies while the next gathers.
+pub const BATCHES_AT_ONCE: usize = 2;
+
 pub struct Application {
     worker: Worker,
-    handler: StatusHandler,
+    handler: Batched<StatusHandler>,
     sender: Sender,
 }
 
@@ -68,10 +72,14 @@ impl Application {
         )
         .await?;
         let wake = Arc::new(Notify::new());
-        let handler = StatusHandler {
-            pool: worker.pool.clone(),
-            wake: wake.clone(),
-        };
+        let handler = Batched::new(
+            StatusHandler {
+                pool: worker.pool.clone(),
+                wake: wake.clone(),
+            },
+            settings.kafka.max_in_flight,
+            BATCHES_AT_ONCE,
+        );
         let http = http_client(&settings, resolver)?;
         let keys = settings.secrets.key_ring()?;
         // Its claims and attempt records commit without waiting for the WAL flush: lost

@@ -2,7 +2,8 @@
 //! to the payment's own `notification_url`), recorded with the exact body that will be
 //! signed: the transaction, or for a `refund.*` event the refund (delivered in order with
 //! its payment's, by the payment's version). The event id is the `webhook-id` at every
-//! endpoint, so a redelivered message adds nothing.
+//! endpoint, so a redelivered message adds nothing. The events a consumer holds at one
+//! moment are recorded together, in one statement (`kafka::batch`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use tokio::sync::Notify;
 
 use paygate_common::domain::Status;
 use paygate_common::events::{event_type, proto, RefundView, TransactionView};
-use paygate_common::kafka::{headers, Handler, HandlerError, Inbound};
+use paygate_common::kafka::{headers, BatchHandler, HandlerError, Inbound};
 
 /// The body merchants receive.
 #[derive(Serialize)]
@@ -39,8 +40,20 @@ impl StatusHandler {
     }
 }
 
-impl Handler for StatusHandler {
-    async fn handle(&self, message: &Inbound) -> Result<(), HandlerError> {
+/// One status event's deliveries to record.
+pub struct Scheduled {
+    event_id: String,
+    merchant_id: String,
+    transaction_id: String,
+    version: i32,
+    kind: String,
+    body: String,
+}
+
+impl BatchHandler for StatusHandler {
+    type Item = Scheduled;
+
+    async fn prepare(&self, message: &Inbound) -> Result<Option<Scheduled>, HandlerError> {
         let event = proto::StatusChanged::decode(message.payload.as_slice())
             .map_err(HandlerError::permanent)?;
         let transaction = event.transaction.as_ref().ok_or_else(|| {
@@ -62,7 +75,7 @@ impl Handler for StatusHandler {
                 event_type::for_refund_status(refund_status)
             }
             (Some(event_type::REVIEW_REQUIRED), _) => event_type::REVIEW_REQUIRED.to_owned(),
-            _ if status == Status::Pending => return Ok(()),
+            _ if status == Status::Pending => return Ok(None),
             _ => event_type::for_status(status),
         };
         let body = match &event.refund {
@@ -82,40 +95,59 @@ impl Handler for StatusHandler {
             }),
         }
         .map_err(HandlerError::permanent)?;
-        // One delivery to each enabled endpoint of the merchant that wants this type (no
-        // types: all; `refund.*`: a family), and one to the payment's own
-        // notification_url, in one statement. The ids are random rather than time-ordered
-        // (they are made here, one per row): only a tie-break on equal due times uses them.
+        Ok(Some(Scheduled {
+            merchant_id: transaction.merchant_id.clone(),
+            transaction_id: transaction.id.clone(),
+            version: transaction.version,
+            event_id: event.event_id,
+            kind,
+            body,
+        }))
+    }
+
+    /// Every event's deliveries, in one statement: one to each enabled endpoint of the
+    /// merchant that wants its type (no types: all; `refund.*`: a family), and one to
+    /// the payment's own notification_url. The ids are random rather than time-ordered
+    /// (they are made here, one per row): only a tie-break on equal due times uses them.
+    async fn apply(&self, batch: &[Scheduled]) -> Result<(), HandlerError> {
+        let column = |f: fn(&Scheduled) -> &str| batch.iter().map(f).collect::<Vec<_>>();
         let inserted = sqlx::query(
             "INSERT INTO webhook_delivery
                  (id, event_id, merchant_id, endpoint_id, notification, transaction_id, version,
                   event_type, url, body, status, next_attempt_at)
-             SELECT 'whd_' || replace(gen_random_uuid()::text, '-', ''), $1, $2, target.endpoint_id,
-                    target.endpoint_id IS NULL, $3, $4, $5, target.url, $6, 'pending', now()
-               FROM (SELECT w.id AS endpoint_id, w.url
+             SELECT 'whd_' || replace(gen_random_uuid()::text, '-', ''), e.event_id, e.merchant_id,
+                    target.endpoint_id, target.endpoint_id IS NULL, e.transaction_id, e.version,
+                    e.kind, target.url, e.body, 'pending', now()
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[])
+                    AS e(event_id, merchant_id, transaction_id, version, kind, body)
+              CROSS JOIN LATERAL (
+                     SELECT w.id AS endpoint_id, w.url
                        FROM webhook_endpoint w
-                      WHERE w.merchant_id = $2 AND w.enabled
+                      WHERE w.merchant_id = e.merchant_id AND w.enabled
                         AND (cardinality(w.event_types) = 0
                              OR EXISTS (SELECT 1 FROM unnest(w.event_types) AS wanted(t)
-                                         WHERE wanted.t = $5
-                                            OR (right(wanted.t, 2) = '.*' AND starts_with($5, left(wanted.t, -1)))))
+                                         WHERE wanted.t = e.kind
+                                            OR (right(wanted.t, 2) = '.*' AND starts_with(e.kind, left(wanted.t, -1)))))
                      UNION ALL
                      SELECT NULL, t.notification_url
                        FROM transaction t
-                      WHERE t.id = $3 AND t.merchant_id = $2 AND t.notification_url IS NOT NULL) AS target
+                      WHERE t.id = e.transaction_id AND t.merchant_id = e.merchant_id
+                        AND t.notification_url IS NOT NULL) AS target
              ON CONFLICT DO NOTHING",
         )
-        .bind(&event.event_id)
-        .bind(&transaction.merchant_id)
-        .bind(&transaction.id)
-        .bind(transaction.version)
-        .bind(&kind)
-        .bind(&body)
+        .bind(column(|s| &s.event_id))
+        .bind(column(|s| &s.merchant_id))
+        .bind(column(|s| &s.transaction_id))
+        .bind(batch.iter().map(|s| s.version).collect::<Vec<_>>())
+        .bind(column(|s| &s.kind))
+        .bind(column(|s| &s.body))
         .execute(&self.pool)
         .await
         .map_err(HandlerError::transient)?;
         if inserted.rows_affected() > 0 {
-            tracing::info!(transaction_id = %transaction.id, event_id = %event.event_id, %kind, "webhook scheduled");
+            for scheduled in batch {
+                tracing::info!(transaction_id = %scheduled.transaction_id, event_id = %scheduled.event_id, kind = %scheduled.kind, "webhook scheduled");
+            }
             self.wake.notify_one();
         }
         Ok(())

@@ -21,7 +21,7 @@ use paygate_callback_dispatcher::limit::RateLimiter;
 use paygate_callback_dispatcher::{http_client, Sender, StatusHandler};
 use paygate_common::egress::GuardedResolver;
 use paygate_common::events::proto;
-use paygate_common::kafka::{headers, Handler as _, Inbound};
+use paygate_common::kafka::{headers, Batched, Handler as _, Inbound};
 use paygate_common::signature::webhook;
 use paygate_common::Settings;
 use paygate_testkit::{eventually, keys, pool, settings, unique, Reply, WebhookReceiver};
@@ -845,10 +845,14 @@ async fn announce(
         payload: prost::Message::encode_to_vec(&event),
         headers: vec![(headers::EVENT_TYPE.to_owned(), kind.into_bytes())],
     };
-    StatusHandler::new(fixture.pool.clone(), Arc::new(Notify::new()))
-        .handle(&message)
-        .await
-        .unwrap();
+    Batched::new(
+        StatusHandler::new(fixture.pool.clone(), Arc::new(Notify::new())),
+        1,
+        1,
+    )
+    .handle(&message)
+    .await
+    .unwrap();
     event_id
 }
 

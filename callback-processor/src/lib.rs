@@ -27,23 +27,31 @@
 //! - one that can never be read is kept as `rejected` with the reason and copied to the
 //!   dead-letter topic;
 //! - one about a refund (see [`refund`]) settles that refund, under the same rules.
+//!
+//! The callbacks in flight at one moment are applied together (`kafka::batch`): one
+//! database transaction, each callback under its own rows' locks, their outcomes
+//! written in one statement, one commit. A batch that fails is rolled back and each of
+//! its callbacks applied alone, so one bad callback never holds up or doubles another.
 
 use anyhow::anyhow;
 use prost::Message;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use paygate_common::domain::{CallbackId, Status, TransactionId};
 use paygate_common::events::proto;
 use paygate_common::gateway::{self, CallbackNotice, CallbackResult, GatewayCache, GatewayRecord};
-use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
+use paygate_common::kafka::{BatchHandler, Batched, HandlerError, Inbound, Producer};
 use paygate_common::service::{Listen, Worker};
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
 use paygate_common::Settings;
 
+/// Batches of callbacks applied at once: one applies while the next gathers.
+const BATCHES_AT_ONCE: usize = 2;
+
 pub struct Application {
     worker: Worker,
-    handler: CallbackHandler,
+    handler: Batched<CallbackHandler>,
 }
 
 impl Application {
@@ -59,11 +67,15 @@ impl Application {
             &topics,
         )
         .await?;
-        let handler = CallbackHandler {
-            pool: worker.pool.clone(),
-            dead_letters: Producer::new(&settings.kafka)?,
-            gateways: GatewayCache::default(),
-        };
+        let handler = Batched::new(
+            CallbackHandler {
+                pool: worker.pool.clone(),
+                dead_letters: Producer::new(&settings.kafka)?,
+                gateways: GatewayCache::default(),
+            },
+            settings.kafka.max_in_flight,
+            BATCHES_AT_ONCE,
+        );
         Ok(Application { worker, handler })
     }
 
@@ -101,8 +113,25 @@ enum Verdict {
     Contradiction(&'static str, String),
 }
 
-impl Handler for CallbackHandler {
-    async fn handle(&self, message: &Inbound) -> Result<(), HandlerError> {
+/// One callback to apply, as read from its message.
+pub struct Received {
+    callback_id: CallbackId,
+    transaction_id: TransactionId,
+    gateway: GatewayRecord,
+    message: Inbound,
+}
+
+/// What a callback became, written on its inbox row.
+struct Outcome {
+    callback_id: String,
+    outcome: &'static str,
+    reason: Option<String>,
+}
+
+impl BatchHandler for CallbackHandler {
+    type Item = Received;
+
+    async fn prepare(&self, message: &Inbound) -> Result<Option<Received>, HandlerError> {
         let event = proto::CallbackReceived::decode(message.payload.as_slice())
             .map_err(HandlerError::permanent)?;
         let callback_id: CallbackId = event.callback_id.parse().map_err(HandlerError::permanent)?;
@@ -119,24 +148,73 @@ impl Handler for CallbackHandler {
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| HandlerError::permanent(anyhow!("gateway {} is gone", event.gateway)))?;
-        self.apply(&callback_id, &transaction_id, &gateway, message)
+        Ok(Some(Received {
+            callback_id,
+            transaction_id,
+            gateway,
+            message: message.clone(),
+        }))
+    }
+
+    /// The callbacks of a batch in one database transaction: each under its rows'
+    /// locks, their outcomes written in one statement, committed once.
+    async fn apply(&self, batch: &[Received]) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for received in batch {
+            if let Some(outcome) = self.apply_one(&mut tx, received).await? {
+                outcomes.push(outcome);
+            }
+        }
+        if !outcomes.is_empty() {
+            sqlx::query(
+                "UPDATE gateway_callback c
+                    SET processed_at = now(), outcome = o.outcome, outcome_reason = o.reason
+                   FROM unnest($1::text[], $2::text[], $3::text[]) AS o(id, outcome, reason)
+                  WHERE c.id = o.id",
+            )
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.callback_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(outcomes.iter().map(|o| o.outcome).collect::<Vec<_>>())
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.reason.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
             .await
+            .map_err(HandlerError::transient)?;
+        }
+        paygate_common::outbox::commit(tx)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
     }
 }
 
 impl CallbackHandler {
-    async fn apply(
+    /// Judges one callback under its rows' locks and applies what it says; what became
+    /// of it, or `None` when it stays unprocessed (done before, or parked).
+    async fn apply_one(
         &self,
-        callback_id: &CallbackId,
-        transaction_id: &TransactionId,
-        gateway: &GatewayRecord,
-        message: &Inbound,
-    ) -> Result<(), HandlerError> {
-        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        tx: &mut PgConnection,
+        received: &Received,
+    ) -> Result<Option<Outcome>, HandlerError> {
+        let Received {
+            callback_id,
+            transaction_id,
+            gateway,
+            message,
+        } = received;
         // The row locks, held until the outcome is committed, are what decide "park or
         // apply": the payment-processor moves the transaction out of `pending` (and
         // announces parked callbacks) with an UPDATE that waits for them.
-        let stored = transactions::callback_for_update(&mut tx, callback_id)
+        let stored = transactions::callback_for_update(&mut *tx, callback_id)
             .await
             .map_err(HandlerError::transient)?
             .ok_or_else(|| {
@@ -144,7 +222,7 @@ impl CallbackHandler {
             })?;
         if stored.processed_at.is_some() {
             tracing::info!(%callback_id, "callback already processed");
-            return Ok(());
+            return Ok(None);
         }
         if stored.transaction.id != *transaction_id {
             return Err(HandlerError::permanent(anyhow!(
@@ -183,11 +261,11 @@ impl CallbackHandler {
                 Verdict::Rejected(error)
             }
             (Ok(notice), Some(refund_id)) => {
-                refund::apply(&mut tx, refund_id, &gateway.code, &notice).await?
+                refund::apply(&mut *tx, refund_id, &gateway.code, &notice).await?
             }
             (Ok(notice), None) => match judge(&transaction, &gateway.code, &notice) {
                 Judgement::Apply(to, change) => {
-                    match transactions::settle(&mut tx, &transaction, to, change).await {
+                    match transactions::settle(&mut *tx, &transaction, to, change).await {
                         Ok(record) => {
                             tracing::info!(%transaction_id, status = %record.status, version = record.version, "callback applied");
                             Verdict::Applied
@@ -201,7 +279,7 @@ impl CallbackHandler {
                     }
                 }
                 Judgement::Keep(Verdict::Contradiction(reason, evidence)) => {
-                    transactions::flag_review(&mut tx, transaction_id, reason, &evidence)
+                    transactions::flag_review(&mut *tx, transaction_id, reason, &evidence)
                         .await
                         .map_err(HandlerError::transient)?;
                     Verdict::Contradiction(reason, evidence)
@@ -209,32 +287,24 @@ impl CallbackHandler {
                 Judgement::Keep(verdict) => verdict,
                 Judgement::Park => {
                     tracing::info!(%callback_id, %transaction_id, "callback overtook the gateway's answer; parked");
-                    return Ok(());
+                    return Ok(None);
                 }
             },
         };
-        let (outcome, reason) = match &verdict {
+        let (outcome, reason) = match verdict {
             Verdict::Applied => ("applied", None),
-            Verdict::Ignored(reason) => ("ignored", Some(reason.as_str())),
-            Verdict::Rejected(reason) => ("rejected", Some(reason.as_str())),
-            Verdict::Contradiction(_, evidence) => ("contradiction", Some(evidence.as_str())),
+            Verdict::Ignored(reason) => ("ignored", Some(reason)),
+            Verdict::Rejected(reason) => ("rejected", Some(reason)),
+            Verdict::Contradiction(_, evidence) => ("contradiction", Some(evidence)),
         };
-        if let Some(reason) = reason {
+        if let Some(reason) = &reason {
             tracing::warn!(%callback_id, %transaction_id, outcome, reason, "callback not applied");
         }
-        sqlx::query(
-            "UPDATE gateway_callback SET processed_at = now(), outcome = $2, outcome_reason = $3 WHERE id = $1",
-        )
-        .bind(callback_id.as_str())
-        .bind(outcome)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await
-        .map_err(HandlerError::transient)?;
-        paygate_common::outbox::commit(tx)
-            .await
-            .map_err(HandlerError::transient)?;
-        Ok(())
+        Ok(Some(Outcome {
+            callback_id: callback_id.as_str().to_owned(),
+            outcome,
+            reason,
+        }))
     }
 }
 

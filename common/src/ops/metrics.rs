@@ -151,6 +151,11 @@ pub fn message(topic: &str, outcome: MessageOutcome, took: Duration) {
     }
 }
 
+/// A consumer applied a batch of `messages` together (see `kafka::batch`).
+pub fn batch_applied(messages: usize) {
+    histogram!("paygate_consumer_batch_messages").record(messages as f64);
+}
+
 /// The consumer's lag on one partition: messages after the group's position, as
 /// librdkafka's statistics report it.
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {

@@ -1,5 +1,6 @@
 //! The at-least-once consumer loop against the real broker, in both ways of getting
-//! partitions: as a member of the consumer group, and owning every partition.
+//! partitions: as a member of the consumer group, and owning every partition; and a
+//! batched handler whose batch holds a poison message.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use paygate_common::config::{KafkaSettings, PartitionAssignment, Topics};
 use paygate_common::kafka::{
-    self, headers, ConsumerLoop, Envelope, Handler, HandlerError, Inbound, Producer,
+    self, headers, BatchHandler, Batched, ConsumerLoop, Envelope, Handler, HandlerError, Inbound,
+    Producer,
 };
 use paygate_testkit::{eventually, unique};
 use tokio::task::JoinHandle;
@@ -236,4 +238,120 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_with_its_reason_and_is_c
         .await;
         assert_eq!(next.payloads(), ["after"]);
     }
+}
+
+/// Inserts each message's payload into its own table, a batch in one statement; the
+/// table refuses the payload "poison". Remembers every batch it was given.
+#[derive(Clone)]
+struct Ledger {
+    pool: sqlx::PgPool,
+    batches: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl BatchHandler for Ledger {
+    type Item = String;
+
+    async fn prepare(&self, message: &Inbound) -> Result<Option<String>, HandlerError> {
+        Ok(Some(String::from_utf8_lossy(&message.payload).into_owned()))
+    }
+
+    async fn apply(&self, items: &[String]) -> Result<(), HandlerError> {
+        self.batches.lock().unwrap().push(items.to_vec());
+        // Slow enough that the messages behind the first gather into one batch.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sqlx::query("INSERT INTO ledger (payload) SELECT unnest($1::text[])")
+            .bind(items)
+            .execute(&self.pool)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.is_check_violation() => {
+                    HandlerError::permanent(error)
+                }
+                _ => HandlerError::transient(error),
+            })?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_poison_message_delivers_every_other_message_once() {
+    let (mut kafka, topic) = kafka_with_topic(PartitionAssignment::All).await;
+    kafka.max_in_flight = 64;
+    let settings = paygate_testkit::settings().await;
+    let pool = paygate_testkit::pool(&settings).await;
+    sqlx::query("CREATE TABLE ledger (payload text NOT NULL CHECK (payload <> 'poison'))")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut payloads: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    payloads.insert(7, "poison".to_owned());
+    let producer = Producer::new(&kafka).unwrap();
+    for (i, payload) in payloads.iter().enumerate() {
+        producer
+            .send(&Envelope {
+                topic: &topic,
+                key: &format!("txn_{i}"),
+                event_id: payload,
+                event_type: "test",
+                payload: payload.as_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let ledger = Ledger {
+        pool: pool.clone(),
+        batches: Arc::default(),
+    };
+    let consumer = ConsumerLoop::subscribe(&kafka, &unique("group-"), &[&topic]).unwrap();
+    let shutdown = CancellationToken::new();
+    let handler = Arc::new(Batched::new(ledger.clone(), 64, 1));
+    let running = tokio::spawn(consumer.run(handler, shutdown.clone()));
+    let dead = Recorder::default();
+    let (dead_shutdown, dead_running) = start(
+        &kafka,
+        &unique("dlq-"),
+        &Topics::dead_letter(&topic),
+        dead.clone(),
+    );
+    let stored = || async {
+        let mut stored: Vec<String> = sqlx::query_scalar("SELECT payload FROM ledger")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        stored.sort();
+        stored
+    };
+    eventually(
+        "every good message stored and the poison dead-lettered",
+        Duration::from_secs(30),
+        || async { (stored().await.len() >= 20 && !dead.payloads().is_empty()).then_some(()) },
+    )
+    .await;
+    // A redelivery or a second application would show by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    dead_shutdown.cancel();
+    dead_running.await.unwrap().unwrap();
+
+    let mut good: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    good.sort();
+    assert_eq!(
+        stored().await,
+        good,
+        "every other message applied exactly once"
+    );
+    assert_eq!(
+        dead.payloads(),
+        ["poison"],
+        "the poison alone is dead-lettered"
+    );
+    let batches = ledger.batches.lock().unwrap().clone();
+    assert!(
+        batches
+            .iter()
+            .any(|batch| batch.len() > 1 && batch.contains(&"poison".to_owned())),
+        "the poison was applied in a batch with others: {batches:?}"
+    );
 }

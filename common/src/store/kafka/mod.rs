@@ -1,12 +1,15 @@
 //! Kafka plumbing on rdkafka, one job a file: topic creation at start ([`admin`]), an
-//! idempotent producer ([`producer`]) and an at-least-once consumer loop that stores a
-//! message's offset only after its handler succeeded ([`consumer`]).
+//! idempotent producer ([`producer`]), an at-least-once consumer loop that stores a
+//! message's offset only after its handler succeeded ([`consumer`]), and handlers that
+//! apply the messages in flight in batches, one database commit each ([`batch`]).
 
 mod admin;
+mod batch;
 mod consumer;
 mod producer;
 
 pub use admin::{all_topics, ensure_topics};
+pub use batch::{BatchHandler, Batched};
 pub use consumer::{Assignment, ConsumerLoop, Handler, HandlerError, Inbound};
 pub use producer::{await_delivery, is_timeout, Envelope, Producer};
 
