@@ -52,12 +52,15 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use paygate_common::cards::{CvvVault, KeyRing};
+use paygate_common::group_commit::GroupCommit;
 use paygate_common::health::Readiness;
 use paygate_common::http_server::{self, Limits};
 use paygate_common::kafka::Producer;
 use paygate_common::outbox::Relay;
 use paygate_common::supervisor::Supervisor;
-use paygate_common::{backlog, db, health, metrics, redis_connection, trace, Settings};
+use paygate_common::{
+    backlog, db, health, metrics, redis_connection, trace, transactions, Settings,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -81,7 +84,14 @@ pub struct AppState {
     pub api_keys: api_keys::ApiKeyCache,
     /// What a client may cost per address before it has authenticated.
     pub clients: client_limit::ClientLimits,
+    /// Payments taken at one moment, committed together.
+    pub intake: GroupCommit<transactions::PendingPayment>,
+    /// Gateway callbacks kept at one moment, committed together.
+    pub callbacks: GroupCommit<transactions::NewCallback>,
 }
+
+/// Group commits of each kind running at once: one commits while the next gathers.
+const GROUPS_AT_ONCE: usize = 2;
 
 /// Every route the api documents, and the document they make. Each handler's
 /// `#[utoipa::path]` gives its path and method, and `routes!` registers the handler in
@@ -304,6 +314,8 @@ impl Application {
             metrics_listener,
             admin_listener,
             state: AppState {
+                intake: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
+                callbacks: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
                 pool,
                 settings: Arc::new(settings),
                 cards,

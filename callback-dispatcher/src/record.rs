@@ -48,6 +48,8 @@ pub struct Scheduled {
     version: i32,
     kind: String,
     body: String,
+    /// The message's span: what is logged of this event in its batch carries its trace.
+    span: tracing::Span,
 }
 
 impl BatchHandler for StatusHandler {
@@ -102,6 +104,7 @@ impl BatchHandler for StatusHandler {
             event_id: event.event_id,
             kind,
             body,
+            span: tracing::Span::current(),
         }))
     }
 
@@ -111,7 +114,7 @@ impl BatchHandler for StatusHandler {
     /// (they are made here, one per row): only a tie-break on equal due times uses them.
     async fn apply(&self, batch: &[Scheduled]) -> Result<(), HandlerError> {
         let column = |f: fn(&Scheduled) -> &str| batch.iter().map(f).collect::<Vec<_>>();
-        let inserted = sqlx::query(
+        let inserted: Vec<String> = sqlx::query_scalar(
             "INSERT INTO webhook_delivery
                  (id, event_id, merchant_id, endpoint_id, notification, transaction_id, version,
                   event_type, url, body, status, next_attempt_at)
@@ -133,7 +136,8 @@ impl BatchHandler for StatusHandler {
                        FROM transaction t
                       WHERE t.id = e.transaction_id AND t.merchant_id = e.merchant_id
                         AND t.notification_url IS NOT NULL) AS target
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING
+             RETURNING event_id",
         )
         .bind(column(|s| &s.event_id))
         .bind(column(|s| &s.merchant_id))
@@ -141,11 +145,12 @@ impl BatchHandler for StatusHandler {
         .bind(batch.iter().map(|s| s.version).collect::<Vec<_>>())
         .bind(column(|s| &s.kind))
         .bind(column(|s| &s.body))
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(HandlerError::transient)?;
-        if inserted.rows_affected() > 0 {
-            for scheduled in batch {
+        if !inserted.is_empty() {
+            for scheduled in batch.iter().filter(|s| inserted.contains(&s.event_id)) {
+                let _in_its_span = scheduled.span.enter();
                 tracing::info!(transaction_id = %scheduled.transaction_id, event_id = %scheduled.event_id, kind = %scheduled.kind, "webhook scheduled");
             }
             self.wake.notify_one();

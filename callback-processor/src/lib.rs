@@ -37,6 +37,7 @@ use anyhow::anyhow;
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use paygate_common::domain::{CallbackId, Status, TransactionId};
 use paygate_common::events::proto;
@@ -119,6 +120,9 @@ pub struct Received {
     transaction_id: TransactionId,
     gateway: GatewayRecord,
     message: Inbound,
+    /// The message's span: what is logged of this callback in its batch carries its
+    /// trace.
+    span: tracing::Span,
 }
 
 /// What a callback became, written on its inbox row.
@@ -153,6 +157,7 @@ impl BatchHandler for CallbackHandler {
             transaction_id,
             gateway,
             message: message.clone(),
+            span: tracing::Span::current(),
         }))
     }
 
@@ -162,7 +167,11 @@ impl BatchHandler for CallbackHandler {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for received in batch {
-            if let Some(outcome) = self.apply_one(&mut tx, received).await? {
+            let applied = self
+                .apply_one(&mut tx, received)
+                .instrument(received.span.clone())
+                .await?;
+            if let Some(outcome) = applied {
                 outcomes.push(outcome);
             }
         }
@@ -210,6 +219,7 @@ impl CallbackHandler {
             transaction_id,
             gateway,
             message,
+            span: _,
         } = received;
         // The row locks, held until the outcome is committed, are what decide "park or
         // apply": the payment-processor moves the transaction out of `pending` (and

@@ -25,6 +25,6 @@ pub use ops::{
     health, http_server, init, metrics, retry, service, shutdown, supervisor, telemetry, trace,
 };
 pub use security::{cards, egress, environment, reseal, secrets, signature};
-pub use store::{backlog, db, kafka, lock, outbox, redis_connection};
+pub use store::{backlog, batch, db, group_commit, kafka, lock, outbox, redis_connection};
 
 pub use config::Settings;

@@ -69,6 +69,7 @@ use paygate_common::config::{PaymentProcessorSettings, Topics};
 use paygate_common::domain::{RefundId, Status, TransactionId};
 use paygate_common::egress::{GuardedResolver, Policy};
 use paygate_common::events::proto;
+use paygate_common::group_commit::GroupCommit;
 use paygate_common::kafka::{Handler, HandlerError, Inbound, Producer};
 use paygate_common::lock::Locks;
 use paygate_common::service::{Listen, Worker};
@@ -187,10 +188,16 @@ impl Application {
     }
 }
 
+/// Group commits of attempts running at once: one commits while the next gathers.
+const ATTEMPT_GROUPS_AT_ONCE: usize = 2;
+
 /// Routes one payment; cheap to clone (everything inside is shared).
 #[derive(Clone)]
 pub struct PaymentHandler {
     pool: PgPool,
+    /// Attempts at gateways, each committed (with the others of its moment) before
+    /// its gateway is asked.
+    attempts: GroupCommit<transactions::Attempt>,
     locks: Locks,
     http: reqwest::Client,
     routes: RouteTable,
@@ -281,6 +288,7 @@ impl PaymentHandler {
             routes: RouteTable::load(&pool)
                 .await
                 .context("loading gateways and routes")?,
+            attempts: GroupCommit::new(pool.clone(), ATTEMPT_GROUPS_AT_ONCE),
             pool,
             locks,
             // rustls with the configured roots, no redirects, no proxy, and every

@@ -17,7 +17,7 @@ use paygate_common::domain::Status;
 use paygate_common::events::proto;
 use paygate_common::gateway::{GatewayRecord, Outcome, PaymentMethod};
 use paygate_common::kafka::HandlerError;
-use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
+use paygate_common::transactions::{self, Attempt, Change, TransactionRecord, TransitionError};
 
 use crate::call::Order;
 use crate::{PaymentHandler, Step};
@@ -136,11 +136,20 @@ impl PaymentHandler {
         gateway: &GatewayRecord,
         routing: Option<&proto::RoutingDecision>,
     ) -> Result<Option<TransactionRecord>, HandlerError> {
-        // One statement, committed on its own (a history event: nothing to publish).
-        let mut conn = self.pool.acquire().await.map_err(HandlerError::transient)?;
-        match transactions::record_attempt(&mut conn, seen, &gateway.code, routing.cloned()).await {
+        // One statement (a history event: nothing to publish), committed with the other
+        // attempts of this moment before anyone is asked.
+        let attempt = Attempt {
+            seen: seen.clone(),
+            gateway: gateway.code.clone(),
+            routing: routing.cloned(),
+        };
+        match self
+            .attempts
+            .write(attempt)
+            .await
+            .map_err(HandlerError::transient)?
+        {
             Ok(record) => Ok(Some(record)),
-            Err(TransitionError::Database(error)) => Err(HandlerError::transient(error)),
             Err(error) => {
                 tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; asking nobody");
                 Ok(None)

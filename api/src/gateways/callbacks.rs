@@ -206,17 +206,17 @@ async fn store(
     body: &[u8],
 ) -> Result<()> {
     let callback = NewCallback {
-        gateway,
-        transaction_id,
-        refund_id,
-        dedup_key,
-        content_type,
-        body,
+        gateway: gateway.to_owned(),
+        transaction_id: transaction_id.clone(),
+        refund_id: refund_id.cloned(),
+        dedup_key: dedup_key.to_owned(),
+        content_type: content_type.to_owned(),
+        body: body.to_vec(),
     };
-    match transactions::store_callback(&state.pool, &callback).await? {
+    // Committed with the other callbacks of this moment (one flush for them all).
+    match state.callbacks.write(callback).await? {
         CallbackStored::UnknownTransaction => return Err(ApiError::NotFound("transaction")),
         CallbackStored::Stored(callback_id) => {
-            paygate_common::outbox::committed();
             tracing::info!(gateway, %transaction_id, %callback_id, "callback stored");
         }
         CallbackStored::Duplicate => {

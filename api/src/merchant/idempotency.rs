@@ -288,18 +288,18 @@ impl IdempotencyKey {
     /// The answer to store with the payment in intake's one statement
     /// ([`transactions::create_at_once`](paygate_common::transactions::create_at_once)),
     /// which claims the key and completes it at once.
-    pub fn kept<'a>(
-        &'a self,
+    pub fn kept(
+        &self,
         status: StatusCode,
         headers: &[(HeaderName, HeaderValue)],
-        body: &'a [u8],
-    ) -> KeptAnswer<'a> {
+        body: &[u8],
+    ) -> KeptAnswer {
         KeptAnswer {
-            key: &self.key,
-            request_hash: self.hashes.first().map_or(&[][..], Vec::as_slice),
+            key: self.key.clone(),
+            request_hash: self.hashes.first().cloned().unwrap_or_default(),
             status_code: i32::from(status.as_u16()),
             headers: stored_headers(headers),
-            body,
+            body: body.to_vec(),
         }
     }
 

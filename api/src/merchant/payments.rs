@@ -26,7 +26,9 @@ use utoipa::{PartialSchema, ToSchema};
 use paygate_common::domain::{Country, Currency, Kind, Money, TransactionId};
 use paygate_common::events::TransactionView;
 use paygate_common::metadata::Metadata;
-use paygate_common::transactions::{self, Intake, NewTransaction, TransactionRecord};
+use paygate_common::transactions::{
+    self, Intake, NewTransaction, PendingPayment, TransactionRecord,
+};
 
 use crate::http::error::responses::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
@@ -573,7 +575,8 @@ fn legacy(body: &RawBody) -> Result<PaymentRequest> {
 
 /// Intake. The common case is one statement ([`transactions::create_at_once`]): the
 /// record, the answer and the first event are built first, then written together, with
-/// the `Idempotency-Key` claimed and completed in the same statement. Where that
+/// the `Idempotency-Key` claimed and completed in the same statement, committed with
+/// the other payments taken at that moment (`group_commit`). Where that
 /// statement leaves the decision to the careful path — the merchant has limits in the
 /// currency (checked under a lock), or the key is taken (a replay, a request in flight)
 /// — the same record goes through [`careful`].
@@ -617,11 +620,16 @@ async fn create(
     let kept = key
         .as_ref()
         .map(|key| key.kept(answer.status, &answer.headers, &answer.body));
-    let intake =
-        transactions::create_at_once(&state.pool, &record, new.card.as_ref(), kept.as_ref())
-            .await?;
+    // Committed with the other payments of this moment (one flush for them all).
+    let intake = state
+        .intake
+        .write(PendingPayment {
+            record: record.clone(),
+            card: new.card.clone(),
+            answer: kept,
+        })
+        .await?;
     if intake == Intake::Created {
-        paygate_common::outbox::committed();
         paygate_common::trace::record_transaction(record.id.as_str());
         tracing::info!(transaction_id = %record.id, merchant_id = %merchant.id, %kind, "payment accepted");
         return Ok(answer.into_response());

@@ -186,13 +186,13 @@ impl NewTransaction {
 
 /// The answer to an `Idempotency-Key` request, stored with the payment it announced.
 #[derive(Debug)]
-pub struct KeptAnswer<'a> {
-    pub key: &'a str,
+pub struct KeptAnswer {
+    pub key: String,
     /// The request's fingerprint.
-    pub request_hash: &'a [u8],
+    pub request_hash: Vec<u8>,
     pub status_code: i32,
     pub headers: serde_json::Value,
-    pub body: &'a [u8],
+    pub body: Vec<u8>,
 }
 
 /// What [`create_at_once`] did.
@@ -217,9 +217,26 @@ pub async fn create_at_once<'e>(
     executor: impl PgExecutor<'e>,
     record: &TransactionRecord,
     card: Option<&SealedCard>,
-    answer: Option<&KeptAnswer<'_>>,
+    answer: Option<&KeptAnswer>,
 ) -> sqlx::Result<Intake> {
     write_pending(executor, record, card, answer, true).await
+}
+
+/// A payment's intake, [`create_at_once`], as a write that shares its commit with the
+/// others of its moment (`group_commit`).
+#[derive(Debug)]
+pub struct PendingPayment {
+    pub record: TransactionRecord,
+    pub card: Option<SealedCard>,
+    pub answer: Option<KeptAnswer>,
+}
+
+impl crate::group_commit::Write for PendingPayment {
+    type Output = Intake;
+
+    async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Intake> {
+        create_at_once(conn, &self.record, self.card.as_ref(), self.answer.as_ref()).await
+    }
 }
 
 /// The one statement of [`create_at_once`]; `check_limits: false` writes whatever the
@@ -228,7 +245,7 @@ async fn write_pending<'e>(
     executor: impl PgExecutor<'e>,
     record: &TransactionRecord,
     card: Option<&SealedCard>,
-    answer: Option<&KeptAnswer<'_>>,
+    answer: Option<&KeptAnswer>,
     check_limits: bool,
 ) -> sqlx::Result<Intake> {
     let event_id = EventId::new();
@@ -272,11 +289,11 @@ async fn write_pending<'e>(
     .bind(card.map(|c| c.cvv_given))
     .bind(record.created_at)
     .bind(first_event_payload(&event_id, record))
-    .bind(answer.map(|a| a.key))
-    .bind(answer.map(|a| a.request_hash))
+    .bind(answer.map(|a| &a.key))
+    .bind(answer.map(|a| &a.request_hash))
     .bind(answer.map(|a| a.status_code))
     .bind(answer.map(|a| &a.headers))
-    .bind(answer.map(|a| a.body))
+    .bind(answer.map(|a| &a.body))
     .bind(event_id.as_str())
     .bind(event_type::CREATED)
     .bind(Destination::PaymentsRequested.as_str())
@@ -618,6 +635,27 @@ pub async fn record_attempt(
         routing,
     )
     .await
+}
+
+/// [`record_attempt`] as a write that shares its commit with the others of its moment
+/// (`group_commit`): the attempt is still committed before the gateway is asked.
+/// A fence that refuses it is an output (`Err` inside), not a failed write.
+#[derive(Debug)]
+pub struct Attempt {
+    pub seen: TransactionRecord,
+    pub gateway: String,
+    pub routing: Option<proto::RoutingDecision>,
+}
+
+impl crate::group_commit::Write for Attempt {
+    type Output = Result<TransactionRecord, TransitionError>;
+
+    async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Self::Output> {
+        match record_attempt(conn, &self.seen, &self.gateway, self.routing.clone()).await {
+            Err(TransitionError::Database(error)) => Err(error),
+            fenced => Ok(fenced),
+        }
+    }
 }
 
 /// Every gateway asked proved it did not take the payment: the transaction no longer
@@ -1017,15 +1055,15 @@ pub async fn append_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> sqlx
 
 /// A verified gateway callback to keep.
 #[derive(Debug)]
-pub struct NewCallback<'a> {
-    pub gateway: &'a str,
-    pub transaction_id: &'a TransactionId,
+pub struct NewCallback {
+    pub gateway: String,
+    pub transaction_id: TransactionId,
     /// The refund it is about, when it is about one of the payment's refunds.
-    pub refund_id: Option<&'a crate::domain::RefundId>,
+    pub refund_id: Option<crate::domain::RefundId>,
     /// What makes two deliveries of one callback the same (per gateway).
-    pub dedup_key: &'a str,
-    pub content_type: &'a str,
-    pub body: &'a [u8],
+    pub dedup_key: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
 }
 
 /// What [`store_callback`] did.
@@ -1043,7 +1081,7 @@ pub enum CallbackStored {
 /// callback-processor: one statement, committed on its own, all or nothing.
 pub async fn store_callback<'e>(
     executor: impl PgExecutor<'e>,
-    callback: &NewCallback<'_>,
+    callback: &NewCallback,
 ) -> sqlx::Result<CallbackStored> {
     let callback_id = CallbackId::new();
     let event_id = EventId::new();
@@ -1062,21 +1100,21 @@ pub async fn store_callback<'e>(
          SELECT EXISTS (SELECT 1 FROM known), EXISTS (SELECT 1 FROM stored)",
     )
     .bind(callback_id.as_str())
-    .bind(callback.gateway)
+    .bind(&callback.gateway)
     .bind(callback.transaction_id.as_str())
-    .bind(callback.dedup_key)
-    .bind(callback.content_type)
-    .bind(callback.body)
+    .bind(&callback.dedup_key)
+    .bind(&callback.content_type)
+    .bind(&callback.body)
     .bind(event_id.as_str())
     .bind(event_type::CALLBACK_RECEIVED)
     .bind(Destination::GatewayCallbacks.as_str())
     .bind(callback_announcement(
         &event_id,
         &callback_id,
-        callback.gateway,
-        callback.transaction_id,
+        &callback.gateway,
+        &callback.transaction_id,
     ))
-    .bind(callback.refund_id.map(crate::domain::RefundId::as_str))
+    .bind(callback.refund_id.as_ref().map(crate::domain::RefundId::as_str))
     .fetch_one(executor)
     .await?;
     Ok(match (known, stored) {
@@ -1084,6 +1122,16 @@ pub async fn store_callback<'e>(
         (true, true) => CallbackStored::Stored(callback_id),
         (true, false) => CallbackStored::Duplicate,
     })
+}
+
+/// A callback's intake, [`store_callback`], as a write that shares its commit with the
+/// others of its moment (`group_commit`).
+impl crate::group_commit::Write for NewCallback {
+    type Output = CallbackStored;
+
+    async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<CallbackStored> {
+        store_callback(conn, self).await
+    }
 }
 
 fn callback_announcement(

@@ -1,0 +1,96 @@
+//! Group commit for writes that answer a request: the single-statement writes that
+//! concurrent requests ask for at one moment (a payment's intake, a gateway's callback,
+//! an attempt at a gateway) run in one database transaction, committed and flushed
+//! once, and each request is answered after that commit — durable before anyone is
+//! told, as when each committed on its own. A commit's flush is what a write waits for
+//! on a busy machine (PostgreSQL's `WALWrite`), so sharing it is what lets more writes
+//! through. A write that fails fails its batch (rolled back whole); each write of it is
+//! then done alone, so one bad write never takes another with it.
+//!
+//! A [`Write`] must be one statement that either writes all it means to or nothing
+//! (its own refusals — a key taken, a version moved — are outputs, not errors), since a
+//! batch's writes share one database transaction without a savepoint each.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::batch::{Batch, Collector};
+
+/// One write, owning what it writes.
+pub trait Write: Send + Sync + 'static {
+    type Output: Send + 'static;
+
+    /// Runs the write's one statement on `conn` (inside the batch's transaction).
+    fn write(
+        &self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = sqlx::Result<Self::Output>> + Send;
+}
+
+/// Writes of one kind, committed in groups (see the module). Cheap to clone.
+pub struct GroupCommit<W: Write> {
+    collector: Arc<Collector<Writes<W>>>,
+}
+
+impl<W: Write> Clone for GroupCommit<W> {
+    fn clone(&self) -> Self {
+        GroupCommit {
+            collector: self.collector.clone(),
+        }
+    }
+}
+
+/// Groups of at most this many writes.
+pub const MAX_GROUP: usize = 64;
+
+impl<W: Write> GroupCommit<W> {
+    /// Commits groups on `pool`, at most `concurrent` at once (each holds a connection).
+    pub fn new(pool: PgPool, concurrent: usize) -> Self {
+        let writes = Arc::new(Writes {
+            pool,
+            kind: std::marker::PhantomData,
+        });
+        GroupCommit {
+            collector: Arc::new(Collector::new(writes, MAX_GROUP, concurrent)),
+        }
+    }
+
+    /// Writes `write` with whatever else is being written now; returns once committed.
+    pub async fn write(&self, write: W) -> sqlx::Result<W::Output> {
+        self.collector.submit(write).await
+    }
+}
+
+struct Writes<W> {
+    pool: PgPool,
+    kind: std::marker::PhantomData<fn() -> W>,
+}
+
+impl<W: Write> Batch for Writes<W> {
+    type Item = W;
+    type Output = W::Output;
+    type Error = sqlx::Error;
+
+    async fn together(&self, writes: &[W]) -> sqlx::Result<Vec<W::Output>> {
+        let mut tx = self.pool.begin().await?;
+        let mut outputs = Vec::with_capacity(writes.len());
+        for write in writes {
+            outputs.push(write.write(&mut tx).await?);
+        }
+        crate::outbox::commit(tx).await?;
+        Ok(outputs)
+    }
+
+    async fn alone(&self, write: &W) -> sqlx::Result<W::Output> {
+        let mut conn = self.pool.acquire().await?;
+        let output = write.write(&mut conn).await?;
+        crate::outbox::committed();
+        Ok(output)
+    }
+
+    fn unanswered() -> sqlx::Error {
+        sqlx::Error::WorkerCrashed
+    }
+}
