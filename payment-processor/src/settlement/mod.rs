@@ -203,6 +203,8 @@ impl Runner {
     /// the last finished period of each enabled gateway, then runs what is claimable.
     pub async fn run(self, shutdown: CancellationToken) {
         if !self.settings.enabled {
+            // This replica records requests only; it ends with the others.
+            shutdown.cancelled().await;
             return;
         }
         loop {
