@@ -510,3 +510,110 @@ async fn bad_reconciliation_input_gets_the_json_error_contract_and_changes_nothi
     assert_eq!(after["data"][0]["resolution_note"], "a test charge at the terminal, voided");
     suite.stop().await;
 }
+
+/// The benchmark (`--run-ignored only`): 100,000 completed payments seeded by SQL at a
+/// card acquirer whose report (a 100,000-line CSV) a loopback server serves; one run,
+/// fetched, staged and matched, timed. Prints the figure the book states.
+#[tokio::test]
+#[ignore = "a benchmark: run with --run-ignored only"]
+async fn bench_a_run_over_100_000_payments_matches_them_all_within_the_stated_time() {
+    const PAYMENTS: usize = 100_000;
+    let suite = Suite::start_with(SuiteOptions {
+        tweak: Some(|settings| {
+            settings.payment_processor.settlement.enabled = false;
+            settings.payment_processor.settlement.lease_ms = 600_000;
+        }),
+        ..SuiteOptions::default()
+    })
+    .await;
+    let now = chrono::Utc::now();
+    let ids: Vec<String> = (0..PAYMENTS).map(|n| format!("txn_{n:032x}")).collect();
+    let mut csv =
+        String::from("reference,operation,payment_reference,amount,currency,fee,status,settled_at\n");
+    for id in &ids {
+        csv.push_str(&format!(
+            "{id},charge,,10.00,USD,0.20,settled,{}\n",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A bare HTTP/1.1 server: whatever it is asked, the report.
+    let response = std::sync::Arc::new(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{csv}",
+            csv.len()
+        )
+        .into_bytes(),
+    );
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(&response).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    let config = paygate_testkit::gateway_config(
+        "benchcard",
+        "card",
+        format!("http://127.0.0.1:{port}/card"),
+        "bench-secret",
+        2_000,
+    );
+    paygate_testkit::register_gateway(&suite.pool, &config, None).await;
+    let seeding = std::time::Instant::now();
+    sqlx::query(
+        "INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, gateway, gateway_txn_id)
+         SELECT id, $2, 'deposit', 'completed', 10.00, 'USD', 'u-bench', 'benchcard', 'acq_' || id
+           FROM UNNEST($1::text[]) AS id",
+    )
+    .bind(&ids)
+    .bind(suite.merchant.id.as_str())
+    .execute(&suite.pool)
+    .await
+    .unwrap();
+    eprintln!("bench: seeded {PAYMENTS} payments in {:?}", seeding.elapsed());
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // the route cache reloads
+
+    let day = now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
+    let period = paygate_common::gateway::settlement::Period {
+        start: day,
+        end: day + chrono::Duration::days(1),
+    };
+    paygate_payment_processor::settlement::request(&suite.pool, "benchcard", period, "bench")
+        .await
+        .unwrap();
+    let runner = runner(&suite).await;
+    let started = std::time::Instant::now();
+    let ended = runner
+        .run_next(None, &CancellationToken::new())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(ended, Some(paygate_payment_processor::settlement::Ended::Completed));
+    let (rows, matched): (i64, i64) =
+        sqlx::query_as("SELECT rows_read, matched FROM settlement_run WHERE gateway = 'benchcard'")
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, i64::try_from(PAYMENTS).unwrap());
+    assert_eq!(matched, i64::try_from(PAYMENTS).unwrap());
+    assert_eq!(differences(&suite).await, vec![]);
+    eprintln!(
+        "bench: a settlement run over {PAYMENTS} payments (a {PAYMENTS}-line CSV): {took:?}, {:.0} lines/s",
+        PAYMENTS as f64 / took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(300), "{took:?}");
+    suite.stop().await;
+}
