@@ -617,3 +617,57 @@ async fn bench_a_run_over_100_000_payments_matches_them_all_within_the_stated_ti
     assert!(took < Duration::from_secs(300), "{took:?}");
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn the_console_asks_for_a_run_shows_the_books_and_resolves_a_difference_under_the_operators_name() {
+    let suite = Suite::start().await;
+    usd(&suite, "10.00", "completed").await;
+    suite
+        .http
+        .post(format!("{}/control/charges", suite.simulator_url))
+        .json(&json!({"gateway": "json", "reference": "txn_00000000000000000000000000000055", "amount": "3.00", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap();
+    let mut browser = crate::console::Browser::new(&suite.api_url);
+    browser.sign_in_as("Ada").await;
+    let page = browser.page("/console/settlement").await;
+    let csrf = crate::console::hidden(&page, "csrf");
+    let asked = browser
+        .post(
+            "/console/settlement/runs",
+            &[("csrf", &csrf), ("gateway", "simjson"), ("date", &today())],
+        )
+        .await;
+    assert_eq!(asked.status(), StatusCode::SEE_OTHER);
+    let run = eventually("the console's run to end", WAIT, || async {
+        let run = latest_run(&suite, "simjson").await;
+        (run["status"] == "completed").then_some(run)
+    })
+    .await;
+    assert_eq!(run["requested_by"], "console: Ada");
+    let page = browser.page("/console/settlement").await;
+    assert!(page.contains("txn_00000000000000000000000000000055"), "the open difference is listed");
+    assert!(page.contains("missing_in_paygate"));
+    assert!(page.contains("10.00"), "the day's books: charged");
+    assert!(page.contains("0.20"), "the day's books: fees");
+    let (_, open) = admin(&suite, Method::GET, "/settlement/differences", None).await;
+    let id = open["data"][0]["id"].as_i64().unwrap();
+    let resolved = browser
+        .post(
+            &format!("/console/settlement/differences/{id}/resolve"),
+            &[("csrf", &csrf), ("note", "a terminal test charge, voided")],
+        )
+        .await;
+    assert_eq!(resolved.status(), StatusCode::SEE_OTHER);
+    let (_, after) = admin(&suite, Method::GET, "/settlement/differences?status=resolved", None).await;
+    assert_eq!(after["data"][0]["resolved_by"], "console: Ada");
+    let forged = browser
+        .post(
+            "/console/settlement/runs",
+            &[("csrf", "forged"), ("gateway", "simjson"), ("date", &today())],
+        )
+        .await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    suite.stop().await;
+}
