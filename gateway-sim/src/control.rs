@@ -137,7 +137,10 @@ pub(crate) fn routes() -> Router<Sim> {
     Router::new()
         .route("/control", get(read).put(replace))
         .route("/control/release/{reference}", post(release))
-        .route("/control/charges", post(crate::settlement::unsolicited_charge))
+        .route(
+            "/control/charges",
+            post(crate::settlement::unsolicited_charge),
+        )
 }
 
 async fn read(State(sim): State<Sim>) -> Json<Control> {

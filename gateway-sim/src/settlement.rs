@@ -101,7 +101,12 @@ fn lines(sim: &Sim, gateway: Gateway, period: &Period) -> Vec<Line> {
             .filter(|(_, p)| within(p.books.at))
             .flat_map(|(reference, p)| charge_lines(reference, p))
             .collect();
-        for refund in m.refunds.booked(gateway).into_iter().filter(|r| within(r.at)) {
+        for refund in m
+            .refunds
+            .booked(gateway)
+            .into_iter()
+            .filter(|r| within(r.at))
+        {
             let copies = if refund.refunded { refund.paid } else { 1 };
             for _ in 0..copies {
                 lines.push(Line {
@@ -111,7 +116,11 @@ fn lines(sim: &Sim, gateway: Gateway, period: &Period) -> Vec<Line> {
                     amount: refund.amount.to_string(),
                     currency: refund.currency.clone(),
                     fee: "0".to_owned(),
-                    status: if refund.refunded { "settled" } else { "declined" },
+                    status: if refund.refunded {
+                        "settled"
+                    } else {
+                        "declined"
+                    },
                     settled_at: stamp(refund.at),
                 });
             }
@@ -123,16 +132,19 @@ fn lines(sim: &Sim, gateway: Gateway, period: &Period) -> Vec<Line> {
 /// `Some(response)` when the gateway's report controls say it does not answer.
 fn unavailable(sim: &Sim, gateway: Gateway) -> Option<Response> {
     let modes = sim.remember(|m| m.control.modes(gateway));
-    modes.report_unavailable.then(|| {
-        (StatusCode::SERVICE_UNAVAILABLE, "reports are unavailable").into_response()
-    })
+    modes
+        .report_unavailable
+        .then(|| (StatusCode::SERVICE_UNAVAILABLE, "reports are unavailable").into_response())
 }
 
 /// The body, cut off half-way when the gateway's report is to break off.
 fn maybe_garbled(sim: &Sim, gateway: Gateway, body: String) -> String {
     if sim.remember(|m| m.control.modes(gateway).report_garbled) {
         let half = body.len() / 2;
-        let cut = (0..=half).rev().find(|at| body.is_char_boundary(*at)).unwrap_or(0);
+        let cut = (0..=half)
+            .rev()
+            .find(|at| body.is_char_boundary(*at))
+            .unwrap_or(0);
         body[..cut].to_owned()
     } else {
         body
@@ -156,8 +168,9 @@ async fn csv_report(State(sim): State<Sim>, Query(period): Query<Period>) -> Res
     if let Some(response) = unavailable(&sim, Gateway::Card) {
         return response;
     }
-    let mut body =
-        String::from("reference,operation,payment_reference,amount,currency,fee,status,settled_at\n");
+    let mut body = String::from(
+        "reference,operation,payment_reference,amount,currency,fee,status,settled_at\n",
+    );
     for line in lines(&sim, Gateway::Card, &period) {
         body.push_str(&format!(
             "{},{},{},{},{},{},{},{}\n",
@@ -182,7 +195,9 @@ async fn csv_report(State(sim): State<Sim>, Query(period): Query<Period>) -> Res
 fn soap_period(body: &[u8]) -> Option<Period> {
     let text = std::str::from_utf8(body).ok()?;
     let field = |name: &str| {
-        let open = text.find(&format!(":{name}>")).or_else(|| text.find(&format!("<{name}>")))?;
+        let open = text
+            .find(&format!(":{name}>"))
+            .or_else(|| text.find(&format!("<{name}>")))?;
         let start = open + text[open..].find('>')? + 1;
         let end = start + text[start..].find('<')?;
         DateTime::parse_from_rfc3339(text[start..end].trim())
@@ -254,7 +269,10 @@ pub(crate) async fn unsolicited_charge(
     let charge = match charge {
         Ok(Json(charge)) => charge,
         Err(rejection) => {
-            return (rejection.status(), Json(json!({"error": rejection.body_text()})))
+            return (
+                rejection.status(),
+                Json(json!({"error": rejection.body_text()})),
+            )
                 .into_response()
         }
     };

@@ -159,9 +159,8 @@ impl Application {
             self.settings.stale_pending(),
             shutdown.clone(),
         ));
-        let settlements = tokio::spawn(
-            settlement::Runner::new(self.handler.clone()).run(shutdown.clone()),
-        );
+        let settlements =
+            tokio::spawn(settlement::Runner::new(self.handler.clone()).run(shutdown.clone()));
         let (changes, reported) = tokio::sync::mpsc::unbounded_channel();
         self.handler.breakers.report_to(changes);
         let recorder = tokio::spawn(breaker::record_changes(

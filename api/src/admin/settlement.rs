@@ -173,7 +173,11 @@ pub struct DifferenceFilter {
 #[serde(deny_unknown_fields)]
 pub struct ResolveDifference {
     /// What was found and done: 1 to 1000 characters.
-    #[schema(example = "refunded the customer at the gateway, ticket 4711", min_length = 1, max_length = 1000)]
+    #[schema(
+        example = "refunded the customer at the gateway, ticket 4711",
+        min_length = 1,
+        max_length = 1000
+    )]
     pub note: String,
     /// Who; absent: "admin token holder".
     #[schema(example = "Ada", min_length = 1, max_length = 100)]
@@ -277,7 +281,11 @@ pub(super) async fn create_run(
 }
 
 /// The runs, newest period first.
-pub async fn run_list(pool: &sqlx::PgPool, gateway: Option<&str>, limit: i64) -> sqlx::Result<Vec<RunView>> {
+pub async fn run_list(
+    pool: &sqlx::PgPool,
+    gateway: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<RunView>> {
     sqlx::query_as(
         "SELECT r.id, r.gateway, r.period_start, r.period_end, r.status, r.requested_by, r.requested_at,
                 r.started_at, r.finished_at, r.fetch_attempts, r.rows_read, r.matched, r.error,
@@ -373,7 +381,10 @@ pub(super) async fn list_differences(
         return Err(ApiError::invalid("status", "must be open, resolved or all"));
     }
     if filter.kind.as_deref().is_some_and(|k| !KINDS.contains(&k)) {
-        return Err(ApiError::invalid("kind", format!("must be one of {}", KINDS.join(", "))));
+        return Err(ApiError::invalid(
+            "kind",
+            format!("must be one of {}", KINDS.join(", ")),
+        ));
     }
     let limit = limit(filter.limit, 100, 500)?;
     let mut data = difference_list(
@@ -410,13 +421,18 @@ pub async fn resolve_difference(
     .fetch_optional(pool)
     .await?;
     if let Some(resolved) = resolved {
-        tracing::info!(difference_id = id, by = actor.as_str(), "settlement difference resolved");
+        tracing::info!(
+            difference_id = id,
+            by = actor.as_str(),
+            "settlement difference resolved"
+        );
         return Ok(resolved);
     }
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM settlement_difference WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM settlement_difference WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
     match exists {
         None => Err(ApiError::NotFound("difference")),
         Some(_) => Err(ApiError::refused(
@@ -453,11 +469,17 @@ pub(super) async fn resolve(
     let request: ResolveDifference = body(&raw)?;
     let actor = Actor::admin_api(request.operator.as_deref())?;
     let note = interventions::note("note", &request.note)?;
-    Ok(Json(resolve_difference(&state.pool, id, &actor, note).await?))
+    Ok(Json(
+        resolve_difference(&state.pool, id, &actor, note).await?,
+    ))
 }
 
 /// Each gateway's books per UTC day and currency, newest first.
-pub async fn day_list(pool: &sqlx::PgPool, gateway: Option<&str>, limit: i64) -> sqlx::Result<Vec<DayView>> {
+pub async fn day_list(
+    pool: &sqlx::PgPool,
+    gateway: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<DayView>> {
     sqlx::query_as(
         "WITH books AS (
             SELECT gateway, (settled_at AT TIME ZONE 'UTC')::date AS day, currency::text AS currency,

@@ -15,7 +15,9 @@ use super::layout::{self, at, Section};
 use super::redirect;
 use super::session::Operator;
 use crate::admin::interventions::{self, Actor};
-use crate::admin::settlement::{day_list, difference_list, request_run, resolve_difference, run_list};
+use crate::admin::settlement::{
+    day_list, difference_list, request_run, resolve_difference, run_list,
+};
 use crate::http::error::ApiError;
 use crate::AppState;
 
@@ -97,7 +99,12 @@ pub async fn show(State(state): State<AppState>, operator: Operator) -> Result<M
             }
         }
     };
-    Ok(layout::page(&operator, Section::Settlement, "Reconciliation", body))
+    Ok(layout::page(
+        &operator,
+        Section::Settlement,
+        "Reconciliation",
+        body,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,7 +147,9 @@ pub async fn resolve(
     Form(form): Form<ResolveForm>,
 ) -> Result<Response> {
     operator.check_csrf(&form.csrf)?;
-    let id: i64 = id.parse().map_err(|_| ConsoleError::NotFound("difference"))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ConsoleError::NotFound("difference"))?;
     let actor = Actor::console(&operator.name)?;
     let note = interventions::note("note", &form.note)?;
     resolve_difference(&state.pool, id, &actor, note)

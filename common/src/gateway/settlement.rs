@@ -153,7 +153,12 @@ impl RawLine {
         let bad = |what: &str, value: &str| {
             ReportError::Unreadable(format!("line {at}: {what} {value:?} is not valid"))
         };
-        let decimal = |what: &str, value: &str| value.trim().parse::<Decimal>().map_err(|_| bad(what, value));
+        let decimal = |what: &str, value: &str| {
+            value
+                .trim()
+                .parse::<Decimal>()
+                .map_err(|_| bad(what, value))
+        };
         if self.reference.trim().is_empty() {
             return Err(bad("reference", &self.reference));
         }
@@ -174,7 +179,8 @@ impl RawLine {
                 Some(fee) => decimal("fee", fee)?,
             },
             currency,
-            status: LineStatus::parse(self.status.trim()).ok_or_else(|| bad("status", &self.status))?,
+            status: LineStatus::parse(self.status.trim())
+                .ok_or_else(|| bad("status", &self.status))?,
             settled_at: DateTime::parse_from_rfc3339(self.settled_at.trim())
                 .map_err(|_| bad("settled_at", &self.settled_at))?
                 .with_timezone(&Utc),
@@ -197,7 +203,9 @@ pub(super) async fn open(
         .map_err(|e| ReportError::Unavailable(format!("{code}: {e}")))?;
     let status = response.status();
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(ReportError::Unavailable(format!("{code} answered {status}")));
+        return Err(ReportError::Unavailable(format!(
+            "{code} answered {status}"
+        )));
     }
     if !status.is_success() {
         return Err(ReportError::Unreadable(format!("{code} answered {status}")));
@@ -205,7 +213,10 @@ pub(super) async fn open(
     Ok(response)
 }
 
-async fn chunk(response: &mut reqwest::Response, code: &str) -> Result<Option<bytes::Bytes>, ReportError> {
+async fn chunk(
+    response: &mut reqwest::Response,
+    code: &str,
+) -> Result<Option<bytes::Bytes>, ReportError> {
     response
         .chunk()
         .await
@@ -300,10 +311,13 @@ pub(super) async fn read_json_list(
     let mut count = 0u64;
     while let Some(bytes) = chunk(&mut response, code).await? {
         for object in splitter.feed(&bytes)? {
-            let raw: RawLine = serde_json::from_slice(&object).map_err(|e| {
-                ReportError::Unreadable(format!("item {}: {e}", count + 1))
-            })?;
-            send(lines, raw.check(usize::try_from(count + 1).unwrap_or(usize::MAX))?).await?;
+            let raw: RawLine = serde_json::from_slice(&object)
+                .map_err(|e| ReportError::Unreadable(format!("item {}: {e}", count + 1)))?;
+            send(
+                lines,
+                raw.check(usize::try_from(count + 1).unwrap_or(usize::MAX))?,
+            )
+            .await?;
             count += 1;
         }
     }
@@ -326,7 +340,8 @@ struct ArraySplitter {
 
 impl ArraySplitter {
     fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, ReportError> {
-        let unreadable = |what: &str| Err(ReportError::Unreadable(format!("not a JSON list: {what}")));
+        let unreadable =
+            |what: &str| Err(ReportError::Unreadable(format!("not a JSON list: {what}")));
         let mut objects = Vec::new();
         for &b in bytes {
             if self.depth > 0 {
@@ -427,7 +442,9 @@ fn soap_items(body: &[u8]) -> Result<Vec<Vec<(String, String)>>, ReportError> {
     let mut saw_report = false;
     let mut buf = Vec::new();
     loop {
-        let event = reader.read_event_into(&mut buf).map_err(|e| unreadable(&e))?;
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| unreadable(&e))?;
         match event {
             Event::Start(start) => {
                 let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
@@ -508,7 +525,8 @@ mod tests {
                 ("Amount".to_owned(), "1.00".to_owned())
             ]]
         );
-        let fault = br#"<Envelope><Body><Fault><faultstring>no</faultstring></Fault></Body></Envelope>"#;
+        let fault =
+            br#"<Envelope><Body><Fault><faultstring>no</faultstring></Fault></Body></Envelope>"#;
         assert!(soap_items(fault).is_err());
     }
 

@@ -292,7 +292,10 @@ impl Gateway for SoapGateway {
                 .http
                 .post(settlement::url(call, "reports"))
                 .header("Content-Type", CONTENT_TYPE)
-                .header("SOAPAction", "\"urn:paygate:sim:payments#SettlementReport\"")
+                .header(
+                    "SOAPAction",
+                    "\"urn:paygate:sim:payments#SettlementReport\"",
+                )
                 .body(body);
             let response = settlement::open(request, call.gateway).await?;
             settlement::read_soap(response, &call.gateway.code, lines).await

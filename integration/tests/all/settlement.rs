@@ -23,7 +23,12 @@ use crate::interventions::pending;
 /// Generous: a run over a handful of payments takes well under a second.
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn admin(suite: &Suite, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn admin(
+    suite: &Suite,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let request = reqwest::Client::new()
         .request(method, format!("{}/admin/v1{path}", suite.api_url))
         .bearer_auth(ADMIN_TOKEN);
@@ -32,7 +37,10 @@ async fn admin(suite: &Suite, method: Method, path: &str, body: Option<Value>) -
         None => request,
     };
     let response = request.send().await.unwrap();
-    (response.status(), response.json().await.unwrap_or(Value::Null))
+    (
+        response.status(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 /// Replaces the simulator's controls.
@@ -73,7 +81,13 @@ fn today() -> String {
 
 /// `gateway`'s latest run, if any.
 async fn latest_run(suite: &Suite, gateway: &str) -> Value {
-    let (_, runs) = admin(suite, Method::GET, &format!("/settlement/runs?gateway={gateway}"), None).await;
+    let (_, runs) = admin(
+        suite,
+        Method::GET,
+        &format!("/settlement/runs?gateway={gateway}"),
+        None,
+    )
+    .await;
     runs["data"][0].clone()
 }
 
@@ -100,7 +114,13 @@ async fn run_today(suite: &Suite, gateway: &str) -> Value {
 
 /// Every difference (open and resolved) as `(gateway, operation, reference, kind)`.
 async fn differences(suite: &Suite) -> Vec<(String, String, String, String)> {
-    let (status, body) = admin(suite, Method::GET, "/settlement/differences?status=all&limit=500", None).await;
+    let (status, body) = admin(
+        suite,
+        Method::GET,
+        "/settlement/differences?status=all&limit=500",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["data"]
         .as_array()
@@ -132,23 +152,40 @@ async fn refund(suite: &Suite, payment: &str, amount: &str) -> String {
 }
 
 #[tokio::test]
-async fn each_kind_of_difference_made_to_happen_at_the_json_gateway_is_found_exactly_once_and_a_rerun_finds_nothing_new() {
+async fn each_kind_of_difference_made_to_happen_at_the_json_gateway_is_found_exactly_once_and_a_rerun_finds_nothing_new(
+) {
     let suite = Suite::start().await;
     let clean = usd(&suite, "10.00", "completed").await;
 
     control(&suite, json!({"gateways": {"json": {"lost_answer": true}}})).await;
     let charged_but_failed = usd(&suite, "11.00", "failed").await;
-    control(&suite, json!({"gateways": {"json": {"settle_amount_delta": "0.50"}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"settle_amount_delta": "0.50"}}}),
+    )
+    .await;
     let other_amount = usd(&suite, "12.00", "completed").await;
-    control(&suite, json!({"gateways": {"json": {"duplicate_charge": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"duplicate_charge": true}}}),
+    )
+    .await;
     let charged_twice = usd(&suite, "13.00", "completed").await;
     control(&suite, json!({"gateways": {"json": {"unbooked": true}}})).await;
     let never_booked = usd(&suite, "14.00", "completed").await;
-    control(&suite, json!({"gateways": {"json": {"booked_declined": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"booked_declined": true}}}),
+    )
+    .await;
     let booked_declined = usd(&suite, "15.00", "completed").await;
     control(&suite, json!({})).await;
     let refunded = usd(&suite, "16.00", "completed").await;
-    control(&suite, json!({"gateways": {"json": {"double_refund": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"double_refund": true}}}),
+    )
+    .await;
     let paid_twice = refund(&suite, &refunded, "5.00").await;
     control(&suite, json!({})).await;
     let refunded_once = refund(&suite, &clean, "1.00").await;
@@ -174,7 +211,14 @@ async fn each_kind_of_difference_made_to_happen_at_the_json_gateway_is_found_exa
         ("refund", paid_twice.as_str(), "duplicate_refund"),
     ]
     .into_iter()
-    .map(|(op, r, k)| ("simjson".to_owned(), op.to_owned(), r.to_owned(), k.to_owned()))
+    .map(|(op, r, k)| {
+        (
+            "simjson".to_owned(),
+            op.to_owned(),
+            r.to_owned(),
+            k.to_owned(),
+        )
+    })
     .collect();
     let found = differences(&suite).await;
     assert_eq!(found.len(), expected.len(), "each once: {found:?}");
@@ -184,7 +228,13 @@ async fn each_kind_of_difference_made_to_happen_at_the_json_gateway_is_found_exa
     let _ = refunded_once;
 
     // Both sides' evidence.
-    let (_, open) = admin(&suite, Method::GET, "/settlement/differences?kind=amount_mismatch", None).await;
+    let (_, open) = admin(
+        &suite,
+        Method::GET,
+        "/settlement/differences?kind=amount_mismatch",
+        None,
+    )
+    .await;
     let mismatch = &open["data"][0];
     assert_eq!(mismatch["paygate"]["amount"], "12.00");
     assert_eq!(mismatch["gateway_report"][0]["amount"], "12.50");
@@ -199,7 +249,8 @@ async fn each_kind_of_difference_made_to_happen_at_the_json_gateway_is_found_exa
 }
 
 #[tokio::test]
-async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_the_json_list_with_their_fees_kept() {
+async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_the_json_list_with_their_fees_kept(
+) {
     let suite = Suite::start().await;
     let soap_clean = settled_deposit(
         &suite,
@@ -207,14 +258,22 @@ async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_th
         "completed",
     )
     .await;
-    control(&suite, json!({"gateways": {"soap": {"settle_amount_delta": "-1.00"}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"soap": {"settle_amount_delta": "-1.00"}}}),
+    )
+    .await;
     let soap_short = settled_deposit(
         &suite,
         json!({"user_id": "u-de", "amount": "30.00", "currency": "EUR", "country": "DE"}),
         "completed",
     )
     .await;
-    control(&suite, json!({"gateways": {"card": {"duplicate_charge": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"card": {"duplicate_charge": true}}}),
+    )
+    .await;
     let card = |amount: &str| {
         json!({"user_id": "u-card", "amount": amount, "currency": "USD",
                "payment_method": {"type": "card", "card": {
@@ -230,7 +289,10 @@ async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_th
     assert_eq!(soap["matched"], 1);
     let card_run = run_today(&suite, "simcard").await;
     assert_eq!(card_run["status"], "completed", "{card_run}");
-    assert_eq!(card_run["rows_read"], 3, "the duplicate is a line of its own");
+    assert_eq!(
+        card_run["rows_read"], 3,
+        "the duplicate is a line of its own"
+    );
     assert_eq!(card_run["matched"], 1);
     let found: BTreeSet<_> = differences(&suite).await.into_iter().collect();
     let expected: BTreeSet<_> = [
@@ -238,7 +300,14 @@ async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_th
         ("simcard", card_twice.as_str(), "duplicate_charge"),
     ]
     .into_iter()
-    .map(|(g, r, k)| (g.to_owned(), "charge".to_owned(), r.to_owned(), k.to_owned()))
+    .map(|(g, r, k)| {
+        (
+            g.to_owned(),
+            "charge".to_owned(),
+            r.to_owned(),
+            k.to_owned(),
+        )
+    })
     .collect();
     assert_eq!(found, expected);
 
@@ -251,7 +320,13 @@ async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_th
     .await
     .unwrap();
     assert_eq!(fee.to_string(), "1.00", "2 % of 50.00");
-    let (status, days) = admin(&suite, Method::GET, "/settlement/days?gateway=simsoap", None).await;
+    let (status, days) = admin(
+        &suite,
+        Method::GET,
+        "/settlement/days?gateway=simsoap",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let day = &days["data"][0];
     assert_eq!(day["charged"], "20.00", "{day}");
@@ -264,7 +339,8 @@ async fn the_soap_report_and_the_card_acquirers_csv_are_read_and_matched_like_th
 }
 
 #[tokio::test]
-async fn an_unresolved_payment_the_report_says_was_charged_settles_from_the_report_through_the_fence() {
+async fn an_unresolved_payment_the_report_says_was_charged_settles_from_the_report_through_the_fence(
+) {
     let suite = Suite::start().await;
     // Pending at simjson after an ambiguous attempt, unresolved; the gateway's status
     // queries answer 503 (it cannot settle it), its report says it charged it.
@@ -293,7 +369,10 @@ async fn an_unresolved_payment_the_report_says_was_charged_settles_from_the_repo
 
     let run = run_today(&suite, "simjson").await;
     assert_eq!(run["status"], "completed", "{run}");
-    let record = transactions::find(&suite.pool, &payment.id).await.unwrap().unwrap();
+    let record = transactions::find(&suite.pool, &payment.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status, Status::Completed);
     let completions: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM transaction_event WHERE transaction_id = $1 AND event_type = 'transaction.completed'",
@@ -303,7 +382,13 @@ async fn an_unresolved_payment_the_report_says_was_charged_settles_from_the_repo
     .await
     .unwrap();
     assert_eq!(completions, 1);
-    let (_, resolved) = admin(&suite, Method::GET, "/settlement/differences?status=resolved", None).await;
+    let (_, resolved) = admin(
+        &suite,
+        Method::GET,
+        "/settlement/differences?status=resolved",
+        None,
+    )
+    .await;
     let settled = &resolved["data"][0];
     assert_eq!(settled["reference"], payment.id.as_str());
     assert_eq!(settled["kind"], "status_mismatch");
@@ -372,8 +457,15 @@ async fn a_run_stopped_after_its_first_batch_is_taken_up_after_its_lease_and_fin
     let first = runner(&suite).await;
     let never = CancellationToken::new();
     let ended = first.run_next(Some(1), &never).await.unwrap();
-    assert_eq!(ended, Some(paygate_payment_processor::settlement::Ended::Interrupted));
-    assert_eq!(differences(&suite).await.len(), 1, "the first batch committed");
+    assert_eq!(
+        ended,
+        Some(paygate_payment_processor::settlement::Ended::Interrupted)
+    );
+    assert_eq!(
+        differences(&suite).await.len(),
+        1,
+        "the first batch committed"
+    );
 
     let second = runner(&suite).await;
     assert_eq!(
@@ -383,14 +475,21 @@ async fn a_run_stopped_after_its_first_batch_is_taken_up_after_its_lease_and_fin
     );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let ended = second.run_next(None, &never).await.unwrap();
-    assert_eq!(ended, Some(paygate_payment_processor::settlement::Ended::Completed));
+    assert_eq!(
+        ended,
+        Some(paygate_payment_processor::settlement::Ended::Completed)
+    );
 
     let found = differences(&suite).await;
     assert_eq!(found.len(), 3, "each once: {found:?}");
     let references: BTreeSet<String> = found.into_iter().map(|d| d.2).collect();
     assert_eq!(references, ghosts.into_iter().collect());
     let (_, runs) = admin(&suite, Method::GET, "/settlement/runs", None).await;
-    assert_eq!(runs["data"][0]["matched"], 1, "the clean payment, once: {}", runs["data"][0]);
+    assert_eq!(
+        runs["data"][0]["matched"], 1,
+        "the clean payment, once: {}",
+        runs["data"][0]
+    );
     assert_eq!(runs["data"][0]["status"], "completed");
     let _ = clean;
     suite.stop().await;
@@ -399,14 +498,25 @@ async fn a_run_stopped_after_its_first_batch_is_taken_up_after_its_lease_and_fin
 #[tokio::test]
 async fn a_report_that_breaks_off_is_retried_then_shown_failed_with_nothing_of_it_applied() {
     let suite = Suite::start().await;
-    control(&suite, json!({"gateways": {"json": {"duplicate_charge": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"duplicate_charge": true}}}),
+    )
+    .await;
     let twice = usd(&suite, "13.00", "completed").await;
-    control(&suite, json!({"gateways": {"json": {"report_garbled": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"report_garbled": true}}}),
+    )
+    .await;
 
     let run = run_today(&suite, "simjson").await;
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["fetch_attempts"], 3);
-    assert!(run["error"].as_str().unwrap().contains("cannot be read"), "{run}");
+    assert!(
+        run["error"].as_str().unwrap().contains("cannot be read"),
+        "{run}"
+    );
     assert_eq!(differences(&suite).await, vec![], "nothing applied");
     let staged: i64 = sqlx::query_scalar("SELECT count(*) FROM settlement_line")
         .fetch_one(&suite.pool)
@@ -414,7 +524,11 @@ async fn a_report_that_breaks_off_is_retried_then_shown_failed_with_nothing_of_i
         .unwrap();
     assert_eq!(staged, 0);
 
-    control(&suite, json!({"gateways": {"json": {"report_unavailable": true}}})).await;
+    control(
+        &suite,
+        json!({"gateways": {"json": {"report_unavailable": true}}}),
+    )
+    .await;
     let run = run_today(&suite, "simjson").await;
     assert_eq!(run["status"], "failed");
     assert!(run["error"].as_str().unwrap().contains("503"), "{run}");
@@ -437,7 +551,8 @@ async fn bad_reconciliation_input_gets_the_json_error_contract_and_changes_nothi
         (json!({"gateway": "simjson", "date": "2999-01-01"}), "date"),
     ];
     for (body, field) in cases {
-        let (status, error) = admin(&suite, Method::POST, "/settlement/runs", Some(body.clone())).await;
+        let (status, error) =
+            admin(&suite, Method::POST, "/settlement/runs", Some(body.clone())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(error["error"]["code"], "validation_failed");
         assert_eq!(error["error"]["field"], field, "{error}");
@@ -450,7 +565,13 @@ async fn bad_reconciliation_input_gets_the_json_error_contract_and_changes_nothi
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(error["error"]["message"].as_str().unwrap().contains("extra"), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("extra"),
+        "{error}"
+    );
     let unauthenticated = suite
         .http
         .post(format!("{}/admin/v1/settlement/runs", suite.api_url))
@@ -459,7 +580,13 @@ async fn bad_reconciliation_input_gets_the_json_error_contract_and_changes_nothi
         .await
         .unwrap();
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
-    let (status, error) = admin(&suite, Method::GET, "/settlement/differences?status=maybe", None).await;
+    let (status, error) = admin(
+        &suite,
+        Method::GET,
+        "/settlement/differences?status=maybe",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error["error"]["field"], "status");
     let (status, error) = admin(
@@ -506,8 +633,17 @@ async fn bad_reconciliation_input_gets_the_json_error_contract_and_changes_nothi
     let (status, error) = admin(&suite, Method::POST, &path, Some(json!({"note": "again"}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error["error"]["code"], "already_resolved");
-    let (_, after) = admin(&suite, Method::GET, "/settlement/differences?status=resolved", None).await;
-    assert_eq!(after["data"][0]["resolution_note"], "a test charge at the terminal, voided");
+    let (_, after) = admin(
+        &suite,
+        Method::GET,
+        "/settlement/differences?status=resolved",
+        None,
+    )
+    .await;
+    assert_eq!(
+        after["data"][0]["resolution_note"],
+        "a test charge at the terminal, voided"
+    );
     suite.stop().await;
 }
 
@@ -528,8 +664,9 @@ async fn bench_a_run_over_100_000_payments_matches_them_all_within_the_stated_ti
     .await;
     let now = chrono::Utc::now();
     let ids: Vec<String> = (0..PAYMENTS).map(|n| format!("txn_{n:032x}")).collect();
-    let mut csv =
-        String::from("reference,operation,payment_reference,amount,currency,fee,status,settled_at\n");
+    let mut csv = String::from(
+        "reference,operation,payment_reference,amount,currency,fee,status,settled_at\n",
+    );
     for id in &ids {
         csv.push_str(&format!(
             "{id},charge,,10.00,USD,0.20,settled,{}\n",
@@ -583,7 +720,10 @@ async fn bench_a_run_over_100_000_payments_matches_them_all_within_the_stated_ti
     .execute(&suite.pool)
     .await
     .unwrap();
-    eprintln!("bench: seeded {PAYMENTS} payments in {:?}", seeding.elapsed());
+    eprintln!(
+        "bench: seeded {PAYMENTS} payments in {:?}",
+        seeding.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(1_000)).await; // the route cache reloads
 
     let day = now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
@@ -601,7 +741,10 @@ async fn bench_a_run_over_100_000_payments_matches_them_all_within_the_stated_ti
         .await
         .unwrap();
     let took = started.elapsed();
-    assert_eq!(ended, Some(paygate_payment_processor::settlement::Ended::Completed));
+    assert_eq!(
+        ended,
+        Some(paygate_payment_processor::settlement::Ended::Completed)
+    );
     let (rows, matched): (i64, i64) =
         sqlx::query_as("SELECT rows_read, matched FROM settlement_run WHERE gateway = 'benchcard'")
             .fetch_one(&suite.pool)
@@ -619,7 +762,8 @@ async fn bench_a_run_over_100_000_payments_matches_them_all_within_the_stated_ti
 }
 
 #[tokio::test]
-async fn the_console_asks_for_a_run_shows_the_books_and_resolves_a_difference_under_the_operators_name() {
+async fn the_console_asks_for_a_run_shows_the_books_and_resolves_a_difference_under_the_operators_name(
+) {
     let suite = Suite::start().await;
     usd(&suite, "10.00", "completed").await;
     suite
@@ -647,7 +791,10 @@ async fn the_console_asks_for_a_run_shows_the_books_and_resolves_a_difference_un
     .await;
     assert_eq!(run["requested_by"], "console: Ada");
     let page = browser.page("/console/settlement").await;
-    assert!(page.contains("txn_00000000000000000000000000000055"), "the open difference is listed");
+    assert!(
+        page.contains("txn_00000000000000000000000000000055"),
+        "the open difference is listed"
+    );
     assert!(page.contains("missing_in_paygate"));
     assert!(page.contains("10.00"), "the day's books: charged");
     assert!(page.contains("0.20"), "the day's books: fees");
@@ -660,12 +807,22 @@ async fn the_console_asks_for_a_run_shows_the_books_and_resolves_a_difference_un
         )
         .await;
     assert_eq!(resolved.status(), StatusCode::SEE_OTHER);
-    let (_, after) = admin(&suite, Method::GET, "/settlement/differences?status=resolved", None).await;
+    let (_, after) = admin(
+        &suite,
+        Method::GET,
+        "/settlement/differences?status=resolved",
+        None,
+    )
+    .await;
     assert_eq!(after["data"][0]["resolved_by"], "console: Ada");
     let forged = browser
         .post(
             "/console/settlement/runs",
-            &[("csrf", "forged"), ("gateway", "simjson"), ("date", &today())],
+            &[
+                ("csrf", "forged"),
+                ("gateway", "simjson"),
+                ("date", &today()),
+            ],
         )
         .await;
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);

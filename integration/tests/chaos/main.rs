@@ -579,8 +579,10 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
         assert_eq!(run["status"], "completed", "{gateway}: {run}");
     }
     let differences = paygate_testkit::json_of(
-        http.get(format!("{api}/admin/v1/settlement/differences?status=all&limit=500"))
-            .bearer_auth(paygate_testkit::ADMIN_TOKEN),
+        http.get(format!(
+            "{api}/admin/v1/settlement/differences?status=all&limit=500"
+        ))
+        .bearer_auth(paygate_testkit::ADMIN_TOKEN),
     )
     .await;
     assert_eq!(

@@ -32,13 +32,11 @@ impl Runner {
         let mut attempt = u32::try_from(run.fetch_attempts).unwrap_or(0);
         loop {
             attempt += 1;
-            sqlx::query(
-                "UPDATE settlement_run SET fetch_attempts = $2 WHERE id = $1",
-            )
-            .bind(run.id)
-            .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-            .execute(&self.handler.pool)
-            .await?;
+            sqlx::query("UPDATE settlement_run SET fetch_attempts = $2 WHERE id = $1")
+                .bind(run.id)
+                .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+                .execute(&self.handler.pool)
+                .await?;
             let error = match self.stage(run).await? {
                 Ok(lines) => {
                     let moved = sqlx::query(
@@ -106,7 +104,13 @@ impl Runner {
     /// the inner the report's.
     async fn stage(&self, run: &RunRow) -> anyhow::Result<Result<u64, ReportError>> {
         self.unstage(run).await?;
-        let gateway = match self.handler.routes.snapshot().gateway(&run.gateway).cloned() {
+        let gateway = match self
+            .handler
+            .routes
+            .snapshot()
+            .gateway(&run.gateway)
+            .cloned()
+        {
             Some(gateway) => gateway,
             None => match paygate_common::gateway::find(&self.handler.pool, &run.gateway).await? {
                 Some(gateway) => gateway,
@@ -142,7 +146,8 @@ impl Runner {
                 line_no += 1;
                 batch.push((line_no, line));
                 if batch.len() >= STAGE_BATCH {
-                    self.write_lines(run.id, &std::mem::take(&mut batch)).await?;
+                    self.write_lines(run.id, &std::mem::take(&mut batch))
+                        .await?;
                 }
             }
             self.write_lines(run.id, &batch).await?;

@@ -213,7 +213,8 @@ impl Runner {
         }
         for (reference, group) in by_reference {
             let charges: Vec<&Line> = group.iter().filter(|l| l.operation == "charge").collect();
-            let refund_lines: Vec<&Line> = group.iter().filter(|l| l.operation == "refund").collect();
+            let refund_lines: Vec<&Line> =
+                group.iter().filter(|l| l.operation == "refund").collect();
             if !charges.is_empty() {
                 let ours = payments
                     .get(&reference)
@@ -239,7 +240,11 @@ impl Runner {
         for found in batch.found.iter().filter(|f| f.settles.is_some()) {
             let fresh = self.record(run, found, None).await?;
             if fresh {
-                paygate_common::metrics::settlement_difference(&run.gateway, found.kind, "settled_from_report");
+                paygate_common::metrics::settlement_difference(
+                    &run.gateway,
+                    found.kind,
+                    "settled_from_report",
+                );
             }
             if let Some(id) = &found.settles {
                 self.settle_from_report(run, id).await?;
@@ -389,7 +394,11 @@ impl Runner {
             .await
             .context("finding what the report does not list")?;
             for _ in inserted {
-                paygate_common::metrics::settlement_difference(&run.gateway, "missing_at_gateway", "open");
+                paygate_common::metrics::settlement_difference(
+                    &run.gateway,
+                    "missing_at_gateway",
+                    "open",
+                );
             }
         }
         Ok(())
@@ -417,7 +426,11 @@ fn compare(
             settles,
         });
     };
-    let what = if operation == "charge" { "charged" } else { "refunded" };
+    let what = if operation == "charge" {
+        "charged"
+    } else {
+        "refunded"
+    };
     let Some(ours) = ours else {
         if !settled.is_empty() {
             differ(
@@ -438,7 +451,11 @@ fn compare(
         } else {
             "duplicate_refund"
         };
-        differ(kind, format!("the gateway {what} it {} times", settled.len()), None);
+        differ(
+            kind,
+            format!("the gateway {what} it {} times", settled.len()),
+            None,
+        );
     }
     let status = ours.status.as_str();
     match settled.first() {
@@ -452,7 +469,10 @@ fn compare(
                         "amount_mismatch",
                         format!(
                             "Paygate has {} {}; the gateway {what} {} {}",
-                            ours.amount, ours.currency.trim(), line.amount, line.currency
+                            ours.amount,
+                            ours.currency.trim(),
+                            line.amount,
+                            line.currency
                         ),
                         None,
                     );
@@ -478,10 +498,17 @@ fn compare(
                 _ => {
                     clean = false;
                     differ(
-                        if same_money { "status_mismatch" } else { "amount_mismatch" },
+                        if same_money {
+                            "status_mismatch"
+                        } else {
+                            "amount_mismatch"
+                        },
                         format!(
                             "Paygate has it {status} ({} {}); the gateway {what} {} {}",
-                            ours.amount, ours.currency.trim(), line.amount, line.currency
+                            ours.amount,
+                            ours.currency.trim(),
+                            line.amount,
+                            line.currency
                         ),
                         None,
                     );
@@ -493,7 +520,7 @@ fn compare(
                 clean = false;
                 differ(
                     "status_mismatch",
-                    format!("Paygate has it completed; the gateway's report says it declined it"),
+                    "Paygate has it completed; the gateway's report says it declined it".to_owned(),
                     None,
                 );
             }

@@ -233,11 +233,8 @@ impl Runner {
 
     /// Records the scheduled run of each enabled gateway's last finished period, once.
     async fn schedule(&self) -> anyhow::Result<()> {
-        let period = last_finished_period(
-            Utc::now(),
-            self.settings.period(),
-            self.settings.delay(),
-        );
+        let period =
+            last_finished_period(Utc::now(), self.settings.period(), self.settings.delay());
         sqlx::query(
             "INSERT INTO settlement_run (gateway, period_start, period_end, requested_by)
              SELECT code, $1, $2, 'schedule' FROM gateway WHERE enabled
@@ -322,7 +319,11 @@ impl Runner {
                     run.cursor = None;
                 }
                 fetch::Fetched::Failed => {
-                    paygate_common::metrics::settlement_run(&run.gateway, "failed", started.elapsed());
+                    paygate_common::metrics::settlement_run(
+                        &run.gateway,
+                        "failed",
+                        started.elapsed(),
+                    );
                     return Ok(Ended::Failed);
                 }
                 fetch::Fetched::Interrupted => return Ok(Ended::Interrupted),
