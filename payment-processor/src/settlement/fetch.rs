@@ -139,7 +139,9 @@ impl Runner {
             drop(sender);
             read
         };
-        let staging = async {
+        // Owns the receiver: if staging stops on an error, the report's sender sees the
+        // channel closed instead of waiting on a full one.
+        let staging = async move {
             let mut line_no: i32 = 0;
             let mut batch = Vec::with_capacity(STAGE_BATCH);
             while let Some(line) = receiver.recv().await {

@@ -336,3 +336,22 @@ impl Runner {
         Ok(ended)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_scheduled_period_is_the_last_whole_utc_day_once_the_delay_passed() {
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3_600);
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let period = last_finished_period(at("2026-12-05T01:30:00Z"), day, hour);
+        assert_eq!(period.start, at("2026-12-04T00:00:00Z"));
+        assert_eq!(period.end, at("2026-12-05T00:00:00Z"));
+        // Within the delay after midnight: the day before is still the last one due.
+        let early = last_finished_period(at("2026-12-05T00:30:00Z"), day, hour);
+        assert_eq!(early.start, at("2026-12-03T00:00:00Z"));
+    }
+}
