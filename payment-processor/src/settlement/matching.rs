@@ -267,24 +267,25 @@ impl Runner {
                 fresh.push(found.kind);
             }
         }
-        for (operation, line) in &batch.fees {
-            sqlx::query(
-                "INSERT INTO settlement_fee (gateway, operation, reference, amount, currency, fee, settled_at, run_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (gateway, operation, reference) DO UPDATE
-                    SET amount = EXCLUDED.amount, fee = EXCLUDED.fee, settled_at = EXCLUDED.settled_at",
-            )
-            .bind(&run.gateway)
-            .bind(operation)
-            .bind(&line.reference)
-            .bind(line.amount)
-            .bind(&line.currency)
-            .bind(line.fee)
-            .bind(line.settled_at)
-            .bind(run.id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // One statement for the batch's fees (a reference's first settled line).
+        let fees = &batch.fees;
+        sqlx::query(
+            "INSERT INTO settlement_fee (gateway, operation, reference, amount, currency, fee, settled_at, run_id)
+             SELECT $1, * , $8 FROM UNNEST($2::text[], $3::text[], $4::numeric[], $5::text[],
+                                        $6::numeric[], $7::timestamptz[])
+             ON CONFLICT (gateway, operation, reference) DO UPDATE
+                SET amount = EXCLUDED.amount, fee = EXCLUDED.fee, settled_at = EXCLUDED.settled_at",
+        )
+        .bind(&run.gateway)
+        .bind(fees.iter().map(|(op, _)| *op).collect::<Vec<_>>())
+        .bind(fees.iter().map(|(_, l)| l.reference.as_str()).collect::<Vec<_>>())
+        .bind(fees.iter().map(|(_, l)| l.amount).collect::<Vec<_>>())
+        .bind(fees.iter().map(|(_, l)| l.currency.as_str()).collect::<Vec<_>>())
+        .bind(fees.iter().map(|(_, l)| l.fee).collect::<Vec<_>>())
+        .bind(fees.iter().map(|(_, l)| l.settled_at).collect::<Vec<_>>())
+        .bind(run.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE settlement_run SET cursor = $2, matched = matched + $3 WHERE id = $1")
             .bind(run.id)
             .bind(last)
