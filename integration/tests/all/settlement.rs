@@ -828,3 +828,37 @@ async fn the_console_asks_for_a_run_shows_the_books_and_resolves_a_difference_un
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     suite.stop().await;
 }
+
+fn a_two_second_schedule(settings: &mut paygate_common::Settings) {
+    let settlement = &mut settings.payment_processor.settlement;
+    settlement.scheduled = true;
+    settlement.period_ms = 2_000;
+    settlement.delay_ms = 0;
+}
+
+#[tokio::test]
+async fn the_schedule_runs_each_enabled_gateways_last_finished_period_by_itself() {
+    let suite = Suite::start_with(SuiteOptions {
+        tweak: Some(a_two_second_schedule),
+        ..SuiteOptions::default()
+    })
+    .await;
+    let runs = eventually("a scheduled run of every gateway", WAIT, || async {
+        let (_, runs) = admin(&suite, Method::GET, "/settlement/runs?limit=100", None).await;
+        let done: BTreeSet<String> = runs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["requested_by"] == "schedule" && r["status"] == "completed")
+            .map(|r| r["gateway"].as_str().unwrap().to_owned())
+            .collect();
+        (done.len() == 3).then_some(runs)
+    })
+    .await;
+    let run = &runs["data"][0];
+    let start =
+        chrono::DateTime::parse_from_rfc3339(run["period_start"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(run["period_end"].as_str().unwrap()).unwrap();
+    assert_eq!((end - start).num_milliseconds(), 2_000, "{run}");
+    suite.stop().await;
+}
