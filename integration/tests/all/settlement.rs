@@ -239,12 +239,62 @@ async fn each_kind_of_difference_made_to_happen_at_the_json_gateway_is_found_exa
     assert_eq!(mismatch["paygate"]["amount"], "12.00");
     assert_eq!(mismatch["gateway_report"][0]["amount"], "12.50");
 
+    // Each open one counted once for a human (the recorder is this process's).
+    let metrics = suite
+        .http
+        .get(format!(
+            "{}/metrics",
+            suite.metrics_endpoint("payment-processor")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |kind: &str| {
+        paygate_common::metrics::scrape::sample(
+            &metrics,
+            "paygate_settlement_differences_total",
+            &[
+                ("gateway", "simjson"),
+                ("kind", kind),
+                ("resolution", "open"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(counted("status_mismatch"), 2.0);
+    assert_eq!(counted("duplicate_refund"), 1.0);
+
     // The same period again: the same run row, the same differences, nothing new.
     let again = run_today(&suite, "simjson").await;
     assert_eq!(again["id"], run["id"]);
     assert_eq!(again["status"], "completed");
     assert_eq!(again["matched"], run["matched"]);
     assert_eq!(differences(&suite).await.len(), expected.len());
+    let metrics = suite
+        .http
+        .get(format!(
+            "{}/metrics",
+            suite.metrics_endpoint("payment-processor")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let recounted = paygate_common::metrics::scrape::sample(
+        &metrics,
+        "paygate_settlement_differences_total",
+        &[
+            ("gateway", "simjson"),
+            ("kind", "status_mismatch"),
+            ("resolution", "open"),
+        ],
+    );
+    assert_eq!(recounted, Some(2.0), "not counted again");
     suite.stop().await;
 }
 
