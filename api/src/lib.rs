@@ -88,6 +88,9 @@ pub struct AppState {
     pub intake: GroupCommit<transactions::PendingPayment>,
     /// Gateway callbacks kept at one moment, committed together.
     pub callbacks: GroupCommit<transactions::NewCallback>,
+    /// Produces the commands that are not a payment's events (settlement runs asked for
+    /// by operators), straight to their topic: no database write goes with them.
+    pub producer: Producer,
 }
 
 /// Group commits of each kind running at once: one commits while the next gathers.
@@ -290,12 +293,10 @@ impl Application {
         let cvvs =
             CvvVault::connect(&settings.redis, cards.clone(), settings.cards.cvv_ttl()).await?;
         let limiter = RateLimiter::connect(&settings.redis, &settings.api.rate_limit).await?;
+        let producer = Producer::new(&settings.kafka)?;
         let readiness = Readiness::new(pool.clone())
             .with_redis(redis_connection::connect(&settings.redis).await?)
-            .with_broker(
-                Producer::new(&settings.kafka)?,
-                &settings.kafka.topics.payments_requested,
-            );
+            .with_broker(producer.clone(), &settings.kafka.topics.payments_requested);
         let api_keys = api_keys::ApiKeyCache::new(
             Duration::from_millis(settings.api.key_cache_ttl_ms),
             Duration::from_millis(settings.api.unknown_key_cache_ttl_ms),
@@ -327,6 +328,7 @@ impl Application {
                 readiness,
                 api_keys,
                 clients,
+                producer,
             },
             relay,
         })

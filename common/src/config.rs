@@ -199,15 +199,18 @@ pub struct Topics {
     pub payments_retry: String,
     pub gateway_callbacks: String,
     pub transactions_status: String,
+    /// Commands to the payment-processor's settlement runner: run a gateway's period.
+    pub settlement_commands: String,
 }
 
 impl Topics {
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             &self.payments_requested,
             &self.payments_retry,
             &self.gateway_callbacks,
             &self.transactions_status,
+            &self.settlement_commands,
         ]
     }
 
@@ -374,6 +377,8 @@ pub struct PaymentProcessorSettings {
     /// Gateways and routes are cached; reloaded on change (NOTIFY) and at least this often.
     pub route_refresh_ms: u64,
     pub breaker: BreakerSettings,
+    /// Reconciliation against the gateways' settlement reports.
+    pub settlement: SettlementSettings,
     /// Where gateways may be reached (as [`DispatcherSettings::egress_policy`]).
     pub allow_http: bool,
     pub allow_loopback: bool,
@@ -400,6 +405,54 @@ impl PaymentProcessorSettings {
 
     pub fn stale_pending(&self) -> Duration {
         Duration::from_millis(self.stale_pending_ms)
+    }
+}
+
+/// Reconciliation against the gateways' settlement reports (the payment-processor's
+/// `settlement` module).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SettlementSettings {
+    /// Whether this replica runs reconciliations at all (it still records requests
+    /// from the command topic for the replicas that do).
+    pub enabled: bool,
+    /// Whether each enabled gateway's last finished period is run by itself.
+    pub scheduled: bool,
+    /// The scheduled period's length: a day by default. Periods are aligned to the
+    /// epoch (to UTC midnight for a day); a period is run once `delay_ms` after it ends.
+    pub period_ms: u64,
+    /// How long after a period ends its report is asked for (gateways publish late).
+    pub delay_ms: u64,
+    /// How often the runner looks for runs to start or to take up again.
+    pub poll_interval_ms: u64,
+    /// How long a replica holds a run it works on before another may take it up.
+    pub lease_ms: u64,
+    /// Report references matched per committed batch.
+    pub batch_size: i64,
+    /// Fetches of a report before its run is failed.
+    pub fetch_attempts: u32,
+    /// The wait before the second fetch, doubled for each one after.
+    pub fetch_backoff_ms: u64,
+}
+
+impl SettlementSettings {
+    pub fn period(&self) -> Duration {
+        Duration::from_millis(self.period_ms.max(1))
+    }
+
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(1_000))
+    }
+
+    pub fn fetch_backoff(&self) -> Duration {
+        Duration::from_millis(self.fetch_backoff_ms)
     }
 }
 

@@ -21,6 +21,17 @@
 //!     declines, for success-rate routing;
 //!   - `latency_ms`: every answer of that gateway waits this long (instead of the
 //!     answer delay), declines included.
+//!   - books that go wrong, for reconciliation (each applies to payments and refunds
+//!     made while it is on, see [`crate::settlement`]): `lost_answer` (a payment the
+//!     amount would approve is charged, but the gateway answers a decline, and its
+//!     status queries say so too), `settle_amount_delta` (a decimal string: the charge
+//!     settles at its amount plus this), `duplicate_charge` (the charge is booked twice),
+//!     `double_refund` (each refund is paid twice), `unbooked` (approved, but missing
+//!     from the books), `booked_declined` (approved, but booked as declined);
+//!     `report_unavailable` (the settlement report answers 503) and `report_garbled`
+//!     (the report breaks off half-way).
+//! - `POST /control/charges` `{"gateway": "json", "reference", "amount", "currency"}`
+//!   books a charge nobody asked Paygate for (a charge with no payment).
 //! - `POST /control/release/{reference}` releases a stalled (`.07`) payment or refund: its held
 //!   requests answer, status queries answer normally, and its callback is sent.
 
@@ -67,6 +78,23 @@ pub(crate) struct Modes {
     pub(crate) decline_percent: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) latency_ms: Option<u64>,
+    /// Settlement-report misbehaviour, as real books go wrong (see [`crate::settlement`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) lost_answer: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) settle_amount_delta: Option<rust_decimal::Decimal>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) duplicate_charge: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) double_refund: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) unbooked: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) booked_declined: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) report_unavailable: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) report_garbled: bool,
 }
 
 impl Modes {
@@ -109,6 +137,10 @@ pub(crate) fn routes() -> Router<Sim> {
     Router::new()
         .route("/control", get(read).put(replace))
         .route("/control/release/{reference}", post(release))
+        .route(
+            "/control/charges",
+            post(crate::settlement::unsolicited_charge),
+        )
 }
 
 async fn read(State(sim): State<Sim>) -> Json<Control> {

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::callback::{self, Callback, Scheduled};
 use crate::control::Modes;
-use crate::ledger::{Charge, Payment};
+use crate::ledger::{Books, Charge, Payment};
 use crate::outcome::{Answer, DeclineReason, Scenario, Verdict};
 use crate::state::{Gateway, Sim};
 
@@ -81,6 +81,16 @@ pub(crate) async fn submit(sim: &Sim, mut submission: Submission) -> Reply {
             Verdict::Declined(DeclineReason::DoNotHonor),
         );
     }
+    // A lost answer: the gateway charges, but what reaches Paygate is a decline.
+    let charged_anyway = submission.scenario == Scenario::Approve
+        && submission.answer.verdict.takes_payment()
+        && modes.lost_answer;
+    if charged_anyway {
+        submission.answer = Answer::new(
+            submission.gateway,
+            Verdict::Declined(DeclineReason::DoNotHonor),
+        );
+    }
     let key = (submission.gateway, submission.reference.clone());
     if sim.remember(|m| m.in_flight.contains(&key)) {
         return if modes.duplicate_in_flight {
@@ -98,19 +108,25 @@ pub(crate) async fn submit(sim: &Sim, mut submission: Submission) -> Reply {
             let worker = sim.clone();
             sim.tasks.spawn(async move {
                 worker.pause(hold).await;
-                let reply = take(&worker, submission, answer_delay, modes).await;
+                let reply = take(&worker, submission, answer_delay, modes, charged_anyway).await;
                 worker.remember(|m| m.in_flight.remove(&key));
                 let _ = done.send(reply);
             });
             reply.await.unwrap_or(Reply::ProxyTimeout)
         }
-        _ => take(sim, submission, answer_delay, modes).await,
+        _ => take(sim, submission, answer_delay, modes, charged_anyway).await,
     }
 }
 
 /// Records a submit (the first for its reference charges), schedules its callback and
 /// waits to answer as its scenario and the gateway's `modes` say.
-async fn take(sim: &Sim, submission: Submission, answer_delay: Duration, modes: Modes) -> Reply {
+async fn take(
+    sim: &Sim,
+    submission: Submission,
+    answer_delay: Duration,
+    modes: Modes,
+    charged_anyway: bool,
+) -> Reply {
     let Submission {
         gateway,
         reference,
@@ -124,6 +140,10 @@ async fn take(sim: &Sim, submission: Submission, answer_delay: Duration, modes: 
         .verdict
         .takes_payment()
         .then(|| schedule(sim, scenario, answer.verdict, callback));
+    let books = Books {
+        charged_anyway,
+        ..Books::now(amount, &modes)
+    };
     let charge = Charge {
         amount,
         currency,
@@ -136,6 +156,7 @@ async fn take(sim: &Sim, submission: Submission, answer_delay: Duration, modes: 
     } else {
         (Payment::new(answer, charge), scheduled)
     };
+    let payment = payment.booked(books);
     let (entry, first) = sim.remember(|m| m.ledger.record(gateway, &reference, payment));
     if first {
         tracing::info!(?gateway, %reference, ?scenario, verdict = ?entry.answer.verdict, "payment submitted");

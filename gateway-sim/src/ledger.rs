@@ -55,6 +55,44 @@ pub(crate) struct Payment {
     settle_after: Duration,
     /// Present for a stalled (`.07`) payment, whose requests wait until it is released.
     stall: Option<Stall>,
+    /// What the gateway's books (its settlement report) say of it.
+    pub(crate) books: Books,
+}
+
+/// A payment as the gateway's books have it, which is what its settlement report lists:
+/// usually what it answered, unless a control made the books go wrong.
+#[derive(Debug, Clone)]
+pub(crate) struct Books {
+    /// When it was booked (the settlement report's `settled_at`).
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
+    /// The amount settled: the amount asked, unless `settle_amount_delta` was on.
+    pub(crate) amount: Decimal,
+    /// How many times the charge is booked: 1, 2 under `duplicate_charge`, 0 when it is
+    /// `unbooked`.
+    pub(crate) entries: u32,
+    /// Charged although the answer was a decline (`lost_answer`).
+    pub(crate) charged_anyway: bool,
+    /// Answered as taken but booked as declined (`booked_declined`).
+    pub(crate) declined: bool,
+}
+
+impl Books {
+    /// The books of a payment booked now for `amount`, as the gateway's `modes` say.
+    pub(crate) fn now(amount: Decimal, modes: &crate::control::Modes) -> Self {
+        Books {
+            at: chrono::Utc::now(),
+            amount: amount + modes.settle_amount_delta.unwrap_or_default(),
+            entries: if modes.unbooked {
+                0
+            } else if modes.duplicate_charge {
+                2
+            } else {
+                1
+            },
+            charged_anyway: false,
+            declined: modes.booked_declined,
+        }
+    }
 }
 
 struct Stall {
@@ -85,7 +123,22 @@ impl Payment {
             settles_at,
             settle_after: charge.settle_after,
             stall: None,
+            books: Books::now(charge.amount, &crate::control::Modes::default()),
         }
+    }
+
+    /// The same payment, booked as `books` says.
+    pub(crate) fn booked(self, books: Books) -> Self {
+        Payment { books, ..self }
+    }
+
+    /// Whether the gateway's books say it charged (a lost answer's decline did).
+    pub(crate) fn charged_in_books(&self) -> bool {
+        self.answer.verdict.takes_payment() || self.books.charged_anyway
+    }
+
+    pub(crate) fn currency(&self) -> &str {
+        &self.currency
     }
 
     /// A payment whose submit and status queries hang until released, with the
@@ -209,6 +262,14 @@ impl Ledger {
             .map(|p| (p.amount, p.currency.clone()))
     }
 
+    /// Every payment `gateway` booked, oldest first.
+    pub(crate) fn booked(&self, gateway: Gateway) -> impl Iterator<Item = (&str, &Payment)> {
+        self.order
+            .iter()
+            .filter(move |key| key.0 == gateway)
+            .filter_map(|key| Some((key.1.as_str(), self.payments.get(key)?)))
+    }
+
     /// How many times each gateway charged `reference`.
     fn charges(&self, reference: &str) -> BTreeMap<Gateway, u32> {
         Gateway::ALL
@@ -217,8 +278,9 @@ impl Ledger {
                 let charged = self
                     .payments
                     .get(&(gateway, reference.to_owned()))
-                    .is_some_and(|p| p.answer.verdict.takes_payment());
-                (gateway, u32::from(charged))
+                    .filter(|p| p.charged_in_books())
+                    .map_or(0, |p| p.books.entries.max(1));
+                (gateway, charged)
             })
             .collect()
     }
@@ -232,7 +294,7 @@ impl Ledger {
                 Some(Booked {
                     gateway: key.0,
                     reference: key.1.clone(),
-                    charged: payment.answer.verdict.takes_payment(),
+                    charged: payment.charged_in_books(),
                     amount: payment.amount.to_string(),
                     currency: payment.currency.clone(),
                     refunded: refunds.refunded(key.0, &key.1).to_string(),

@@ -30,7 +30,8 @@
 //!
 //! Each gateway also refunds a payment it charged (see [`refunds`]: its own magic cents,
 //! never twice per refund reference, never past the charge), and `GET /ledger` shows the
-//! money refunded per payment beside its charge.
+//! money refunded per payment beside its charge. Each gateway publishes settlement
+//! reports for any period from its books (see [`settlement`]), in its own format.
 
 mod callback;
 mod card;
@@ -42,6 +43,7 @@ mod ledger;
 mod merchant;
 mod outcome;
 mod refunds;
+mod settlement;
 mod soap;
 mod state;
 
@@ -87,6 +89,7 @@ impl Simulator {
             .merge(card::routes())
             .merge(control::routes())
             .merge(ledger::routes())
+            .merge(settlement::routes())
             .merge(merchant::routes())
             .route("/healthz", get(health::healthz))
             .with_state(sim.clone());

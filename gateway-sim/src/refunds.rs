@@ -47,6 +47,21 @@ struct Refund {
     stall: Option<watch::Sender<bool>>,
     /// A stalled refund's callback, sent on release.
     held_callback: Option<Scheduled>,
+    /// When it was booked, and how many times it was paid (2 under `double_refund`).
+    booked_at: chrono::DateTime<chrono::Utc>,
+    paid: u32,
+    currency: String,
+}
+
+/// A refund as the gateway's settlement report lists it.
+pub(crate) struct BookedRefund {
+    pub(crate) reference: String,
+    pub(crate) payment_reference: String,
+    pub(crate) amount: Decimal,
+    pub(crate) currency: String,
+    pub(crate) refunded: bool,
+    pub(crate) paid: u32,
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Every refund the gateways remember, per gateway and refund reference.
@@ -65,8 +80,28 @@ impl RefundBook {
                     && r.payment_reference == payment_reference
                     && r.answer.verdict.takes_payment()
             })
-            .map(|(_, r)| r.amount)
+            .map(|(_, r)| r.amount * Decimal::from(r.paid))
             .sum()
+    }
+
+    /// Every refund `gateway` booked, as its report lists them.
+    pub(crate) fn booked(&self, gateway: Gateway) -> Vec<BookedRefund> {
+        let mut refunds: Vec<BookedRefund> = self
+            .refunds
+            .iter()
+            .filter(|((g, _), _)| *g == gateway)
+            .map(|((_, reference), r)| BookedRefund {
+                reference: reference.clone(),
+                payment_reference: r.payment_reference.clone(),
+                amount: r.amount,
+                currency: r.currency.clone(),
+                refunded: r.answer.verdict.takes_payment(),
+                paid: r.paid,
+                at: r.booked_at,
+            })
+            .collect();
+        refunds.sort_by(|a, b| (a.at, &a.reference).cmp(&(b.at, &b.reference)));
+        refunds
     }
 
     /// How many refunds `gateway` made of `payment_reference`.
@@ -79,8 +114,9 @@ impl RefundBook {
                     && r.payment_reference == payment_reference
                     && r.answer.verdict.takes_payment()
             })
-            .count();
-        u32::try_from(made).unwrap_or(u32::MAX)
+            .map(|(_, r)| r.paid)
+            .sum::<u32>();
+        made
     }
 
     fn find(
@@ -127,7 +163,8 @@ pub(crate) async fn refund(sim: &Sim, request: RefundRequest) -> Reply {
         sim.pause(answer_delay).await;
         return Reply::Unavailable;
     }
-    let lost = control.modes(request.gateway).lost_callback;
+    let modes = control.modes(request.gateway);
+    let lost = modes.lost_callback;
     let (answer, hold, send_now) = sim.remember(|m| {
         let key = (request.gateway, request.reference.clone());
         if let Some((answer, hold)) = m.refunds.find(key.0, &key.1) {
@@ -159,6 +196,9 @@ pub(crate) async fn refund(sim: &Sim, request: RefundRequest) -> Reply {
                 answer: answer.clone(),
                 stall,
                 held_callback,
+                booked_at: chrono::Utc::now(),
+                paid: if modes.double_refund { 2 } else { 1 },
+                currency: request.currency.clone(),
             },
         );
         (answer, hold, send_now)

@@ -34,6 +34,9 @@
 //!   id) is asked of the gateway that charged its payment, under the same rules:
 //!   fenced attempts, status queries after an ambiguous answer, never failed while the
 //!   gateway may have paid it; a sweep takes up refunds without progress.
+//! - [`settlement`]: reconciliation against the gateways' settlement reports, per
+//!   gateway and period, scheduled and on demand (its command topic shares this
+//!   consumer); what a report settles goes through [`answer`] like a status answer.
 //! - [`call`]: every call to a gateway, under its concurrency limit and circuit breaker.
 //! - [`routing`], [`strategy`], [`scores`]: which gateways a payment is offered to and
 //!   in what order — the cached routing tables and policies, the strategy that orders
@@ -50,6 +53,7 @@ mod retry;
 mod route;
 pub mod routing;
 pub mod scores;
+pub mod settlement;
 pub mod strategy;
 
 use std::collections::HashMap;
@@ -97,6 +101,7 @@ impl Application {
         let topics = [
             settings.kafka.topics.payments_requested.as_str(),
             settings.kafka.topics.payments_retry.as_str(),
+            settings.kafka.topics.settlement_commands.as_str(),
         ];
         let worker = Worker::build(
             &settings,
@@ -155,6 +160,8 @@ impl Application {
             self.settings.stale_pending(),
             shutdown.clone(),
         ));
+        let settlements =
+            tokio::spawn(settlement::Runner::new(self.handler.clone()).run(shutdown.clone()));
         let (changes, reported) = tokio::sync::mpsc::unbounded_channel();
         self.handler.breakers.report_to(changes);
         let recorder = tokio::spawn(breaker::record_changes(
@@ -179,6 +186,7 @@ impl Application {
                     ("callback chaser", chaser),
                     ("sweeper", sweeper),
                     ("refund sweeper", refunds),
+                    ("settlement runner", settlements),
                     ("circuit recorder", recorder),
                 ],
                 circuits,
@@ -229,6 +237,9 @@ pub(crate) enum Step {
 
 impl Handler for PaymentHandler {
     async fn handle(&self, message: &Inbound) -> Result<(), HandlerError> {
+        if message.topic == self.topics.settlement_commands {
+            return self.handle_settlement_command(message).await;
+        }
         let (id, attempt) = if message.topic == self.topics.payments_retry {
             let retry = proto::PaymentRetry::decode(message.payload.as_slice())
                 .map_err(HandlerError::permanent)?;

@@ -86,10 +86,16 @@ pub async fn settings_on(admin_url: &str) -> Settings {
         &mut topics.payments_retry,
         &mut topics.gateway_callbacks,
         &mut topics.transactions_status,
+        &mut topics.settlement_commands,
     ] {
         *topic = format!("{run}.{topic}");
     }
     settings.outbox.poll_interval_ms = 200;
+    // Settlement runs start when a test asks, and are noticed quickly.
+    settings.payment_processor.settlement.scheduled = false;
+    settings.payment_processor.settlement.poll_interval_ms = 200;
+    settings.payment_processor.settlement.lease_ms = 5_000;
+    settings.payment_processor.settlement.fetch_backoff_ms = 100;
     // A relay killed holding a claim delays its rows by the lease: keep it short (it
     // must outlast a produce's timeout, so that is short too).
     settings.kafka.message_timeout_ms = 8_000;

@@ -311,6 +311,10 @@ pub fn service_env(s: &Settings) -> Vec<(String, String)> {
             topics.gateway_callbacks.clone(),
         ),
         (
+            "KAFKA__TOPICS__SETTLEMENT_COMMANDS",
+            topics.settlement_commands.clone(),
+        ),
+        (
             "KAFKA__TOPICS__TRANSACTIONS_STATUS",
             topics.transactions_status.clone(),
         ),
@@ -319,6 +323,22 @@ pub fn service_env(s: &Settings) -> Vec<(String, String)> {
             s.outbox.poll_interval_ms.to_string(),
         ),
         ("OUTBOX__LEASE_MS", s.outbox.lease_ms.to_string()),
+        (
+            "PAYMENT_PROCESSOR__SETTLEMENT__SCHEDULED",
+            s.payment_processor.settlement.scheduled.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__SETTLEMENT__POLL_INTERVAL_MS",
+            s.payment_processor.settlement.poll_interval_ms.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__SETTLEMENT__LEASE_MS",
+            s.payment_processor.settlement.lease_ms.to_string(),
+        ),
+        (
+            "PAYMENT_PROCESSOR__SETTLEMENT__FETCH_BACKOFF_MS",
+            s.payment_processor.settlement.fetch_backoff_ms.to_string(),
+        ),
         (
             "KAFKA__MESSAGE_TIMEOUT_MS",
             s.kafka.message_timeout_ms.to_string(),

@@ -13,7 +13,8 @@
 //! [`endpoint_records`], tested by [`endpoint_ping`]), [`limits`] (payout limits),
 //! [`customers`], [`gateways`], [`routing`] (`/routes`), [`strategies`] (`/routing`:
 //! strategies and rules per route set), [`attention`] (what needs a human), [`payments`] (operators'
-//! actions on payments) and [`outbox`] (its set-aside events). Beside them, what only
+//! actions on payments), [`outbox`] (its set-aside events) and [`settlement`]
+//! (reconciliation runs against the gateways' reports, their differences and books). Beside them, what only
 //! operators (and the demo seed) reach: creating merchants and their credentials
 //! ([`merchants`]), interventions on payments Paygate cannot settle alone
 //! ([`interventions`], the console's too) and the demo seed ([`demo`]).
@@ -34,6 +35,7 @@ mod new_merchant;
 mod outbox;
 mod payments;
 mod routing;
+pub mod settlement;
 mod strategies;
 mod webhook_keys;
 mod webhooks;
@@ -106,7 +108,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(payments::resolve_review))
         .routes(routes!(outbox::set_aside))
         .routes(routes!(outbox::resend))
-        .routes(routes!(limits::set_limits, limits::limits));
+        .routes(routes!(limits::set_limits, limits::limits))
+        .routes(routes!(settlement::create_run, settlement::list_runs))
+        .routes(routes!(settlement::list_differences))
+        .routes(routes!(settlement::resolve))
+        .routes(routes!(settlement::list_days));
     for item in router.get_openapi_mut().paths.paths.values_mut() {
         [
             &mut item.get,

@@ -54,6 +54,7 @@ pub enum Section {
     Routing,
     Merchants,
     Attention,
+    Settlement,
 }
 
 fn head(title: &str) -> Markup {
@@ -87,6 +88,7 @@ pub fn page(operator: &Operator, section: Section, title: &str, body: Markup) ->
         (Section::Routing, "/console/routing", "Routing"),
         (Section::Merchants, "/console/merchants", "Merchants"),
         (Section::Attention, "/console/attention", "Needs a human"),
+        (Section::Settlement, "/console/settlement", "Reconciliation"),
     ];
     html! {
         (DOCTYPE)

@@ -1,6 +1,7 @@
 //! The operator console at `/console`: server-rendered pages that answer "is money
 //! flowing, and what needs me?" — an overview, the transactions with each one's whole
-//! life, the gateways with their circuits and routes, and what needs a human.
+//! life, the gateways with their circuits and routes, what needs a human, and the
+//! reconciliation of each gateway's settlement reports ([`settlement`]).
 //!
 //! It reads the same tables as the admin API and steers through the same functions
 //! (gateway enable/disable, webhook replay, operators' actions on payments). Pages are HTML from [`maud`], made better
@@ -22,6 +23,7 @@ pub mod merchants;
 pub mod overview;
 pub mod routing;
 pub mod session;
+pub mod settlement;
 pub mod transactions;
 
 use axum::extract::State;
@@ -62,6 +64,12 @@ pub fn router(state: AppState) -> Router {
         .route("/console/gateways/{code}/switch", post(gateways::switch))
         .route("/console/routing", get(routing::show).post(routing::save))
         .route("/console/attention", get(attention::show))
+        .route("/console/settlement", get(settlement::show))
+        .route("/console/settlement/runs", post(settlement::run))
+        .route(
+            "/console/settlement/differences/{id}/resolve",
+            post(settlement::resolve),
+        )
         .route("/console/merchants", get(merchants::show))
         .route(
             "/console/merchants/{id}/endpoints",

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{base, exchange, refused, server_error, unreadable, JSON_ACK};
+use super::settlement::{self, Period, ReportError, ReportLine};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
     Outcome, PaymentMethod, PaymentOrder, RefundOrder,
@@ -110,6 +111,20 @@ impl Gateway for CardAcquirer {
                 Ok((status, _)) if !status.is_success() => server_error(code, status),
                 Ok((status, body)) => read_refund_answer(code, status, &body),
             }
+        })
+    }
+
+    /// `GET <base>/settlements.csv?from=…&to=…`: a CSV file, read line by line.
+    fn settlement_report<'a>(
+        &'a self,
+        call: Call<'a>,
+        period: Period,
+        lines: &'a tokio::sync::mpsc::Sender<ReportLine>,
+    ) -> BoxFuture<'a, Result<u64, ReportError>> {
+        Box::pin(async move {
+            let url = settlement::url(call, &format!("settlements.csv?{}", period.query()));
+            let response = settlement::open(call.http.get(url), call.gateway).await?;
+            settlement::read_csv(response, &call.gateway.code, lines).await
         })
     }
 

@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::http::{base, exchange, refused, server_error, unreadable, JSON_ACK};
+use super::settlement::{self, Period, ReportError, ReportLine};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
     Outcome, PaymentMethod, PaymentOrder, RefundOrder,
@@ -94,6 +95,20 @@ impl Gateway for JsonGateway {
 
     fn query_refund<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome> {
         Box::pin(ask(call, "refunds", reference))
+    }
+
+    /// `GET <base>/settlements?from=…&to=…`: a JSON list, read object by object.
+    fn settlement_report<'a>(
+        &'a self,
+        call: Call<'a>,
+        period: Period,
+        lines: &'a tokio::sync::mpsc::Sender<ReportLine>,
+    ) -> BoxFuture<'a, Result<u64, ReportError>> {
+        Box::pin(async move {
+            let url = settlement::url(call, &format!("settlements?{}", period.query()));
+            let response = settlement::open(call.http.get(url), call.gateway).await?;
+            settlement::read_json_list(response, &call.gateway.code, lines).await
+        })
     }
 
     fn callback_identity(&self, body: &[u8]) -> Result<CallbackIdentity, CallbackParseError> {

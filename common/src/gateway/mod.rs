@@ -1,6 +1,7 @@
 //! Payment gateways: what Paygate asks of one, and an adapter per protocol that speaks
 //! it. Each adapter — one module here — submits a payment, asks for the status of our
 //! reference, refunds a payment it charged and asks for the status of that refund,
+//! fetches the gateway's settlement report for a period ([`settlement`]),
 //! verifies and reads the gateway's callbacks, and acknowledges them in the
 //! gateway's own format. Everything else (the payment-processor, the api's callback
 //! intake, the callback-processor) speaks only to the [`Gateway`] trait, through the
@@ -19,6 +20,7 @@ mod http;
 mod json;
 pub mod legacy;
 pub mod policy;
+pub mod settlement;
 mod soap;
 mod store;
 
@@ -75,6 +77,17 @@ pub trait Gateway: Send + Sync {
 
     /// Asks the gateway what became of the refund `reference`.
     fn query_refund<'a>(&'a self, call: Call<'a>, reference: &'a str) -> BoxFuture<'a, Outcome>;
+
+    /// Fetches the gateway's settlement report for `period` and sends its lines into
+    /// `lines` as they are read (see [`settlement`]); returns how many it sent. A report
+    /// that breaks off is an error after some lines were sent: the reader must treat a
+    /// failed report as nothing.
+    fn settlement_report<'a>(
+        &'a self,
+        call: Call<'a>,
+        period: settlement::Period,
+        lines: &'a tokio::sync::mpsc::Sender<settlement::ReportLine>,
+    ) -> BoxFuture<'a, Result<u64, settlement::ReportError>>;
 
     /// Checks a callback's signature before anything in it is read. Every gateway
     /// Paygate speaks to signs with `X-Paygate-Signature`; an adapter whose gateway signs

@@ -15,6 +15,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::http::{exchange, refused, server_error, unreadable};
+use super::settlement::{self, Period, ReportError, ReportLine};
 use super::{
     BoxFuture, Call, CallbackIdentity, CallbackNotice, CallbackParseError, CallbackResult, Gateway,
     Outcome, PaymentMethod, PaymentOrder, RefundOrder,
@@ -268,6 +269,36 @@ impl Gateway for SoapGateway {
         Box::pin(async move {
             self.call(call, &Operation::QueryRefund(QueryPayment { reference }))
                 .await
+        })
+    }
+
+    /// `SettlementReport {From, To}` posted to `<base>/reports`: a SOAP report.
+    fn settlement_report<'a>(
+        &'a self,
+        call: Call<'a>,
+        period: Period,
+        lines: &'a tokio::sync::mpsc::Sender<ReportLine>,
+    ) -> BoxFuture<'a, Result<u64, ReportError>> {
+        Box::pin(async move {
+            let stamp = |at: chrono::DateTime<chrono::Utc>| {
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            };
+            let body = format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="{ENVELOPE_NS}" xmlns:pay="{PAYMENTS_NS}"><soap:Body><pay:SettlementReport><pay:From>{}</pay:From><pay:To>{}</pay:To></pay:SettlementReport></soap:Body></soap:Envelope>"#,
+                stamp(period.start),
+                stamp(period.end)
+            );
+            let request = call
+                .http
+                .post(settlement::url(call, "reports"))
+                .header("Content-Type", CONTENT_TYPE)
+                .header(
+                    "SOAPAction",
+                    "\"urn:paygate:sim:payments#SettlementReport\"",
+                )
+                .body(body);
+            let response = settlement::open(request, call.gateway).await?;
+            settlement::read_soap(response, &call.gateway.code, lines).await
         })
     }
 

@@ -226,6 +226,27 @@ fn review_label(reason: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// A difference a settlement run found for the first time, by `kind` (one of the
+/// fixed kinds, else `other`) and `resolution`: `open` (it needs a human) or
+/// `settled_from_report` (the report settled an unresolved payment).
+pub fn settlement_difference(gateway: &str, kind: &'static str, resolution: &'static str) {
+    counter!(
+        "paygate_settlement_differences_total",
+        "gateway" => gateway.to_owned(),
+        "kind" => kind,
+        "resolution" => resolution
+    )
+    .increment(1);
+}
+
+/// A settlement run that ended: `completed` or `failed`.
+pub fn settlement_run(gateway: &str, outcome: &'static str, took: Duration) {
+    counter!("paygate_settlement_runs_total", "gateway" => gateway.to_owned(), "outcome" => outcome)
+        .increment(1);
+    histogram!("paygate_settlement_run_seconds", "gateway" => gateway.to_owned())
+        .record(took.as_secs_f64());
+}
+
 /// A definite gateway answer that arrived after the payment had moved on.
 pub fn late_answer(outcome: &'static str) {
     counter!("paygate_gateway_late_answers_total", "outcome" => outcome).increment(1);

@@ -6,5 +6,6 @@ mod card;
 mod controls;
 mod json;
 mod refunds;
+mod settlement;
 mod soap;
 mod support;

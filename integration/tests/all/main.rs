@@ -29,6 +29,7 @@ mod payouts;
 mod refunds;
 mod routing;
 mod routing_policies;
+mod settlement;
 mod shutdown;
 mod tls_hops;
 mod trace_context;

@@ -101,8 +101,8 @@ async fn init_migrates_even_with_migrate_on_start_off_and_creates_every_topic_wi
     assert_eq!(topics, expected);
     assert_eq!(
         expected.len(),
-        8,
-        "four topics and their dead-letter topics"
+        10,
+        "five topics (the settlement commands too) and their dead-letter topics"
     );
     let client: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)

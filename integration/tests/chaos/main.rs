@@ -12,6 +12,7 @@
 //!   failed yet charged, nothing left without an owner);
 //! - every status a payment reached was delivered to the merchant under exactly one
 //!   webhook id, and no payment's final state was ever followed by another status;
+//! - every gateway's settlement report for the day, reconciled, finds no difference;
 //! - the dead-letter topics hold only the stalled payments and payments sent while the
 //!   gateway was overloaded (left unresolved until it answered);
 //! - completed deposits are refunded (in part) while the faults land: every refund
@@ -163,6 +164,32 @@ pub(crate) async fn send(
 /// Refunds 1.00 of `payment` until the api accepts it, with the same `Idempotency-Key`
 /// every time (a refund stored before its answer was lost is answered again, not made
 /// twice). Returns the refund's id.
+/// Asks for a settlement run of `gateway`'s UTC day and waits until it ended.
+async fn reconcile_today(http: &reqwest::Client, api: &str, gateway: &str) -> Value {
+    let asked = http
+        .post(format!("{api}/admin/v1/settlement/runs"))
+        .bearer_auth(paygate_testkit::ADMIN_TOKEN)
+        .json(&json!({"gateway": gateway, "date": chrono::Utc::now().date_naive().to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), StatusCode::ACCEPTED);
+    eventually(
+        &format!("the settlement run of {gateway}"),
+        Duration::from_secs(60),
+        || async {
+            let runs = paygate_testkit::json_of(
+                http.get(format!("{api}/admin/v1/settlement/runs?gateway={gateway}"))
+                    .bearer_auth(paygate_testkit::ADMIN_TOKEN),
+            )
+            .await;
+            let run = runs["data"][0].clone();
+            (run["status"] == "completed" || run["status"] == "failed").then_some(run)
+        },
+    )
+    .await
+}
+
 async fn refund(http: &reqwest::Client, api: &str, key: &str, payment: &str) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -544,6 +571,25 @@ async fn while_every_part_of_paygate_dies_and_returns_no_payment_is_lost_charged
     // Every gateway's books agree with Paygate's, refunds included.
     paygate_testkit::assert_money_invariant(&pool, &[&simulator], paygate_testkit::Moment::Settled)
         .await;
+
+    // And by the gateways' own settlement reports: a reconciliation of each gateway's
+    // day finds nothing unexplained.
+    for gateway in ["simjson", "simsoap", "simcard"] {
+        let run = reconcile_today(&http, &api, gateway).await;
+        assert_eq!(run["status"], "completed", "{gateway}: {run}");
+    }
+    let differences = paygate_testkit::json_of(
+        http.get(format!(
+            "{api}/admin/v1/settlement/differences?status=all&limit=500"
+        ))
+        .bearer_auth(paygate_testkit::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(
+        differences["data"],
+        json!([]),
+        "the gateways' reports agree with Paygate's books"
+    );
 
     // The dead-letter topics hold the stalled payments, maybe payments that met the
     // overloaded gateway (unresolved until it answered), and nothing else.
