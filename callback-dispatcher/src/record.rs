@@ -112,6 +112,9 @@ impl BatchHandler for StatusHandler {
     /// merchant that wants its type (no types: all; `refund.*`: a family), and one to
     /// the payment's own notification_url. The ids are random rather than time-ordered
     /// (they are made here, one per row): only a tie-break on equal due times uses them.
+    /// The payment is found by its id alone (`OFFSET 0` keeps the merchant check out of
+    /// the look-up): given both, the planner read the merchant's whole index of
+    /// payments for each event.
     async fn apply(&self, batch: &[Scheduled]) -> Result<(), HandlerError> {
         let column = |f: fn(&Scheduled) -> &str| batch.iter().map(f).collect::<Vec<_>>();
         let inserted: Vec<String> = sqlx::query_scalar(
@@ -132,10 +135,12 @@ impl BatchHandler for StatusHandler {
                                          WHERE wanted.t = e.kind
                                             OR (right(wanted.t, 2) = '.*' AND starts_with(e.kind, left(wanted.t, -1)))))
                      UNION ALL
-                     SELECT NULL, t.notification_url
-                       FROM transaction t
-                      WHERE t.id = e.transaction_id AND t.merchant_id = e.merchant_id
-                        AND t.notification_url IS NOT NULL) AS target
+                     SELECT NULL, n.url
+                       FROM (SELECT t.notification_url AS url, t.merchant_id
+                               FROM transaction t
+                              WHERE t.id = e.transaction_id
+                             OFFSET 0) AS n
+                      WHERE n.merchant_id = e.merchant_id AND n.url IS NOT NULL) AS target
              ON CONFLICT DO NOTHING
              RETURNING event_id",
         )

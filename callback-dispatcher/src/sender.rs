@@ -208,6 +208,15 @@ impl Sender {
     /// of due deliveries at one endpoint would otherwise fill every claim's window and
     /// starve the others. Deliveries with no endpoint (notification URLs) come from the
     /// same index, keyed by their URL.
+    ///
+    /// Whether an earlier version waits is asked with `IS NOT DISTINCT FROM` on the
+    /// endpoint, never `=`: an equality joins the endpoint to the outer one's id, and
+    /// under statistics taken while the table was nearly empty (a fresh database in a
+    /// burst, before autovacuum's first analyze) the planner then answered it by reading
+    /// every pending delivery of the endpoint for each candidate — 450,000 buffers and
+    /// 1–7 s a claim at one busy endpoint, which held the whole dispatcher to one claim
+    /// a second. Without it the only way in is `webhook_delivery_pending_version`
+    /// (8 ms for the same claim under the same statistics).
     async fn claim(
         &self,
         room: usize,
@@ -234,7 +243,7 @@ impl Sender {
                        WHERE d.endpoint_id = w.id
                          AND d.status = 'pending' AND d.next_attempt_at <= now()
                          AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
-                                          WHERE e.transaction_id = d.transaction_id AND e.endpoint_id = d.endpoint_id
+                                          WHERE e.transaction_id = d.transaction_id AND e.endpoint_id IS NOT DISTINCT FROM d.endpoint_id
                                             AND e.status = 'pending' AND e.version < d.version)
                        ORDER BY d.next_attempt_at
                        LIMIT $6) d
@@ -302,7 +311,7 @@ impl Sender {
                    FROM webhook_delivery d JOIN probed p ON p.id = d.endpoint_id
                   WHERE d.status = 'pending'
                     AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
-                                     WHERE e.transaction_id = d.transaction_id AND e.endpoint_id = d.endpoint_id
+                                     WHERE e.transaction_id = d.transaction_id AND e.endpoint_id IS NOT DISTINCT FROM d.endpoint_id
                                        AND e.status = 'pending' AND e.version < d.version)
                   ORDER BY d.endpoint_id, d.created_at, d.id
              )

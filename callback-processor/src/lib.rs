@@ -166,7 +166,12 @@ impl BatchHandler for CallbackHandler {
     async fn apply(&self, batch: &[Received]) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for received in batch {
+        // In the order of their payments, as every batch that locks payments takes them
+        // (`group_commit::Write::lock_order`): two batches never wait for each other in
+        // a circle.
+        let mut ordered: Vec<&Received> = batch.iter().collect();
+        ordered.sort_by_key(|received| received.transaction_id.as_str());
+        for received in ordered {
             let applied = self
                 .apply_one(&mut tx, received)
                 .instrument(received.span.clone())

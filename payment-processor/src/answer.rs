@@ -7,9 +7,11 @@
 
 use paygate_common::domain::Status;
 use paygate_common::gateway::{GatewayRecord, Outcome, PaymentMethod};
+use paygate_common::group_commit::Write;
 use paygate_common::kafka::HandlerError;
 use paygate_common::metrics;
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
+use sqlx::PgConnection;
 
 use crate::{PaymentHandler, Step};
 
@@ -52,15 +54,23 @@ impl PaymentHandler {
             if !waits_on(&current, gateway, outcome) {
                 break;
             }
-            let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-            match moves(&mut tx, &current, gateway, outcome).await {
+            // Committed with the other answers of this moment.
+            let written = self
+                .moves
+                .write(Move {
+                    seen: current.clone(),
+                    gateway: gateway.clone(),
+                    outcome: outcome.clone(),
+                })
+                .await
+                .map_err(HandlerError::transient)?;
+            match written {
                 Ok(None) => return Ok(()),
-                Ok(Some(record)) => return self.moved(tx, &record).await,
-                Err(TransitionError::Database(error)) => {
-                    return Err(HandlerError::transient(error))
+                Ok(Some(record)) => {
+                    self.announce_moved(&record).await;
+                    return Ok(());
                 }
                 Err(error) => {
-                    drop(tx);
                     tracing::info!(transaction_id = %seen.id, %error, "changed concurrently; reading it again");
                     current = transactions::find(&self.pool, &seen.id)
                         .await
@@ -139,9 +149,14 @@ impl PaymentHandler {
         paygate_common::outbox::commit(tx)
             .await
             .map_err(HandlerError::transient)?;
+        self.announce_moved(record).await;
+        Ok(())
+    }
+
+    /// What follows a committed move: the log line, and a card's CVV forgotten.
+    async fn announce_moved(&self, record: &TransactionRecord) {
         tracing::info!(transaction_id = %record.id, status = %record.status, version = record.version, "transaction moved");
         self.forget_cvv(record).await;
-        Ok(())
     }
 
     /// Authorised or refused: a card's CVV is not kept a moment longer.
@@ -150,6 +165,37 @@ impl PaymentHandler {
             if let Err(error) = self.cvvs.forget(&record.id).await {
                 tracing::warn!(transaction_id = %record.id, error = %format!("{error:#}"), "could not delete a CVV; it expires");
             }
+        }
+    }
+}
+
+/// A gateway's definite answer applied to the payment last seen as `seen`: its status
+/// changes and the callbacks that waited for them announced, as a write that shares its
+/// commit with the other answers of its moment (`group_commit`). A fence that refuses
+/// the first change is an output (nothing written); the changes after it cannot be
+/// refused, since the first holds the row's lock.
+pub(crate) struct Move {
+    seen: TransactionRecord,
+    gateway: GatewayRecord,
+    outcome: Outcome,
+}
+
+impl Write for Move {
+    type Output = Result<Option<TransactionRecord>, TransitionError>;
+    const ONE_STATEMENT: bool = false;
+
+    fn lock_order(&self) -> Option<&str> {
+        Some(self.seen.id.as_str())
+    }
+
+    async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Self::Output> {
+        match moves(conn, &self.seen, &self.gateway, &self.outcome).await {
+            Ok(Some(record)) => {
+                transactions::announce_parked_callbacks(conn, &record.id).await?;
+                Ok(Ok(Some(record)))
+            }
+            Err(TransitionError::Database(error)) => Err(error),
+            refused_or_nothing => Ok(refused_or_nothing),
         }
     }
 }

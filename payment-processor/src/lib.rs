@@ -196,8 +196,8 @@ impl Application {
     }
 }
 
-/// Group commits of attempts running at once: one commits while the next gathers.
-const ATTEMPT_GROUPS_AT_ONCE: usize = 2;
+/// Group commits of each kind running at once: one commits while the next gathers.
+const GROUPS_AT_ONCE: usize = 2;
 
 /// Routes one payment; cheap to clone (everything inside is shared).
 #[derive(Clone)]
@@ -206,6 +206,8 @@ pub struct PaymentHandler {
     /// Attempts at gateways, each committed (with the others of its moment) before
     /// its gateway is asked.
     attempts: GroupCommit<transactions::Attempt>,
+    /// Gateways' definite answers applied, committed with the others of their moment.
+    moves: GroupCommit<answer::Move>,
     locks: Locks,
     http: reqwest::Client,
     routes: RouteTable,
@@ -299,7 +301,8 @@ impl PaymentHandler {
             routes: RouteTable::load(&pool)
                 .await
                 .context("loading gateways and routes")?,
-            attempts: GroupCommit::new(pool.clone(), ATTEMPT_GROUPS_AT_ONCE),
+            attempts: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
+            moves: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
             pool,
             locks,
             // rustls with the configured roots, no redirects, no proxy, and every

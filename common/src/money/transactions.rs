@@ -650,6 +650,10 @@ pub struct Attempt {
 impl crate::group_commit::Write for Attempt {
     type Output = Result<TransactionRecord, TransitionError>;
 
+    fn lock_order(&self) -> Option<&str> {
+        Some(self.seen.id.as_str())
+    }
+
     async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Self::Output> {
         match record_attempt(conn, &self.seen, &self.gateway, self.routing.clone()).await {
             Err(TransitionError::Database(error)) => Err(error),

@@ -1,15 +1,17 @@
-//! Group commit for writes that answer a request: the single-statement writes that
-//! concurrent requests ask for at one moment (a payment's intake, a gateway's callback,
-//! an attempt at a gateway) run in one database transaction, committed and flushed
+//! Group commit for writes that answer a request: the writes that concurrent requests
+//! ask for at one moment (a payment's intake, a gateway's callback, an attempt at a
+//! gateway, a gateway's answer applied) run in one database transaction, committed and flushed
 //! once, and each request is answered after that commit — durable before anyone is
 //! told, as when each committed on its own. A commit's flush is what a write waits for
 //! on a busy machine (PostgreSQL's `WALWrite`), so sharing it is what lets more writes
 //! through. A write that fails fails its batch (rolled back whole); each write of it is
 //! then done alone, so one bad write never takes another with it.
 //!
-//! A [`Write`] must be one statement that either writes all it means to or nothing
-//! (its own refusals — a key taken, a version moved — are outputs, not errors), since a
-//! batch's writes share one database transaction without a savepoint each.
+//! A [`Write`] either writes all it means to or nothing (its own refusals — a key
+//! taken, a version moved before its first change — are outputs, not errors), since a
+//! batch's writes share one database transaction without a savepoint each; one of
+//! several statements says so ([`Write::ONE_STATEMENT`]) and runs in a transaction of
+//! its own when done alone.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +24,18 @@ use crate::batch::{Batch, Collector};
 pub trait Write: Send + Sync + 'static {
     type Output: Send + 'static;
 
-    /// Runs the write's one statement on `conn` (inside the batch's transaction).
+    /// Whether the write is one statement. One that is not runs in a database
+    /// transaction of its own when it is done alone; one that is runs as it is.
+    const ONE_STATEMENT: bool = true;
+
+    /// The row the write locks, if it changes one that others change too (a payment's
+    /// id): a batch takes its writes in this order, so two batches that lock the same
+    /// rows lock them in the same order and never wait for each other in a circle.
+    fn lock_order(&self) -> Option<&str> {
+        None
+    }
+
+    /// Runs the write on `conn` (inside the batch's transaction).
     fn write(
         &self,
         conn: &mut PgConnection,
@@ -74,16 +87,24 @@ impl<W: Write> Batch for Writes<W> {
     type Error = sqlx::Error;
 
     async fn together(&self, writes: &[W]) -> sqlx::Result<Vec<W::Output>> {
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by_key(|&i| writes[i].lock_order());
         let mut tx = self.pool.begin().await?;
-        let mut outputs = Vec::with_capacity(writes.len());
-        for write in writes {
-            outputs.push(write.write(&mut tx).await?);
+        let mut outputs: Vec<Option<W::Output>> = writes.iter().map(|_| None).collect();
+        for i in order {
+            outputs[i] = Some(writes[i].write(&mut tx).await?);
         }
         crate::outbox::commit(tx).await?;
-        Ok(outputs)
+        Ok(outputs.into_iter().flatten().collect())
     }
 
     async fn alone(&self, write: &W) -> sqlx::Result<W::Output> {
+        if !W::ONE_STATEMENT {
+            let mut tx = self.pool.begin().await?;
+            let output = write.write(&mut tx).await?;
+            crate::outbox::commit(tx).await?;
+            return Ok(output);
+        }
         let mut conn = self.pool.acquire().await?;
         let output = write.write(&mut conn).await?;
         crate::outbox::committed();
