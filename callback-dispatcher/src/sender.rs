@@ -68,7 +68,16 @@ pub struct Sender {
     wake: Arc<Notify>,
     /// Spaces the requests to endpoints that have a rate limit, across dispatchers.
     limiter: RateLimiter,
+    /// When a slow claim last had the deliveries analyzed (unix milliseconds).
+    analyzed_at_ms: std::sync::atomic::AtomicU64,
 }
+
+/// A claim slower than this has its table's statistics refreshed (see
+/// `Sender::refresh_statistics`); a healthy claim takes milliseconds.
+const SLOW_CLAIM: Duration = Duration::from_millis(250);
+
+/// The most often a slow claim analyzes the deliveries.
+const ANALYZE_AT_MOST_EVERY: Duration = Duration::from_secs(30);
 
 /// A claimed delivery with what signs it.
 #[derive(sqlx::FromRow)]
@@ -148,6 +157,7 @@ impl Sender {
             probe_interval: Duration::from_millis(settings.probe_interval_ms),
             wake,
             limiter,
+            analyzed_at_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -222,6 +232,7 @@ impl Sender {
         room: usize,
         in_flight: &HashMap<String, usize>,
     ) -> anyhow::Result<Vec<Due>> {
+        let started = std::time::Instant::now();
         let limit = self.endpoint_concurrency;
         let (busy, counts): (Vec<&str>, Vec<i64>) = in_flight
             .iter()
@@ -233,7 +244,7 @@ impl Sender {
             .filter(|(_, n)| **n >= limit)
             .map(|(m, _)| m.as_str())
             .collect();
-        sqlx::query_as(&format!(
+        let claimed = sqlx::query_as(&format!(
             "WITH candidate AS (
                  SELECT d.id, d.endpoint_key, d.next_attempt_at
                    FROM webhook_endpoint w
@@ -288,7 +299,48 @@ impl Sender {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .context("claiming due webhook deliveries")
+        .context("claiming due webhook deliveries");
+        if started.elapsed() >= SLOW_CLAIM {
+            self.refresh_statistics().await;
+        }
+        claimed
+    }
+
+    /// Analyzes the deliveries after a slow claim, at most once per
+    /// [`ANALYZE_AT_MOST_EVERY`]. A fresh database that fills faster than autovacuum's
+    /// first look (a minute by default) plans the claim for an empty table: under such
+    /// statistics the claim's per-candidate checks ran as full index scans, 1.1 million
+    /// buffers and 5 s a claim with 6,000 deliveries waiting. Best effort: a role that
+    /// may not analyze the table is told so by PostgreSQL (a warning), and autovacuum
+    /// catches up in the end.
+    async fn refresh_statistics(&self) {
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+        let last = self
+            .analyzed_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let every = u64::try_from(ANALYZE_AT_MOST_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now_ms.saturating_sub(last) < every
+            || self
+                .analyzed_at_ms
+                .compare_exchange(
+                    last,
+                    now_ms,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        match sqlx::query("ANALYZE webhook_delivery")
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => tracing::info!("a slow claim: the deliveries' statistics were refreshed"),
+            Err(error) => {
+                tracing::warn!(%error, "a slow claim, and the deliveries could not be analyzed")
+            }
+        }
     }
 
     /// Claims one probe per disabled endpoint whose probe is due: its oldest pending
