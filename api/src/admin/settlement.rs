@@ -321,10 +321,8 @@ pub(super) async fn list_runs(
 ) -> Result<Json<Page<RunView>>> {
     let filter = query(filter)?;
     let limit = limit(filter.limit, 20, 100)?;
-    let mut data = run_list(&state.pool, filter.gateway.as_deref(), limit + 1).await?;
-    let has_more = data.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(Json(Page { data, has_more }))
+    let rows = run_list(&state.pool, filter.gateway.as_deref(), limit + 1).await?;
+    Ok(Json(Page::of_one_extra(rows, limit)))
 }
 
 const DIFFERENCE_COLUMNS: &str = "id, run_id, gateway, operation, reference, kind, detail, paygate, gateway_report, found_at, resolved_at, resolved_by, resolution_note";
@@ -387,7 +385,7 @@ pub(super) async fn list_differences(
         ));
     }
     let limit = limit(filter.limit, 100, 500)?;
-    let mut data = difference_list(
+    let rows = difference_list(
         &state.pool,
         status,
         filter.gateway.as_deref(),
@@ -396,9 +394,7 @@ pub(super) async fn list_differences(
         limit + 1,
     )
     .await?;
-    let has_more = data.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(Json(Page { data, has_more }))
+    Ok(Json(Page::of_one_extra(rows, limit)))
 }
 
 /// Resolves an open difference with `note`, recording who and when. A difference
@@ -533,8 +529,6 @@ pub(super) async fn list_days(
 ) -> Result<Json<Page<DayView>>> {
     let filter = query(filter)?;
     let limit = limit(filter.limit, 20, 100)?;
-    let mut data = day_list(&state.pool, filter.gateway.as_deref(), limit + 1).await?;
-    let has_more = data.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(Json(Page { data, has_more }))
+    let rows = day_list(&state.pool, filter.gateway.as_deref(), limit + 1).await?;
+    Ok(Json(Page::of_one_extra(rows, limit)))
 }

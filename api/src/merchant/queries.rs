@@ -39,6 +39,18 @@ impl<T> Page<T> {
             has_more: false,
         }
     }
+
+    /// A page of at most `limit` from `rows` read with `limit + 1`: the extra row, when
+    /// there is one, only says that more follow.
+    pub fn of_one_extra(mut rows: Vec<T>, limit: i64) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Page {
+            data: rows,
+            has_more,
+        }
+    }
 }
 
 /// Filters and the cursor of `GET /v1/transactions`.
