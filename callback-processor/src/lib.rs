@@ -200,6 +200,9 @@ impl BatchHandler for CallbackHandler {
                     .map(|o| o.reason.as_deref())
                     .collect::<Vec<_>>(),
             )
+            // Planned for the table as it is now: a plan kept from a fresh database
+            // joins the batch to a sequential scan of every callback ever received.
+            .persistent(false)
             .execute(&mut *tx)
             .await
             .map_err(HandlerError::transient)?;

@@ -5,7 +5,8 @@
 //! Every number is an aggregate over an index, never a pass over every transaction:
 //! the chart reads the last hour of `transaction_final_recent` (only payments that
 //! reached a final state, by when they did), the backlog reads the outbox's
-//! `transaction_event_unpublished` and the dispatcher's `webhook_delivery_due`, and the
+//! `transaction_event_unpublished` and the dispatcher's pending deliveries
+//! (`webhook_delivery_due_by_endpoint`, which holds only those), and the
 //! counts read their partial indexes (`transaction_unresolved`, `transaction_review`,
 //! `webhook_delivery_failed`, `gateway_callback_rejected`). The backlog is the
 //! outbox's (events committed, not yet on their topic) and the webhook queue's, read

@@ -348,12 +348,13 @@ async fn fenced_attempt(
         "UPDATE refund
             SET attempted_at = CASE WHEN $3 THEN COALESCE(attempted_at, now()) END,
                 version = version + 1, updated_at = now()
-          WHERE id = $1 AND version = $2 AND status = 'pending'
+          WHERE id = $1 AND version = $2 AND status = $4
       RETURNING {COLUMNS}"
     ))
     .bind(seen.id.as_str())
     .bind(seen.version)
     .bind(attempted)
+    .bind(Status::Pending.as_str())
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| RefundTransitionError::Stale(seen.id.clone()))?;
@@ -380,10 +381,11 @@ pub async fn mark_unresolved<'e>(
     sqlx::query(
         "UPDATE refund
             SET unresolved_since = COALESCE(unresolved_since, now()), unresolved_reason = $2
-          WHERE id = $1 AND status IN ('pending', 'processing')",
+          WHERE id = $1 AND status = ANY($3)",
     )
     .bind(id.as_str())
     .bind(reason)
+    .bind(vec![Status::Pending.as_str(), Status::Processing.as_str()])
     .execute(executor)
     .await?;
     Ok(())

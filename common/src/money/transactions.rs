@@ -468,9 +468,10 @@ pub fn push_page(sql: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &PageQ
         sql.push(" AND created_at < ").push_bind(before);
     }
     if let Some((key, value)) = query.metadata {
-        // Containment, so `transaction_metadata` (jsonb_path_ops) can answer it.
+        // Containment, so `transaction_metadata` (jsonb_path_ops, payments with
+        // metadata only) can answer it; containing a key implies being non-empty.
         let wanted = serde_json::json!({ key: value }).to_string();
-        sql.push(" AND metadata @> ")
+        sql.push(" AND metadata <> '{}'::jsonb AND metadata @> ")
             .push_bind(wanted)
             .push("::jsonb");
     }
@@ -714,11 +715,11 @@ async fn fenced_pending_update(
              UPDATE transaction
                 SET gateway = $3, attempted_at = $4, attempted_gateways = $5,
                     version = $6, updated_at = $7
-              WHERE id = $1 AND version = $2 AND status = 'pending'
+              WHERE id = $1 AND version = $2 AND status = $12
           RETURNING id
          )
          INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload, published_at)
-         SELECT $8, id, $6, $9, 'pending', $10, $11, now() FROM moved",
+         SELECT $8, id, $6, $9, $12, $10, $11, now() FROM moved",
     )
     .bind(seen.id.as_str())
     .bind(seen.version)
@@ -731,6 +732,7 @@ async fn fenced_pending_update(
     .bind(event.event_type)
     .bind(event.destination.as_str())
     .bind(&event.payload)
+    .bind(Status::Pending.as_str())
     .execute(&mut *conn)
     .await?;
     if moved.rows_affected() != 1 {
@@ -768,11 +770,12 @@ pub async fn mark_unresolved(
         "UPDATE transaction
             SET unresolved_since = COALESCE(unresolved_since, now()), unresolved_checked_at = now(),
                 unresolved_reason = $2
-          WHERE id = $1 AND status = 'pending'
+          WHERE id = $1 AND status = $3
       RETURNING unresolved_since = now()",
     )
     .bind(id.as_str())
     .bind(reason)
+    .bind(Status::Pending.as_str())
     .fetch_optional(&mut *conn)
     .await?;
     if newly == Some(true) {
@@ -972,10 +975,11 @@ pub async fn next_status_check<'e>(
         "UPDATE transaction
             SET status_checks = status_checks + 1,
                 status_check_at = now() + make_interval(secs => $2)
-          WHERE id = $1 AND status = 'processing'",
+          WHERE id = $1 AND status = $3",
     )
     .bind(id.as_str())
     .bind(after.as_secs_f64())
+    .bind(Status::Processing.as_str())
     .execute(executor)
     .await?;
     Ok(())

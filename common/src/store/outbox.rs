@@ -473,6 +473,9 @@ impl Relay {
             .bind(&errors)
             .bind(&self.id)
             .bind(&published.unknown_topic)
+            // A join to the batch: planned for the outbox as it is (a broker outage is
+            // when it is large), never a plan kept from an empty table.
+            .persistent(false)
             .execute(&self.pool)
             .await?;
         }

@@ -26,6 +26,7 @@ mod openapi;
 mod operators;
 mod outbox;
 mod payouts;
+mod plans;
 mod refunds;
 mod routing;
 mod routing_policies;
