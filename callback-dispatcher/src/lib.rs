@@ -15,6 +15,7 @@
 //! the same `webhook-id`, which is how merchants deduplicate.
 
 pub mod attempt;
+pub mod delivered;
 pub mod limit;
 pub mod record;
 pub mod sender;

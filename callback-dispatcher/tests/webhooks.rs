@@ -303,6 +303,46 @@ async fn a_failing_endpoint_is_retried_on_schedule_then_delivered_once_under_one
     assert_eq!(codes, [Some(500), Some(503), Some(502), Some(200)]);
 }
 
+/// A 2xx from an endpoint that was failing is not recorded with the plain 2xx answers
+/// of its moment (`delivered.rs`): it goes through the full record, which makes the
+/// endpoint healthy again, so a failure days later starts a new failing spell instead
+/// of disabling it at once.
+#[tokio::test]
+async fn an_endpoint_that_answers_again_after_failing_is_healthy_once_more() {
+    let fixture = Fixture::new(|s| {
+        s.callback_dispatcher.retry_delays_ms = vec![200, 200];
+    })
+    .await;
+    let receiver = WebhookReceiver::scripted(vec![StatusCode::INTERNAL_SERVER_ERROR.into()]).await;
+    let (merchant, _) = fixture.merchant(&receiver.url).await;
+    let transaction = fixture.transaction(&merchant).await;
+    let delivery = fixture.delivery(&merchant, &transaction, 1).await;
+    let failing = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT failing_since IS NOT NULL FROM webhook_endpoint WHERE merchant_id = $1 AND is_primary",
+        )
+        .bind(&merchant)
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap()
+    };
+    fixture.start_sender().await;
+
+    eventually(
+        "the delivery to succeed on its retry",
+        Duration::from_secs(20),
+        || async {
+            (fixture.status(&delivery.id).await == ("delivered".to_owned(), 2)).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !failing().await,
+        "the endpoint's failing spell ended with its 2xx"
+    );
+    assert!(!fixture.endpoint_disabled(&merchant).await);
+}
+
 #[tokio::test]
 async fn a_gone_endpoint_is_disabled_then_probed_and_sent_what_it_missed_in_order() {
     let fixture = Fixture::new(|s| {
