@@ -39,5 +39,7 @@ pub use simulator::{
     route_everything_to_simulator, start_simulator, SIM_CARD_SECRET, SIM_JSON_SECRET,
     SIM_SOAP_SECRET, TEST_TIMINGS,
 };
-pub use suite::{attempted_gateways, service_env, Running, Service, Suite, SuiteOptions};
+pub use suite::{
+    attempted_gateways, plain_deposit, service_env, Running, Service, Suite, SuiteOptions,
+};
 pub use tls::{TestPki, TlsFront};

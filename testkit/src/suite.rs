@@ -421,3 +421,23 @@ pub fn service_env(s: &Settings) -> Vec<(String, String)> {
     .map(|(name, value)| (format!("PAYGATE__{name}"), value))
     .collect()
 }
+
+/// A plain USD deposit of `amount` by `merchant`'s user `user_id` (no country, card,
+/// reference or metadata), for tests that write payments straight to the database.
+pub fn plain_deposit(
+    merchant: &paygate_common::domain::MerchantId,
+    amount: &str,
+    user_id: &str,
+) -> paygate_common::transactions::NewTransaction {
+    use paygate_common::domain::{Currency, Kind, Money};
+    paygate_common::transactions::NewTransaction {
+        merchant_id: merchant.clone(),
+        kind: Kind::Deposit,
+        money: Money::parse(amount, "USD".parse::<Currency>().expect("USD")).expect("an amount"),
+        user_id: user_id.to_owned(),
+        country: None,
+        reference: None,
+        card: None,
+        metadata: Default::default(),
+    }
+}

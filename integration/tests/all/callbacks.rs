@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use paygate_common::domain::{Currency, Kind, Money};
 use paygate_common::signature::callback;
-use paygate_common::transactions::{self, Change, NewTransaction};
+use paygate_common::transactions::{self, Change};
 use paygate_testkit::{
-    eventually, read_topic, PrivateRedis, Running, Suite, SuiteOptions, SIM_JSON_SECRET,
+    eventually, plain_deposit, read_topic, PrivateRedis, Running, Suite, SuiteOptions,
+    SIM_JSON_SECRET,
 };
 use serde_json::json;
 
@@ -19,21 +19,9 @@ async fn processing(suite: &Suite, amount: &str) -> String {
 /// A transaction already `processing` at `gateway`.
 async fn processing_at(suite: &Suite, amount: &str, gateway: &str) -> String {
     let mut tx = suite.pool.begin().await.unwrap();
-    let created = transactions::create(
-        &mut tx,
-        NewTransaction {
-            merchant_id: suite.merchant.id.clone(),
-            kind: Kind::Deposit,
-            money: Money::parse(amount, "USD".parse::<Currency>().unwrap()).unwrap(),
-            user_id: "race".to_owned(),
-            country: None,
-            reference: None,
-            card: None,
-            metadata: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let created = transactions::create(&mut tx, plain_deposit(&suite.merchant.id, amount, "race"))
+        .await
+        .unwrap();
     let attempted = transactions::record_attempt(&mut tx, &created, gateway, None)
         .await
         .unwrap();

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use paygate_common::domain::{Currency, Kind, Money, Status};
-use paygate_common::transactions::{self, Change, NewTransaction, TransactionRecord};
+use paygate_common::domain::Status;
+use paygate_common::transactions::{self, Change, TransactionRecord};
 use paygate_testkit::{
-    eventually, json_of, route_everything_to_simulator, Running, Service, Suite, SuiteOptions,
-    ADMIN_TOKEN,
+    eventually, json_of, plain_deposit, route_everything_to_simulator, Running, Service, Suite,
+    SuiteOptions, ADMIN_TOKEN,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -25,21 +25,9 @@ pub(crate) async fn pending(
     gateway: Option<&str>,
 ) -> TransactionRecord {
     let mut tx = pool.begin().await.unwrap();
-    let mut record = transactions::create(
-        &mut tx,
-        NewTransaction {
-            merchant_id: merchant.clone(),
-            kind: Kind::Deposit,
-            money: Money::parse("21.00", "USD".parse::<Currency>().unwrap()).unwrap(),
-            user_id: "u-ops".to_owned(),
-            country: None,
-            reference: None,
-            card: None,
-            metadata: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let mut record = transactions::create(&mut tx, plain_deposit(merchant, "21.00", "u-ops"))
+        .await
+        .unwrap();
     if let Some(gateway) = gateway {
         record = transactions::record_attempt(&mut tx, &record, gateway, None)
             .await

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use paygate_common::domain::{Kind, MerchantId};
+use paygate_common::domain::MerchantId;
 use paygate_common::kafka::headers;
 use paygate_common::outbox::Relay;
-use paygate_common::transactions::{self, NewTransaction};
+use paygate_common::transactions;
 use paygate_common::Settings;
 use paygate_testkit::{
-    eventually, pool, read_topic, route_everything_to_simulator, settings, start_simulator,
-    Running, WebhookReceiver,
+    eventually, plain_deposit, pool, read_topic, route_everything_to_simulator, settings,
+    start_simulator, Running, WebhookReceiver,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -243,21 +243,9 @@ async fn a_relay_killed_between_publish_and_mark_is_published_again_and_the_paym
         .unwrap();
     settings.api.public_url = format!("http://127.0.0.1:{}", api.port());
     let mut tx = pool.begin().await.unwrap();
-    let payment = transactions::create(
-        &mut tx,
-        NewTransaction {
-            merchant_id: merchant.id.clone(),
-            kind: Kind::Deposit,
-            money: paygate_common::domain::Money::parse("12.00", "USD".parse().unwrap()).unwrap(),
-            user_id: "u-1".to_owned(),
-            country: None,
-            reference: None,
-            card: None,
-            metadata: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let payment = transactions::create(&mut tx, plain_deposit(&merchant.id, "12.00", "u-1"))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let id = payment.id.to_string();
 

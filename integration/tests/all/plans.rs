@@ -8,9 +8,9 @@
 //! plan forced on a database never analyzed, and the test reads which indexes its
 //! database transaction scanned.
 
-use paygate_common::domain::{Kind, Money, TransactionId};
-use paygate_common::transactions::{self, NewTransaction};
-use paygate_testkit::{pool, route_everything_to_simulator, settings};
+use paygate_common::domain::TransactionId;
+use paygate_common::transactions;
+use paygate_testkit::{plain_deposit, pool, route_everything_to_simulator, settings};
 use sqlx::PgConnection;
 
 /// The indexes of `transaction` this database transaction scanned, with how often.
@@ -40,16 +40,7 @@ async fn on_a_fresh_database_a_payments_attempt_unresolved_mark_and_status_check
         let mut tx = pool.begin().await.unwrap();
         let payment = transactions::create(
             &mut tx,
-            NewTransaction {
-                merchant_id: merchant.id.clone(),
-                kind: Kind::Deposit,
-                money: Money::parse("12.00", "USD".parse().unwrap()).unwrap(),
-                user_id: format!("u-{n}"),
-                country: None,
-                reference: None,
-                card: None,
-                metadata: Default::default(),
-            },
+            plain_deposit(&merchant.id, "12.00", &format!("u-{n}")),
         )
         .await
         .unwrap();
