@@ -83,8 +83,7 @@ impl Batch for Records {
         .bind(items.iter().map(|d| d.claimed).collect::<Vec<_>>())
         .bind(items.iter().map(|d| d.status_code).collect::<Vec<_>>())
         .bind(items.iter().map(|d| d.duration_ms).collect::<Vec<_>>())
-        // Bound, not a literal: see `sender::PENDING`.
-        .bind("pending")
+        .bind(crate::sender::PENDING)
         // A join to the batch: planned for the deliveries as they are now.
         .persistent(false)
         .fetch_all(&self.pool)

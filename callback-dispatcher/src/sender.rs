@@ -79,7 +79,7 @@ pub struct Sender {
 /// delivery by its id: a literal `status = 'pending'` there lets a generic plan made on a
 /// fresh database walk a pending-only index instead of the primary key (see
 /// `integration/tests/all/plans.rs`).
-const PENDING: &str = "pending";
+pub(crate) const PENDING: &str = "pending";
 
 /// A claim slower than this has its table's statistics refreshed (see
 /// `Sender::refresh_statistics`); a healthy claim takes milliseconds.
