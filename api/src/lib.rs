@@ -93,9 +93,6 @@ pub struct AppState {
     pub producer: Producer,
 }
 
-/// Group commits of each kind running at once: one commits while the next gathers.
-const GROUPS_AT_ONCE: usize = 2;
-
 /// Every route the api documents, and the document they make. Each handler's
 /// `#[utoipa::path]` gives its path and method, and `routes!` registers the handler in
 /// the router and its operation in the document together: a route added here is
@@ -315,8 +312,8 @@ impl Application {
             metrics_listener,
             admin_listener,
             state: AppState {
-                intake: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
-                callbacks: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
+                intake: GroupCommit::new(pool.clone()),
+                callbacks: GroupCommit::new(pool.clone()),
                 pool,
                 settings: Arc::new(settings),
                 cards,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use paygate_common::batch::{Batch, Collector};
+use paygate_common::batch::{Batch, Collector, AT_ONCE};
+use paygate_common::group_commit::MAX_GROUP;
 
 /// A delivered attempt, as it is recorded.
 pub struct Delivered {
@@ -29,14 +30,10 @@ pub struct DeliveredRecords {
     collector: Collector<Records>,
 }
 
-/// Groups of at most this many, at most two at once.
-const MAX_GROUP: usize = 64;
-const GROUPS_AT_ONCE: usize = 2;
-
 impl DeliveredRecords {
     pub fn new(pool: PgPool) -> Self {
         DeliveredRecords {
-            collector: Collector::new(Arc::new(Records { pool }), MAX_GROUP, GROUPS_AT_ONCE),
+            collector: Collector::new(Arc::new(Records { pool }), MAX_GROUP, AT_ONCE),
         }
     }
 

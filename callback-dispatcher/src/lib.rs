@@ -35,9 +35,6 @@ use paygate_common::Settings;
 pub use record::StatusHandler;
 pub use sender::Sender;
 
-/// Batches of deliveries recorded at once: one applies while the next gathers.
-pub const BATCHES_AT_ONCE: usize = 2;
-
 pub struct Application {
     worker: Worker,
     handler: Batched<StatusHandler>,
@@ -79,7 +76,7 @@ impl Application {
                 wake: wake.clone(),
             },
             settings.kafka.max_in_flight,
-            BATCHES_AT_ONCE,
+            paygate_common::batch::AT_ONCE,
         );
         let http = http_client(&settings, resolver)?;
         let keys = settings.secrets.key_ring()?;

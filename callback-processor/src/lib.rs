@@ -47,9 +47,6 @@ use paygate_common::service::{Listen, Worker};
 use paygate_common::transactions::{self, Change, TransactionRecord, TransitionError};
 use paygate_common::Settings;
 
-/// Batches of callbacks applied at once: one applies while the next gathers.
-const BATCHES_AT_ONCE: usize = 2;
-
 pub struct Application {
     worker: Worker,
     handler: Batched<CallbackHandler>,
@@ -75,7 +72,7 @@ impl Application {
                 gateways: GatewayCache::default(),
             },
             settings.kafka.max_in_flight,
-            BATCHES_AT_ONCE,
+            paygate_common::batch::AT_ONCE,
         );
         Ok(Application { worker, handler })
     }

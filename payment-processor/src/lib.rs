@@ -196,9 +196,6 @@ impl Application {
     }
 }
 
-/// Group commits of each kind running at once: one commits while the next gathers.
-const GROUPS_AT_ONCE: usize = 2;
-
 /// Routes one payment; cheap to clone (everything inside is shared).
 #[derive(Clone)]
 pub struct PaymentHandler {
@@ -301,8 +298,8 @@ impl PaymentHandler {
             routes: RouteTable::load(&pool)
                 .await
                 .context("loading gateways and routes")?,
-            attempts: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
-            moves: GroupCommit::new(pool.clone(), GROUPS_AT_ONCE),
+            attempts: GroupCommit::new(pool.clone()),
+            moves: GroupCommit::new(pool.clone()),
             pool,
             locks,
             // rustls with the configured roots, no redirects, no proxy, and every

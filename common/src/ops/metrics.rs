@@ -151,7 +151,8 @@ pub fn message(topic: &str, outcome: MessageOutcome, took: Duration) {
     }
 }
 
-/// A consumer applied a batch of `messages` together (see `kafka::batch`).
+/// A batch of `messages` was applied together, in one database commit (see `batch`):
+/// a consumer's messages, a group commit's writes or the dispatcher's 2xx records.
 pub fn batch_applied(messages: usize) {
     histogram!("paygate_consumer_batch_messages").record(messages as f64);
 }

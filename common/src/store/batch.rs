@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics;
 
+/// Batches one collector applies at once: one applies while the next gathers.
+pub const AT_ONCE: usize = 2;
+
 /// Work that can be done a batch at a time.
 pub trait Batch: Send + Sync + 'static {
     type Item: Send + Sync + 'static;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::batch::{Batch, Collector};
+use crate::batch::{Batch, Collector, AT_ONCE};
 
 /// One write, owning what it writes.
 pub trait Write: Send + Sync + 'static {
@@ -55,18 +55,19 @@ impl<W: Write> Clone for GroupCommit<W> {
     }
 }
 
-/// Groups of at most this many writes.
+/// Groups of at most this many writes (the dispatcher records its 2xx answers in groups
+/// of the same bound).
 pub const MAX_GROUP: usize = 64;
 
 impl<W: Write> GroupCommit<W> {
-    /// Commits groups on `pool`, at most `concurrent` at once (each holds a connection).
-    pub fn new(pool: PgPool, concurrent: usize) -> Self {
+    /// Commits groups on `pool`, [`AT_ONCE`] at the most (each holds a connection).
+    pub fn new(pool: PgPool) -> Self {
         let writes = Arc::new(Writes {
             pool,
             kind: std::marker::PhantomData,
         });
         GroupCommit {
-            collector: Arc::new(Collector::new(writes, MAX_GROUP, concurrent)),
+            collector: Arc::new(Collector::new(writes, MAX_GROUP, AT_ONCE)),
         }
     }
 
