@@ -237,6 +237,150 @@ impl crate::group_commit::Write for PendingPayment {
     async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Intake> {
         create_at_once(conn, &self.record, self.card.as_ref(), self.answer.as_ref()).await
     }
+
+    /// The batch in one statement ([`create_all_at_once`]), but for a payment whose
+    /// `Idempotency-Key` an earlier one of the batch also holds: it is written after, on
+    /// its own, so it finds the key taken, as it would in a batch of its own.
+    async fn write_all(writes: &[&Self], conn: &mut PgConnection) -> sqlx::Result<Vec<Intake>> {
+        let mut keys = std::collections::HashSet::new();
+        let (together, after): (Vec<usize>, Vec<usize>) = (0..writes.len()).partition(|&i| {
+            writes[i].answer.as_ref().is_none_or(|answer| {
+                keys.insert((writes[i].record.merchant_id.as_str(), answer.key.as_str()))
+            })
+        });
+        let mut outputs = vec![Intake::KeyTaken; writes.len()];
+        let chosen: Vec<&PendingPayment> = together.iter().map(|&i| writes[i]).collect();
+        for (i, intake) in together.iter().zip(create_all_at_once(conn, &chosen).await?) {
+            outputs[*i] = intake;
+        }
+        for i in after {
+            outputs[i] = writes[i].write(conn).await?;
+        }
+        Ok(outputs)
+    }
+}
+
+/// [`create_at_once`] for many payments in one statement (no two with the same
+/// `Idempotency-Key`): each is written, or left to the careful path, as it would be
+/// alone. What each became, in their order.
+async fn create_all_at_once(
+    conn: &mut PgConnection,
+    payments: &[&PendingPayment],
+) -> sqlx::Result<Vec<Intake>> {
+    if payments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = || payments.iter().map(|p| &p.record);
+    let cards = || payments.iter().map(|p| p.card.as_ref());
+    let answers = || payments.iter().map(|p| p.answer.as_ref());
+    let event_ids: Vec<EventId> = payments.iter().map(|_| EventId::new()).collect();
+    let rows: Vec<(bool, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::text[], $12::bytea[], $13::bool[], $14::timestamptz[],
+                                  $15::bytea[], $16::text[], $17::bytea[], $18::int[], $19::text[],
+                                  $20::bytea[], $21::text[], $22::text[], $23::text[], $24::bool[],
+                                  $25::text[])
+                    WITH ORDINALITY
+                    AS i(id, merchant_id, kind, amount, currency, user_id, country, reference,
+                         payment_method, card_masked, card_key_id, card_ciphertext, cvv_given,
+                         created_at, payload, key, request_hash, status_code, headers, body,
+                         event_id, metadata, pinned, gateway_fallback, notification_url, ord)
+         ), guarded AS (
+             SELECT i.*, NOT EXISTS (SELECT 1 FROM merchant_payout_limit l
+                                      WHERE l.merchant_id = i.merchant_id
+                                        AND l.currency = i.currency) AS free
+               FROM input i
+         ), kept AS (
+             INSERT INTO idempotency_key (merchant_id, key, request_hash, status_code,
+                                          response_headers, response_body)
+             SELECT merchant_id, key, request_hash, status_code, headers::jsonb, body
+               FROM guarded WHERE key IS NOT NULL AND free
+              ORDER BY merchant_id, key
+             ON CONFLICT (merchant_id, key) DO NOTHING
+             RETURNING merchant_id, key
+         ), created AS (
+             INSERT INTO transaction (id, merchant_id, kind, status, amount, currency, user_id, country,
+                                      reference, payment_method, card_masked, card_key_id, card_ciphertext,
+                                      card_cvv_given, created_at, updated_at, metadata, pinned_gateways,
+                                      gateway_fallback, notification_url)
+             SELECT g.id, g.merchant_id, g.kind, 'pending', g.amount, g.currency, g.user_id, g.country,
+                    g.reference, g.payment_method, g.card_masked, g.card_key_id, g.card_ciphertext,
+                    COALESCE(g.cvv_given, false), g.created_at, g.created_at, g.metadata::jsonb,
+                    CASE WHEN g.pinned IS NOT NULL
+                         THEN ARRAY(SELECT jsonb_array_elements_text(g.pinned::jsonb)) END,
+                    g.gateway_fallback, g.notification_url
+               FROM guarded g
+              WHERE g.free AND (g.key IS NULL OR EXISTS (SELECT 1 FROM kept k
+                                                          WHERE k.merchant_id = g.merchant_id
+                                                            AND k.key = g.key))
+             RETURNING id
+         ), announced AS (
+             INSERT INTO transaction_event (id, transaction_id, version, event_type, status, destination, payload)
+             SELECT g.event_id, g.id, 1, $26, 'pending', $27, g.payload
+               FROM guarded g JOIN created c ON c.id = g.id
+         )
+         SELECT g.free, EXISTS (SELECT 1 FROM created c WHERE c.id = g.id)
+           FROM guarded g ORDER BY g.ord",
+    )
+    .bind(records().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.merchant_id.as_str()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.amount).collect::<Vec<_>>())
+    .bind(records().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.country.as_deref()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.reference.as_deref()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.payment_method.as_str()).collect::<Vec<_>>())
+    .bind(cards().map(|c| c.map(|c| c.masked.as_str())).collect::<Vec<_>>())
+    .bind(cards().map(|c| c.map(|c| c.key_id.as_str())).collect::<Vec<_>>())
+    .bind(cards().map(|c| c.map(|c| c.ciphertext.as_slice())).collect::<Vec<_>>())
+    .bind(cards().map(|c| c.map(|c| c.cvv_given)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(
+        records()
+            .zip(&event_ids)
+            .map(|(r, e)| first_event_payload(e, r))
+            .collect::<Vec<_>>(),
+    )
+    .bind(answers().map(|a| a.map(|a| a.key.as_str())).collect::<Vec<_>>())
+    .bind(answers().map(|a| a.map(|a| a.request_hash.as_slice())).collect::<Vec<_>>())
+    .bind(answers().map(|a| a.map(|a| a.status_code)).collect::<Vec<_>>())
+    .bind(answers().map(|a| a.map(|a| a.headers.to_string())).collect::<Vec<_>>())
+    .bind(answers().map(|a| a.map(|a| a.body.as_slice())).collect::<Vec<_>>())
+    .bind(event_ids.iter().map(EventId::as_str).collect::<Vec<_>>())
+    .bind(records().map(|r| r.metadata.to_json()).collect::<Vec<_>>())
+    .bind(
+        records()
+            .map(|r| r.pinned_gateways.as_ref().map(|p| serde_json::json!(p).to_string()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(records().map(|r| r.gateway_fallback).collect::<Vec<_>>())
+    .bind(records().map(|r| r.notification_url.as_deref()).collect::<Vec<_>>())
+    .bind(event_type::CREATED)
+    .bind(Destination::PaymentsRequested.as_str())
+    .fetch_all(conn)
+    .await?;
+    if rows.len() != payments.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "intake of {} payments answered {} rows",
+            payments.len(),
+            rows.len()
+        )));
+    }
+    Ok(rows.into_iter().map(Intake::of).collect())
+}
+
+impl Intake {
+    /// What a payment's intake did, from whether it was free of limits and created.
+    fn of((free, created): (bool, bool)) -> Intake {
+        match (free, created) {
+            (_, true) => Intake::Created,
+            (false, false) => Intake::Limited,
+            (true, false) => Intake::KeyTaken,
+        }
+    }
 }
 
 /// The one statement of [`create_at_once`]; `check_limits: false` writes whatever the
@@ -304,11 +448,7 @@ async fn write_pending<'e>(
     .bind(&record.notification_url)
     .fetch_one(executor)
     .await?;
-    Ok(match (free, created) {
-        (_, true) => Intake::Created,
-        (false, false) => Intake::Limited,
-        (true, false) => Intake::KeyTaken,
-    })
+    Ok(Intake::of((free, created)))
 }
 
 fn first_event_payload(event_id: &EventId, record: &TransactionRecord) -> Vec<u8> {

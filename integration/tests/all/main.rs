@@ -16,6 +16,7 @@ mod consumer;
 mod end_to_end;
 mod endpoints;
 mod intake;
+mod intake_batch;
 mod interventions;
 mod listeners;
 mod lock;
