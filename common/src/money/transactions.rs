@@ -250,7 +250,10 @@ impl crate::group_commit::Write for PendingPayment {
         });
         let mut outputs = vec![Intake::KeyTaken; writes.len()];
         let chosen: Vec<&PendingPayment> = together.iter().map(|&i| writes[i]).collect();
-        for (i, intake) in together.iter().zip(create_all_at_once(conn, &chosen).await?) {
+        for (i, intake) in together
+            .iter()
+            .zip(create_all_at_once(conn, &chosen).await?)
+        {
             outputs[*i] = intake;
         }
         for i in after {
@@ -1265,11 +1268,7 @@ pub async fn store_callback<'e>(
     .bind(callback.refund_id.as_ref().map(crate::domain::RefundId::as_str))
     .fetch_one(executor)
     .await?;
-    Ok(match (known, stored) {
-        (false, _) => CallbackStored::UnknownTransaction,
-        (true, true) => CallbackStored::Stored(callback_id),
-        (true, false) => CallbackStored::Duplicate,
-    })
+    Ok(CallbackStored::of((known, stored), callback_id))
 }
 
 /// A callback's intake, [`store_callback`], as a write that shares its commit with the
@@ -1279,6 +1278,99 @@ impl crate::group_commit::Write for NewCallback {
 
     async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<CallbackStored> {
         store_callback(conn, self).await
+    }
+
+    async fn write_all(
+        callbacks: &[&Self],
+        conn: &mut PgConnection,
+    ) -> sqlx::Result<Vec<CallbackStored>> {
+        store_callbacks(conn, callbacks).await
+    }
+}
+
+/// [`store_callback`] for many callbacks in one statement: each is kept, or found a
+/// duplicate or about no known payment, as it would be alone, in their order (of two
+/// deliveries of one callback in the batch, the first is kept). What each became.
+async fn store_callbacks(
+    conn: &mut PgConnection,
+    callbacks: &[&NewCallback],
+) -> sqlx::Result<Vec<CallbackStored>> {
+    let callback_ids: Vec<CallbackId> = callbacks.iter().map(|_| CallbackId::new()).collect();
+    let event_ids: Vec<EventId> = callbacks.iter().map(|_| EventId::new()).collect();
+    let rows: Vec<(bool, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::bytea[], $7::text[], $8::bytea[], $9::text[])
+                    WITH ORDINALITY
+                    AS i(id, gateway, transaction_id, dedup_key, content_type, body, event_id,
+                         payload, refund_id, ord)
+         ), known AS (
+             SELECT i.* FROM input i
+              WHERE EXISTS (SELECT 1 FROM transaction t WHERE t.id = i.transaction_id)
+         ), stored AS (
+             INSERT INTO gateway_callback (id, gateway, transaction_id, dedup_key, content_type, body, refund_id)
+             SELECT id, gateway, transaction_id, dedup_key, content_type, body, refund_id
+               FROM known ORDER BY gateway, dedup_key, ord
+             ON CONFLICT ON CONSTRAINT gateway_callback_dedup DO NOTHING
+             RETURNING id
+         ), announced AS (
+             INSERT INTO transaction_event (id, transaction_id, event_type, destination, payload)
+             SELECT k.event_id, k.transaction_id, $10, $11, k.payload
+               FROM known k JOIN stored s ON s.id = k.id ORDER BY k.ord
+         )
+         SELECT EXISTS (SELECT 1 FROM known k WHERE k.ord = i.ord),
+                EXISTS (SELECT 1 FROM stored s WHERE s.id = i.id)
+           FROM input i ORDER BY i.ord",
+    )
+    .bind(callback_ids.iter().map(CallbackId::as_str).collect::<Vec<_>>())
+    .bind(callbacks.iter().map(|c| c.gateway.as_str()).collect::<Vec<_>>())
+    .bind(callbacks.iter().map(|c| c.transaction_id.as_str()).collect::<Vec<_>>())
+    .bind(callbacks.iter().map(|c| c.dedup_key.as_str()).collect::<Vec<_>>())
+    .bind(callbacks.iter().map(|c| c.content_type.as_str()).collect::<Vec<_>>())
+    .bind(callbacks.iter().map(|c| c.body.as_slice()).collect::<Vec<_>>())
+    .bind(event_ids.iter().map(EventId::as_str).collect::<Vec<_>>())
+    .bind(
+        callbacks
+            .iter()
+            .zip(&callback_ids)
+            .zip(&event_ids)
+            .map(|((c, callback_id), event_id)| {
+                callback_announcement(event_id, callback_id, &c.gateway, &c.transaction_id)
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        callbacks
+            .iter()
+            .map(|c| c.refund_id.as_ref().map(crate::domain::RefundId::as_str))
+            .collect::<Vec<_>>(),
+    )
+    .bind(event_type::CALLBACK_RECEIVED)
+    .bind(Destination::GatewayCallbacks.as_str())
+    .fetch_all(conn)
+    .await?;
+    if rows.len() != callbacks.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} callbacks kept answered {} rows",
+            callbacks.len(),
+            rows.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(callback_ids)
+        .map(|(found, id)| CallbackStored::of(found, id))
+        .collect())
+}
+
+impl CallbackStored {
+    /// What keeping a callback did, from whether its payment is known and it was kept.
+    fn of((known, stored): (bool, bool), id: CallbackId) -> CallbackStored {
+        match (known, stored) {
+            (false, _) => CallbackStored::UnknownTransaction,
+            (true, true) => CallbackStored::Stored(id),
+            (true, false) => CallbackStored::Duplicate,
+        }
     }
 }
 

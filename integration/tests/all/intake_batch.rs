@@ -105,10 +105,9 @@ async fn a_batch_written_in_one_statement_stores_what_each_payment_alone_would_a
     let mut full = payment(&merchant.id, "u-full", None);
     full.record.country = Some("DE".to_owned());
     full.record.reference = Some("order-7".to_owned());
-    full.record.metadata = paygate_common::metadata::Metadata::parse(
-        [("order".to_owned(), "A-17".to_owned())].into(),
-    )
-    .unwrap();
+    full.record.metadata =
+        paygate_common::metadata::Metadata::parse([("order".to_owned(), "A-17".to_owned())].into())
+            .unwrap();
     full.record.pinned_gateways = Some(vec!["simjson".to_owned(), "simxml".to_owned()]);
     full.record.gateway_fallback = true;
     full.record.notification_url = Some("https://merchant.example/hooks".to_owned());
@@ -171,7 +170,8 @@ async fn a_batch_written_in_one_statement_stores_what_each_payment_alone_would_a
     }
     assert!(stored(&pool, &batch[1].record.id)
         .await
-        .is_some_and(|(row, _)| row["pinned_gateways"] == serde_json::json!(["simjson", "simxml"])
+        .is_some_and(|(row, _)| row["pinned_gateways"]
+            == serde_json::json!(["simjson", "simxml"])
             && row["metadata"] == serde_json::json!({"order": "A-17"})));
     assert_eq!(
         kept_answer(&pool, merchant.id.as_str(), "k-1").await,
@@ -185,9 +185,145 @@ async fn a_batch_written_in_one_statement_stores_what_each_payment_alone_would_a
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(events, 6, "one first event per payment created, nothing else");
+    assert_eq!(
+        events, 6,
+        "one first event per payment created, nothing else"
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A kept callback and its announcement, but for the ids.
+async fn kept_callback(pool: &PgPool, gateway: &str, dedup_key: &str) -> Option<Value> {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object('transaction', c.transaction_id, 'content_type', c.content_type,
+                                   'body', encode(c.body, 'hex'), 'refund', c.refund_id,
+                                   'announced', (SELECT jsonb_agg(jsonb_build_array(e.event_type, e.destination))
+                                                   FROM transaction_event e
+                                                  WHERE e.transaction_id = c.transaction_id
+                                                    AND e.event_type <> 'transaction.created'))
+           FROM gateway_callback c WHERE c.gateway = $1 AND c.dedup_key = $2",
+    )
+    .bind(gateway)
+    .bind(dedup_key)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn callbacks_kept_in_one_statement_are_kept_announced_or_refused_as_each_alone_would_be() {
+    use paygate_common::transactions::{CallbackStored, NewCallback};
+    let settings = settings().await;
+    let pool = pool(&settings).await;
+    paygate_testkit::route_everything_to_simulator(&pool, "http://127.0.0.1:9").await;
+    let merchant = paygate_api::merchants::create(&pool, &paygate_testkit::keys(), "m", None, None)
+        .await
+        .unwrap();
+    let mut payments = Vec::new();
+    for user in ["u-batch", "u-alone"] {
+        let record = plain_deposit(&merchant.id, "5.00", user).pending();
+        let mut conn = pool.acquire().await.unwrap();
+        paygate_common::transactions::create_at_once(&mut *conn, &record, None, None)
+            .await
+            .unwrap();
+        payments.push(record.id);
+    }
+    let callback = |payment: &TransactionId, key: &str| NewCallback {
+        gateway: "simjson".to_owned(),
+        transaction_id: payment.clone(),
+        refund_id: None,
+        dedup_key: key.to_owned(),
+        content_type: "application/json".to_owned(),
+        body: format!("{{\"key\":\"{key}\"}}").into_bytes(),
+    };
+    let earlier = callback(&payments[0], "b-earlier");
+    let mut conn = pool.acquire().await.unwrap();
+    earlier.write(&mut conn).await.unwrap();
+    drop(conn);
+    let batch = [
+        callback(&payments[0], "b-1"),
+        callback(&payments[0], "b-1"),
+        callback(&TransactionId::new(), "b-unknown"),
+        callback(&payments[0], "b-earlier"),
+        callback(&payments[0], "b-2"),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    let refs: Vec<&NewCallback> = batch.iter().collect();
+    let together = NewCallback::write_all(&refs, &mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let shape = |stored: &[CallbackStored]| {
+        stored
+            .iter()
+            .map(|s| match s {
+                CallbackStored::Stored(_) => "stored",
+                CallbackStored::Duplicate => "duplicate",
+                CallbackStored::UnknownTransaction => "unknown",
+            })
+            .collect::<Vec<_>>()
+    };
+    let expected = ["stored", "duplicate", "unknown", "duplicate", "stored"];
+    assert_eq!(
+        shape(&together),
+        expected,
+        "what each callback of the batch became"
+    );
+    for (callback, stored) in batch.iter().zip(&together) {
+        if let CallbackStored::Stored(id) = stored {
+            let key: String =
+                sqlx::query_scalar("SELECT dedup_key FROM gateway_callback WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(key, callback.dedup_key, "each is answered with its own id");
+        }
+    }
+
+    let twins: Vec<NewCallback> = batch
+        .iter()
+        .map(|c| {
+            let payment = if c.transaction_id == payments[0] {
+                &payments[1]
+            } else {
+                &c.transaction_id
+            };
+            let key = match c.dedup_key.as_str() {
+                "b-earlier" => "b-earlier".to_owned(),
+                other => other.replacen("b-", "a-", 1),
+            };
+            callback(payment, &key)
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for twin in &twins {
+        let mut conn = pool.acquire().await.unwrap();
+        alone.push(twin.write(&mut conn).await.unwrap());
+    }
+    assert_eq!(shape(&alone), expected, "what each callback alone became");
+
+    for (key, twin_key) in [("b-1", "a-1"), ("b-2", "a-2")] {
+        let (in_batch, by_itself) = (
+            kept_callback(&pool, "simjson", key).await.unwrap(),
+            kept_callback(&pool, "simjson", twin_key).await.unwrap(),
+        );
+        assert_eq!(
+            in_batch["body"],
+            serde_json::json!(hex(format!("{{\"key\":\"{key}\"}}").as_bytes()))
+        );
+        // Announced once each: the earlier callback and the batch's two, against the
+        // two kept alone.
+        assert_eq!(in_batch["announced"].as_array().map(Vec::len), Some(3));
+        assert_eq!(by_itself["announced"].as_array().map(Vec::len), Some(2));
+        assert_eq!(in_batch["announced"][0], by_itself["announced"][0]);
+        assert_eq!(in_batch["content_type"], by_itself["content_type"]);
+        assert_eq!(in_batch["refund"], by_itself["refund"]);
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway_callback")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 5, "the earlier one, two of the batch and two alone");
 }
