@@ -20,6 +20,8 @@ pub struct Sent {
     pub latency: Duration,
     /// The transaction id when it was accepted (202).
     pub accepted: Option<String>,
+    /// Why it was not: the status code, or what kind of error the client met.
+    pub refused: Option<String>,
 }
 
 /// What the load did.
@@ -67,13 +69,15 @@ pub async fn run(options: &Options, key: &str) -> anyhow::Result<Run> {
                     )
                     .send()
                     .await;
-                let accepted = match answer {
-                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => response
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|b| b["id"].as_str().map(str::to_owned)),
-                    _ => None,
+                let (accepted, refused) = match answer {
+                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                        match response.json::<serde_json::Value>().await {
+                            Ok(body) => (body["id"].as_str().map(str::to_owned), None),
+                            Err(error) => (None, Some(format!("reading the answer: {error}"))),
+                        }
+                    }
+                    Ok(response) => (None, Some(response.status().to_string())),
+                    Err(error) => (None, Some(refusal(&error))),
                 };
                 sent.lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -81,6 +85,7 @@ pub async fn run(options: &Options, key: &str) -> anyhow::Result<Run> {
                         at,
                         latency: at.elapsed(),
                         accepted,
+                        refused,
                     });
             }
         }
@@ -144,6 +149,21 @@ pub async fn run(options: &Options, key: &str) -> anyhow::Result<Run> {
         ended,
         sent,
     })
+}
+
+/// What kind of failure a request met, short enough to count by.
+fn refusal(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_request() {
+        "sending the request failed"
+    } else {
+        "failed"
+    };
+    let cause = std::error::Error::source(error).map_or(String::new(), |c| format!(": {c}"));
+    format!("{kind}{cause}")
 }
 
 /// How the accepted payments ended.

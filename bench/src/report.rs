@@ -17,6 +17,8 @@ pub struct Result {
     pub seconds: f64,
     pub sent: usize,
     pub accepted: usize,
+    /// Requests not accepted, by why (status code or the client's error).
+    pub refused: std::collections::BTreeMap<String, usize>,
     pub intake_per_s: f64,
     pub intake_ms: Percentiles,
     /// Request to the final state's webhook.
@@ -142,6 +144,13 @@ impl Result {
             seconds,
             sent: run.sent.len(),
             accepted: accepted.len(),
+            refused: run.sent.iter().filter_map(|s| s.refused.clone()).fold(
+                Default::default(),
+                |mut counted, why| {
+                    *counted.entry(why).or_default() += 1;
+                    counted
+                },
+            ),
             intake_per_s,
             intake_ms: Percentiles::of(accepted.iter().map(|s| ms(s.latency)).collect()),
             end_to_end_ms: Percentiles::of(end_to_end),
@@ -167,6 +176,9 @@ impl Result {
             "  sent / accepted          {} / {} in {:.1} s",
             self.sent, self.accepted, self.seconds
         );
+        for (why, count) in &self.refused {
+            println!("    not accepted: {count} × {why}");
+        }
         println!(
             "  intake                   {:.1}/s ({})  p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
             self.intake_per_s,
