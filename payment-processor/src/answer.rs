@@ -5,7 +5,7 @@
 //! the answer is recorded in the payment's history (never dropped), and one that
 //! contradicts where the payment stands (charged, but `failed`) flags it for a human.
 
-use paygate_common::domain::Status;
+use paygate_common::domain::{Status, TransactionId};
 use paygate_common::gateway::{GatewayRecord, Outcome, PaymentMethod};
 use paygate_common::group_commit::Write;
 use paygate_common::kafka::HandlerError;
@@ -189,14 +189,35 @@ impl Write for Move {
     }
 
     async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<Self::Output> {
-        match moves(conn, &self.seen, &self.gateway, &self.outcome).await {
-            Ok(Some(record)) => {
-                transactions::announce_parked_callbacks(conn, &record.id).await?;
-                Ok(Ok(Some(record)))
-            }
-            Err(TransitionError::Database(error)) => Err(error),
-            refused_or_nothing => Ok(refused_or_nothing),
+        Self::write_all(&[self], conn)
+            .await
+            .map(|mut outputs| outputs.remove(0))
+    }
+
+    /// Every move first, then the callbacks parked behind the payments that moved,
+    /// looked up for them all at once.
+    async fn write_all(
+        writes: &[&Self],
+        conn: &mut PgConnection,
+    ) -> sqlx::Result<Vec<Self::Output>> {
+        let mut outputs = Vec::with_capacity(writes.len());
+        for write in writes {
+            outputs.push(
+                match moves(conn, &write.seen, &write.gateway, &write.outcome).await {
+                    Err(TransitionError::Database(error)) => return Err(error),
+                    moved_refused_or_nothing => moved_refused_or_nothing,
+                },
+            );
         }
+        let moved: Vec<&TransactionId> = outputs
+            .iter()
+            .filter_map(|output| match output {
+                Ok(Some(record)) => Some(&record.id),
+                _ => None,
+            })
+            .collect();
+        transactions::announce_parked_callbacks_of(conn, &moved).await?;
+        Ok(outputs)
     }
 }
 

@@ -1421,17 +1421,36 @@ pub async fn announce_parked_callbacks(
     conn: &mut PgConnection,
     transaction_id: &TransactionId,
 ) -> sqlx::Result<()> {
-    let parked: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, gateway FROM gateway_callback WHERE transaction_id = $1 AND processed_at IS NULL",
+    announce_parked_callbacks_of(conn, &[transaction_id]).await
+}
+
+/// [`announce_parked_callbacks`] for several transactions, looked up in one statement
+/// (a batch of moves asks once, not once a payment: almost always nothing is parked).
+pub async fn announce_parked_callbacks_of(
+    conn: &mut PgConnection,
+    transaction_ids: &[&TransactionId],
+) -> sqlx::Result<()> {
+    if transaction_ids.is_empty() {
+        return Ok(());
+    }
+    let parked: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, gateway, transaction_id FROM gateway_callback
+          WHERE transaction_id = ANY($1) AND processed_at IS NULL
+          ORDER BY transaction_id, received_at, id",
     )
-    .bind(transaction_id.as_str())
+    .bind(
+        transaction_ids
+            .iter()
+            .map(|id| id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *conn)
     .await?;
-    for (id, gateway) in &parked {
-        let id: CallbackId = id
-            .parse()
-            .map_err(|e: crate::domain::DomainError| sqlx::Error::Decode(e.into()))?;
-        announce_callback(conn, &id, gateway, transaction_id).await?;
+    for (id, gateway, transaction_id) in &parked {
+        let decode = |e: crate::domain::DomainError| sqlx::Error::Decode(e.into());
+        let id: CallbackId = id.parse().map_err(decode)?;
+        let transaction_id: TransactionId = transaction_id.parse().map_err(decode)?;
+        announce_callback(conn, &id, gateway, &transaction_id).await?;
     }
     Ok(())
 }
