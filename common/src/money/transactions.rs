@@ -363,6 +363,9 @@ async fn create_all_at_once(
     .bind(records().map(|r| r.notification_url.as_deref()).collect::<Vec<_>>())
     .bind(event_type::CREATED)
     .bind(Destination::PaymentsRequested.as_str())
+    // Planned for its batch each time, like every set-based statement here: a plan
+    // cached while the tables were empty joins them by scanning (see `plans.rs`).
+    .persistent(false)
     .fetch_all(conn)
     .await?;
     if rows.len() != payments.len() {
@@ -1347,6 +1350,9 @@ async fn store_callbacks(
     )
     .bind(event_type::CALLBACK_RECEIVED)
     .bind(Destination::GatewayCallbacks.as_str())
+    // Planned for its batch each time: a plan cached while `transaction` was empty
+    // finds the callbacks' payments by scanning it (see `plans.rs`).
+    .persistent(false)
     .fetch_all(conn)
     .await?;
     if rows.len() != callbacks.len() {
@@ -1438,6 +1444,8 @@ pub async fn announce_parked_callbacks_of(
           WHERE transaction_id = ANY($1) AND processed_at IS NULL
           ORDER BY transaction_id, received_at, id",
     )
+    // Planned for its ids each time (see `plans.rs`).
+    .persistent(false)
     .bind(
         transaction_ids
             .iter()
