@@ -368,13 +368,7 @@ async fn create_all_at_once(
     .persistent(false)
     .fetch_all(conn)
     .await?;
-    if rows.len() != payments.len() {
-        return Err(sqlx::Error::Protocol(format!(
-            "intake of {} payments answered {} rows",
-            payments.len(),
-            rows.len()
-        )));
-    }
+    let rows = crate::group_commit::one_each(rows, payments.len(), "payments")?;
     Ok(rows.into_iter().map(Intake::of).collect())
 }
 
@@ -1355,13 +1349,7 @@ async fn store_callbacks(
     .persistent(false)
     .fetch_all(conn)
     .await?;
-    if rows.len() != callbacks.len() {
-        return Err(sqlx::Error::Protocol(format!(
-            "{} callbacks kept answered {} rows",
-            callbacks.len(),
-            rows.len()
-        )));
-    }
+    let rows = crate::group_commit::one_each(rows, callbacks.len(), "callbacks")?;
     Ok(rows
         .into_iter()
         .zip(callback_ids)

@@ -95,6 +95,18 @@ impl<W: Write> GroupCommit<W> {
     }
 }
 
+/// `outputs` when there is one for each of the `asked` items of a batch (`what` they
+/// are); otherwise an error, so the batch rolls back rather than answer anyone wrongly.
+pub fn one_each<T>(outputs: Vec<T>, asked: usize, what: &str) -> sqlx::Result<Vec<T>> {
+    if outputs.len() == asked {
+        return Ok(outputs);
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "a batch of {asked} {what} gave {} outputs",
+        outputs.len()
+    )))
+}
+
 struct Writes<W> {
     pool: PgPool,
     kind: std::marker::PhantomData<fn() -> W>,
@@ -110,14 +122,11 @@ impl<W: Write> Batch for Writes<W> {
         order.sort_by_key(|&i| writes[i].lock_order());
         let ordered: Vec<&W> = order.iter().map(|&i| &writes[i]).collect();
         let mut tx = self.pool.begin().await?;
-        let written = W::write_all(&ordered, &mut tx).await?;
-        if written.len() != writes.len() {
-            return Err(sqlx::Error::Protocol(format!(
-                "a batch of {} writes gave {} outputs",
-                writes.len(),
-                written.len()
-            )));
-        }
+        let written = one_each(
+            W::write_all(&ordered, &mut tx).await?,
+            writes.len(),
+            "writes",
+        )?;
         crate::outbox::commit(tx).await?;
         // Back in the callers' order.
         let mut outputs: Vec<Option<W::Output>> = writes.iter().map(|_| None).collect();
