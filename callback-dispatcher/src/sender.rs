@@ -62,6 +62,8 @@ pub struct Sender {
     /// How long a claimed delivery is ours before another sender may take it.
     lease: Duration,
     poll_interval: Duration,
+    /// How long to wait, once woken, before claiming (see `claim_linger_ms`).
+    linger: Duration,
     max_in_flight: usize,
     endpoint_concurrency: usize,
     disable_after: Duration,
@@ -161,6 +163,7 @@ impl Sender {
             // Longer than any attempt can take, so a live sender never loses its claim.
             lease: timeout + Duration::from_secs(5),
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
+            linger: Duration::from_millis(settings.claim_linger_ms),
             max_in_flight: settings.max_in_flight,
             endpoint_concurrency: settings.endpoint_concurrency,
             disable_after: Duration::from_millis(settings.disable_after_ms),
@@ -206,18 +209,30 @@ impl Sender {
             if full {
                 // More may be due right now: claim again as soon as there is room.
                 sends.finish_one().await;
+                this.gather(&mut sends).await;
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = this.wake.notified() => {}
-                _ = sends.finish_one(), if !sends.tasks.is_empty() => {}
+                _ = this.wake.notified() => this.gather(&mut sends).await,
+                _ = sends.finish_one(), if !sends.tasks.is_empty() => this.gather(&mut sends).await,
                 _ = tokio::time::sleep(this.poll_interval) => {}
             }
         }
         while !sends.tasks.is_empty() {
             sends.finish_one().await;
         }
+    }
+
+    /// Lets the deliveries recorded and the sends finished in the next `linger` join the
+    /// claim that follows a wake, so under load one claim takes many (each claim is
+    /// planned anew) instead of one claim a wake.
+    async fn gather(&self, sends: &mut InFlight) {
+        if self.linger.is_zero() {
+            return;
+        }
+        tokio::time::sleep(self.linger).await;
+        sends.reap_finished();
     }
 
     /// Claims up to `room` due deliveries: the earliest pending version of each
@@ -676,6 +691,11 @@ impl InFlight {
             return;
         };
         self.reaped(joined);
+        self.reap_finished();
+    }
+
+    /// Reaps every send that has finished, waiting for none.
+    fn reap_finished(&mut self) {
         while let Some(joined) = self.tasks.try_join_next_with_id() {
             self.reaped(joined);
         }

@@ -476,6 +476,8 @@ pub struct DispatcherSettings {
     pub request_timeout_ms: u64,
     pub retry_delays_ms: Vec<u64>,
     pub poll_interval_ms: u64,
+    /// How long the sender waits, once woken, before it claims (see default.toml).
+    pub claim_linger_ms: u64,
     pub max_in_flight: usize,
     pub endpoint_concurrency: usize,
     pub disable_after_ms: u64,
