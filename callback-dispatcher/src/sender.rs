@@ -5,8 +5,10 @@
 //!   work and one that dies mid-send loses nothing: the lease runs out and the delivery
 //!   goes again under the same `webhook-id`. Recording is fenced on the attempt number,
 //!   so a late recorder never counts an attempt twice.
-//! - **No barrier.** As soon as one send finishes another is claimed, up to
-//!   `max_in_flight`; a slow merchant never holds up the next claim.
+//! - **No barrier.** Soon after a send finishes another is claimed, up to
+//!   `max_in_flight`; a slow merchant never holds up the next claim. "Soon" is
+//!   `claim_linger_ms` after the wake, so the sends finished and the deliveries recorded
+//!   in that moment share one claim (each claim is planned anew).
 //! - **Isolation per endpoint.** A merchant has any number of endpoints, and a payment
 //!   may name its own `notification_url`; each is its own endpoint here. A claim skips endpoints that already have
 //!   `endpoint_concurrency` sends in flight from this dispatcher, so a merchant that
