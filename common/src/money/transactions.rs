@@ -248,18 +248,23 @@ impl crate::group_commit::Write for PendingPayment {
                 keys.insert((writes[i].record.merchant_id.as_str(), answer.key.as_str()))
             })
         });
-        let mut outputs = vec![Intake::KeyTaken; writes.len()];
+        let mut outputs: Vec<Option<Intake>> = vec![None; writes.len()];
         let chosen: Vec<&PendingPayment> = together.iter().map(|&i| writes[i]).collect();
         for (i, intake) in together
             .iter()
             .zip(create_all_at_once(conn, &chosen).await?)
         {
-            outputs[*i] = intake;
+            outputs[*i] = Some(intake);
         }
         for i in after {
-            outputs[i] = writes[i].write(conn).await?;
+            outputs[i] = Some(writes[i].write(conn).await?);
         }
-        Ok(outputs)
+        // Every payment has its answer: none is made up for one that was left out.
+        crate::group_commit::one_each(
+            outputs.into_iter().flatten().collect(),
+            writes.len(),
+            "payments",
+        )
     }
 }
 
