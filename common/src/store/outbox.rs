@@ -132,7 +132,7 @@ pub struct Published {
 
 /// A row handed to the producer.
 enum Pending<'a> {
-    Delivery(rdkafka::producer::DeliveryFuture, &'a str),
+    Delivery(kafka::Delivery, &'a str),
     Settled(Outcome),
 }
 

@@ -11,7 +11,7 @@ mod producer;
 pub use admin::{all_topics, ensure_topics};
 pub use batch::{BatchHandler, Batched};
 pub use consumer::{Assignment, ConsumerLoop, Handler, HandlerError, Inbound};
-pub use producer::{await_delivery, is_timeout, Envelope, Producer};
+pub use producer::{await_delivery, is_timeout, Delivery, Envelope, Producer};
 
 use rdkafka::config::ClientConfig;
 

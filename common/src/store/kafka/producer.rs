@@ -9,15 +9,29 @@
 //! every clone shares the replacement. Apache Kafka accepts the bump; the new producer
 //! costs it one `InitProducerId`. Whoever awaited the purged messages sees them fail
 //! and retries, as after any failed produce.
+//!
+//! **Delivery reports are served by a thread of its own that waits a second at a time.**
+//! rdkafka's `FutureProducer` serves them from a thread that polls for 100 ms at a time,
+//! and its poll loop counts the time left in whole milliseconds: the last millisecond
+//! of every poll became polls that return at once, a busy loop of about 1 % of a core
+//! per producer, idle or not (7–8 % of a core across an idle stack's producers, more than
+//! all their async workers). A report still arrives the moment librdkafka has it: a
+//! poll returns with each one. The wait is only how often the loop comes round with
+//! nothing to do, and how long a dropped producer's thread lingers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig,
+};
+use tokio::sync::oneshot;
 
 use super::{base_config, headers, Inbound};
 use crate::config::{KafkaSettings, Topics};
@@ -36,7 +50,67 @@ pub struct Producer {
 /// time out together (a consumer's in-flight messages in one outage) renew it once.
 struct Current {
     generation: u64,
-    producer: FutureProducer,
+    producer: Arc<Polled>,
+}
+
+/// How long the delivery-report thread waits in one poll (see the module).
+const POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// The broker's answer for one message, once librdkafka has it.
+pub type Delivery = oneshot::Receiver<KafkaResult<()>>;
+
+/// Hands each delivery report to whoever waits for it.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<oneshot::Sender<KafkaResult<()>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        // Nobody may wait any more (a caller that gave up): nothing to tell.
+        let _ = reply.send(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|(error, _)| error.clone()),
+        );
+    }
+}
+
+/// A librdkafka producer and the thread that serves its delivery reports.
+struct Polled {
+    producer: Arc<BaseProducer<Deliveries>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Polled {
+    fn new(config: &ClientConfig) -> KafkaResult<Self> {
+        let producer: Arc<BaseProducer<Deliveries>> =
+            Arc::new(config.create_with_context(Deliveries)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (serving, stopped) = (Arc::clone(&producer), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("producer reports".to_owned())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    serving.poll(POLL_WAIT);
+                }
+            })
+            .map_err(|error| KafkaError::ClientCreation(error.to_string()))?;
+        Ok(Polled { producer, stop })
+    }
+}
+
+impl Drop for Polled {
+    /// Purges what is queued at once (a renewed producer must send nothing more), and
+    /// lets the thread go: it ends within [`POLL_WAIT`], and the librdkafka producer
+    /// with it, telling whoever waits that their messages were purged.
+    fn drop(&mut self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Identifies one message for its headers.
@@ -61,20 +135,20 @@ impl Producer {
                 "message.timeout.ms",
                 settings.message_timeout_ms.to_string(),
             );
-        let producer = config.create().context("creating the Kafka producer")?;
+        let producer = Polled::new(&config).context("creating the Kafka producer")?;
         Ok(Producer {
             inner: Arc::new(Mutex::new(Current {
                 generation: 0,
-                producer,
+                producer: Arc::new(producer),
             })),
             config: Arc::new(config),
         })
     }
 
     /// The librdkafka producer messages go to now, and its generation.
-    fn current(&self) -> (u64, FutureProducer) {
+    fn current(&self) -> (u64, Arc<Polled>) {
         let current = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (current.generation, current.producer.clone())
+        (current.generation, Arc::clone(&current.producer))
     }
 
     /// Replaces the librdkafka producer after a delivery timed out (see the module).
@@ -84,11 +158,10 @@ impl Producer {
     }
 
     /// Replaces the producer if it is still `generation` (the one whose delivery timed
-    /// out). The old one is dropped on a blocking thread: dropping purges its queue and
-    /// joins its thread.
+    /// out). The old one is dropped on a blocking thread: dropping purges its queue.
     async fn renew_generation(&self, generation: u64) {
-        let fresh = match self.config.create::<FutureProducer>() {
-            Ok(fresh) => fresh,
+        let fresh = match Polled::new(&self.config) {
+            Ok(fresh) => Arc::new(fresh),
             Err(error) => {
                 tracing::warn!(%error, "cannot renew the Kafka producer");
                 return;
@@ -109,7 +182,7 @@ impl Producer {
     /// Awaits a delivery, renewing its producer if it timed out.
     async fn delivered(
         &self,
-        (delivery, generation): (DeliveryFuture, u64),
+        (delivery, generation): (Delivery, u64),
         topic: &str,
     ) -> anyhow::Result<()> {
         let delivered = await_delivery(delivery, topic).await;
@@ -121,12 +194,12 @@ impl Producer {
 
     /// Hands a message to the producer and returns the future of its delivery report, so
     /// a batch can be enqueued at once and awaited together.
-    pub fn enqueue(&self, envelope: &Envelope<'_>) -> anyhow::Result<DeliveryFuture> {
+    pub fn enqueue(&self, envelope: &Envelope<'_>) -> anyhow::Result<Delivery> {
         self.enqueue_standard(envelope)
             .map(|(delivery, _)| delivery)
     }
 
-    fn enqueue_standard(&self, envelope: &Envelope<'_>) -> anyhow::Result<(DeliveryFuture, u64)> {
+    fn enqueue_standard(&self, envelope: &Envelope<'_>) -> anyhow::Result<(Delivery, u64)> {
         self.enqueue_with_headers(
             envelope.topic,
             envelope.key,
@@ -153,13 +226,14 @@ impl Producer {
         key: &str,
         payload: &[u8],
         headers: OwnedHeaders,
-    ) -> anyhow::Result<(DeliveryFuture, u64)> {
-        let record = FutureRecord::to(topic)
+    ) -> anyhow::Result<(Delivery, u64)> {
+        let (reply, delivery) = oneshot::channel();
+        let record = BaseRecord::with_opaque_to(topic, Box::new(reply))
             .key(key)
             .payload(payload)
             .headers(headers);
-        let (generation, producer) = self.current();
-        let delivery = producer.send_result(record).map_err(|(error, _)| {
+        let (generation, current) = self.current();
+        current.producer.send(record).map_err(|(error, _)| {
             anyhow::Error::new(error).context(format!("enqueueing to {topic}"))
         })?;
         Ok((delivery, generation))
@@ -200,7 +274,7 @@ impl Producer {
     /// blocks, so it runs on a blocking thread, never on the async workers.
     pub async fn flush(&self, timeout: Duration) {
         let (_, inner) = self.current();
-        let flushed = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
+        let flushed = tokio::task::spawn_blocking(move || inner.producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "producer flush did not finish"),
@@ -215,6 +289,7 @@ impl Producer {
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             inner
+                .producer
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
                 .map(|_| ())
@@ -268,12 +343,10 @@ pub fn is_timeout(error: &anyhow::Error) -> bool {
 }
 
 /// Waits for a delivery report.
-pub async fn await_delivery(delivery: DeliveryFuture, topic: &str) -> anyhow::Result<()> {
+pub async fn await_delivery(delivery: Delivery, topic: &str) -> anyhow::Result<()> {
     match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _))) => {
-            Err(anyhow::Error::new(error).context(format!("producing to {topic}")))
-        }
-        Err(_cancelled) => anyhow::bail!("producer dropped the message for {topic}"),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(anyhow::Error::new(error).context(format!("producing to {topic}"))),
+        Err(_dropped) => anyhow::bail!("producer dropped the message for {topic}"),
     }
 }
