@@ -10,6 +10,10 @@ use paygate_api::demo::{self, DemoConfig, SimulatorSecrets};
 use paygate_api::Application;
 use paygate_common::{db, init, shutdown, telemetry, Settings};
 
+/// mimalloc serves the service's allocations (see the workspace's Cargo.toml for why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;

@@ -3,6 +3,10 @@
 use paygate_callback_processor::Application;
 use paygate_common::{shutdown, telemetry, Settings};
 
+/// mimalloc serves the service's allocations (see the workspace's Cargo.toml for why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
