@@ -174,8 +174,37 @@ pub struct Outcome {
     pub drained_in: Duration,
 }
 
-/// Waits up to `options.drain` for a final webhook of every accepted payment, then asks
-/// the api about the rest.
+/// Whether a drain still waits: it gives up once `patience` passed with no payment
+/// finishing, never while the pipeline is still finishing them (a backlog it clears
+/// slowly is not lost).
+#[derive(Debug)]
+struct Patience {
+    patience: Duration,
+    waiting: usize,
+    since: Instant,
+}
+
+impl Patience {
+    fn new(patience: Duration, waiting: usize, now: Instant) -> Self {
+        Patience {
+            patience,
+            waiting,
+            since: now,
+        }
+    }
+
+    /// Whether to go on waiting, with `waiting` payments unfinished at `now`.
+    fn goes_on(&mut self, waiting: usize, now: Instant) -> bool {
+        if waiting < self.waiting {
+            self.waiting = waiting;
+            self.since = now;
+        }
+        waiting > 0 && now.duration_since(self.since) < self.patience
+    }
+}
+
+/// Waits for a final webhook of every accepted payment until `options.drain` passes with
+/// none arriving, then asks the api about the rest.
 pub async fn drain(options: &Options, key: &str, run: &Run, receiver: &Receiver) -> Outcome {
     let started = Instant::now();
     let accepted: Vec<&String> = run
@@ -189,7 +218,8 @@ pub async fn drain(options: &Options, key: &str, run: &Run, receiver: &Receiver)
             .filter(|id| !receiver.of(id).iter().any(|a| is_final(&a.event_type)))
             .count()
     };
-    while waiting(receiver) > 0 && started.elapsed() < options.drain {
+    let mut patience = Patience::new(options.drain, waiting(receiver), started);
+    while patience.goes_on(waiting(receiver), Instant::now()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let drained_in = started.elapsed();
@@ -218,5 +248,36 @@ pub async fn drain(options: &Options, key: &str, run: &Run, receiver: &Receiver)
     Outcome {
         unfinished,
         drained_in,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_that_keeps_finishing_payments_is_waited_for_past_its_patience() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut patience = Patience::new(second * 60, 1_000, start);
+        assert!(patience.goes_on(900, start + second * 50));
+        assert!(patience.goes_on(500, start + second * 100));
+        assert!(patience.goes_on(500, start + second * 159));
+        assert!(!patience.goes_on(500, start + second * 160));
+    }
+
+    #[test]
+    fn a_drain_that_finishes_nothing_gives_up_after_its_patience() {
+        let start = Instant::now();
+        let mut patience = Patience::new(Duration::from_secs(60), 10, start);
+        assert!(patience.goes_on(10, start + Duration::from_secs(59)));
+        assert!(!patience.goes_on(10, start + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_drain_ends_once_nothing_waits() {
+        let start = Instant::now();
+        let mut patience = Patience::new(Duration::from_secs(60), 10, start);
+        assert!(!patience.goes_on(0, start + Duration::from_millis(200)));
     }
 }

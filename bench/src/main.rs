@@ -8,6 +8,9 @@
 //!
 //! Usage: `paygate-bench [--rate N | --max --concurrency C] [--seconds S] [--drain S]
 //!        [--pgbench-tps X] [--out DIR]`. `scripts/bench` runs it with the stack and pgbench.
+//! `--drain` (60 s) is how long the drain after the load waits with no payment finishing
+//! before it counts the unfinished ones: a backlog the pipeline is still clearing is
+//! waited for, however long it takes.
 //! Only loopback addresses are used.
 
 mod load;
