@@ -80,7 +80,7 @@ impl std::ops::Deref for AppState {
 /// The pools, caches and clients the api's handlers share.
 pub struct Shared {
     pub pool: PgPool,
-    pub settings: Arc<Settings>,
+    pub settings: Settings,
     /// The card ring: seals card numbers at intake.
     pub cards: KeyRing,
     /// The secrets ring: seals and opens webhook and callback secrets and signing keys.
@@ -329,7 +329,7 @@ impl Application {
                 intake: GroupCommit::new(pool.clone()),
                 callbacks: GroupCommit::new(pool.clone()),
                 pool,
-                settings: Arc::new(settings),
+                settings,
                 cards,
                 secrets,
                 fingerprints,
