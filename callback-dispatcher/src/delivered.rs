@@ -63,7 +63,7 @@ impl Batch for Records {
              ), done AS (
                  UPDATE webhook_delivery d
                     SET status = 'delivered', attempt_count = s.claimed + 1, updated_at = now(),
-                        next_attempt_at = NULL
+                        next_attempt_at = NULL, leased_until = NULL
                    FROM sent s
                   WHERE d.id = s.id AND d.status = $5 AND d.attempt_count = s.claimed
                     AND NOT EXISTS (SELECT 1 FROM webhook_endpoint w

@@ -1,10 +1,12 @@
 //! The sending half: claims due deliveries continuously and sends each on its own task.
 //!
-//! - **Leases.** A delivery is claimed by moving its `next_attempt_at` past the longest
+//! - **Leases.** A due delivery is claimed by setting its `leased_until` past the longest
 //!   an attempt can take (`FOR UPDATE SKIP LOCKED`), so several dispatchers share the
 //!   work and one that dies mid-send loses nothing: the lease runs out and the delivery
 //!   goes again under the same `webhook-id`. Recording is fenced on the attempt number,
-//!   so a late recorder never counts an attempt twice.
+//!   so a late recorder never counts an attempt twice. No index reads the lease, so a
+//!   claim is a heap-only update (migration `20261205000505`); `next_attempt_at` only
+//!   ever says when the delivery is due, and every outcome clears the lease.
 //! - **No barrier.** Soon after a send finishes another is claimed, up to
 //!   `max_in_flight`; a slow merchant never holds up the next claim. "Soon" is
 //!   `claim_linger_ms` after the wake, so the sends finished and the deliveries recorded
@@ -280,6 +282,7 @@ impl Sender {
                         FROM webhook_delivery d
                        WHERE d.endpoint_id = w.id
                          AND d.status = 'pending' AND d.next_attempt_at <= now()
+                         AND (d.leased_until IS NULL OR d.leased_until < now())
                          AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
                                           WHERE e.transaction_id = d.transaction_id AND e.endpoint_id IS NOT DISTINCT FROM d.endpoint_id
                                             AND e.status = 'pending' AND e.version < d.version)
@@ -292,6 +295,7 @@ impl Sender {
                     FROM webhook_delivery d
                    WHERE d.endpoint_id IS NULL
                      AND d.status = 'pending' AND d.next_attempt_at <= now()
+                     AND (d.leased_until IS NULL OR d.leased_until < now())
                      AND NOT (d.url = ANY($3))
                      AND NOT EXISTS (SELECT 1 FROM webhook_delivery e
                                       WHERE e.transaction_id = d.transaction_id AND e.endpoint_id IS NULL
@@ -309,10 +313,11 @@ impl Sender {
              ), locked AS (
                  SELECT id, endpoint_id FROM webhook_delivery
                   WHERE id IN (SELECT id FROM picked) AND status = 'pending' AND next_attempt_at <= now()
+                    AND (leased_until IS NULL OR leased_until < now())
                     FOR UPDATE SKIP LOCKED
              )
              UPDATE webhook_delivery d
-                SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000)
+                SET leased_until = now() + make_interval(secs => $2::double precision / 1000)
                FROM locked l
                LEFT JOIN webhook_endpoint w ON w.id = l.endpoint_id, merchant m
               WHERE d.id = l.id AND m.id = d.merchant_id
@@ -398,7 +403,7 @@ impl Sender {
                   ORDER BY d.endpoint_id, d.created_at, d.id
              )
              UPDATE webhook_delivery d
-                SET next_attempt_at = now() + make_interval(secs => $2::double precision / 1000)
+                SET leased_until = now() + make_interval(secs => $2::double precision / 1000)
                FROM head l
                LEFT JOIN webhook_endpoint w ON w.id = l.endpoint_id, merchant m
               WHERE d.id = l.id AND m.id = d.merchant_id
@@ -457,7 +462,8 @@ impl Sender {
     async fn postpone(&self, delivery: &Due, wait: Duration) {
         let postponed = sqlx::query(
             "UPDATE webhook_delivery
-                SET next_attempt_at = now() + make_interval(secs => $3::double precision / 1000)
+                SET next_attempt_at = now() + make_interval(secs => $3::double precision / 1000),
+                    leased_until = NULL
               WHERE id = $1 AND status = $4 AND attempt_count = $2",
         )
         .bind(&delivery.id)
@@ -571,7 +577,8 @@ impl Sender {
                  UPDATE webhook_delivery
                     SET status = $3, attempt_count = $4, updated_at = now(),
                         next_attempt_at = CASE WHEN $5::bigint IS NULL THEN NULL
-                                               ELSE now() + make_interval(secs => $5::double precision / 1000) END
+                                               ELSE now() + make_interval(secs => $5::double precision / 1000) END,
+                        leased_until = NULL
                   WHERE id = $1 AND status = $15 AND attempt_count = $2
               RETURNING id
              ), attempt AS (

@@ -549,6 +549,62 @@ async fn a_hanging_endpoint_costs_only_its_own_deliveries() {
     assert_eq!(slow.len(), 6);
 }
 
+/// A claim is a lease of its own, which no index reads: the delivery keeps its due time,
+/// and the claim is a heap-only update, writing no index entry (it moved the due time
+/// once, which wrote an entry into each of the table's indexes).
+#[tokio::test]
+async fn a_claim_keeps_the_due_time_and_writes_no_index_entry() {
+    let fixture = Fixture::new(|s| s.callback_dispatcher.request_timeout_ms = 10_000).await;
+    let hanging = WebhookReceiver::start().await;
+    hanging.answer_otherwise(Reply::Hang(Duration::from_secs(30)));
+    let (merchant, _) = fixture.merchant(&hanging.url).await;
+    let transaction = fixture.transaction(&merchant).await;
+    let delivery = fixture.delivery(&merchant, &transaction, 1).await;
+    let due_at = |pool: PgPool, id: String| async move {
+        sqlx::query_as::<_, (String, bool)>(
+            "SELECT next_attempt_at::text, coalesce(leased_until > now(), false)
+               FROM webhook_delivery WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let (due, leased) = due_at(fixture.pool.clone(), delivery.id.clone()).await;
+    assert!(!leased, "a stored delivery is nobody's yet");
+    fixture.start_sender().await;
+    eventually(
+        "the endpoint to be called",
+        Duration::from_secs(5),
+        || async { (hanging.received().len() == 1).then_some(()) },
+    )
+    .await;
+    let (due_now, leased) = due_at(fixture.pool.clone(), delivery.id.clone()).await;
+    assert!(leased, "the delivery in flight is leased");
+    assert_eq!(due_now, due, "the claim leaves the due time alone");
+    // The sender's connection reports its counts to the statistics when it is idle.
+    let (updates, heap_only): (i64, i64) = eventually(
+        "the claim in the table's statistics",
+        Duration::from_secs(20),
+        || async {
+            let counts: (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                  WHERE relname = 'webhook_delivery'",
+            )
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+            (counts.0 > 0).then_some(counts)
+        },
+    )
+    .await;
+    assert_eq!(
+        (updates, heap_only),
+        (1, 1),
+        "one update, the claim, and it was heap-only"
+    );
+}
+
 #[tokio::test]
 async fn a_backlog_at_one_endpoint_does_not_starve_another() {
     let fixture = Fixture::new(|s| {

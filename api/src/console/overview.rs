@@ -161,7 +161,8 @@ async fn counts(pool: &sqlx::PgPool) -> sqlx::Result<Counts> {
            (SELECT count(*) FROM gateway_callback
              WHERE outcome = 'rejected' AND received_at > now() - interval '24 hours'),
            (SELECT count(*) FROM webhook_delivery WHERE status = 'pending'),
-           (SELECT count(*) FROM webhook_delivery WHERE status = 'pending' AND next_attempt_at <= now())",
+           (SELECT count(*) FROM webhook_delivery WHERE status = 'pending' AND next_attempt_at <= now()
+                AND (leased_until IS NULL OR leased_until < now()))",
     )
     .fetch_one(pool)
     .await?;

@@ -442,7 +442,8 @@ pub async fn requeue_delivery(
     merchant: Option<&str>,
 ) -> sqlx::Result<bool> {
     let replayed = sqlx::query(
-        "UPDATE webhook_delivery SET status = 'pending', next_attempt_at = now(), updated_at = now()
+        "UPDATE webhook_delivery
+            SET status = 'pending', next_attempt_at = now(), leased_until = NULL, updated_at = now()
           WHERE id = $1 AND ($2::text IS NULL OR merchant_id = $2)",
     )
     .bind(id)
