@@ -8,6 +8,8 @@
 -- `next_attempt_at` keeps one meaning, when the delivery is due; a due delivery is free
 -- to claim while it has no lease or its lease ran out. Deliveries claimed the old way
 -- (their `next_attempt_at` moved past the lease) are claimed again when it passes, as
--- before.
+-- before. While dispatchers of the old build still run beside new ones, an old one does
+-- not see a new one's lease and may send a delivery in flight a second time: the same
+-- `webhook-id`, and only the first record of that attempt number counts.
 ALTER TABLE webhook_delivery ADD COLUMN leased_until timestamptz;
 ALTER TABLE webhook_delivery SET (fillfactor = 75);
