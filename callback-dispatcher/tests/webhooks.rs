@@ -180,6 +180,19 @@ impl Fixture {
         Stored { id, event_id }
     }
 
+    /// When `delivery` is due (as text, to compare exactly) and whether a sender holds
+    /// its lease now.
+    async fn due_and_leased(&self, delivery: &str) -> (String, bool) {
+        sqlx::query_as(
+            "SELECT next_attempt_at::text, coalesce(leased_until > now(), false)
+               FROM webhook_delivery WHERE id = $1",
+        )
+        .bind(delivery)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
     async fn status(&self, delivery: &str) -> (String, i32) {
         sqlx::query_as("SELECT status, attempt_count FROM webhook_delivery WHERE id = $1")
             .bind(delivery)
@@ -560,17 +573,7 @@ async fn a_claim_keeps_the_due_time_and_writes_no_index_entry() {
     let (merchant, _) = fixture.merchant(&hanging.url).await;
     let transaction = fixture.transaction(&merchant).await;
     let delivery = fixture.delivery(&merchant, &transaction, 1).await;
-    let due_at = |pool: PgPool, id: String| async move {
-        sqlx::query_as::<_, (String, bool)>(
-            "SELECT next_attempt_at::text, coalesce(leased_until > now(), false)
-               FROM webhook_delivery WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    };
-    let (due, leased) = due_at(fixture.pool.clone(), delivery.id.clone()).await;
+    let (due, leased) = fixture.due_and_leased(&delivery.id).await;
     assert!(!leased, "a stored delivery is nobody's yet");
     fixture.start_sender().await;
     eventually(
@@ -579,7 +582,7 @@ async fn a_claim_keeps_the_due_time_and_writes_no_index_entry() {
         || async { (hanging.received().len() == 1).then_some(()) },
     )
     .await;
-    let (due_now, leased) = due_at(fixture.pool.clone(), delivery.id.clone()).await;
+    let (due_now, leased) = fixture.due_and_leased(&delivery.id).await;
     assert!(leased, "the delivery in flight is leased");
     assert_eq!(due_now, due, "the claim leaves the due time alone");
     // The sender's connection reports its counts to the statistics when it is idle.
